@@ -1,0 +1,194 @@
+//! Everything the eBPF programs and the agent must agree on: map names, key and value
+//! layouts, verdict reasons. Each type is `#[repr(C)]` and derives `bytemuck::Pod`, so a
+//! layout with hidden padding fails to compile; padding is an explicit `_pad` field.
+#![cfg_attr(not(test), no_std)]
+
+pub mod reason;
+
+pub use reason::Reason;
+
+/// Layout version of every map below. Bump it whenever a key or value changes: it is part
+/// of every pinned map's name, so an agent never reuses a pinned map of another layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the maps, as they appear in the eBPF object and as the files pinned under the
+/// pin dir. The `_V1` suffix is [`LAYOUT_VERSION`]; `netpath-ebpf` spells them out (its
+/// `#[map]` attribute needs a literal) and a test checks that both sides agree.
+pub mod map_names {
+    pub const CONFIG: &str = "NP_CONFIG_V1";
+    pub const PEERS: &str = "NP_PEERS_V1";
+    pub const COUNTERS: &str = "NP_COUNTERS_V1";
+    pub const PEER_STATS: &str = "NP_PEER_STATS_V1";
+    pub const PEER_INFO: &str = "NP_PEER_INFO_V1";
+    pub const AGENT: &str = "NP_AGENT_V1";
+    /// Every map, for status, dumps and `netpath down`.
+    pub const ALL: &[&str] = &[CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, AGENT];
+}
+
+/// Names of the programs in the eBPF object.
+pub mod prog_names {
+    /// TC ingress of the container bridge: what containers send to be routed.
+    pub const FROM_BRIDGE: &str = "np_from_bridge";
+    /// TC ingress of the uplink: what peers send to this host's containers.
+    pub const FROM_UPLINK: &str = "np_from_uplink";
+}
+
+/// Capacity of the peers map (LPM trie: one entry per peer subnet).
+pub const MAX_PEERS: u32 = 65536;
+/// Size of the counters array: room for reasons added later without a layout change.
+pub const MAX_REASONS: u32 = 64;
+
+/// Peer modes, as stored in [`PeerValue::mode`].
+pub const MODE_DIRECT: u8 = 1;
+pub const MODE_VXLAN: u8 = 2;
+
+/// The one entry of the `NP_CONFIG` array. Until the agent writes it (`flags` has
+/// [`CONFIG_F_READY`]) the programs pass everything to the stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Config {
+    /// Underlay address of this host; network byte order.
+    pub host_addr: u32,
+    /// Local container subnet address; network byte order.
+    pub subnet_addr: u32,
+    /// Local container subnet mask; network byte order.
+    pub subnet_mask: u32,
+    /// ifindex of the uplink.
+    pub uplink_ifindex: u32,
+    /// ifindex of the container bridge.
+    pub bridge_ifindex: u32,
+    /// VXLAN network identifier, host byte order (24 bits used).
+    pub vni: u32,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+    /// The bridge's own address in the local subnet (the containers' gateway), 0 if none;
+    /// network byte order. Packets for it are the host's, never a container's.
+    pub gateway_addr: u32,
+}
+
+/// Set once the agent has filled the config.
+pub const CONFIG_F_READY: u32 = 1;
+
+/// Data part of the LPM key of `NP_PEERS`: an IPv4 address in network byte order
+/// (stored as the four bytes in packet order, so `u32::from_ne_bytes(octets)`).
+pub type PeerKey = u32;
+
+/// Value of `NP_PEERS`: how to reach a peer's container subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PeerValue {
+    /// Underlay address of the peer host; network byte order.
+    pub underlay: u32,
+    /// Index of this peer in `NP_PEER_STATS`.
+    pub id: u32,
+    /// `MODE_DIRECT` or `MODE_VXLAN`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Packets and bytes; the value of `NP_COUNTERS` (per CPU, indexed by [`Reason`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-peer traffic, the value of `NP_PEER_STATS` (per CPU, indexed by [`PeerValue::id`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PeerStats {
+    /// Sent to the peer.
+    pub tx: Counter,
+    /// Received from the peer and delivered to a local container.
+    pub rx: Counter,
+}
+
+/// Origin of a peer, in [`PeerInfo::origin`].
+pub const ORIGIN_CONFIG: u8 = 1;
+/// Added with `netpath peer add`: kept across agent restarts until `netpath peer del`.
+pub const ORIGIN_CLI: u8 = 2;
+
+/// What operators need to know about a peer and the datapath does not: its name and
+/// where it came from. `NP_PEER_INFO` is an array indexed by [`PeerValue::id`]; a slot
+/// whose `origin` is 0 is free. Only userspace reads it, from any process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PeerInfo {
+    /// NUL-padded UTF-8.
+    pub name: [u8; 32],
+    /// Peer container subnet address; network byte order.
+    pub subnet: u32,
+    /// Underlay address; network byte order.
+    pub underlay: u32,
+    pub prefix_len: u8,
+    pub mode: u8,
+    /// 0 (free), `ORIGIN_CONFIG` or `ORIGIN_CLI`.
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+/// The one entry of `NP_AGENT`: who manages this datapath, for `status` and `down`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AgentInfo {
+    /// Unix time the running datapath was first attached.
+    pub attached_at: u64,
+    /// Unix time the current (or last) agent started.
+    pub agent_started_at: u64,
+    /// pid of the current (or last) agent.
+    pub agent_pid: u32,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    /// How many times an agent has (re)adopted this datapath.
+    pub generation: u32,
+    /// NUL-padded host name from the config.
+    pub host_name: [u8; 32],
+    pub uplink: [u8; 16],
+    pub bridge: [u8; 16],
+    /// `AGENT_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The TC programs are attached with TCX links (pinned); without it, with netlink
+/// (clsact filters, which outlive the agent by themselves).
+pub const AGENT_F_TCX: u32 = 1;
+
+/// Reads a NUL-padded name field.
+pub fn name_str(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("?")
+}
+
+/// Writes `s` into a NUL-padded field, cut at the field size (callers validate lengths).
+pub fn name_bytes<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = s.len().min(N);
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::PeerInfo {}
+    unsafe impl aya::Pod for super::AgentInfo {}
+    // SAFETY: all of these are #[repr(C)], Copy, and bytemuck::Pod (no padding, any bit
+    // pattern valid), which is what aya::Pod requires.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::PeerValue {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::PeerStats {}
+}
+
+/// Converts an address to its map representation (network byte order in a u32).
+#[inline(always)]
+pub const fn addr_to_be(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// Converts a map representation back to octets.
+#[inline(always)]
+pub const fn be_to_octets(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}

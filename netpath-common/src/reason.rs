@@ -1,0 +1,105 @@
+//! Why a program did what it did with a packet. Every program outcome is counted under
+//! exactly one reason, in the per-CPU `NP_COUNTERS` array indexed by the reason's value.
+//! The CLI prints [`Reason::name`], so kernel and user side can never disagree.
+
+/// What happened to the packet, for grouping in stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sent on by netpath (redirected).
+    Forward,
+    /// Left to the host's own stack, unchanged.
+    Pass,
+    /// Dropped by netpath.
+    Drop,
+}
+
+macro_rules! reasons {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $value:literal, $name:literal, $verdict:ident; )*) => {
+        /// The outcome of one program run. Values are indexes into `NP_COUNTERS`:
+        /// never reuse or renumber one (append, and stay below `MAX_REASONS`).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[doc = $doc])* $variant = $value, )*
+        }
+
+        impl Reason {
+            /// Every reason, in value order.
+            pub const ALL: &'static [Reason] = &[ $( Reason::$variant, )* ];
+
+            /// Stable, kebab-case name used by the CLI, JSON output and metrics labels.
+            pub const fn name(self) -> &'static str {
+                match self { $( Reason::$variant => $name, )* }
+            }
+
+            /// Whether this outcome forwards, passes or drops.
+            pub const fn verdict(self) -> Verdict {
+                match self { $( Reason::$variant => Verdict::$verdict, )* }
+            }
+
+            /// One sentence for operators.
+            pub const fn description(self) -> &'static str {
+                match self { $( Reason::$variant => concat!($($doc),*), )* }
+            }
+
+            pub const fn from_u32(v: u32) -> Option<Reason> {
+                match v { $( $value => Some(Reason::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Routed to a peer host's container subnet, unencapsulated (direct mode).
+    FwdDirect = 0, "fwd-direct", Forward;
+    /// Received from a peer and delivered to a local container.
+    FwdDeliver = 1, "fwd-deliver", Forward;
+    /// Not IPv4 (ARP, IPv6, ...): left to the host stack.
+    PassNotIpv4 = 2, "pass-not-ipv4", Pass;
+    /// From a container to this host or its own subnet: left to the host stack.
+    PassLocal = 3, "pass-local", Pass;
+    /// Destination is neither local nor a known peer subnet: left to the host stack.
+    PassUnknownDst = 4, "pass-unknown-dst", Pass;
+    /// TTL would expire here: left to the host stack, unchanged.
+    PassTtlExpired = 5, "pass-ttl-expired", Pass;
+    /// On the uplink, not for the local container subnet: left to the host stack.
+    PassNotForUs = 6, "pass-not-for-us", Pass;
+    /// On the uplink, for a local container but not from a known peer subnet: left to the host stack.
+    PassUnknownSrc = 7, "pass-unknown-src", Pass;
+    /// The agent has not written the config yet: left to the host stack.
+    PassNoConfig = 8, "pass-no-config", Pass;
+    /// Peer uses a mode this program does not handle yet: left to the host stack.
+    PassUnsupportedMode = 9, "pass-unsupported-mode", Pass;
+    /// Truncated Ethernet frame or malformed IPv4 header: dropped.
+    DropMalformed = 10, "drop-malformed", Drop;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_dense_unique_and_fit_the_counters_map() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{} out of order", r.name());
+            assert!((*r as u32) < crate::MAX_REASONS);
+            assert_eq!(Reason::from_u32(*r as u32), Some(*r));
+            assert!(!r.description().is_empty());
+        }
+        assert_eq!(Reason::from_u32(crate::MAX_REASONS), None);
+    }
+
+    #[test]
+    fn names_are_unique_and_kebab_case() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert!(
+                a.name()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+            );
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! netpath's datapath. Only the entry points live here; each says where it is attached
+//! and what it sees. The logic is in one module per feature.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod forward;
+mod maps;
+mod parse;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress of the container bridge. Sees what local containers send to their gateway
+/// (the bridge's own MAC) to be routed: frames bridged between two local containers never
+/// reach it. Forwards packets for peer subnets; everything else goes to the host stack.
+#[classifier]
+pub fn np_from_bridge(ctx: TcContext) -> i32 {
+    forward::from_bridge(&ctx)
+}
+
+/// TC ingress of the uplink. Sees everything arriving from the underlay: traffic of peer
+/// hosts for local containers is delivered to the bridge; the rest goes to the host stack.
+#[classifier]
+pub fn np_from_uplink(ctx: TcContext) -> i32 {
+    forward::from_uplink(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

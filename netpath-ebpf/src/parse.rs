@@ -1,0 +1,70 @@
+//! Bounds-checked header access shared by every program.
+
+use aya_ebpf::programs::TcContext;
+use netpath_common::Reason;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// Ethertype of IPv4, as it sits in the frame (network byte order read as native u16).
+pub const ETH_P_IP_BE: u16 = u16::from_ne_bytes([0x08, 0x00]);
+
+/// Returns a pointer to a `T` at `offset` in the packet, or `None` when the packet is
+/// shorter than that: the verifier needs this check before any access.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// The IPv4 packet of an Ethernet frame, validated.
+pub struct Ipv4<'a> {
+    pub hdr: &'a mut Ipv4Hdr,
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+}
+
+/// Parses Ethernet + IPv4. `Err(PassNotIpv4)` for other ethertypes; `Err(DropMalformed)`
+/// for a truncated frame, a version other than 4, a header length under 20 bytes, or a
+/// total length shorter than the header or longer than the frame. A total length of 0 is
+/// accepted: the kernel uses it for IPv4 BIG TCP super-packets (> 64 KiB).
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext) -> Result<Ipv4<'_>, Reason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropMalformed)?;
+    // SAFETY: ptr_at checked the bounds.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != ETH_P_IP_BE {
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::DropMalformed)?;
+    // SAFETY: ptr_at checked the bounds.
+    let hdr = unsafe { &mut *ip };
+    let hlen = ((hdr.vihl & 0x0f) as u32) * 4;
+    if hdr.vihl >> 4 != 4 || hlen < Ipv4Hdr::LEN as u32 {
+        return Err(Reason::DropMalformed);
+    }
+    let tot_len = u16::from_be_bytes(hdr.tot_len) as u32;
+    let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
+    if tot_len != 0 && (tot_len < hlen || tot_len > l3_len) {
+        return Err(Reason::DropMalformed);
+    }
+    let src = u32::from_ne_bytes(hdr.src_addr);
+    let dst = u32::from_ne_bytes(hdr.dst_addr);
+    Ok(Ipv4 { hdr, src, dst })
+}
+
+/// Decrements the TTL and patches the header checksum incrementally, as the kernel's
+/// `ip_decrease_ttl` does (RFC 1624: TTL is the high byte of its 16-bit word, so the sum
+/// changes by 0x0100). The caller has checked that TTL > 1.
+#[inline(always)]
+pub fn decrement_ttl(hdr: &mut Ipv4Hdr) {
+    let mut check = u16::from_ne_bytes(hdr.check) as u32;
+    check += u16::to_be(0x0100) as u32;
+    let folded = (check + (check >= 0xffff) as u32) as u16;
+    hdr.check = folded.to_ne_bytes();
+    hdr.ttl -= 1;
+}

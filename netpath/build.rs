@@ -1,0 +1,30 @@
+//! Builds netpath-ebpf for the BPF target with aya-build; src/lib.rs embeds the object.
+//!
+//! One toolchain for everything: the eBPF crate needs `-Z build-std=core`, which stable
+//! accepts with RUSTC_BOOTSTRAP=1. It is set here, for the nested cargo only, so the
+//! userspace crates are never rebuilt because of it. `cargo xtask` installs rust-src and
+//! bpf-linker first; without them this fails with the compiler's own message.
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = Path::new(&manifest_dir).join("../netpath-ebpf");
+    let root = root.canonicalize()?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    // The outer cargo runs under this toolchain; build the programs with the same one.
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
+    println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
+    println!("cargo:rerun-if-changed=../netpath-common/src");
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "netpath-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(&toolchain),
+    )
+}

@@ -1,0 +1,489 @@
+//! The TOML config and its validation. Everything is checked before anything is attached
+//! or any map is touched; every problem found is reported at once, each naming the field
+//! and the fix.
+
+use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::iface;
+
+/// Largest VXLAN network identifier (24 bits).
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+/// Peer names are stored NUL-padded in 32 bytes.
+pub const NAME_MAX: usize = 31;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Direct,
+    Vxlan,
+}
+
+impl Mode {
+    pub fn to_map(self) -> u8 {
+        match self {
+            Mode::Direct => netpath_common::MODE_DIRECT,
+            Mode::Vxlan => netpath_common::MODE_VXLAN,
+        }
+    }
+
+    pub fn from_map(m: u8) -> Option<Mode> {
+        match m {
+            netpath_common::MODE_DIRECT => Some(Mode::Direct),
+            netpath_common::MODE_VXLAN => Some(Mode::Vxlan),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Direct => "direct",
+            Mode::Vxlan => "vxlan",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Mode::Direct),
+            "vxlan" => Ok(Mode::Vxlan),
+            _ => Err(format!("unknown mode {s:?}: use \"direct\" or \"vxlan\"")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    Off,
+    Generic,
+    Native,
+}
+
+/// The file as written. Unknown keys are refused (a typo must not be silently ignored).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    host: HostFile,
+    #[serde(default, rename = "peer")]
+    peers: Vec<PeerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    name: String,
+    uplink: String,
+    bridge: String,
+    subnet: String,
+    address: Option<String>,
+    #[serde(default = "default_vni")]
+    vni: u32,
+    #[serde(default = "default_xdp")]
+    xdp: XdpMode,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+
+fn default_xdp() -> XdpMode {
+    XdpMode::Off
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    name: String,
+    subnet: String,
+    underlay: String,
+    mode: Mode,
+}
+
+/// A validated config, with interfaces resolved on this host.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: Host,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    pub subnet: Ipv4Net,
+    pub address: Ipv4Addr,
+    /// The bridge's own address inside `subnet`, if it has one.
+    pub gateway: Option<Ipv4Addr>,
+    pub vni: u32,
+    pub xdp: XdpMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+    pub mode: Mode,
+}
+
+/// Every problem found in a config, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {path}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub path: String,
+    pub problems: Vec<String>,
+}
+
+/// Parses a CIDR; the address must be the network address (10.244.1.0/24, not .5/24).
+pub fn parse_subnet(field: &str, s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s.parse().map_err(|_| {
+        format!("{field} = {s:?} is not an IPv4 CIDR: write it like \"10.244.1.0/24\"")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{field} = {s:?} has host bits set: did you mean \"{}\"?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+pub fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, String> {
+    s.parse().map_err(|_| {
+        format!("{field} = {s:?} is not an IPv4 address: write it like \"198.18.0.11\"")
+    })
+}
+
+pub fn check_name(field: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > NAME_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{field} = {s:?}: use 1 to {NAME_MAX} printable ASCII characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a peer against the host and the other peers; `others` are already valid.
+pub fn check_peer(field: &str, p: &Peer, local: Ipv4Net, others: &[Peer]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if overlaps(p.subnet, local) {
+        problems.push(format!(
+            "{field}.subnet = \"{}\" overlaps the local subnet [host].subnet = \"{local}\": give each host its own subnet",
+            p.subnet
+        ));
+    }
+    for o in others {
+        if o.name == p.name {
+            problems.push(format!(
+                "{field}.name = {:?} is used by another peer: peer names must be unique",
+                p.name
+            ));
+        }
+        if overlaps(o.subnet, p.subnet) {
+            problems.push(format!(
+                "{field}.subnet = \"{}\" overlaps peer {:?} (\"{}\"): peer subnets must not overlap",
+                p.subnet, o.name, o.subnet
+            ));
+        }
+        if o.underlay == p.underlay {
+            problems.push(format!(
+                "{field}.underlay = \"{}\" is also peer {:?}'s: one peer per host, with one subnet",
+                p.underlay, o.name
+            ));
+        }
+    }
+    if p.underlay.is_unspecified() || p.underlay.is_broadcast() || p.underlay.is_multicast() {
+        problems.push(format!(
+            "{field}.underlay = \"{}\" is not a unicast address",
+            p.underlay
+        ));
+    }
+    problems
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+impl Config {
+    /// Reads and validates `path`, resolving interfaces in the current network namespace.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |problems| ConfigError {
+            path: path.display().to_string(),
+            problems,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(vec![format!("cannot read it: {e}")]))?;
+        Config::parse(&text, &iface::System).map_err(err)
+    }
+
+    /// Validates `text`; interface facts come from `sys` (a fake one in unit tests).
+    pub fn parse(text: &str, sys: &dyn iface::Interfaces) -> Result<Config, Vec<String>> {
+        let file: File = toml::from_str(text).map_err(|e| vec![e.to_string().trim().to_owned()])?;
+        let mut problems = Vec::new();
+        let h = file.host;
+
+        if let Err(p) = check_name("[host].name", &h.name) {
+            problems.push(p);
+        }
+        let uplink = sys.ifindex(&h.uplink).map_err(|_| {
+            format!(
+                "[host].uplink = {:?}: no such interface here (see `ip link`)",
+                h.uplink
+            )
+        });
+        let bridge = sys.ifindex(&h.bridge).map_err(|_| {
+            format!(
+                "[host].bridge = {:?}: no such interface here (see `ip link`)",
+                h.bridge
+            )
+        });
+        if h.uplink == h.bridge {
+            problems.push("[host].uplink and [host].bridge name the same interface: the bridge is where containers attach, the uplink faces the other hosts".into());
+        }
+        let subnet = parse_subnet("[host].subnet", &h.subnet);
+        if h.vni == 0 || h.vni > VNI_MAX {
+            problems.push(format!(
+                "[host].vni = {} is out of range: use 1 to {VNI_MAX}",
+                h.vni
+            ));
+        }
+        let address = match (&h.address, &uplink) {
+            (Some(a), _) => parse_addr("[host].address", a).map(Some),
+            (None, Ok(_)) => match sys.ipv4_addrs(&h.uplink).first() {
+                Some(a) => Ok(Some(a.addr())),
+                None => Err(format!(
+                    "[host].address is not set and uplink {:?} has no IPv4 address: set it, or address the uplink",
+                    h.uplink
+                )),
+            },
+            (None, Err(_)) => Ok(None),
+        };
+        let (uplink, bridge, subnet, address) = match (uplink, bridge, subnet, address) {
+            (Ok(u), Ok(b), Ok(s), Ok(a)) => (u, b, s, a),
+            (u, b, s, a) => {
+                problems.extend([u.err(), b.err(), s.err(), a.err()].into_iter().flatten());
+                // Without these the peers can still be checked against each other.
+                let local = parse_subnet("", &h.subnet).unwrap_or_default();
+                check_peers(&file.peers, local, &mut problems);
+                return Err(problems);
+            }
+        };
+        let address = address.expect("set when the uplink resolved");
+        if subnet.contains(&address) {
+            problems.push(format!(
+                "[host].address = \"{address}\" is inside [host].subnet = \"{subnet}\": the underlay address is the host's address on the uplink"
+            ));
+        }
+        let gateway = sys
+            .ipv4_addrs(&h.bridge)
+            .into_iter()
+            .map(|n| n.addr())
+            .find(|a| subnet.contains(a));
+        let peers = check_peers(&file.peers, subnet, &mut problems);
+        for p in &peers {
+            if p.underlay == address {
+                problems.push(format!(
+                    "peer {:?}: underlay \"{}\" is this host's own address",
+                    p.name, p.underlay
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            host: Host {
+                name: h.name,
+                uplink: h.uplink,
+                uplink_ifindex: uplink,
+                bridge: h.bridge,
+                bridge_ifindex: bridge,
+                subnet,
+                address,
+                gateway,
+                vni: h.vni,
+                xdp: h.xdp,
+            },
+            peers,
+        })
+    }
+}
+
+fn check_peers(files: &[PeerFile], local: Ipv4Net, problems: &mut Vec<String>) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in files.iter().enumerate() {
+        let field = format!("[[peer]] #{} ({:?})", i + 1, p.name);
+        let mut bad = false;
+        if let Err(e) = check_name(&format!("{field}.name"), &p.name) {
+            problems.push(e);
+            bad = true;
+        }
+        if let Some(first) = names.insert(&p.name, i) {
+            problems.push(format!(
+                "{field}: duplicate peer name, already used by [[peer]] #{}: peer names must be unique",
+                first + 1
+            ));
+            continue;
+        }
+        let subnet = parse_subnet(&format!("{field}.subnet"), &p.subnet);
+        let underlay = parse_addr(&format!("{field}.underlay"), &p.underlay);
+        let (subnet, underlay) = match (subnet, underlay) {
+            (Ok(s), Ok(u)) => (s, u),
+            (s, u) => {
+                problems.extend([s.err(), u.err()].into_iter().flatten());
+                continue;
+            }
+        };
+        let peer = Peer {
+            name: p.name.clone(),
+            subnet,
+            underlay,
+            mode: p.mode,
+        };
+        let found = check_peer(&field, &peer, local, &peers);
+        if found.is_empty() && !bad {
+            peers.push(peer);
+        }
+        problems.extend(found);
+    }
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iface::fake::Fake;
+
+    fn sys() -> Fake {
+        Fake::new()
+            .with("eth0", 2, &["198.18.0.11/24"])
+            .with("br0", 3, &["10.244.11.1/24"])
+    }
+
+    const GOOD: &str = r#"
+        [host]
+        name = "a"
+        uplink = "eth0"
+        bridge = "br0"
+        subnet = "10.244.11.0/24"
+        vni = 42
+
+        [[peer]]
+        name = "b"
+        subnet = "10.244.12.0/24"
+        underlay = "198.18.0.12"
+        mode = "direct"
+
+        [[peer]]
+        name = "c"
+        subnet = "10.244.13.0/24"
+        underlay = "198.18.0.13"
+        mode = "vxlan"
+    "#;
+
+    fn problems(text: &str) -> String {
+        Config::parse(text, &sys()).unwrap_err().join("\n")
+    }
+
+    #[test]
+    fn good_config_resolves_interfaces_and_defaults() {
+        let c = Config::parse(GOOD, &sys()).unwrap();
+        assert_eq!(c.host.uplink_ifindex, 2);
+        assert_eq!(c.host.bridge_ifindex, 3);
+        assert_eq!(c.host.address, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.host.gateway, Some("10.244.11.1".parse().unwrap()));
+        assert_eq!(c.host.xdp, XdpMode::Off);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[1].mode, Mode::Vxlan);
+    }
+
+    #[test]
+    fn explicit_address_wins() {
+        let t = GOOD.replace("vni = 42", "vni = 42\naddress = \"198.18.0.99\"");
+        let c = Config::parse(&t, &sys()).unwrap();
+        assert_eq!(c.host.address, "198.18.0.99".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn unknown_interface_is_named() {
+        let p = problems(&GOOD.replace("\"eth0\"", "\"eth9\""));
+        assert!(
+            p.contains("[host].uplink = \"eth9\": no such interface"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn malformed_cidr_is_named() {
+        let p = problems(&GOOD.replace("10.244.12.0/24", "10.244.12.0/33"));
+        assert!(
+            p.contains("[[peer]] #1 (\"b\").subnet = \"10.244.12.0/33\" is not an IPv4 CIDR"),
+            "{p}"
+        );
+        let p = problems(&GOOD.replace("10.244.11.0/24", "10.244.11.7/24"));
+        assert!(p.contains("did you mean \"10.244.11.0/24\""), "{p}");
+    }
+
+    #[test]
+    fn overlapping_subnets_are_refused() {
+        let p = problems(&GOOD.replace("10.244.13.0/24", "10.244.12.128/25"));
+        assert!(p.contains("overlaps peer \"b\""), "{p}");
+        let p = problems(&GOOD.replace("10.244.12.0/24", "10.244.0.0/16"));
+        assert!(p.contains("overlaps the local subnet"), "{p}");
+    }
+
+    #[test]
+    fn duplicate_peer_is_refused() {
+        let p = problems(&GOOD.replace("name = \"c\"", "name = \"b\""));
+        assert!(p.contains("duplicate peer name"), "{p}");
+        let p = problems(&GOOD.replace("198.18.0.13", "198.18.0.12"));
+        assert!(p.contains("is also peer \"b\"'s"), "{p}");
+    }
+
+    #[test]
+    fn vni_out_of_range_is_refused() {
+        for bad in ["0", "16777216"] {
+            let p = problems(&GOOD.replace("vni = 42", &format!("vni = {bad}")));
+            assert!(p.contains("[host].vni"), "{p}");
+            assert!(p.contains("1 to 16777215"), "{p}");
+        }
+    }
+
+    #[test]
+    fn typos_and_bad_enums_are_refused() {
+        let p = problems(&GOOD.replace("vni = 42", "vni = 42\nmasqurade = true"));
+        assert!(p.contains("unknown field `masqurade`"), "{p}");
+        let p = problems(&GOOD.replace("mode = \"vxlan\"", "mode = \"gre\""));
+        assert!(p.contains("unknown variant `gre`"), "{p}");
+        let p = problems(&GOOD.replace("vni = 42", "vni = 42\nxdp = \"fast\""));
+        assert!(p.contains("unknown variant `fast`"), "{p}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let t = GOOD
+            .replace("\"br0\"", "\"br9\"")
+            .replace("10.244.13.0/24", "10.244.12.0/24");
+        let p = Config::parse(&t, &sys()).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn address_missing_on_uplink_is_explained() {
+        let s = Fake::new().with("eth0", 2, &[]).with("br0", 3, &[]);
+        let p = Config::parse(GOOD, &s).unwrap_err().join("\n");
+        assert!(p.contains("has no IPv4 address"), "{p}");
+    }
+}

@@ -1,0 +1,548 @@
+//! Loading, attaching and adopting the datapath; filling its maps; removing it.
+//!
+//! The datapath outlives the agent: maps are pinned under `<pin-dir>/maps`, TCX links
+//! under `<pin-dir>/links`. An agent that starts where a datapath is already pinned
+//! reuses the maps (aya opens pinned maps by name) and swaps its freshly loaded programs
+//! into the existing links with BPF_LINK_UPDATE, which is atomic: no packet is ever
+//! without a program.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+    },
+};
+use ipnet::Ipv4Net;
+use netpath_common::{
+    AGENT_F_TCX, AgentInfo, CONFIG_F_READY, Counter, MAX_PEERS, ORIGIN_CLI, ORIGIN_CONFIG,
+    PeerInfo, PeerStats, PeerValue, addr_to_be, be_to_octets, map_names, name_bytes, name_str,
+    prog_names,
+};
+
+use crate::{
+    config::{self, Config, Mode, Peer},
+    pin::PinDir,
+};
+
+/// The compiled programs, built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
+
+/// Loads the object. With a pin dir, maps are opened from it when pinned there, or
+/// created and pinned; without one (packet tests), they are private to this process.
+pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    let maps_dir;
+    if let Some(p) = pins {
+        maps_dir = p.maps();
+        loader.default_map_pin_directory(&maps_dir);
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    for name in [prog_names::FROM_BRIDGE, prog_names::FROM_UPLINK] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
+    }
+    Ok(ebpf)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn net_key(net: Ipv4Net) -> Key<u32> {
+    Key::new(net.prefix_len() as u32, addr_to_be(net.network().octets()))
+}
+
+pub fn addr_of(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be_to_octets(be))
+}
+
+/// Typed handles on the maps of a loaded or pinned datapath.
+pub struct Maps {
+    pub config: Array<MapData, netpath_common::Config>,
+    pub peers: LpmTrie<MapData, u32, PeerValue>,
+    pub counters: PerCpuArray<MapData, Counter>,
+    pub peer_stats: PerCpuArray<MapData, PeerStats>,
+    pub peer_info: Array<MapData, PeerInfo>,
+    pub agent: Array<MapData, AgentInfo>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| -> Result<Map> {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        };
+        Ok(Maps {
+            config: take(map_names::CONFIG)?.try_into()?,
+            peers: take(map_names::PEERS)?.try_into()?,
+            counters: take(map_names::COUNTERS)?.try_into()?,
+            peer_stats: take(map_names::PEER_STATS)?.try_into()?,
+            peer_info: take(map_names::PEER_INFO)?.try_into()?,
+            agent: take(map_names::AGENT)?.try_into()?,
+        })
+    }
+
+    /// Opens the maps pinned in `pins`, from any process.
+    pub fn open(pins: &PinDir) -> Result<Maps> {
+        pins.check_layouts()?;
+        Ok(Maps {
+            config: pins.open(map_names::CONFIG)?.try_into()?,
+            peers: pins.open(map_names::PEERS)?.try_into()?,
+            counters: pins.open(map_names::COUNTERS)?.try_into()?,
+            peer_stats: pins.open(map_names::PEER_STATS)?.try_into()?,
+            peer_info: pins.open(map_names::PEER_INFO)?.try_into()?,
+            agent: pins.open(map_names::AGENT)?.try_into()?,
+        })
+    }
+
+    pub fn config(&self) -> Result<netpath_common::Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    pub fn agent(&self) -> Result<AgentInfo> {
+        Ok(self.agent.get(&0, 0)?)
+    }
+
+    /// Writes the host part of the config; the programs act on it from the next packet.
+    pub fn write_config(&mut self, cfg: &Config) -> Result<()> {
+        let h = &cfg.host;
+        let value = netpath_common::Config {
+            host_addr: addr_to_be(h.address.octets()),
+            subnet_addr: addr_to_be(h.subnet.network().octets()),
+            subnet_mask: addr_to_be(h.subnet.netmask().octets()),
+            uplink_ifindex: h.uplink_ifindex,
+            bridge_ifindex: h.bridge_ifindex,
+            vni: h.vni,
+            flags: CONFIG_F_READY,
+            gateway_addr: h.gateway.map(|g| addr_to_be(g.octets())).unwrap_or(0),
+        };
+        self.config.set(0, value, 0)?;
+        Ok(())
+    }
+
+    /// Every peer slot in use, by id.
+    pub fn peer_infos(&self) -> Result<Vec<(u32, PeerInfo)>> {
+        let mut out = Vec::new();
+        for id in 0..MAX_PEERS {
+            let info = self.peer_info.get(&id, 0)?;
+            if info.origin != 0 {
+                out.push((id, info));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counters by reason, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(u32, Counter)>> {
+        let mut out = Vec::new();
+        for i in 0..netpath_common::MAX_REASONS {
+            let per_cpu: PerCpuValues<Counter> = self.counters.get(&i, 0)?;
+            out.push((i, sum(per_cpu.iter().copied())));
+        }
+        Ok(out)
+    }
+
+    pub fn peer_stats(&self, id: u32) -> Result<PeerStats> {
+        let per_cpu: PerCpuValues<PeerStats> = self.peer_stats.get(&id, 0)?;
+        Ok(per_cpu.iter().fold(PeerStats::default(), |a, s| PeerStats {
+            tx: sum([a.tx, s.tx]),
+            rx: sum([a.rx, s.rx]),
+        }))
+    }
+
+    fn reset_peer_stats(&mut self, id: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zero = PerCpuValues::try_from(vec![PeerStats::default(); n])?;
+        self.peer_stats.set(id, zero, 0)?;
+        Ok(())
+    }
+
+    fn free_id(&self, taken: &[u32]) -> Result<u32> {
+        for id in 0..MAX_PEERS {
+            if !taken.contains(&id) && self.peer_info.get(&id, 0)?.origin == 0 {
+                return Ok(id);
+            }
+        }
+        bail!("all {MAX_PEERS} peer slots are in use: remove peers first")
+    }
+
+    /// Installs one peer in slot `id`: info first, then the route, so a packet that finds
+    /// the route always finds a counted, named peer.
+    fn put_peer(&mut self, id: u32, p: &Peer, origin: u8, fresh: bool) -> Result<()> {
+        if fresh {
+            self.reset_peer_stats(id)?;
+        }
+        let info = PeerInfo {
+            name: name_bytes(&p.name),
+            subnet: addr_to_be(p.subnet.network().octets()),
+            underlay: addr_to_be(p.underlay.octets()),
+            prefix_len: p.subnet.prefix_len(),
+            mode: p.mode.to_map(),
+            origin,
+            _pad: 0,
+        };
+        self.peer_info.set(id, info, 0)?;
+        let value = PeerValue {
+            underlay: info.underlay,
+            id,
+            mode: info.mode,
+            _pad: [0; 3],
+        };
+        self.peers.insert(&net_key(p.subnet), value, 0)?;
+        Ok(())
+    }
+
+    /// Removes the peer in slot `id`: route first, then its info.
+    fn drop_peer(&mut self, id: u32, info: &PeerInfo) -> Result<()> {
+        let key = Key::new(info.prefix_len as u32, info.subnet);
+        match self.peers.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.peer_info
+            .set(id, <PeerInfo as bytemuck::Zeroable>::zeroed(), 0)?;
+        Ok(())
+    }
+}
+
+fn sum(it: impl IntoIterator<Item = Counter>) -> Counter {
+    it.into_iter().fold(Counter::default(), |a, c| Counter {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
+}
+
+pub fn peer_from_info(info: &PeerInfo) -> Peer {
+    Peer {
+        name: name_str(&info.name).to_owned(),
+        subnet: Ipv4Net::new(addr_of(info.subnet), info.prefix_len).unwrap_or_default(),
+        underlay: addr_of(info.underlay),
+        mode: Mode::from_map(info.mode).unwrap_or(Mode::Direct),
+    }
+}
+
+/// What a peer sync changed, for the agent's log.
+#[derive(Debug, Default)]
+pub struct PeerChanges {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept_cli: Vec<String>,
+}
+
+/// Makes the peer maps say what `cfg` says, keeping peers added with `netpath peer add`.
+/// Checks everything before the first write; then adds and updates before it removes, so
+/// a peer that stays is never missing for a packet.
+pub fn sync_peers(maps: &mut Maps, cfg: &Config) -> Result<PeerChanges> {
+    let existing = maps.peer_infos()?;
+    let by_name: HashMap<String, (u32, PeerInfo)> = existing
+        .iter()
+        .map(|(id, i)| (name_str(&i.name).to_owned(), (*id, *i)))
+        .collect();
+    let mut changes = PeerChanges::default();
+
+    // CLI peers stay unless the config now defines the same name; they must still fit.
+    let mut keep: Vec<Peer> = cfg.peers.clone();
+    for (_, info) in existing.iter().filter(|(_, i)| i.origin == ORIGIN_CLI) {
+        let p = peer_from_info(info);
+        if cfg.peers.iter().any(|c| c.name == p.name) {
+            continue;
+        }
+        let problems = config::check_peer(
+            &format!("peer {:?} (added with `netpath peer add`)", p.name),
+            &p,
+            cfg.host.subnet,
+            &keep,
+        );
+        if !problems.is_empty() {
+            bail!(
+                "{}\nremove it with `netpath peer del {}` or change the config",
+                problems.join("\n"),
+                p.name
+            );
+        }
+        changes.kept_cli.push(p.name.clone());
+        keep.push(p);
+    }
+
+    let mut taken: Vec<u32> = Vec::new();
+    for p in &cfg.peers {
+        match by_name.get(&p.name) {
+            Some((id, info)) => {
+                let old = peer_from_info(info);
+                if old != *p || info.origin != ORIGIN_CONFIG {
+                    if old.subnet != p.subnet {
+                        let key = Key::new(info.prefix_len as u32, info.subnet);
+                        let _ = maps.peers.remove(&key);
+                    }
+                    maps.put_peer(*id, p, ORIGIN_CONFIG, false)?;
+                    changes.updated.push(p.name.clone());
+                }
+                taken.push(*id);
+            }
+            None => {
+                let id = maps.free_id(&taken)?;
+                maps.put_peer(id, p, ORIGIN_CONFIG, true)?;
+                taken.push(id);
+                changes.added.push(p.name.clone());
+            }
+        }
+    }
+    for (id, info) in &existing {
+        let name = name_str(&info.name);
+        if info.origin == ORIGIN_CONFIG && !cfg.peers.iter().any(|p| p.name == name) {
+            maps.drop_peer(*id, info)?;
+            changes.removed.push(name.to_owned());
+        }
+    }
+    Ok(changes)
+}
+
+/// Adds a peer to a running datapath (`netpath peer add`).
+pub fn add_peer(maps: &mut Maps, p: &Peer) -> Result<u32> {
+    let cfg = maps.config()?;
+    let local = Ipv4Net::with_netmask(addr_of(cfg.subnet_addr), addr_of(cfg.subnet_mask))
+        .context("local subnet in NP_CONFIG")?;
+    let others: Vec<Peer> = maps
+        .peer_infos()?
+        .iter()
+        .map(|(_, i)| peer_from_info(i))
+        .collect();
+    let problems = config::check_peer(&format!("peer {:?}", p.name), p, local, &others);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let id = maps.free_id(&[])?;
+    maps.put_peer(id, p, ORIGIN_CLI, true)?;
+    Ok(id)
+}
+
+/// Removes a peer by name (`netpath peer del`); an error names the known peers.
+pub fn del_peer(maps: &mut Maps, name: &str) -> Result<()> {
+    let infos = maps.peer_infos()?;
+    let Some((id, info)) = infos.iter().find(|(_, i)| name_str(&i.name) == name) else {
+        let known: Vec<&str> = infos.iter().map(|(_, i)| name_str(&i.name)).collect();
+        bail!("no peer named {name:?}; known peers: {}", known.join(", "));
+    };
+    if info.origin == ORIGIN_CONFIG {
+        log::warn!("peer {name:?} comes from the config: the next agent start will add it again");
+    }
+    maps.drop_peer(*id, info)
+}
+
+/// Where a TC program goes.
+pub struct Attachment {
+    pub prog: &'static str,
+    pub iface: String,
+    pub ifindex: u32,
+}
+
+pub fn attachments(cfg: &Config) -> Vec<Attachment> {
+    vec![
+        Attachment {
+            prog: prog_names::FROM_BRIDGE,
+            iface: cfg.host.bridge.clone(),
+            ifindex: cfg.host.bridge_ifindex,
+        },
+        Attachment {
+            prog: prog_names::FROM_UPLINK,
+            iface: cfg.host.uplink.clone(),
+            ifindex: cfg.host.uplink_ifindex,
+        },
+    ]
+}
+
+/// How a program ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new TCX link, pinned.
+    NewLink,
+    /// The program replaced the one in an existing pinned link (agent restart).
+    Replaced,
+    /// A clsact filter through netlink (kernels without TCX).
+    Netlink,
+}
+
+/// Attaches `a` at TC ingress. Where a link for the same interface is pinned, the new
+/// program is swapped into it atomically; a pinned link for another interface (the config
+/// changed) is replaced by a new one.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    a: &Attachment,
+    same_iface: bool,
+) -> Result<Attached> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(a.prog)
+        .with_context(|| format!("program {} missing", a.prog))?
+        .try_into()?;
+    let pin = pins.link_path(a.prog);
+    if pin.exists() {
+        let old = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        if same_iface {
+            let link = SchedClassifierLink::try_from(FdLink::from(old))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the program of {} on {}", a.prog, a.iface))?;
+            // The pin keeps the link; dropping our handle must not detach it.
+            let link = prog.take_link(id)?;
+            std::mem::forget(link);
+            return Ok(Attached::Replaced);
+        }
+        // Another interface: detach the old link (unpin, then close the last fd).
+        drop(old.unpin()?);
+    }
+    let id = prog.attach(&a.iface, TcAttachType::Ingress).or_else(|e| {
+        // Kernels without TCX: aya uses netlink, which needs the clsact qdisc.
+        let _ = tc::qdisc_add_clsact(&a.iface);
+        prog.attach(&a.iface, TcAttachType::Ingress)
+            .with_context(|| {
+                format!(
+                    "attaching {} to {} ingress (first error: {e})",
+                    a.prog, a.iface
+                )
+            })
+    })?;
+    let link = prog.take_link(id)?;
+    match FdLink::try_from(link) {
+        Ok(fd_link) => {
+            fd_link
+                .pin(&pin)
+                .with_context(|| format!("pinning link {}", pin.display()))?;
+            Ok(Attached::NewLink)
+        }
+        Err(_) => {
+            // A netlink filter stays attached after we exit; `down` removes it by name.
+            Ok(Attached::Netlink)
+        }
+    }
+}
+
+/// Records who manages the datapath (status, down, restarts).
+pub fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> Result<AgentInfo> {
+    let old = maps.agent()?;
+    let now = now();
+    let info = AgentInfo {
+        attached_at: if adopted && old.attached_at != 0 {
+            old.attached_at
+        } else {
+            now
+        },
+        agent_started_at: now,
+        agent_pid: std::process::id(),
+        uplink_ifindex: cfg.host.uplink_ifindex,
+        bridge_ifindex: cfg.host.bridge_ifindex,
+        generation: old.generation + 1,
+        host_name: name_bytes(&cfg.host.name),
+        uplink: name_bytes(&cfg.host.uplink),
+        bridge: name_bytes(&cfg.host.bridge),
+        flags: if tcx { AGENT_F_TCX } else { 0 },
+        _pad: 0,
+    };
+    maps.agent.set(0, info, 0)?;
+    Ok(info)
+}
+
+/// Removes everything netpath attached and pinned under `pins`. Collects every error and
+/// reports them together, after trying every step.
+pub fn down(pins: &PinDir) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    if !pins.root.exists() {
+        return Ok(done);
+    }
+    // Netlink filters (no TCX) are not pinned: find them through the agent record.
+    if let Ok(maps) = Maps::open(pins) {
+        if let Ok(agent) = maps.agent() {
+            if agent.flags & AGENT_F_TCX == 0 && agent.agent_pid != 0 {
+                for (iface, prog) in [
+                    (name_str(&agent.bridge), prog_names::FROM_BRIDGE),
+                    (name_str(&agent.uplink), prog_names::FROM_UPLINK),
+                ] {
+                    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, prog) {
+                        Ok(()) => done.push(format!("detached {prog} from {iface} (netlink)")),
+                        Err(e) => errors.push(format!("detaching {prog} from {iface}: {e}")),
+                    }
+                }
+            }
+            stop_agent(agent.agent_pid, &mut done);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(pins.links()) {
+        for e in entries.flatten() {
+            let path = e.path();
+            match PinnedLink::from_pin(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| l.unpin().map_err(anyhow::Error::from))
+            {
+                // Dropping the last fd of the link detaches the program.
+                Ok(fd) => {
+                    drop(fd);
+                    done.push(format!("detached {}", e.file_name().to_string_lossy()));
+                }
+                Err(err) => {
+                    // Not a link (or already defunct): the file must go all the same.
+                    let _ = std::fs::remove_file(&path);
+                    errors.push(format!("{}: {err:#}", path.display()));
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(pins.maps()) {
+        for e in entries.flatten() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => done.push(format!("unpinned {}", e.file_name().to_string_lossy())),
+                Err(err) => errors.push(format!("{}: {err}", e.path().display())),
+            }
+        }
+    }
+    for dir in [pins.links(), pins.maps(), pins.root.clone()] {
+        if let Err(err) = std::fs::remove_dir(&dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("{}: {err}", dir.display()));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(done)
+    } else {
+        bail!(
+            "netpath down left things behind:\n  {}",
+            errors.join("\n  ")
+        )
+    }
+}
+
+/// Stops a running agent of this datapath, if that pid is still a netpath process.
+fn stop_agent(pid: u32, done: &mut Vec<String>) {
+    if pid == 0 || pid == std::process::id() {
+        return;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "netpath" {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+        done.push(format!("stopped agent (pid {pid})"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Interface facts (ifindex, IPv4 addresses) of the current network namespace.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// What config validation needs to know about interfaces; faked in unit tests.
+pub trait Interfaces {
+    fn ifindex(&self, name: &str) -> std::io::Result<u32>;
+    fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net>;
+}
+
+/// The real interfaces of the calling thread's network namespace.
+pub struct System;
+
+impl Interfaces for System {
+    fn ifindex(&self, name: &str) -> std::io::Result<u32> {
+        nix::net::if_::if_nametoindex(name).map_err(std::io::Error::from)
+    }
+
+    fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net> {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        addrs
+            .filter(|a| a.interface_name == name)
+            .filter_map(|a| {
+                let addr = a.address?.as_sockaddr_in()?.ip();
+                let mask = a.netmask?.as_sockaddr_in()?.ip();
+                let prefix = u32::from(mask).leading_ones() as u8;
+                Ipv4Net::new(Ipv4Addr::from(addr), prefix).ok()
+            })
+            .collect()
+    }
+}
+
+/// Name of the interface with `ifindex`, if it exists.
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Fake(Vec<(String, u32, Vec<Ipv4Net>)>);
+
+    impl Fake {
+        pub fn new() -> Fake {
+            Fake::default()
+        }
+
+        pub fn with(mut self, name: &str, ifindex: u32, addrs: &[&str]) -> Fake {
+            self.0.push((
+                name.into(),
+                ifindex,
+                addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ));
+            self
+        }
+    }
+
+    impl Interfaces for Fake {
+        fn ifindex(&self, name: &str) -> std::io::Result<u32> {
+            self.0
+                .iter()
+                .find(|i| i.0 == name)
+                .map(|i| i.1)
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+
+        fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net> {
+            self.0
+                .iter()
+                .find(|i| i.0 == name)
+                .map(|i| i.2.clone())
+                .unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! netpath's agent and CLI as a library: the integration tests and the benchmark use the
+//! same code as the `netpath` binary.
+
+pub mod config;
+pub mod datapath;
+pub mod iface;
+pub mod pin;
+pub mod report;

@@ -1,0 +1,340 @@
+//! `netpath`: the agent (`run`) and the operator's CLI, which works from any process
+//! through the maps pinned under `--pin-dir`.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use netpath::{
+    config::{self, Config, Mode, Peer},
+    datapath::{self, Attached, Maps},
+    pin::{DEFAULT_PIN_DIR, PinDir},
+    report,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "netpath",
+    version,
+    about = "eBPF datapath for containers talking across hosts"
+)]
+struct Cli {
+    /// Where the datapath's maps and links are pinned; one per host (network namespace).
+    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, env = "NETPATH_PIN_DIR")]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the config, attach the datapath (or adopt a pinned one), fill its maps,
+    /// then stay in the foreground logging. The datapath outlives the agent.
+    ///
+    /// Example: netpath run --config /etc/netpath.toml
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds between counter summaries in the log (0: none).
+        #[arg(long, default_value_t = 60)]
+        report_every: u64,
+    },
+    /// Validate a config without touching anything.
+    ///
+    /// Example: netpath check --config /etc/netpath.toml
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove everything netpath attached and pinned under --pin-dir, and stop its agent.
+    ///
+    /// Example: netpath down --pin-dir /sys/fs/bpf/netpath
+    Down,
+    /// Counters by reason and per peer.
+    ///
+    /// Example: netpath stats --json
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one map in readable form.
+    ///
+    /// Example: netpath dump peers --json
+    Dump {
+        map: DumpMap,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, remove or list peers of a running datapath.
+    Peer {
+        #[command(subcommand)]
+        cmd: PeerCmd,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DumpMap {
+    /// Peer subnets, how they are reached, and their traffic.
+    Peers,
+    /// Every reason with its packet and byte counts, zeros included.
+    Counters,
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Example: netpath peer add c --subnet 10.244.13.0/24 --underlay 198.18.0.13 --mode direct
+    Add {
+        name: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        underlay: String,
+        #[arg(long, default_value = "direct")]
+        mode: Mode,
+    },
+    /// Example: netpath peer del c
+    Del { name: String },
+    /// Example: netpath peer list --json
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let pins = PinDir::new(&cli.pin_dir);
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            report_every,
+        } => {
+            let cfg = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(agent(cfg, pins, report_every))
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            println!(
+                "{}: ok (host {}, {} peers)",
+                config.display(),
+                cfg.host.name,
+                cfg.peers.len()
+            );
+            Ok(())
+        }
+        Cmd::Down => {
+            let done = datapath::down(&pins)?;
+            if done.is_empty() {
+                println!("nothing to remove at {}", pins.root.display());
+            }
+            for d in done {
+                println!("{d}");
+            }
+            Ok(())
+        }
+        Cmd::Stats { json } => {
+            let maps = Maps::open(&pins)?;
+            let s = report::stats(&maps)?;
+            if json {
+                print_json(&s)
+            } else {
+                Ok(print!("{}", report::stats_text(&s)))
+            }
+        }
+        Cmd::Dump { map, json } => {
+            let maps = Maps::open(&pins)?;
+            match map {
+                DumpMap::Peers => {
+                    let rows = report::peer_rows(&maps)?;
+                    if json {
+                        print_json(&rows)
+                    } else {
+                        Ok(print!("{}", report::peers_table(&rows)))
+                    }
+                }
+                DumpMap::Counters => {
+                    let rows = report::counter_rows(&maps, true)?;
+                    if json {
+                        print_json(&rows)
+                    } else {
+                        Ok(print!("{}", report::counters_table(&rows)))
+                    }
+                }
+            }
+        }
+        Cmd::Peer { cmd } => peer(&pins, cmd),
+    }
+}
+
+fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
+    match cmd {
+        PeerCmd::Add {
+            name,
+            subnet,
+            underlay,
+            mode,
+        } => {
+            let mut problems = Vec::new();
+            if let Err(e) = config::check_name("name", &name) {
+                problems.push(e);
+            }
+            let subnet = config::parse_subnet("--subnet", &subnet).map_err(|e| problems.push(e));
+            let underlay =
+                config::parse_addr("--underlay", &underlay).map_err(|e| problems.push(e));
+            let (Ok(subnet), Ok(underlay), true) = (subnet, underlay, problems.is_empty()) else {
+                bail!("{}", problems.join("\n"));
+            };
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            let p = Peer {
+                name,
+                subnet,
+                underlay,
+                mode,
+            };
+            datapath::add_peer(&mut maps, &p)?;
+            println!(
+                "added peer {} ({} via {}, {})",
+                p.name, p.subnet, p.underlay, p.mode
+            );
+            Ok(())
+        }
+        PeerCmd::Del { name } => {
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            datapath::del_peer(&mut maps, &name)?;
+            println!("removed peer {name}");
+            Ok(())
+        }
+        PeerCmd::List { json } => {
+            let maps = Maps::open(pins)?;
+            let rows = report::peer_rows(&maps)?;
+            if json {
+                print_json(&rows)
+            } else {
+                Ok(print!("{}", report::peers_table(&rows)))
+            }
+        }
+    }
+}
+
+/// The agent: everything is validated before this runs; here the datapath is attached or
+/// adopted, then the agent reports until SIGINT/SIGTERM, leaving the datapath in place.
+async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
+    pins.prepare()?;
+    let lock = pins.lock()?;
+    pins.check_layouts()?;
+    let adopted = pins.exists();
+    if adopted {
+        let maps = Maps::open(&pins)?;
+        let a = report::agent_row(&maps)?;
+        if a.agent_running && a.agent_pid != std::process::id() {
+            bail!(
+                "an agent (pid {}) already manages {}: stop it first, or use another --pin-dir",
+                a.agent_pid,
+                pins.root.display()
+            );
+        }
+    }
+    let fresh = !adopted;
+    let result = start(&cfg, &pins, adopted);
+    let (_ebpf, maps) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            if fresh {
+                // Nothing was running before: leave nothing behind.
+                let _ = datapath::down(&pins);
+            }
+            return Err(e);
+        }
+    };
+    drop(lock);
+
+    let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
+    tick.tick().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick(), if report_every > 0 => {
+                if let Ok(s) = report::stats(&maps) {
+                    log::info!(
+                        "forwarded {} passed {} dropped {}",
+                        s.totals.forwarded, s.totals.passed, s.totals.dropped
+                    );
+                }
+            }
+        }
+    }
+    log::info!(
+        "agent exiting; the datapath stays attached (remove it with `netpath down --pin-dir {}`)",
+        pins.root.display()
+    );
+    Ok(())
+}
+
+fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)> {
+    let mut ebpf = datapath::load(Some(pins))?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    let before = maps.agent()?;
+    maps.write_config(cfg)?;
+    let changes = datapath::sync_peers(&mut maps, cfg).context("updating peers")?;
+    let mut tcx = true;
+    for a in datapath::attachments(cfg) {
+        let was = if a.prog == netpath_common::prog_names::FROM_BRIDGE {
+            before.bridge_ifindex
+        } else {
+            before.uplink_ifindex
+        };
+        let how = datapath::attach(&mut ebpf, pins, &a, adopted && was == a.ifindex)?;
+        tcx &= how != Attached::Netlink;
+        log::info!("{} on {} ingress: {how:?}", a.prog, a.iface);
+    }
+    let info = datapath::write_agent(&mut maps, cfg, tcx, adopted)?;
+    log::info!(
+        "host {}: {} datapath at {} (generation {}), subnet {}, underlay {}, peers: {} added, {} updated, {} removed, {} kept from `peer add`",
+        cfg.host.name,
+        if adopted {
+            "adopted the"
+        } else {
+            "attached a new"
+        },
+        pins.root.display(),
+        info.generation,
+        cfg.host.subnet,
+        cfg.host.address,
+        changes.added.len(),
+        changes.updated.len(),
+        changes.removed.len(),
+        changes.kept_cli.len(),
+    );
+    if cfg.host.xdp != config::XdpMode::Off {
+        log::warn!(
+            "xdp = {:?}: no XDP program in this version yet (direct mode needs none)",
+            cfg.host.xdp
+        );
+    }
+    Ok((ebpf, maps))
+}

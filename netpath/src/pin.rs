@@ -1,0 +1,195 @@
+//! The pin dir: where the maps and links that outlive the agent live, and how any process
+//! opens them again.
+//!
+//! ```text
+//! <pin-dir>/maps/NP_*_V<layout>   maps (names carry the layout version)
+//! <pin-dir>/links/<prog>          TCX links of the programs
+//! ```
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{Map, MapData, MapInfo, MapType};
+use netpath_common::{
+    AgentInfo, Config, Counter, MAX_PEERS, MAX_REASONS, PeerInfo, PeerKey, PeerStats, PeerValue,
+    map_names,
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netpath";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+/// Layout of a map as the kernel reports it.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub struct Layout {
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The layout of every map this agent's programs define. A pinned map with the same
+/// name but another layout is never reused: the agent refuses to start instead.
+pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
+    use std::mem::size_of;
+    let l = |map_type, key_size: usize, value_size: usize, max_entries| Layout {
+        map_type,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+    };
+    vec![
+        (
+            map_names::CONFIG,
+            l(MapType::Array, 4, size_of::<Config>(), 1),
+        ),
+        (
+            map_names::PEERS,
+            l(
+                MapType::LpmTrie,
+                4 + size_of::<PeerKey>(),
+                size_of::<PeerValue>(),
+                MAX_PEERS,
+            ),
+        ),
+        (
+            map_names::COUNTERS,
+            l(MapType::PerCpuArray, 4, size_of::<Counter>(), MAX_REASONS),
+        ),
+        (
+            map_names::PEER_STATS,
+            l(MapType::PerCpuArray, 4, size_of::<PeerStats>(), MAX_PEERS),
+        ),
+        (
+            map_names::PEER_INFO,
+            l(MapType::Array, 4, size_of::<PeerInfo>(), MAX_PEERS),
+        ),
+        (
+            map_names::AGENT,
+            l(MapType::Array, 4, size_of::<AgentInfo>(), 1),
+        ),
+    ]
+}
+
+pub fn layout_of(info: &MapInfo) -> Result<Layout> {
+    Ok(Layout {
+        map_type: info.map_type()?,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    })
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> PinDir {
+        PinDir { root: root.into() }
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn link_path(&self, prog: &str) -> PathBuf {
+        self.links().join(prog)
+    }
+
+    /// Whether a datapath is pinned here.
+    pub fn exists(&self) -> bool {
+        self.map_path(map_names::CONFIG).exists()
+    }
+
+    /// Makes sure the pin dir is on a bpf filesystem, mounting one on /sys/fs/bpf when
+    /// the pin dir is below it and nothing is mounted there yet (the case on a fresh
+    /// machine), then creates the dir.
+    pub fn prepare(&self) -> Result<()> {
+        let bpffs = Path::new("/sys/fs/bpf");
+        if self.root.starts_with(bpffs) && !is_bpffs(bpffs) {
+            nix::mount::mount(
+                Some("bpf"),
+                bpffs,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting bpffs on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
+            log::info!("mounted bpffs on /sys/fs/bpf");
+        }
+        fs::create_dir_all(self.maps())
+            .with_context(|| format!("creating pin dir {}", self.root.display()))?;
+        fs::create_dir_all(self.links())?;
+        if !is_bpffs(&self.root) {
+            bail!(
+                "pin dir {} is not on a bpf filesystem: choose one under /sys/fs/bpf, or mount one there (mount -t bpf bpf DIR)",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses pinned maps whose layout differs from what this agent's programs expect.
+    pub fn check_layouts(&self) -> Result<()> {
+        for (name, want) in expected_layouts() {
+            let path = self.map_path(name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            let have = layout_of(&info)?;
+            if have != want {
+                bail!(
+                    "pinned map {} has layout {have:?}, this netpath expects {want:?}: \
+                     it was left by another build; remove it with `netpath down --pin-dir {}`",
+                    path.display(),
+                    self.root.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a pinned map, with a clear error when nothing is running there.
+    pub fn open(&self, name: &str) -> Result<Map> {
+        let path = self.map_path(name);
+        if !path.exists() {
+            bail!(
+                "no netpath datapath at {} (missing {name}): is `netpath run` started with this --pin-dir?",
+                self.root.display()
+            );
+        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Map::from_map_data(data).with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// Takes an exclusive lock on the pin dir, so that the agent and CLI commands that
+    /// change maps (peer add/del) never interleave. Released on drop.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>> {
+        let dir = fs::File::open(&self.root)
+            .with_context(|| format!("opening {}", self.root.display()))?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", self.root.display()))
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}

@@ -1,0 +1,265 @@
+//! What `stats` and `dump` print: tables for people, JSON for programs. Both come from
+//! the same rows, so they never disagree.
+
+use anyhow::Result;
+use netpath_common::{Reason, name_str, reason::Verdict};
+use serde::Serialize;
+
+use crate::datapath::{self, Maps};
+
+#[derive(Serialize)]
+pub struct CounterRow {
+    pub reason: String,
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub description: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct PeerRow {
+    pub id: u32,
+    pub name: String,
+    pub subnet: String,
+    pub underlay: String,
+    pub mode: String,
+    pub origin: &'static str,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct AgentRow {
+    pub host: String,
+    pub uplink: String,
+    pub bridge: String,
+    pub agent_pid: u32,
+    pub agent_running: bool,
+    pub agent_started_at: u64,
+    pub attached_at: u64,
+    pub generation: u32,
+    pub tc_attach: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub agent: AgentRow,
+    pub totals: Totals,
+    pub counters: Vec<CounterRow>,
+    pub peers: Vec<PeerRow>,
+}
+
+#[derive(Serialize, Default)]
+pub struct Totals {
+    pub forwarded: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Forward => "forward",
+        Verdict::Pass => "pass",
+        Verdict::Drop => "drop",
+    }
+}
+
+/// Counters by reason; `all` includes reasons that counted nothing.
+pub fn counter_rows(maps: &Maps, all: bool) -> Result<Vec<CounterRow>> {
+    let mut rows = Vec::new();
+    for (i, c) in maps.counters()? {
+        let Some(r) = Reason::from_u32(i) else {
+            if c.packets != 0 {
+                // Counted by newer programs than this CLI knows: show, never hide.
+                rows.push(CounterRow {
+                    reason: format!("reason-{i}"),
+                    verdict: "unknown",
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    description: "a reason this netpath binary does not know (newer programs?)",
+                });
+            }
+            continue;
+        };
+        if all || c.packets != 0 {
+            rows.push(CounterRow {
+                reason: r.name().to_owned(),
+                verdict: verdict_name(r.verdict()),
+                packets: c.packets,
+                bytes: c.bytes,
+                description: r.description(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
+    let mut rows = Vec::new();
+    for (id, info) in maps.peer_infos()? {
+        let p = datapath::peer_from_info(&info);
+        let s = maps.peer_stats(id)?;
+        rows.push(PeerRow {
+            id,
+            name: p.name,
+            subnet: p.subnet.to_string(),
+            underlay: p.underlay.to_string(),
+            mode: p.mode.to_string(),
+            origin: if info.origin == netpath_common::ORIGIN_CLI {
+                "cli"
+            } else {
+                "config"
+            },
+            tx_packets: s.tx.packets,
+            tx_bytes: s.tx.bytes,
+            rx_packets: s.rx.packets,
+            rx_bytes: s.rx.bytes,
+        });
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(rows)
+}
+
+pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
+    let a = maps.agent()?;
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", a.agent_pid)).unwrap_or_default();
+    Ok(AgentRow {
+        host: name_str(&a.host_name).to_owned(),
+        uplink: name_str(&a.uplink).to_owned(),
+        bridge: name_str(&a.bridge).to_owned(),
+        agent_pid: a.agent_pid,
+        agent_running: a.agent_pid != 0 && comm.trim() == "netpath",
+        agent_started_at: a.agent_started_at,
+        attached_at: a.attached_at,
+        generation: a.generation,
+        tc_attach: if a.flags & netpath_common::AGENT_F_TCX != 0 {
+            "tcx"
+        } else {
+            "netlink"
+        },
+    })
+}
+
+pub fn stats(maps: &Maps) -> Result<Stats> {
+    let counters = counter_rows(maps, false)?;
+    let mut totals = Totals::default();
+    for c in &counters {
+        match c.verdict {
+            "forward" => totals.forwarded += c.packets,
+            "drop" => totals.dropped += c.packets,
+            _ => totals.passed += c.packets,
+        }
+    }
+    Ok(Stats {
+        agent: agent_row(maps)?,
+        totals,
+        counters,
+        peers: peer_rows(maps)?,
+    })
+}
+
+/// Left-aligned text table with a header row.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn counters_table(rows: &[CounterRow]) -> String {
+    table(
+        &["REASON", "VERDICT", "PACKETS", "BYTES"],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.reason.clone(),
+                    r.verdict.to_owned(),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub fn peers_table(rows: &[PeerRow]) -> String {
+    table(
+        &[
+            "PEER", "SUBNET", "UNDERLAY", "MODE", "ORIGIN", "TX PKTS", "TX BYTES", "RX PKTS",
+            "RX BYTES",
+        ],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.subnet.clone(),
+                    r.underlay.clone(),
+                    r.mode.clone(),
+                    r.origin.to_owned(),
+                    r.tx_packets.to_string(),
+                    r.tx_bytes.to_string(),
+                    r.rx_packets.to_string(),
+                    r.rx_bytes.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub fn ago(t: u64) -> String {
+    let s = datapath::now().saturating_sub(t);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub fn stats_text(s: &Stats) -> String {
+    let a = &s.agent;
+    let mut out = format!(
+        "host {} (uplink {}, bridge {}, {}): datapath attached {} ago; agent pid {} {}\n",
+        a.host,
+        a.uplink,
+        a.bridge,
+        a.tc_attach,
+        ago(a.attached_at),
+        a.agent_pid,
+        if a.agent_running {
+            format!("running, up {}", ago(a.agent_started_at))
+        } else {
+            "not running".into()
+        },
+    );
+    out += &format!(
+        "forwarded {}  passed to stack {}  dropped {}\n\n",
+        s.totals.forwarded, s.totals.passed, s.totals.dropped
+    );
+    out += &counters_table(&s.counters);
+    out.push('\n');
+    out += &peers_table(&s.peers);
+    out
+}

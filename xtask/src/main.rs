@@ -1,0 +1,148 @@
+//! `cargo xtask <command>`: netpath's one entry point for building, running, the demo, the
+//! tests and the benchmark. Every command first installs what is missing (see setup.rs).
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, demo and test netpath")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src, bpf-linker, the lab's Debian packages.
+    Setup,
+    /// Build the eBPF programs and the agent (release).
+    Build,
+    /// Build, then run netpath as root with the given arguments.
+    ///
+    /// Example: cargo xtask run -- run --config /etc/netpath.toml
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build a lab of 3 hosts with 2 containers each in network namespaces, run netpath
+    /// on every host, show traffic crossing and the counters, then tear it all down.
+    Demo,
+    /// Run the whole test suite: unit tests, packet tests (BPF_PROG_TEST_RUN) and lab tests
+    /// in network namespaces (root needed for the last two).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the agent (which embeds the programs) and returns the binary's path.
+pub fn build(release: bool) -> Result<PathBuf> {
+    eprintln!(
+        "[build] netpath ({})",
+        if release { "release" } else { "debug" }
+    );
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "netpath", "--bin", "netpath"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_status(&mut cmd)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("netpath"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::ensure(true),
+        Cmd::Build => {
+            setup::ensure(false)?;
+            build(true).map(|p| eprintln!("[build] {}", p.display()))
+        }
+        Cmd::Run { args } => {
+            setup::ensure(false)?;
+            let bin = build(true)?;
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            run_status(cmd.args(args))
+        }
+        Cmd::Demo => {
+            if !is_root() {
+                bail!("the demo builds network namespaces: run it as root");
+            }
+            setup::ensure(true)?;
+            let bin = build(true)?;
+            demo::run(&bin)
+        }
+        Cmd::Test { args } => {
+            setup::ensure(true)?;
+            let bin = build(false)?;
+            if !is_root() {
+                eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
+            }
+            eprintln!("[test] cargo test --workspace");
+            run_status(
+                cargo()
+                    .args(["test", "--workspace", "--exclude", "netpath-ebpf"])
+                    .args(args)
+                    .env("NETPATH_BIN", &bin),
+            )
+        }
+    }
+}

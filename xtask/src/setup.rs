@@ -1,0 +1,202 @@
+//! Installs what a fresh machine lacks, one step at a time with a progress line each:
+//! rust-src (for `-Z build-std=core`), bpf-linker (built against the LLVM that rustc
+//! ships, see shared/notes/toolchain.md) and the Debian packages the lab uses.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// (command that must exist, Debian package that provides it)
+const DEBIAN: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("iptables", "iptables"),
+    ("nsenter", "util-linux"),
+];
+
+fn step(name: &str) -> Step {
+    eprint!("[setup] {name:<12} ");
+    Step(Instant::now())
+}
+
+struct Step(Instant);
+
+impl Step {
+    fn done(self, what: &str) {
+        eprintln!("{what} ({:.1}s)", self.0.elapsed().as_secs_f64());
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd`, showing its output only when it fails.
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        eprintln!("FAILED");
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(())
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn sysroot() -> Result<PathBuf> {
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["--print", "sysroot"]))?.trim(),
+    ))
+}
+
+fn rust_src() -> Result<()> {
+    let s = step("rust-src");
+    if sysroot()?
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
+        s.done("present");
+        return Ok(());
+    }
+    quiet(Command::new("rustup").args(["component", "add", "rust-src"]))
+        .context("installing rust-src with rustup (needed by -Z build-std=core)")?;
+    s.done("installed");
+    Ok(())
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// bpf-linker must run (its rpath points into a toolchain's lib dir) and be built for
+/// the LLVM major that rustc uses, which is recorded beside it in a stamp file.
+fn bpf_linker() -> Result<()> {
+    let s = step("bpf-linker");
+    let sysroot = sysroot()?;
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find_map(|n| {
+            n.strip_prefix("lib")
+                .and_then(|n| n.strip_suffix(".so"))
+                .filter(|n| n.starts_with("LLVM-"))
+                .map(str::to_owned)
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM-*.so in {}: is this a rustup toolchain?",
+                lib.display()
+            )
+        })?;
+    let major = llvm
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let bin = cargo_bin_dir();
+    let stamp = bin.join(".bpf-linker-llvm");
+    let runs = Command::new(bin.join("bpf-linker"))
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if runs && std::fs::read_to_string(&stamp).ok().as_deref() == Some(llvm.as_str()) {
+        s.done(&format!("present, {llvm}"));
+        return Ok(());
+    }
+    eprint!("building against {llvm}, about a minute... ");
+    let rustflags = format!(
+        "-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib.display()
+    );
+    let root = bin.parent().unwrap_or(&bin).to_path_buf();
+    quiet(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--force")
+            .env("RUSTFLAGS", rustflags),
+    )
+    .context("building bpf-linker from crates.io")?;
+    std::fs::write(&stamp, &llvm)?;
+    s.done("installed");
+    Ok(())
+}
+
+fn debian() -> Result<()> {
+    let s = step("packages");
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        s.done("present");
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing {missing:?} and no apt-get: install them with your package manager");
+    }
+    eprint!("installing {}... ", missing.join(" "));
+    quiet(Command::new("apt-get").args(["update", "-qq"]))?;
+    quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    s.done("installed");
+    Ok(())
+}
+
+/// Everything the build needs; the lab packages only where `lab` is set.
+pub fn ensure(lab: bool) -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    if lab {
+        debian()?;
+    }
+    Ok(())
+}
