@@ -41,10 +41,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// created and pinned; without one (packet tests), they are private to this process.
 pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    let maps_dir;
     if let Some(p) = pins {
-        maps_dir = p.maps();
-        loader.default_map_pin_directory(&maps_dir);
+        for name in map_names::ALL {
+            loader.map_pin_path(name, p.map_path(name));
+        }
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
     for name in [prog_names::FROM_BRIDGE, prog_names::FROM_UPLINK] {

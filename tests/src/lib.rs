@@ -1,1 +1,440 @@
+//! The lab: several hosts on one machine, built from network namespaces, as described in
+//! shared/notes/design.md. Used by the integration tests, `cargo xtask demo` and the
+//! benchmark.
+//!
+//! - a fabric namespace with a bridge standing for the LAN (underlay 198.18.0.0/24);
+//! - each host a namespace with an uplink `eth0` into the fabric, a container bridge `br0`
+//!   with its subnet 10.244.N.0/24, and containers attached by veth;
+//! - optionally an "outside" host on the fabric.
+//!
+//! Names are unique per lab (`np<pid>x<seq>-...`), so labs can run in parallel; dropping
+//! a [`Lab`] stops its agents, runs `netpath down` and deletes every namespace, also when
+//! a test panics.
 
+pub mod cmd;
+pub mod packet;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+pub use cmd::{output, run};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+static BPFFS: Mutex<()> = Mutex::new(());
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests: returns false (after saying why) when the lab cannot be built here.
+pub fn can_run_lab() -> bool {
+    if !is_root() {
+        eprintln!("SKIP: needs root (network namespaces, BPF)");
+        return false;
+    }
+    true
+}
+
+/// The netpath binary: `NETPATH_BIN` (set by `cargo xtask test`), else target/debug.
+pub fn netpath_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPATH_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netpath")
+}
+
+/// Mounts bpffs on /sys/fs/bpf once, before agents start in parallel (two agents racing
+/// to mount it would stack two filesystems and hide each other's pins).
+pub fn ensure_bpffs() -> Result<()> {
+    let _g = BPFFS.lock().unwrap_or_else(|e| e.into_inner());
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    if !mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    Direct,
+    Vxlan,
+}
+
+impl PeerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerMode::Direct => "direct",
+            PeerMode::Vxlan => "vxlan",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub hosts: usize,
+    pub containers: usize,
+    /// iptables FORWARD policy DROP and empty nat POSTROUTING on every host, as the issue
+    /// demands for netpath (they must not matter).
+    pub locked_down: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Spec {
+        Spec {
+            hosts: 2,
+            containers: 1,
+            locked_down: true,
+        }
+    }
+}
+
+pub struct Container {
+    pub ns: String,
+    pub ip: String,
+}
+
+pub struct Host {
+    /// 1-based index; the underlay address is 198.18.0.(10+idx), the subnet 10.244.(10+idx).0/24.
+    pub idx: usize,
+    pub name: String,
+    pub ns: String,
+    pub underlay: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub containers: Vec<Container>,
+    pub pin_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    agent: Option<Child>,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub fabric: String,
+    pub hosts: Vec<Host>,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// Builds the topology. Every namespace created is recorded first, so a failure half
+    /// way still cleans up on drop.
+    pub fn new(spec: Spec) -> Result<Lab> {
+        let id = format!(
+            "np{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            fabric: format!("{id}-fab"),
+            id: id.clone(),
+            hosts: Vec::new(),
+            dir,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        };
+        lab.add_ns(&lab.fabric.clone())?;
+        let fab = lab.fabric.clone();
+        run(ip(&fab, "link add fab type bridge"))?;
+        run(ip(&fab, "link set fab up"))?;
+        for idx in 1..=spec.hosts {
+            lab.add_host(idx, &spec)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<()> {
+        run(Command::new("ip").args(["netns", "add", ns]))?;
+        self.namespaces.push(ns.to_owned());
+        run(ip(ns, "link set lo up"))?;
+        Ok(())
+    }
+
+    fn add_host(&mut self, idx: usize, spec: &Spec) -> Result<()> {
+        let name = format!("h{idx}");
+        let ns = format!("{}-{name}", self.id);
+        self.add_ns(&ns)?;
+        let fab = self.fabric.clone();
+        let underlay = format!("198.18.0.{}", 10 + idx);
+        let net = 10 + idx;
+        let subnet = format!("10.244.{net}.0/24");
+        let gateway = format!("10.244.{net}.1");
+        run(ip(
+            &fab,
+            &format!("link add u{idx} type veth peer name eth0 netns {ns}"),
+        ))?;
+        run(ip(&fab, &format!("link set u{idx} master fab up")))?;
+        run(ip(&ns, &format!("addr add {underlay}/24 dev eth0")))?;
+        run(ip(&ns, "link set eth0 up"))?;
+        run(ip(&ns, "link add br0 type bridge"))?;
+        run(ip(&ns, &format!("addr add {gateway}/24 dev br0")))?;
+        run(ip(&ns, "link set br0 up"))?;
+        sysctl(&ns, "net.ipv4.ip_forward", "0")?;
+        if spec.locked_down {
+            run(in_ns(&ns, "iptables -P FORWARD DROP"))?;
+            run(in_ns(&ns, "iptables -t nat -F POSTROUTING"))?;
+        }
+        let mut containers = Vec::new();
+        for c in 1..=spec.containers {
+            let cns = format!("{}-{name}c{c}", self.id);
+            self.add_ns(&cns)?;
+            let cip = format!("10.244.{net}.{}", 1 + c);
+            run(ip(
+                &ns,
+                &format!("link add v{c} type veth peer name eth0 netns {cns}"),
+            ))?;
+            run(ip(&ns, &format!("link set v{c} master br0 up")))?;
+            run(ip(&cns, &format!("addr add {cip}/24 dev eth0")))?;
+            run(ip(&cns, "link set eth0 up"))?;
+            run(ip(&cns, &format!("route add default via {gateway}")))?;
+            containers.push(Container { ns: cns, ip: cip });
+        }
+        self.hosts.push(Host {
+            idx,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/{}-{name}", self.id)),
+            config: self.dir.join(format!("{name}.toml")),
+            log: self.dir.join(format!("{name}.log")),
+            name,
+            ns,
+            underlay,
+            subnet,
+            gateway,
+            containers,
+            agent: None,
+        });
+        Ok(())
+    }
+
+    /// Writes each host's config with every other host as a peer in `mode(host, peer)`.
+    pub fn write_configs(&self, mode: impl Fn(&Host, &Host) -> PeerMode) -> Result<()> {
+        for h in &self.hosts {
+            let mut t = format!(
+                "[host]\nname = \"{}\"\nuplink = \"eth0\"\nbridge = \"br0\"\nsubnet = \"{}\"\nvni = 42\n",
+                h.name, h.subnet
+            );
+            for p in self.hosts.iter().filter(|p| p.idx != h.idx) {
+                t += &format!(
+                    "\n[[peer]]\nname = \"{}\"\nsubnet = \"{}\"\nunderlay = \"{}\"\nmode = \"{}\"\n",
+                    p.name,
+                    p.subnet,
+                    p.underlay,
+                    mode(h, p).as_str()
+                );
+            }
+            fs::write(&h.config, t)?;
+        }
+        Ok(())
+    }
+
+    /// Starts netpath on every host and waits until each has attached.
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.hosts.len() {
+            self.start(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of host `i` (index into `hosts`) and waits for it to attach.
+    pub fn start(&mut self, i: usize) -> Result<()> {
+        ensure_bpffs()?;
+        let h = &mut self.hosts[i];
+        let marker = format!("datapath at {}", h.pin_dir.display());
+        let before = fs::read_to_string(&h.log)
+            .unwrap_or_default()
+            .matches(&marker)
+            .count();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", h.ns))
+            .arg(netpath_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&h.config)
+            .arg("--pin-dir")
+            .arg(&h.pin_dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting netpath")?;
+        h.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = fs::read_to_string(&h.log).unwrap_or_default();
+            if text.matches(&marker).count() > before {
+                return Ok(());
+            }
+            if let Some(status) = h.agent.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("netpath on {} exited ({status}):\n{text}", h.name);
+            }
+            if Instant::now() > deadline {
+                bail!("netpath on {} did not attach within 20s:\n{text}", h.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the agent of host `i`: the datapath must stay.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `netpath ARGS --pin-dir <host's>` inside host `i`'s network namespace.
+    pub fn netpath(&self, i: usize, args: &[&str]) -> Command {
+        let h = &self.hosts[i];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", h.ns))
+            .arg(netpath_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&h.pin_dir);
+        c
+    }
+
+    /// Plain kernel routing instead of netpath (the comparison baseline): ip_forward on,
+    /// FORWARD accepted, a static route to every peer subnet via its host.
+    pub fn kernel_routing(&self) -> Result<()> {
+        for h in &self.hosts {
+            sysctl(&h.ns, "net.ipv4.ip_forward", "1")?;
+            run(in_ns(&h.ns, "iptables -P FORWARD ACCEPT"))?;
+            for p in self.hosts.iter().filter(|p| p.idx != h.idx) {
+                run(ip(
+                    &h.ns,
+                    &format!("route add {} via {}", p.subnet, p.underlay),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a background command inside `ns` (a server); killed at teardown.
+    pub fn spawn_in(&mut self, ns: &str, program: &Path, args: &[&str]) -> Result<()> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} in {ns}", program.display()))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Tears down; also what Drop does. Collects every error and reports them together.
+    pub fn teardown(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for i in 0..self.hosts.len() {
+            self.kill_agent(i);
+            let h = &self.hosts[i];
+            if h.pin_dir.exists() {
+                match output(
+                    Command::new(netpath_bin())
+                        .arg("down")
+                        .arg("--pin-dir")
+                        .arg(&h.pin_dir),
+                ) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors.push(format!("netpath down on {}: {e:#}", h.name));
+                        let _ = fs::remove_dir_all(&h.pin_dir);
+                    }
+                }
+            }
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = run(Command::new("ip").args(["netns", "del", &ns])) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("lab teardown: {}", errors.join("; "))
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
+/// `ip -n NS ARGS...`
+pub fn ip(ns: &str, args: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["-n", ns]).args(args.split_whitespace());
+    c
+}
+
+/// `ip netns exec NS ARGS...` (remounts /sys: not for commands that need the bpffs).
+pub fn in_ns(ns: &str, args: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args.split_whitespace());
+    c
+}
+
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    run(in_ns(ns, &format!("sysctl -qw {key}={value}")))
+}
+
+/// Pings `to` from namespace `ns`; returns (sent, received, ttl of the last reply).
+pub fn ping(ns: &str, to: &str, count: u32, interval: &str) -> Result<(u32, u32, Option<u32>)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-q", "-c"])
+        .arg(count.to_string())
+        .args(["-i", interval, "-W", "1", to])
+        .stdin(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stats = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("ping {to} from {ns}: no summary in {text:?}"))?;
+    let nums: Vec<u32> = stats
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    // TTL: ping once more, verbose.
+    let ttl = if nums.get(1).copied().unwrap_or(0) > 0 {
+        let one = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "1", to])
+            .output()?;
+        String::from_utf8_lossy(&one.stdout)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ttl=")?.parse().ok())
+    } else {
+        None
+    };
+    Ok((nums[0], nums[1], ttl))
+}

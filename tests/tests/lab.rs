@@ -1,0 +1,318 @@
+//! End to end in network namespaces: hosts, containers, real packets, the real agent.
+//! Every test builds its own lab (unique names) and tears it down, also on failure.
+
+use std::{path::Path, process::Command, thread, time::Duration};
+
+use netpath_tests::{Lab, PeerMode, Spec, in_ns, ip, output, ping, run};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_np-probe");
+
+fn lab(hosts: usize, containers: usize) -> Option<Lab> {
+    if !netpath_tests::can_run_lab() {
+        return None;
+    }
+    let lab = Lab::new(Spec {
+        hosts,
+        containers,
+        locked_down: true,
+    })
+    .expect("build lab");
+    lab.write_configs(|_, _| PeerMode::Direct).expect("configs");
+    Some(lab)
+}
+
+fn json(cmd: Command) -> serde_json::Value {
+    serde_json::from_str(&output(cmd).expect("netpath")).expect("JSON")
+}
+
+#[test]
+fn direct_three_hosts_icmp_udp_tcp_both_ways() {
+    let Some(mut lab) = lab(3, 1) else { return };
+    lab.start_all().unwrap();
+    for h in 0..3 {
+        let ns = lab.hosts[h].containers[0].ns.clone();
+        lab.spawn_in(&ns, Path::new(PROBE), &["serve", "7777", "60"])
+            .unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    for a in &lab.hosts {
+        // The iptables path is shut: netpath must not need it.
+        assert_eq!(
+            output(in_ns(&a.ns, "sysctl -n net.ipv4.ip_forward"))
+                .unwrap()
+                .trim(),
+            "0"
+        );
+        let filter = output(in_ns(&a.ns, "iptables -S FORWARD")).unwrap();
+        assert!(filter.contains("-P FORWARD DROP"), "{filter}");
+        let nat = output(in_ns(&a.ns, "iptables -t nat -S POSTROUTING")).unwrap();
+        assert_eq!(nat.trim(), "-P POSTROUTING ACCEPT");
+        let routes = output(ip(&a.ns, "route show")).unwrap();
+        for b in lab.hosts.iter().filter(|b| b.idx != a.idx) {
+            assert!(
+                !routes.contains(&b.subnet),
+                "kernel route to {}: {routes}",
+                b.subnet
+            );
+            let (from, to) = (&a.containers[0], &b.containers[0]);
+            let (sent, got, ttl) = ping(&from.ns, &to.ip, 3, "0.2").unwrap();
+            assert_eq!(got, sent, "ping {} -> {}", from.ip, to.ip);
+            // Two routers on the way (host a, host b), each decrements the TTL.
+            assert_eq!(ttl, Some(62), "TTL of the reply from {}", to.ip);
+            for proto in ["udp", "tcp"] {
+                let r = output(in_ns(
+                    &from.ns,
+                    &format!("{PROBE} check {proto} {} 7777", to.ip),
+                ));
+                assert!(r.is_ok(), "{proto} {} -> {}: {r:?}", from.ip, to.ip);
+            }
+        }
+    }
+    for i in 0..3 {
+        let s = json(lab.netpath(i, &["stats", "--json"]));
+        let reasons: Vec<&str> = s["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["reason"].as_str().unwrap())
+            .collect();
+        assert!(
+            reasons.contains(&"fwd-direct") && reasons.contains(&"fwd-deliver"),
+            "{s}"
+        );
+        assert_eq!(s["totals"]["dropped"], 0, "{s}");
+        let peers = s["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2);
+        for p in peers {
+            assert!(p["tx_packets"].as_u64().unwrap() >= 3, "{p}");
+            assert!(p["rx_packets"].as_u64().unwrap() >= 3, "{p}");
+        }
+        let dump = json(lab.netpath(i, &["dump", "counters", "--json"]));
+        assert_eq!(
+            dump.as_array().unwrap().len(),
+            netpath_common::Reason::ALL.len()
+        );
+        let table = output(lab.netpath(i, &["dump", "peers"])).unwrap();
+        assert!(
+            table.starts_with("PEER") && table.contains("direct"),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn restart_after_kill_9_loses_nothing() {
+    let Some(mut lab) = lab(2, 1) else { return };
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2);
+
+    // The agent dies: the pinned links keep the datapath attached.
+    lab.kill_agent(0);
+    lab.kill_agent(1);
+    assert_eq!(
+        ping(&from, &to, 3, "0.1").unwrap().1,
+        3,
+        "traffic without agents"
+    );
+
+    // Continuous ping while the agents come back, die again and come back again.
+    let pinger = thread::spawn(move || ping(&from, &to, 600, "0.01").unwrap());
+    for _ in 0..2 {
+        thread::sleep(Duration::from_millis(500));
+        lab.start(0).unwrap();
+        lab.start(1).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        lab.kill_agent(0);
+        lab.kill_agent(1);
+    }
+    lab.start(0).unwrap();
+    let (sent, got, _) = pinger.join().unwrap();
+    assert_eq!(
+        (sent, got),
+        (600, 600),
+        "packets lost across agent restarts"
+    );
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert_eq!(
+        log.matches("np_from_bridge on br0 ingress: Replaced")
+            .count(),
+        3,
+        "{log}"
+    );
+    let s = json(lab.netpath(0, &["stats", "--json"]));
+    assert_eq!(s["agent"]["generation"], 4, "{s}");
+    // A second agent on the same pin dir is refused while the first runs.
+    let second = lab
+        .netpath(
+            0,
+            &["run", "--config", lab.hosts[0].config.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already manages"));
+    assert_eq!(s["agent"]["agent_running"], true);
+}
+
+#[test]
+fn down_removes_everything_and_up_again_works() {
+    let Some(mut lab) = lab(2, 1) else { return };
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2);
+
+    let out = output(lab.netpath(0, &["down"])).unwrap();
+    assert!(
+        out.contains("stopped agent") && out.contains("detached np_from_bridge"),
+        "{out}"
+    );
+    assert!(!lab.hosts[0].pin_dir.exists(), "pin dir left behind");
+    assert_eq!(
+        ping(&from, &to, 2, "0.2").unwrap().1,
+        0,
+        "forwarding after down"
+    );
+    // The host is as it was: the same interfaces, no qdisc or program left on them.
+    let tc = output(Command::new("tc").args([
+        "-n",
+        &lab.hosts[0].ns,
+        "filter",
+        "show",
+        "dev",
+        "br0",
+        "ingress",
+    ]));
+    assert!(tc.map(|t| t.trim().is_empty()).unwrap_or(true));
+    let err = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.hosts[0].ns))
+        .arg(netpath_tests::netpath_bin())
+        .args(["stats", "--pin-dir"])
+        .arg(&lab.hosts[0].pin_dir)
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no netpath datapath at"));
+    let again = output(lab.netpath(0, &["down"])).unwrap();
+    assert!(again.contains("nothing to remove"), "{again}");
+
+    lab.start(0).unwrap();
+    assert_eq!(
+        ping(&from, &to, 2, "0.2").unwrap().1,
+        2,
+        "after starting again"
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_changes() {
+    let Some(mut lab) = lab(2, 1) else { return };
+    let good = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    let cases = [
+        (
+            "\"eth0\"",
+            "\"eth7\"",
+            "[host].uplink = \"eth7\": no such interface",
+        ),
+        ("10.244.12.0/24", "10.244.12.0/40", "is not an IPv4 CIDR"),
+        (
+            "10.244.12.0/24",
+            "10.244.11.128/25",
+            "overlaps the local subnet",
+        ),
+        (
+            "vni = 42",
+            "vni = 16777216",
+            "[host].vni = 16777216 is out of range",
+        ),
+    ];
+    let dup = format!(
+        "{good}\n[[peer]]\nname = \"h2\"\nsubnet = \"10.244.50.0/24\"\nunderlay = \"198.18.0.50\"\nmode = \"direct\"\n"
+    );
+    let run_with = |lab: &Lab, text: &str| {
+        let path = lab.dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut c = lab.netpath(0, &["run", "--config", path.to_str().unwrap()]);
+        c.output().unwrap()
+    };
+    let texts = cases
+        .iter()
+        .map(|(from, to, want)| (good.replacen(from, to, 1), *want))
+        .chain([(dup, "duplicate peer name")]);
+    for (text, want) in texts {
+        assert_ne!(text, good);
+        let out = run_with(&lab, &text);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {text}");
+        assert!(err.contains(want), "expected {want:?} in: {err}");
+        assert!(
+            !lab.hosts[0].pin_dir.exists(),
+            "{want}: something was pinned"
+        );
+    }
+    // A running datapath is not touched by a refused config either.
+    lab.start_all().unwrap();
+    let before = output(lab.netpath(0, &["dump", "peers", "--json"])).unwrap();
+    let out = run_with(&lab, &good.replacen("vni = 42", "vni = 0", 1));
+    assert!(!out.status.success());
+    assert_eq!(
+        output(lab.netpath(0, &["dump", "peers", "--json"])).unwrap(),
+        before
+    );
+    let (from, to) = (
+        &lab.hosts[0].containers[0].ns,
+        &lab.hosts[1].containers[0].ip,
+    );
+    assert_eq!(ping(from, to, 2, "0.2").unwrap().1, 2);
+}
+
+#[test]
+fn peers_added_live_work_and_survive_a_restart() {
+    let Some(mut lab) = lab(3, 1) else { return };
+    // h1 starts without h3 in its config.
+    let cfg = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    let cut = cfg.find("[[peer]]\nname = \"h3\"").unwrap();
+    std::fs::write(&lab.hosts[0].config, &cfg[..cut]).unwrap();
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[2].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 1, "0.2").unwrap().1, 0);
+
+    let add = [
+        "peer",
+        "add",
+        "h3",
+        "--subnet",
+        "10.244.13.0/24",
+        "--underlay",
+        "198.18.0.13",
+    ];
+    run(lab.netpath(0, &add)).unwrap();
+    assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2, "after peer add");
+    // The same again is refused, naming the clash.
+    let again = lab.netpath(0, &add).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("overlaps peer \"h3\""));
+
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    let list = json(lab.netpath(0, &["peer", "list", "--json"]));
+    let h3 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "h3")
+        .cloned()
+        .unwrap();
+    assert_eq!(h3["origin"], "cli");
+    assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2, "after restart");
+
+    run(lab.netpath(0, &["peer", "del", "h3"])).unwrap();
+    assert_eq!(ping(&from, &to, 1, "0.2").unwrap().1, 0, "after peer del");
+    let missing = lab.netpath(0, &["peer", "del", "h9"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no peer named \"h9\"; known peers: h2")
+    );
+}
