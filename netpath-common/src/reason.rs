@@ -95,7 +95,7 @@ mod tests {
             assert!(
                 a.name()
                     .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             );
             for b in &Reason::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
