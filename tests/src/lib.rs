@@ -438,3 +438,54 @@ pub fn ping(ns: &str, to: &str, count: u32, interval: &str) -> Result<(u32, u32,
     };
     Ok((nums[0], nums[1], ttl))
 }
+
+/// Removes what labs of dead processes left behind (a test run killed with SIGKILL):
+/// namespaces `np<pid>x*` and pin dirs `/sys/fs/bpf/np<pid>x*` whose pid is gone.
+pub fn reap_stale() {
+    let dead = |name: &str| -> bool {
+        name.strip_prefix("np")
+            .and_then(|r| r.split('x').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(dirs) = fs::read_dir("/sys/fs/bpf") {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if dead(&name) {
+                let _ = output(Command::new(netpath_bin()).arg("down").arg("--pin-dir").arg(d.path()));
+                let _ = fs::remove_dir_all(d.path());
+            }
+        }
+    }
+    remove_namespaces(|ns| dead(ns));
+}
+
+/// Kills what runs in the namespaces `select` picks, then deletes them.
+pub fn remove_namespaces(select: impl Fn(&str) -> bool) {
+    let list = output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if select(ns) {
+            if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", ns])) {
+                for pid in pids.split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = run(Command::new("ip").args(["netns", "del", ns]));
+        }
+    }
+}
+
+/// Everything of lab `id`, from outside the Lab value (a Ctrl-C handler).
+pub fn remove_lab(id: &str) {
+    let prefix = format!("{id}-");
+    if let Ok(dirs) = fs::read_dir("/sys/fs/bpf") {
+        for d in dirs.flatten() {
+            if d.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = output(Command::new(netpath_bin()).arg("down").arg("--pin-dir").arg(d.path()));
+                let _ = fs::remove_dir_all(d.path());
+            }
+        }
+    }
+    remove_namespaces(|ns| ns.starts_with(&prefix));
+    let _ = fs::remove_dir_all(std::env::temp_dir().join(id));
+}

@@ -84,13 +84,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    netpath_tests::is_root()
 }
 
 fn main() -> ExitCode {
@@ -128,12 +122,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             setup::ensure(true)?;
             let bin = build(true)?;
+            netpath_tests::reap_stale();
             demo::run(&bin)
         }
         Cmd::Test { args } => {
             setup::ensure(true)?;
             let bin = build(false)?;
-            if !is_root() {
+            if is_root() {
+                netpath_tests::reap_stale();
+            } else {
                 eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
             }
             eprintln!("[test] cargo test --workspace");
