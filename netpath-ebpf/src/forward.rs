@@ -2,7 +2,7 @@
 //! Each function returns the TC action; the one exit (`finish`) counts the outcome.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
     helpers::bpf_redirect_neigh,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -45,9 +45,8 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 }
 
 /// A container's packet to be routed. Local destinations (the host, its own subnet) and
-/// unknown ones are the stack's; a direct peer's subnet is routed to the peer's underlay
-/// address, the next hop's MAC filled in by the kernel's neighbour table
-/// (bpf_redirect_neigh, which queues the packet while ARP resolves).
+/// unknown ones are the stack's; a direct peer's subnet is routed to the uplink with the
+/// peer's underlay address as next hop.
 #[inline(always)]
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -61,28 +60,15 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if peer.mode != MODE_DIRECT {
         return Err(Reason::PassUnsupportedMode);
     }
-    if ip.hdr.ttl <= 1 {
-        // The stack answers with time-exceeded if it forwards at all; we do not route it.
-        return Err(Reason::PassTtlExpired);
-    }
-    parse::decrement_ttl(ip.hdr);
-    count_peer(peer.id, PeerDir::Tx, ctx.len());
-    let mut nh = bpf_redir_neigh {
-        nh_family: AF_INET,
-        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: peer.underlay,
-        },
-    };
-    // SAFETY: helper call with a valid pointer to a stack struct of the size passed.
-    let action = unsafe {
-        bpf_redirect_neigh(
-            cfg.uplink_ifindex,
-            &mut nh,
-            core::mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
-    };
-    Ok((action as i32, Reason::FwdDirect))
+    route(
+        ctx,
+        ip,
+        peer.id,
+        PeerDir::Tx,
+        cfg.uplink_ifindex,
+        Some(peer.underlay),
+    )
+    .map(|action| (action, Reason::FwdDirect))
 }
 
 pub fn from_uplink(ctx: &TcContext) -> i32 {
@@ -90,8 +76,8 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 }
 
 /// A packet from the underlay. Only what a direct peer's container sends to a local
-/// container is ours: it is routed into the bridge (the kernel's FIB lookup and
-/// neighbour table find the container's MAC). Everything else is the stack's.
+/// container is ours: it is routed into the bridge (the kernel's FIB lookup finds the
+/// container on it). Everything else is the stack's.
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -106,12 +92,42 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
         return Err(Reason::PassUnknownSrc);
     }
+    route(ctx, ip, peer.id, PeerDir::Rx, cfg.bridge_ifindex, None)
+        .map(|action| (action, Reason::FwdDeliver))
+}
+
+/// Does what a router does with `ip` once it knows where it goes: a packet whose TTL
+/// would expire is left to the stack unchanged (the stack owns ICMP time-exceeded);
+/// otherwise TTL-1 with the checksum patched, the peer's counter, and a redirect out of
+/// `ifindex`. With `nexthop` (an underlay address, network byte order) the kernel resolves
+/// that neighbour; without, it does a FIB lookup on the destination.
+/// bpf_redirect_neigh fills both MACs, queueing the packet while ARP resolves.
+#[inline(always)]
+fn route(
+    ctx: &TcContext,
+    ip: parse::Ipv4,
+    peer_id: u32,
+    dir: PeerDir,
+    ifindex: u32,
+    nexthop: Option<u32>,
+) -> Result<i32, Reason> {
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
     parse::decrement_ttl(ip.hdr);
-    count_peer(peer.id, PeerDir::Rx, ctx.len());
-    // SAFETY: helper call; a null params pointer asks the kernel to do the FIB lookup.
-    let action = unsafe { bpf_redirect_neigh(cfg.bridge_ifindex, core::ptr::null_mut(), 0, 0) };
-    Ok((action as i32, Reason::FwdDeliver))
+    count_peer(peer_id, dir, ctx.len());
+    let action = match nexthop {
+        Some(addr) => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: AF_INET,
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: addr },
+            };
+            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            // SAFETY: helper call with a valid pointer to a stack struct of that size.
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size, 0) }
+        }
+        // SAFETY: helper call; null params ask the kernel for a FIB lookup.
+        None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    Ok(action as i32)
 }

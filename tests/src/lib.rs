@@ -452,7 +452,12 @@ pub fn reap_stale() {
         for d in dirs.flatten() {
             let name = d.file_name().to_string_lossy().into_owned();
             if dead(&name) {
-                let _ = output(Command::new(netpath_bin()).arg("down").arg("--pin-dir").arg(d.path()));
+                let _ = output(
+                    Command::new(netpath_bin())
+                        .arg("down")
+                        .arg("--pin-dir")
+                        .arg(d.path()),
+                );
                 let _ = fs::remove_dir_all(d.path());
             }
         }
@@ -481,7 +486,12 @@ pub fn remove_lab(id: &str) {
     if let Ok(dirs) = fs::read_dir("/sys/fs/bpf") {
         for d in dirs.flatten() {
             if d.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = output(Command::new(netpath_bin()).arg("down").arg("--pin-dir").arg(d.path()));
+                let _ = output(
+                    Command::new(netpath_bin())
+                        .arg("down")
+                        .arg("--pin-dir")
+                        .arg(d.path()),
+                );
                 let _ = fs::remove_dir_all(d.path());
             }
         }

@@ -14,7 +14,9 @@ fn title(s: &str) {
 /// (received/sent, avg RTT in ms) of `count` pings.
 fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-n", "-q", "-i", "0.05", "-W", "1", "-c"])
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.05", "-W", "1", "-c",
+        ])
         .arg(count.to_string())
         .arg(to)
         .output()?;
@@ -23,7 +25,10 @@ fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
         .lines()
         .find(|l| l.contains("packets transmitted"))
         .map(|l| {
-            let n: Vec<&str> = l.split(',').map(|p| p.split_whitespace().next().unwrap_or("?")).collect();
+            let n: Vec<&str> = l
+                .split(',')
+                .map(|p| p.split_whitespace().next().unwrap_or("?"))
+                .collect();
             format!("{}/{}", n.get(1).unwrap_or(&"?"), n.first().unwrap_or(&"?"))
         })
         .unwrap_or_else(|| "?".into());
@@ -41,23 +46,38 @@ fn iperf(lab: &mut Lab, server_ns: &str, from: &str, to: &str, secs: u32) -> Res
     std::thread::sleep(Duration::from_millis(300));
     let out = output(in_ns(from, &format!("iperf3 -J -t {secs} -c {to}")))?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    Ok(v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
+    Ok(v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9)
 }
 
 fn traffic(lab: &mut Lab) -> Result<(f64, f64)> {
     let mut rtts = Vec::new();
-    eprintln!("{:<14} {:<14} {:>8} {:>10}", "FROM", "TO", "PING", "RTT(ms)");
+    eprintln!(
+        "{:<14} {:<14} {:>8} {:>10}",
+        "FROM", "TO", "PING", "RTT(ms)"
+    );
     for a in 0..lab.hosts.len() {
         for b in 0..lab.hosts.len() {
             if a == b {
                 continue;
             }
             for (ca, cb) in [(0, 0), (1, 1)] {
-                let (from_ns, from_ip) = (&lab.hosts[a].containers[ca].ns, &lab.hosts[a].containers[ca].ip);
+                let (from_ns, from_ip) = (
+                    &lab.hosts[a].containers[ca].ns,
+                    &lab.hosts[a].containers[ca].ip,
+                );
                 let to_ip = &lab.hosts[b].containers[cb].ip;
                 let (got, rtt) = ping(from_ns, to_ip, 5)?;
                 rtts.push(rtt);
-                eprintln!("{:<14} {:<14} {:>8} {:>10.3}", format!("h{}/{from_ip}", a + 1), format!("h{}/{to_ip}", b + 1), got, rtt);
+                eprintln!(
+                    "{:<14} {:<14} {:>8} {:>10.3}",
+                    format!("h{}/{from_ip}", a + 1),
+                    format!("h{}/{to_ip}", b + 1),
+                    got,
+                    rtt
+                );
             }
         }
     }
@@ -67,13 +87,19 @@ fn traffic(lab: &mut Lab) -> Result<(f64, f64)> {
     let gbps = iperf(lab, &server, &from, &to, 3)?;
     rtts.sort_by(|a, b| a.total_cmp(b));
     let median = rtts[rtts.len() / 2];
-    eprintln!("TCP h1 -> h2 (iperf3, 1 stream, 3 s): {gbps:.1} Gbit/s; median ping RTT {median:.3} ms");
+    eprintln!(
+        "TCP h1 -> h2 (iperf3, 1 stream, 3 s): {gbps:.1} Gbit/s; median ping RTT {median:.3} ms"
+    );
     Ok((median, gbps))
 }
 
 pub fn run(_bin: &Path) -> Result<()> {
     title("building the lab: 3 hosts x 2 containers in network namespaces");
-    let mut lab = Lab::new(Spec { hosts: 3, containers: 2, locked_down: true })?;
+    let mut lab = Lab::new(Spec {
+        hosts: 3,
+        containers: 2,
+        locked_down: true,
+    })?;
     let id = lab.id.clone();
     ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: removing the lab");
@@ -86,10 +112,16 @@ pub fn run(_bin: &Path) -> Result<()> {
             h.name,
             h.underlay,
             h.subnet,
-            h.containers.iter().map(|c| c.ip.as_str()).collect::<Vec<_>>().join(", ")
+            h.containers
+                .iter()
+                .map(|c| c.ip.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    eprintln!("every host: ip_forward=0, iptables FORWARD policy DROP, nat POSTROUTING empty, no routes to peer subnets");
+    eprintln!(
+        "every host: ip_forward=0, iptables FORWARD policy DROP, nat POSTROUTING empty, no routes to peer subnets"
+    );
 
     title("netpath, direct (host-gw) mode");
     lab.write_configs(|_, _| PeerMode::Direct)?;
@@ -109,7 +141,10 @@ pub fn run(_bin: &Path) -> Result<()> {
 
     title("summary");
     eprintln!("{:<22} {:>14} {:>14}", "", "median RTT ms", "TCP Gbit/s");
-    eprintln!("{:<22} {:>14.3} {:>14.1}", "netpath direct", np_rtt, np_gbps);
+    eprintln!(
+        "{:<22} {:>14.3} {:>14.1}",
+        "netpath direct", np_rtt, np_gbps
+    );
     eprintln!("{:<22} {:>14.3} {:>14.1}", "kernel routing", k_rtt, k_gbps);
     title("removing the lab");
     lab.teardown()?;

@@ -87,6 +87,50 @@ fn is_root() -> bool {
     netpath_tests::is_root()
 }
 
+/// Runs cargo test, passing its output through, and ends with one line that totals every
+/// test binary ("summary: N passed, N failed, N ignored"): cargo's own last line is the
+/// doc-tests' of the last crate, which says nothing about the run.
+fn test(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,9 +178,15 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
             }
             eprintln!("[test] cargo test --workspace");
-            run_status(
+            test(
                 cargo()
-                    .args(["test", "--workspace", "--exclude", "netpath-ebpf"])
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "netpath-ebpf",
+                        "--no-fail-fast",
+                    ])
                     .args(args)
                     .env("NETPATH_BIN", &bin),
             )
