@@ -20,9 +20,12 @@ pub mod map_names {
     pub const COUNTERS: &str = "NP_COUNTERS_V1";
     pub const PEER_STATS: &str = "NP_PEER_STATS_V1";
     pub const PEER_INFO: &str = "NP_PEER_INFO_V1";
+    pub const UNDERLAY: &str = "NP_UNDERLAY_V1";
     pub const AGENT: &str = "NP_AGENT_V1";
     /// Every map, for status, dumps and `netpath down`.
-    pub const ALL: &[&str] = &[CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, AGENT];
+    pub const ALL: &[&str] = &[
+        CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, UNDERLAY, AGENT,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -64,6 +67,13 @@ pub struct Config {
     /// The bridge's own address in the local subnet (the containers' gateway), 0 if none;
     /// network byte order. Packets for it are the host's, never a container's.
     pub gateway_addr: u32,
+    /// This host's VTEP MAC: the inner source MAC of what it encapsulates.
+    pub vtep_mac: [u8; 6],
+    /// VXLAN UDP port; network byte order.
+    pub vxlan_port: u16,
+    /// Largest TCP MSS that fits the tunnel: uplink MTU - VXLAN_OVERHEAD - 40.
+    pub tunnel_mss: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Set once the agent has filled the config.
@@ -83,8 +93,34 @@ pub struct PeerValue {
     pub id: u32,
     /// `MODE_DIRECT` or `MODE_VXLAN`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The peer's VTEP MAC: the inner destination MAC of what is encapsulated to it (a
+    /// Linux vxlan device accepts only frames for its own MAC).
+    pub vtep_mac: [u8; 6],
 }
+
+/// Value of `NP_UNDERLAY` (hash, key: underlay address in network byte order): the peer
+/// that owns an underlay address, for checking the outer source of tunnel packets.
+pub type UnderlayValue = PeerValue;
+
+/// The VTEP MAC netpath uses for a host that has no `vtep_mac` configured: locally
+/// administered, 02:4e:<the four bytes of its underlay address> ("N" for netpath).
+pub const fn default_vtep_mac(underlay: [u8; 4]) -> [u8; 6] {
+    [
+        0x02,
+        0x4e,
+        underlay[0],
+        underlay[1],
+        underlay[2],
+        underlay[3],
+    ]
+}
+
+/// Bytes that VXLAN adds in front of the inner IP packet: outer IPv4 (20), UDP (8),
+/// VXLAN (8), inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The IANA VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
 
 /// Packets and bytes; the value of `NP_COUNTERS` (per CPU, indexed by [`Reason`]).
 #[repr(C)]
@@ -125,7 +161,10 @@ pub struct PeerInfo {
     pub mode: u8,
     /// 0 (free), `ORIGIN_CONFIG` or `ORIGIN_CLI`.
     pub origin: u8,
-    pub _pad: u8,
+    /// 1 when `vtep_mac` was configured, 0 when it is the default for the underlay.
+    pub vtep_mac_set: u8,
+    pub vtep_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The one entry of `NP_AGENT`: who manages this datapath, for `status` and `down`.

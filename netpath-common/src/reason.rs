@@ -72,6 +72,22 @@ reasons! {
     PassUnsupportedMode = 9, "pass-unsupported-mode", Pass;
     /// Truncated Ethernet frame or malformed IPv4 header: dropped.
     DropMalformed = 10, "drop-malformed", Drop;
+    /// Routed to a vxlan peer: encapsulated in VXLAN to its underlay address.
+    FwdVxlanEncap = 11, "fwd-vxlan-encap", Forward;
+    /// Received in VXLAN from a vxlan peer, decapsulated and delivered to a local container.
+    FwdVxlanDecap = 12, "fwd-vxlan-decap", Forward;
+    /// VXLAN to our port with another VNI, or without the I flag: dropped.
+    DropVxlanWrongVni = 13, "drop-vxlan-wrong-vni", Drop;
+    /// VXLAN from an underlay address that is not a vxlan peer: dropped.
+    DropVxlanUnknownPeer = 14, "drop-vxlan-unknown-peer", Drop;
+    /// VXLAN whose inner source is not in the sending peer's subnet (spoofed): dropped.
+    DropVxlanSpoofedSrc = 15, "drop-vxlan-spoofed-src", Drop;
+    /// VXLAN whose inner destination is not a local container: dropped.
+    DropVxlanBadInnerDst = 16, "drop-vxlan-bad-inner-dst", Drop;
+    /// VXLAN too short for its headers, with outer IP options, or with a non-IPv4 inner frame: dropped.
+    DropVxlanMalformed = 17, "drop-vxlan-malformed", Drop;
+    /// The kernel refused to grow or shrink the packet for the tunnel: dropped.
+    DropAdjustFailed = 18, "drop-adjust-failed", Drop;
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Routing between container subnets of different hosts: the host-gw ("direct") mode.
+//! Routing between container subnets of different hosts, unencapsulated ("direct",
+//! host-gw) or through the VXLAN tunnel (see vxlan.rs).
 //! Each function returns the TC action; the one exit (`finish`) counts the outcome.
 
 use aya_ebpf::{
@@ -7,13 +8,15 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, Reason, reason::Verdict};
+use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
 
 use crate::{
     counters::{PeerDir, count, count_peer},
     maps::{CONFIG, PEERS},
-    parse,
+    mtu, parse, vxlan,
 };
+
+const ETH_LEN: usize = 14;
 
 const AF_INET: u32 = 2;
 
@@ -57,18 +60,25 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let peer = PEERS
         .get(Key::new(32, ip.dst))
         .ok_or(Reason::PassUnknownDst)?;
-    if peer.mode != MODE_DIRECT {
-        return Err(Reason::PassUnsupportedMode);
+    match peer.mode {
+        MODE_DIRECT => {
+            hop(ctx, ip, peer.id, PeerDir::Tx)?;
+            Ok((
+                redirect(cfg.uplink_ifindex, Some(peer.underlay)),
+                Reason::FwdDirect,
+            ))
+        }
+        MODE_VXLAN => {
+            hop(ctx, ip, peer.id, PeerDir::Tx)?;
+            mtu::clamp_mss(ctx, ETH_LEN, cfg.tunnel_mss);
+            vxlan::encap(ctx, cfg, peer)?;
+            Ok((
+                redirect(cfg.uplink_ifindex, Some(peer.underlay)),
+                Reason::FwdVxlanEncap,
+            ))
+        }
+        _ => Err(Reason::PassUnsupportedMode),
     }
-    route(
-        ctx,
-        ip,
-        peer.id,
-        PeerDir::Tx,
-        cfg.uplink_ifindex,
-        Some(peer.underlay),
-    )
-    .map(|action| (action, Reason::FwdDirect))
 }
 
 pub fn from_uplink(ctx: &TcContext) -> i32 {
@@ -82,6 +92,13 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
     let ip = parse::ipv4(ctx)?;
+    if vxlan::is_tunnel(ctx, cfg, &ip) {
+        let (peer_id, inner) = vxlan::decap(ctx, cfg, ip)?;
+        hop(ctx, inner, peer_id, PeerDir::Rx)?;
+        // The other end may be a Linux vxlan host that clamps nothing.
+        mtu::clamp_mss(ctx, ETH_LEN, cfg.tunnel_mss);
+        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
+    }
     if ip.dst & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.gateway_addr {
         return Err(Reason::PassNotForUs);
     }
@@ -92,30 +109,28 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
         return Err(Reason::PassUnknownSrc);
     }
-    route(ctx, ip, peer.id, PeerDir::Rx, cfg.bridge_ifindex, None)
-        .map(|action| (action, Reason::FwdDeliver))
+    hop(ctx, ip, peer.id, PeerDir::Rx)?;
+    Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdDeliver))
 }
 
-/// Does what a router does with `ip` once it knows where it goes: a packet whose TTL
-/// would expire is left to the stack unchanged (the stack owns ICMP time-exceeded);
-/// otherwise TTL-1 with the checksum patched, the peer's counter, and a redirect out of
-/// `ifindex`. With `nexthop` (an underlay address, network byte order) the kernel resolves
-/// that neighbour; without, it does a FIB lookup on the destination.
-/// bpf_redirect_neigh fills both MACs, queueing the packet while ARP resolves.
+/// Does what a router does with `ip` once it knows where it goes, up to the way out: a
+/// packet whose TTL would expire is left to the stack unchanged (the stack owns ICMP
+/// time-exceeded); otherwise TTL-1 with the checksum patched, and the peer's counter.
 #[inline(always)]
-fn route(
-    ctx: &TcContext,
-    ip: parse::Ipv4,
-    peer_id: u32,
-    dir: PeerDir,
-    ifindex: u32,
-    nexthop: Option<u32>,
-) -> Result<i32, Reason> {
+fn hop(ctx: &TcContext, ip: parse::Ipv4, peer_id: u32, dir: PeerDir) -> Result<(), Reason> {
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
     parse::decrement_ttl(ip.hdr);
     count_peer(peer_id, dir, ctx.len());
+    Ok(())
+}
+
+/// Redirects out of `ifindex`. With `nexthop` (an underlay address, network byte order)
+/// the kernel resolves that neighbour; without, it does a FIB lookup on the destination.
+/// bpf_redirect_neigh fills both MACs, queueing the packet while ARP resolves.
+#[inline(always)]
+fn redirect(ifindex: u32, nexthop: Option<u32>) -> i32 {
     let action = match nexthop {
         Some(addr) => {
             let mut nh = bpf_redir_neigh {
@@ -129,5 +144,5 @@ fn route(
         // SAFETY: helper call; null params ask the kernel for a FIB lookup.
         None => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
     };
-    Ok(action as i32)
+    action as i32
 }

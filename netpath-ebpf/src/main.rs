@@ -6,20 +6,24 @@
 mod counters;
 mod forward;
 mod maps;
+mod mtu;
 mod parse;
+mod vxlan;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 /// TC ingress of the container bridge. Sees what local containers send to their gateway
 /// (the bridge's own MAC) to be routed: frames bridged between two local containers never
-/// reach it. Forwards packets for peer subnets; everything else goes to the host stack.
+/// reach it. Forwards packets for peer subnets (encapsulated for vxlan peers);
+/// everything else goes to the host stack.
 #[classifier]
 pub fn np_from_bridge(ctx: TcContext) -> i32 {
     forward::from_bridge(&ctx)
 }
 
 /// TC ingress of the uplink. Sees everything arriving from the underlay: traffic of peer
-/// hosts for local containers is delivered to the bridge; the rest goes to the host stack.
+/// hosts for local containers is delivered to the bridge (decapsulated when it comes in
+/// the tunnel); forged tunnel traffic is dropped; the rest goes to the host stack.
 #[classifier]
 pub fn np_from_uplink(ctx: TcContext) -> i32 {
     forward::from_uplink(&ctx)

@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use netpath_common::{
     AgentInfo, Config, Counter, MAX_PEERS, MAX_REASONS, PeerInfo, PeerKey, PeerStats, PeerValue,
+    UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V1")]
@@ -15,6 +16,10 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "NP_PEERS_V1")]
 pub static PEERS: LpmTrie<PeerKey, PeerValue> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+/// Underlay address (network byte order) -> the peer that owns it.
+#[map(name = "NP_UNDERLAY_V1")]
+pub static UNDERLAY: HashMap<u32, UnderlayValue> = HashMap::with_max_entries(MAX_PEERS, 0);
 
 #[map(name = "NP_COUNTERS_V1")]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_REASONS, 0);

@@ -87,6 +87,14 @@ struct HostFile {
     vni: u32,
     #[serde(default = "default_xdp")]
     xdp: XdpMode,
+    #[serde(default = "default_vxlan_port")]
+    vxlan_port: u16,
+    /// MAC that peers put as inner destination when they encapsulate to this host.
+    vtep_mac: Option<String>,
+}
+
+fn default_vxlan_port() -> u16 {
+    netpath_common::VXLAN_PORT
 }
 
 fn default_vni() -> u32 {
@@ -104,6 +112,9 @@ struct PeerFile {
     subnet: String,
     underlay: String,
     mode: Mode,
+    /// The peer's VTEP MAC (a Linux vxlan device's address); default: netpath's own
+    /// scheme, 02:4e:<underlay address>.
+    vtep_mac: Option<String>,
 }
 
 /// A validated config, with interfaces resolved on this host.
@@ -126,6 +137,23 @@ pub struct Host {
     pub gateway: Option<Ipv4Addr>,
     pub vni: u32,
     pub xdp: XdpMode,
+    pub vxlan_port: u16,
+    pub vtep_mac: [u8; 6],
+    /// MTU of the uplink (read at start).
+    pub uplink_mtu: u32,
+}
+
+impl Host {
+    /// Largest IPv4 packet the tunnel carries without fragmenting.
+    pub fn tunnel_mtu(&self) -> u32 {
+        self.uplink_mtu
+            .saturating_sub(netpath_common::VXLAN_OVERHEAD)
+    }
+
+    /// Largest TCP MSS that fits the tunnel (20 bytes of IPv4, 20 of TCP).
+    pub fn tunnel_mss(&self) -> u16 {
+        self.tunnel_mtu().saturating_sub(40).min(u16::MAX as u32) as u16
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +162,44 @@ pub struct Peer {
     pub subnet: Ipv4Net,
     pub underlay: Ipv4Addr,
     pub mode: Mode,
+    /// Configured VTEP MAC, if any (see [`Peer::vtep_mac`]).
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+impl Peer {
+    /// The inner destination MAC of what is encapsulated to this peer.
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.vtep_mac
+            .unwrap_or_else(|| netpath_common::default_vtep_mac(self.underlay.octets()))
+    }
+}
+
+/// Parses a MAC written as six hex pairs separated by colons.
+pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], String> {
+    let err =
+        || format!("{field} = {s:?} is not a MAC address: write it like \"02:4e:c6:12:00:0b\"");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(err());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(err());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| err())?;
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!("{field} = {s:?} is not a unicast MAC address"));
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Every problem found in a config, one per line.
@@ -252,6 +318,18 @@ impl Config {
             problems.push("[host].uplink and [host].bridge name the same interface: the bridge is where containers attach, the uplink faces the other hosts".into());
         }
         let subnet = parse_subnet("[host].subnet", &h.subnet);
+        if h.vxlan_port == 0 {
+            problems.push("[host].vxlan_port = 0: use a UDP port, 4789 by default".into());
+        }
+        let host_mac = match &h.vtep_mac {
+            Some(m) => parse_mac("[host].vtep_mac", m)
+                .map(Some)
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    None
+                }),
+            None => None,
+        };
         if h.vni == 0 || h.vni > VNI_MAX {
             problems.push(format!(
                 "[host].vni = {} is out of range: use 1 to {VNI_MAX}",
@@ -302,6 +380,7 @@ impl Config {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let uplink_mtu = sys.mtu(&h.uplink);
         Ok(Config {
             host: Host {
                 name: h.name,
@@ -314,6 +393,10 @@ impl Config {
                 gateway,
                 vni: h.vni,
                 xdp: h.xdp,
+                vxlan_port: h.vxlan_port,
+                vtep_mac: host_mac
+                    .unwrap_or_else(|| netpath_common::default_vtep_mac(address.octets())),
+                uplink_mtu,
             },
             peers,
         })
@@ -339,10 +422,14 @@ fn check_peers(files: &[PeerFile], local: Ipv4Net, problems: &mut Vec<String>) -
         }
         let subnet = parse_subnet(&format!("{field}.subnet"), &p.subnet);
         let underlay = parse_addr(&format!("{field}.underlay"), &p.underlay);
-        let (subnet, underlay) = match (subnet, underlay) {
-            (Ok(s), Ok(u)) => (s, u),
-            (s, u) => {
-                problems.extend([s.err(), u.err()].into_iter().flatten());
+        let mac = match &p.vtep_mac {
+            Some(m) => parse_mac(&format!("{field}.vtep_mac"), m).map(Some),
+            None => Ok(None),
+        };
+        let (subnet, underlay, vtep_mac) = match (subnet, underlay, mac) {
+            (Ok(s), Ok(u), Ok(m)) => (s, u, m),
+            (s, u, m) => {
+                problems.extend([s.err(), u.err(), m.err()].into_iter().flatten());
                 continue;
             }
         };
@@ -351,6 +438,7 @@ fn check_peers(files: &[PeerFile], local: Ipv4Net, problems: &mut Vec<String>) -
             subnet,
             underlay,
             mode: p.mode,
+            vtep_mac,
         };
         let found = check_peer(&field, &peer, local, &peers);
         if found.is_empty() && !bad {
@@ -478,6 +566,29 @@ mod tests {
             .replace("10.244.13.0/24", "10.244.12.0/24");
         let p = Config::parse(&t, &sys()).unwrap_err();
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn vtep_macs_default_from_the_underlay_and_can_be_set() {
+        let c = Config::parse(GOOD, &sys()).unwrap();
+        assert_eq!(c.host.vtep_mac, [0x02, 0x4e, 198, 18, 0, 11]);
+        assert_eq!(c.host.vxlan_port, 4789);
+        assert_eq!(c.peers[1].vtep_mac(), [0x02, 0x4e, 198, 18, 0, 13]);
+        let t = GOOD.replace(
+            "mode = \"vxlan\"",
+            "mode = \"vxlan\"\nvtep_mac = \"aa:bb:cc:dd:ee:f0\"",
+        );
+        let c = Config::parse(&t, &sys()).unwrap();
+        assert_eq!(c.peers[1].vtep_mac(), [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xf0]);
+        let t = GOOD.replace(
+            "mode = \"vxlan\"",
+            "mode = \"vxlan\"\nvtep_mac = \"aa:bb:cc:dd:ee\"",
+        );
+        assert!(problems(&t).contains(".vtep_mac = \"aa:bb:cc:dd:ee\" is not a MAC"));
+        let t = GOOD.replace("vni = 42", "vni = 42\nvtep_mac = \"01:00:5e:00:00:01\"");
+        assert!(problems(&t).contains("not a unicast MAC"));
+        let t = GOOD.replace("vni = 42", "vni = 42\nvxlan_port = 0");
+        assert!(problems(&t).contains("[host].vxlan_port = 0"));
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! without a program.
 
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -15,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -80,6 +79,7 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, Counter>,
     pub peer_stats: PerCpuArray<MapData, PeerStats>,
     pub peer_info: Array<MapData, PeerInfo>,
+    pub underlay: HashMap<MapData, u32, PeerValue>,
     pub agent: Array<MapData, AgentInfo>,
 }
 
@@ -96,6 +96,7 @@ impl Maps {
             counters: take(map_names::COUNTERS)?.try_into()?,
             peer_stats: take(map_names::PEER_STATS)?.try_into()?,
             peer_info: take(map_names::PEER_INFO)?.try_into()?,
+            underlay: take(map_names::UNDERLAY)?.try_into()?,
             agent: take(map_names::AGENT)?.try_into()?,
         })
     }
@@ -109,6 +110,7 @@ impl Maps {
             counters: pins.open(map_names::COUNTERS)?.try_into()?,
             peer_stats: pins.open(map_names::PEER_STATS)?.try_into()?,
             peer_info: pins.open(map_names::PEER_INFO)?.try_into()?,
+            underlay: pins.open(map_names::UNDERLAY)?.try_into()?,
             agent: pins.open(map_names::AGENT)?.try_into()?,
         })
     }
@@ -133,6 +135,10 @@ impl Maps {
             vni: h.vni,
             flags: CONFIG_F_READY,
             gateway_addr: h.gateway.map(|g| addr_to_be(g.octets())).unwrap_or(0),
+            vtep_mac: h.vtep_mac,
+            vxlan_port: h.vxlan_port.to_be(),
+            tunnel_mss: h.tunnel_mss(),
+            _pad: [0; 6],
         };
         self.config.set(0, value, 0)?;
         Ok(())
@@ -197,15 +203,19 @@ impl Maps {
             prefix_len: p.subnet.prefix_len(),
             mode: p.mode.to_map(),
             origin,
-            _pad: 0,
+            vtep_mac_set: p.vtep_mac.is_some() as u8,
+            vtep_mac: p.vtep_mac(),
+            _pad: [0; 2],
         };
         self.peer_info.set(id, info, 0)?;
         let value = PeerValue {
             underlay: info.underlay,
             id,
             mode: info.mode,
-            _pad: [0; 3],
+            _pad: 0,
+            vtep_mac: info.vtep_mac,
         };
+        self.underlay.insert(info.underlay, value, 0)?;
         self.peers.insert(&net_key(p.subnet), value, 0)?;
         Ok(())
     }
@@ -236,6 +246,7 @@ pub fn peer_from_info(info: &PeerInfo) -> Peer {
         subnet: Ipv4Net::new(addr_of(info.subnet), info.prefix_len).unwrap_or_default(),
         underlay: addr_of(info.underlay),
         mode: Mode::from_map(info.mode).unwrap_or(Mode::Direct),
+        vtep_mac: (info.vtep_mac_set != 0).then_some(info.vtep_mac),
     }
 }
 
@@ -253,7 +264,7 @@ pub struct PeerChanges {
 /// a peer that stays is never missing for a packet.
 pub fn sync_peers(maps: &mut Maps, cfg: &Config) -> Result<PeerChanges> {
     let existing = maps.peer_infos()?;
-    let by_name: HashMap<String, (u32, PeerInfo)> = existing
+    let by_name: std::collections::HashMap<String, (u32, PeerInfo)> = existing
         .iter()
         .map(|(id, i)| (name_str(&i.name).to_owned(), (*id, *i)))
         .collect();
@@ -292,6 +303,9 @@ pub fn sync_peers(maps: &mut Maps, cfg: &Config) -> Result<PeerChanges> {
                     if old.subnet != p.subnet {
                         let key = Key::new(info.prefix_len as u32, info.subnet);
                         let _ = maps.peers.remove(&key);
+                    }
+                    if old.underlay != p.underlay {
+                        let _ = maps.underlay.remove(&info.underlay);
                     }
                     maps.put_peer(*id, p, ORIGIN_CONFIG, false)?;
                     changes.updated.push(p.name.clone());

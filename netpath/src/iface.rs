@@ -8,12 +8,41 @@ use ipnet::Ipv4Net;
 pub trait Interfaces {
     fn ifindex(&self, name: &str) -> std::io::Result<u32>;
     fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net>;
+    /// The interface's MTU; 1500 when it cannot be read.
+    fn mtu(&self, name: &str) -> u32;
 }
 
 /// The real interfaces of the calling thread's network namespace.
 pub struct System;
 
 impl Interfaces for System {
+    fn mtu(&self, name: &str) -> u32 {
+        // SIOCGIFMTU on a socket of the calling thread's network namespace (sysfs would
+        // show the mount namespace's, which nsenter --net does not change).
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: plain socket and ioctl calls with a valid ifreq; the fd is closed below.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                return 1500;
+            }
+            let r = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+            libc::close(fd);
+            if r < 0 {
+                1500
+            } else {
+                req.ifr_ifru.ifru_mtu as u32
+            }
+        }
+    }
+
     fn ifindex(&self, name: &str) -> std::io::Result<u32> {
         nix::net::if_::if_nametoindex(name).map_err(std::io::Error::from)
     }

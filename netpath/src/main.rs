@@ -91,6 +91,9 @@ enum PeerCmd {
         underlay: String,
         #[arg(long, default_value = "direct")]
         mode: Mode,
+        /// The peer's VTEP MAC, for a Linux vxlan device (default 02:4e:<underlay>).
+        #[arg(long)]
+        vtep_mac: Option<String>,
     },
     /// Example: netpath peer del c
     Del { name: String },
@@ -194,6 +197,7 @@ fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
             subnet,
             underlay,
             mode,
+            vtep_mac,
         } => {
             let mut problems = Vec::new();
             if let Err(e) = config::check_name("name", &name) {
@@ -202,7 +206,13 @@ fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
             let subnet = config::parse_subnet("--subnet", &subnet).map_err(|e| problems.push(e));
             let underlay =
                 config::parse_addr("--underlay", &underlay).map_err(|e| problems.push(e));
-            let (Ok(subnet), Ok(underlay), true) = (subnet, underlay, problems.is_empty()) else {
+            let vtep_mac = vtep_mac
+                .map(|m| config::parse_mac("--vtep-mac", &m))
+                .transpose()
+                .map_err(|e| problems.push(e));
+            let (Ok(subnet), Ok(underlay), Ok(vtep_mac), true) =
+                (subnet, underlay, vtep_mac, problems.is_empty())
+            else {
                 bail!("{}", problems.join("\n"));
             };
             let mut maps = Maps::open(pins)?;
@@ -212,6 +222,7 @@ fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
                 subnet,
                 underlay,
                 mode,
+                vtep_mac,
             };
             datapath::add_peer(&mut maps, &p)?;
             println!(

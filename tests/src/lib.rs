@@ -343,6 +343,58 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes host `i` a plain Linux VXLAN host (what flannel's vxlan backend and Docker's
+    /// overlay build; no netpath): ip_forward on, a vxlan device `vxlan0` (VNI 42, port
+    /// 4789, learning off) whose MAC is 02:4e:<underlay> (netpath's default VTEP MAC, so
+    /// netpath peers need no `vtep_mac`), and for every other host a route to its subnet
+    /// through vxlan0, a permanent neighbour entry and a static FDB entry.
+    pub fn kernel_vxlan(&self, i: usize) -> Result<()> {
+        let h = &self.hosts[i];
+        let mac = |u: &str| -> String {
+            let o: Vec<u8> = u.split('.').map(|x| x.parse().unwrap_or(0)).collect();
+            format!("02:4e:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+        };
+        sysctl(&h.ns, "net.ipv4.ip_forward", "1")?;
+        run(in_ns(&h.ns, "iptables -P FORWARD ACCEPT"))?;
+        run(ip(
+            &h.ns,
+            &format!(
+                "link add vxlan0 address {} type vxlan id 42 dstport 4789 local {} dev eth0 nolearning",
+                mac(&h.underlay),
+                h.underlay
+            ),
+        ))?;
+        run(ip(
+            &h.ns,
+            &format!("addr add {}/32 dev vxlan0", h.subnet.replace("/24", "")),
+        ))?;
+        run(ip(&h.ns, "link set vxlan0 up"))?;
+        for p in self.hosts.iter().filter(|p| p.idx != h.idx) {
+            let pnet = p.subnet.replace("/24", "");
+            let pmac = mac(&p.underlay);
+            run(ip(
+                &h.ns,
+                &format!("neigh add {pnet} lladdr {pmac} dev vxlan0 nud permanent"),
+            ))?;
+            run(Command::new("bridge").args([
+                "-n",
+                &h.ns,
+                "fdb",
+                "append",
+                &pmac,
+                "dev",
+                "vxlan0",
+                "dst",
+                &p.underlay,
+            ]))?;
+            run(ip(
+                &h.ns,
+                &format!("route add {} via {pnet} dev vxlan0 onlink", p.subnet),
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Tears down; also what Drop does. Collects every error and reports them together.
     pub fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();

@@ -43,6 +43,9 @@ fn cfg(ready: bool) -> Config {
             gateway: Some(GATEWAY.into()),
             vni: 42,
             xdp: XdpMode::Off,
+            vxlan_port: 4789,
+            vtep_mac: netpath_common::default_vtep_mac(HOST),
+            uplink_mtu: 1500,
         },
         peers: if ready {
             vec![
@@ -51,12 +54,14 @@ fn cfg(ready: bool) -> Config {
                     subnet: "10.244.12.0/24".parse().unwrap(),
                     underlay: [198, 18, 0, 12].into(),
                     mode: Mode::Direct,
+                    vtep_mac: None,
                 },
                 Peer {
                     name: "c".into(),
                     subnet: "10.244.13.0/24".parse().unwrap(),
                     underlay: [198, 18, 0, 13].into(),
                     mode: Mode::Vxlan,
+                    vtep_mac: None,
                 },
             ]
         } else {

@@ -1,0 +1,75 @@
+//! Fitting TCP into the tunnel: the MSS option of SYNs that cross it is lowered to what
+//! the tunnel carries (uplink MTU - 50 - 40), in both directions, so neither end ever
+//! sends a segment that would not fit once encapsulated, whatever its own MTU.
+
+use aya_ebpf::programs::TcContext;
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_MSS: u8 = 2;
+/// Options are at most 40 bytes: at most 40 option kinds to look at (all NOPs).
+const MAX_OPTIONS: usize = 40;
+
+/// If the IPv4 packet at `l3` is a TCP SYN (or SYN-ACK) with an MSS option above `mss`,
+/// lowers it and patches the TCP checksum (bpf_l4_csum_replace, which leaves a
+/// CHECKSUM_PARTIAL packet for the device or GSO to finish). Any other packet, or one
+/// whose options cannot be read, is left alone.
+#[inline(always)]
+pub fn clamp_mss(ctx: &TcContext, l3: usize, mss: u16) {
+    let Ok(vihl) = ctx.load::<u8>(l3) else { return };
+    let Ok(proto) = ctx.load::<u8>(l3 + 9) else {
+        return;
+    };
+    let Ok(frag) = ctx.load::<u16>(l3 + 6) else {
+        return;
+    };
+    // Only the first fragment carries the TCP header.
+    if proto != IPPROTO_TCP || u16::from_be(frag) & 0x1fff != 0 {
+        return;
+    }
+    let tcp = l3 + ((vihl & 0x0f) as usize) * 4;
+    let Ok(flags) = ctx.load::<u8>(tcp + 13) else {
+        return;
+    };
+    let Ok(doff) = ctx.load::<u8>(tcp + 12) else {
+        return;
+    };
+    if flags & TCP_SYN == 0 {
+        return;
+    }
+    let end = tcp + ((doff >> 4) as usize) * 4;
+    let mut off = tcp + 20;
+    for _ in 0..MAX_OPTIONS {
+        if off + 4 > end {
+            return;
+        }
+        let Ok(kind) = ctx.load::<u8>(off) else {
+            return;
+        };
+        match kind {
+            TCPOPT_EOL => return,
+            TCPOPT_NOP => off += 1,
+            _ => {
+                let Ok(len) = ctx.load::<u8>(off + 1) else {
+                    return;
+                };
+                if kind == TCPOPT_MSS && len == 4 {
+                    let Ok(old) = ctx.load::<u16>(off + 2) else {
+                        return;
+                    };
+                    let new = mss.to_be();
+                    if u16::from_be(old) > mss && ctx.store(off + 2, &new, 0).is_ok() {
+                        let _ = ctx.l4_csum_replace(tcp + 16, old as u64, new as u64, 2);
+                    }
+                    return;
+                }
+                if len < 2 {
+                    return;
+                }
+                off += len as usize;
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! VXLAN (RFC 7348) built from BPF maps, interoperable with Linux's vxlan device.
+//!
+//! Encap grows the packet after its Ethernet header with bpf_skb_adjust_room and the
+//! ENCAP flags, which tell GSO that the packet is now UDP-tunnelled Ethernet, so a 64 KiB
+//! TCP super-packet is segmented after the tunnel headers are on (by the device, or by
+//! software GSO), never cut into MTU-sized packets before. The outer Ethernet header is
+//! the original one; bpf_redirect_neigh rewrites its MACs.
+//!
+//! Decap accepts only what our tunnel may carry: UDP to our port and address, the I flag
+//! and our VNI, from the underlay address of a vxlan peer, an inner IPv4 source inside
+//! that same peer's subnet and an inner destination that is a local container.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::bpf_get_hash_recalc,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use netpath_common::{Config, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    maps::{PEERS, UNDERLAY},
+    parse::{self, ETH_P_IP_BE, ptr_at},
+};
+
+const ETH_LEN: usize = EthHdr::LEN;
+const IP_LEN: usize = Ipv4Hdr::LEN;
+/// Offsets in a VXLAN frame whose outer IPv4 header has no options.
+const UDP_OFF: usize = ETH_LEN + IP_LEN;
+const VXLAN_OFF: usize = UDP_OFF + 8;
+const INNER_ETH_OFF: usize = VXLAN_OFF + 8;
+const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_LEN;
+const IPPROTO_UDP: u8 = 17;
+/// The I flag of the VXLAN header: the VNI is valid.
+const VXLAN_I: u8 = 0x08;
+
+/// Internet checksum of a 20-byte IPv4 header.
+#[inline(always)]
+fn ipv4_checksum(h: &[u8; 20]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Wraps the packet (inner TTL already decremented) in VXLAN to `peer`.
+///
+/// UDP source port: from the flow hash (RFC 7348 entropy, so the underlay can spread
+/// flows), in 49152-65535. UDP checksum 0, as Linux's vxlan sends over IPv4 by default.
+/// Outer IPv4: DF set (fragmenting tunnel packets is what MTU handling must avoid), TTL 64.
+#[inline(always)]
+pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reason> {
+    let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
+    // SAFETY: helper on the program's own skb.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let sport = 49152u16 | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
+    let tot_len = (inner_len + VXLAN_OVERHEAD).min(0xffff) as u16;
+    let udp_len = tot_len - IP_LEN as u16;
+
+    let flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+        | ((ETH_LEN as u64) << 56);
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| Reason::DropAdjustFailed)?;
+
+    let mut h = [0u8; VXLAN_OVERHEAD as usize];
+    let mut ip = [0u8; 20];
+    let src = cfg.host_addr.to_ne_bytes();
+    let dst = peer.underlay.to_ne_bytes();
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&tot_len.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    h[..20].copy_from_slice(&ip);
+    h[20..22].copy_from_slice(&sport.to_be_bytes());
+    h[22..24].copy_from_slice(&cfg.vxlan_port.to_ne_bytes());
+    h[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    h[28] = VXLAN_I;
+    let vni = cfg.vni.to_be_bytes();
+    h[32..35].copy_from_slice(&vni[1..4]);
+    h[36..42].copy_from_slice(&peer.vtep_mac);
+    h[42..48].copy_from_slice(&cfg.vtep_mac);
+    h[48..50].copy_from_slice(&ETH_P_IP_BE.to_ne_bytes());
+    ctx.store(ETH_LEN, &h, 0)
+        .map_err(|_| Reason::DropAdjustFailed)?;
+    Ok(())
+}
+
+/// Whether `ip` is addressed to our tunnel endpoint: UDP to our port on our underlay
+/// address. Everything else, UDP to other ports included, is not tunnel traffic.
+#[inline(always)]
+pub fn is_tunnel(ctx: &TcContext, cfg: &Config, ip: &parse::Ipv4) -> bool {
+    if ip.hdr.proto as u8 != IPPROTO_UDP || ip.dst != cfg.host_addr {
+        return false;
+    }
+    let hlen = ((ip.hdr.vihl & 0x0f) as usize) * 4;
+    // The destination port, past a header of any length (options included).
+    match ctx.load::<u16>(ETH_LEN + hlen + 2) {
+        Ok(port) => port == cfg.vxlan_port,
+        Err(_) => false,
+    }
+}
+
+/// Checks a tunnel packet (see the module comment) and strips its outer headers. Returns
+/// the sending peer's id and the inner IPv4 packet, now right after the Ethernet header.
+#[inline(always)]
+pub fn decap<'a>(
+    ctx: &'a TcContext,
+    cfg: &Config,
+    outer: parse::Ipv4,
+) -> Result<(u32, parse::Ipv4<'a>), Reason> {
+    if outer.hdr.vihl != 0x45 {
+        // Linux never sends tunnel packets with IP options; neither may anyone else.
+        return Err(Reason::DropVxlanMalformed);
+    }
+    let src = outer.src;
+    let need = INNER_IP_OFF + IP_LEN;
+    if ctx.len() < need as u32 {
+        return Err(Reason::DropVxlanMalformed);
+    }
+    if ctx.data() + need > ctx.data_end() {
+        ctx.pull_data(need as u32)
+            .map_err(|_| Reason::DropVxlanMalformed)?;
+    }
+    let vx: *const [u8; 8] = ptr_at(ctx, VXLAN_OFF).ok_or(Reason::DropVxlanMalformed)?;
+    // SAFETY: ptr_at checked the bounds.
+    let vx = unsafe { *vx };
+    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    if vx[0] & VXLAN_I == 0 || vni != cfg.vni {
+        return Err(Reason::DropVxlanWrongVni);
+    }
+    let peer = match UNDERLAY.get_ptr(&src) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(p) if unsafe { (*p).mode } == MODE_VXLAN => unsafe { &*p },
+        _ => return Err(Reason::DropVxlanUnknownPeer),
+    };
+    let inner_type: *const u16 =
+        ptr_at(ctx, INNER_ETH_OFF + 12).ok_or(Reason::DropVxlanMalformed)?;
+    // SAFETY: ptr_at checked the bounds.
+    if unsafe { *inner_type } != ETH_P_IP_BE {
+        return Err(Reason::DropVxlanMalformed);
+    }
+    let inner: *const Ipv4Hdr = ptr_at(ctx, INNER_IP_OFF).ok_or(Reason::DropVxlanMalformed)?;
+    // SAFETY: ptr_at checked the bounds.
+    let (vihl, isrc, idst) = unsafe { ((*inner).vihl, (*inner).src_addr, (*inner).dst_addr) };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(Reason::DropVxlanMalformed);
+    }
+    let isrc = u32::from_ne_bytes(isrc);
+    let idst = u32::from_ne_bytes(idst);
+    match PEERS.get(Key::new(32, isrc)) {
+        Some(p) if p.id == peer.id => {}
+        _ => return Err(Reason::DropVxlanSpoofedSrc),
+    }
+    if idst & cfg.subnet_mask != cfg.subnet_addr || idst == cfg.gateway_addr {
+        return Err(Reason::DropVxlanBadInnerDst);
+    }
+    let id = peer.id;
+    ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| Reason::DropAdjustFailed)?;
+    let inner = parse::ipv4(ctx)?;
+    Ok((id, inner))
+}

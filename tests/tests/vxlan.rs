@@ -1,0 +1,141 @@
+//! The VXLAN overlay end to end: netpath's own tunnel between netpath hosts, a fleet that
+//! mixes direct and vxlan peers, and interop with a host that uses only Linux's vxlan
+//! device. Containers keep the default MTU 1500 everywhere.
+
+use std::{path::Path, thread, time::Duration};
+
+use netpath_tests::{Lab, PeerMode, Spec, in_ns, output, ping};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_np-probe");
+
+fn lab(hosts: usize) -> Option<Lab> {
+    if !netpath_tests::can_run_lab() {
+        return None;
+    }
+    Some(
+        Lab::new(Spec {
+            hosts,
+            containers: 1,
+            locked_down: true,
+        })
+        .expect("build lab"),
+    )
+}
+
+/// ICMP, UDP and TCP from host a's container to host b's, and TCP throughput: a tunnel
+/// whose MTU handling is broken carries pings but stalls bulk TCP (well under 1 Mbit/s).
+fn assert_crosses(lab: &mut Lab, a: usize, b: usize, bulk: bool) {
+    let from = lab.hosts[a].containers[0].ns.clone();
+    let to_ns = lab.hosts[b].containers[0].ns.clone();
+    let to = lab.hosts[b].containers[0].ip.clone();
+    let (sent, got, _) = ping(&from, &to, 3, "0.2").unwrap();
+    assert_eq!(got, sent, "ping h{} -> h{}", a + 1, b + 1);
+    lab.spawn_in(&to_ns, Path::new(PROBE), &["serve", "7777", "30"])
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    for proto in ["udp", "tcp"] {
+        let r = output(in_ns(&from, &format!("{PROBE} check {proto} {to} 7777")));
+        assert!(r.is_ok(), "{proto} h{} -> h{}: {r:?}", a + 1, b + 1);
+    }
+    if bulk {
+        lab.spawn_in(&to_ns, Path::new("iperf3"), &["-s", "-1"])
+            .unwrap();
+        thread::sleep(Duration::from_millis(300));
+        let out = output(in_ns(&from, &format!("iperf3 -J -t 2 -c {to}"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            bps > 100e6,
+            "bulk TCP h{} -> h{}: {bps} bit/s",
+            a + 1,
+            b + 1
+        );
+    }
+}
+
+fn counters(lab: &Lab, i: usize) -> serde_json::Value {
+    let out = output(lab.netpath(i, &["dump", "counters", "--json"])).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.into_iter()
+        .map(|r| {
+            (
+                r["reason"].as_str().unwrap().to_owned(),
+                r["packets"].clone(),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+#[test]
+fn vxlan_three_hosts_icmp_udp_tcp() {
+    let Some(mut lab) = lab(3) else { return };
+    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
+    lab.start_all().unwrap();
+    for (a, b) in [(0, 1), (1, 0), (0, 2), (2, 1)] {
+        assert_crosses(&mut lab, a, b, a == 0 && b == 1);
+    }
+    for i in 0..3 {
+        let c = counters(&lab, i);
+        assert!(c["fwd-vxlan-encap"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["fwd-vxlan-decap"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(c["fwd-direct"], 0, "{c}");
+    }
+}
+
+#[test]
+fn mixed_direct_and_vxlan_fleet() {
+    let Some(mut lab) = lab(3) else { return };
+    // h1-h2 direct; h3 reached through the tunnel by both.
+    lab.write_configs(|a, b| {
+        if a.idx == 3 || b.idx == 3 {
+            PeerMode::Vxlan
+        } else {
+            PeerMode::Direct
+        }
+    })
+    .unwrap();
+    lab.start_all().unwrap();
+    for (a, b) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)] {
+        assert_crosses(&mut lab, a, b, false);
+    }
+    let c = counters(&lab, 0);
+    assert!(
+        c["fwd-direct"].as_u64().unwrap() > 0 && c["fwd-vxlan-encap"].as_u64().unwrap() > 0,
+        "{c}"
+    );
+}
+
+#[test]
+fn interop_with_linux_vxlan_host() {
+    let Some(mut lab) = lab(3) else { return };
+    // h3 runs no netpath: only Linux's vxlan device, as flannel or Docker overlay would.
+    lab.write_configs(|a, b| {
+        if a.idx == 3 || b.idx == 3 {
+            PeerMode::Vxlan
+        } else {
+            PeerMode::Direct
+        }
+    })
+    .unwrap();
+    lab.kernel_vxlan(2).unwrap();
+    lab.start(0).unwrap();
+    lab.start(1).unwrap();
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        assert_crosses(&mut lab, a, b, a == 0 || b == 0);
+    }
+    let peers = output(lab.netpath(0, &["dump", "peers", "--json"])).unwrap();
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    let h3 = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "h3")
+        .unwrap();
+    assert!(
+        h3["tx_packets"].as_u64().unwrap() > 0 && h3["rx_packets"].as_u64().unwrap() > 0,
+        "{h3}"
+    );
+}
