@@ -183,7 +183,6 @@ fn unknown_and_local_destinations_go_to_the_stack_unchanged() {
         (GATEWAY, Reason::PassLocal),
         ([10, 244, 11, 3], Reason::PassLocal),
         (HOST, Reason::PassLocal),
-        (VXLAN_PEER_C, Reason::PassUnsupportedMode),
     ] {
         let before = dp.count(reason);
         let input = Frame::icmp(LOCAL_C, dst).build();
@@ -314,4 +313,219 @@ fn object_maps_match_common_names_and_layouts() {
         let info = fd.info().unwrap();
         assert_eq!(pin::layout_of(&info).unwrap(), layout, "{name}");
     }
+}
+
+const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
+
+/// `inner` wrapped the way a VXLAN peer (or Linux's vxlan device) sends it to us.
+fn vxlan_frame(outer_src: [u8; 4], vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
+    let mut udp_payload = vec![flags, 0, 0, 0];
+    udp_payload.extend(&vni.to_be_bytes()[1..]);
+    udp_payload.push(0);
+    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 11]);
+    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 13]);
+    udp_payload.extend(&inner[12..]);
+    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
+    udp.extend(((8 + udp_payload.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(udp_payload);
+    let mut f = Frame::icmp(outer_src, HOST);
+    f.proto = 17;
+    f.payload = udp;
+    f.build()
+}
+
+#[test]
+fn encap_writes_exact_outer_headers() {
+    let Some(mut dp) = dp() else { return };
+    let inner = Frame::icmp(LOCAL_C, VXLAN_PEER_C).build();
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &inner);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    dp.only(Reason::FwdVxlanEncap);
+    assert_eq!(out.len(), inner.len() + 50);
+    let ip = &out[ETH_LEN..ETH_LEN + 20];
+    assert_eq!(&out[12..14], &[0x08, 0x00], "outer ethertype");
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        inner.len() - ETH_LEN + 50,
+        "tot_len"
+    );
+    assert_eq!(ip[6] & 0x40, 0x40, "DF");
+    assert_eq!((ip[8], ip[9]), (64, 17), "TTL, UDP");
+    assert_eq!(&ip[12..16], &HOST);
+    assert_eq!(&ip[16..20], &VXLAN_PEER);
+    assert!(ipv4_checksum_ok(&out), "outer IPv4 checksum");
+    let udp = &out[34..42];
+    assert!(
+        u16::from_be_bytes([udp[0], udp[1]]) >= 49152,
+        "source port from the flow hash"
+    );
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 4789);
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        inner.len() - ETH_LEN + 30
+    );
+    assert_eq!(
+        &udp[6..8],
+        &[0, 0],
+        "no UDP checksum, as Linux's vxlan over IPv4"
+    );
+    assert_eq!(
+        &out[42..50],
+        &[0x08, 0, 0, 0, 0, 0, 42, 0],
+        "I flag, VNI 42"
+    );
+    assert_eq!(
+        &out[50..56],
+        &[0x02, 0x4e, 198, 18, 0, 13],
+        "inner dst: the peer's VTEP MAC"
+    );
+    assert_eq!(
+        &out[56..62],
+        &[0x02, 0x4e, 198, 18, 0, 11],
+        "inner src: our VTEP MAC"
+    );
+    // The inner packet follows, routed: TTL-1, valid checksum, nothing else changed.
+    let mut want = inner.clone();
+    want[ETH_LEN + 8] -= 1;
+    assert_routed(&inner, &[&inner[..ETH_LEN], &out[64..]].concat());
+    assert_eq!(out[64 + 8], want[ETH_LEN + 8]);
+}
+
+#[test]
+fn encap_clamps_the_mss_of_syns() {
+    let Some(mut dp) = dp() else { return };
+    // TCP SYN with MSS 1460: 20-byte TCP header + MSS option (4 bytes).
+    let mut tcp = vec![
+        0x30, 0x39, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    tcp.extend([2, 4, 0x05, 0xb4]);
+    let mut pseudo = Vec::new();
+    pseudo.extend(LOCAL_C);
+    pseudo.extend(VXLAN_PEER_C);
+    pseudo.extend([0, 6, 0, tcp.len() as u8]);
+    pseudo.extend(&tcp);
+    let c = netpath_tests::packet::checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = Frame::icmp(LOCAL_C, VXLAN_PEER_C);
+    f.proto = 6;
+    f.payload = tcp;
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &f.build());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let tcp_out = &out[64 + 20..];
+    assert_eq!(
+        &tcp_out[20..24],
+        &[2, 4, 0x05, 0x82],
+        "MSS 1460 clamped to 1410 (1500 - 50 - 40)"
+    );
+    let mut pseudo = Vec::new();
+    pseudo.extend(LOCAL_C);
+    pseudo.extend(VXLAN_PEER_C);
+    pseudo.extend([0, 6, 0, tcp_out.len() as u8]);
+    pseudo.extend(tcp_out);
+    assert_eq!(
+        netpath_tests::packet::checksum(&pseudo),
+        0,
+        "TCP checksum valid"
+    );
+}
+
+#[test]
+fn decap_restores_the_inner_frame() {
+    let Some(mut dp) = dp() else { return };
+    let inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
+    let input = vxlan_frame(VXLAN_PEER, 42, 0x08, &inner);
+    let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    dp.only(Reason::FwdVxlanDecap);
+    // Outer Ethernet header, then the inner IP packet routed (TTL-1).
+    assert_eq!(&out[..ETH_LEN], &input[..ETH_LEN]);
+    assert_routed(&[&input[..ETH_LEN], &inner[ETH_LEN..]].concat(), &out);
+    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
+    let c = peers.iter().find(|p| p.name == "c").unwrap();
+    assert_eq!((c.rx_packets, c.tx_packets), (1, 0));
+}
+
+#[test]
+fn decap_drops_what_is_not_our_tunnel() {
+    let Some(mut dp) = dp() else { return };
+    let good_inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
+    let cases = [
+        (
+            "vxlan_decap_wrong_vni",
+            vxlan_frame(VXLAN_PEER, 43, 0x08, &good_inner),
+            Reason::DropVxlanWrongVni,
+        ),
+        (
+            "vxlan_decap_no_i_flag",
+            vxlan_frame(VXLAN_PEER, 42, 0x00, &good_inner),
+            Reason::DropVxlanWrongVni,
+        ),
+        (
+            "vxlan_decap_unknown_peer",
+            vxlan_frame([198, 18, 0, 99], 42, 0x08, &good_inner),
+            Reason::DropVxlanUnknownPeer,
+        ),
+        // A direct peer's underlay is not a tunnel endpoint.
+        (
+            "vxlan_decap_direct_peer",
+            vxlan_frame([198, 18, 0, 12], 42, 0x08, &good_inner),
+            Reason::DropVxlanUnknownPeer,
+        ),
+        (
+            "vxlan_decap_spoofed_src",
+            vxlan_frame(VXLAN_PEER, 42, 0x08, &Frame::icmp(PEER_C, LOCAL_C).build()),
+            Reason::DropVxlanSpoofedSrc,
+        ),
+        (
+            "vxlan_decap_inner_dst_not_local",
+            vxlan_frame(
+                VXLAN_PEER,
+                42,
+                0x08,
+                &Frame::icmp(VXLAN_PEER_C, PEER_C).build(),
+            ),
+            Reason::DropVxlanBadInnerDst,
+        ),
+        (
+            "vxlan_decap_inner_dst_gateway",
+            vxlan_frame(
+                VXLAN_PEER,
+                42,
+                0x08,
+                &Frame::icmp(VXLAN_PEER_C, GATEWAY).build(),
+            ),
+            Reason::DropVxlanBadInnerDst,
+        ),
+        (
+            "vxlan_decap_truncated",
+            vxlan_frame(VXLAN_PEER, 42, 0x08, &good_inner)[..70].to_vec(),
+            Reason::DropVxlanMalformed,
+        ),
+    ];
+    for (name, mut input, reason) in cases {
+        if name == "vxlan_decap_truncated" {
+            // Keep the outer lengths consistent with the cut frame.
+            let l = (input.len() - ETH_LEN) as u16;
+            input[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&l.to_be_bytes());
+            input[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+            let c = netpath_tests::packet::checksum(&input[ETH_LEN..ETH_LEN + 20]);
+            input[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+        }
+        let before = dp.count(reason);
+        let (verdict, _) = dp.run(prog_names::FROM_UPLINK, &input);
+        assert_eq!(verdict, TC_ACT_SHOT, "{name}");
+        assert_eq!(
+            dp.count(reason),
+            before + 1,
+            "{name} counted as {}",
+            reason.name()
+        );
+    }
+    // UDP to another port is not tunnel traffic: untouched.
+    let mut other = vxlan_frame(VXLAN_PEER, 42, 0x08, &good_inner);
+    other[ETH_LEN + 22..ETH_LEN + 24].copy_from_slice(&53u16.to_be_bytes());
+    let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &other);
+    assert_eq!((verdict, &out[..]), (TC_ACT_UNSPEC, &other[..]));
 }

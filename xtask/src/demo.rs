@@ -132,6 +132,16 @@ pub fn run(_bin: &Path) -> Result<()> {
         eprint!("{}", output(lab.netpath(i, &["stats"]))?);
     }
 
+    title("netpath, vxlan mode: configs switched, agents restarted (the datapath is adopted live)");
+    lab.write_configs(|_, _| PeerMode::Vxlan)?;
+    for i in 0..lab.hosts.len() {
+        lab.kill_agent(i);
+        lab.start(i)?;
+    }
+    let (vx_rtt, vx_gbps) = traffic(&mut lab)?;
+    title(&format!("netpath stats on {}", lab.hosts[0].name));
+    eprint!("{}", output(lab.netpath(0, &["stats"]))?);
+
     title("the same lab with plain kernel routing (ip_forward, static routes), netpath down");
     for i in 0..lab.hosts.len() {
         output(lab.netpath(i, &["down"]))?;
@@ -145,6 +155,7 @@ pub fn run(_bin: &Path) -> Result<()> {
         "{:<22} {:>14.3} {:>14.1}",
         "netpath direct", np_rtt, np_gbps
     );
+    eprintln!("{:<22} {:>14.3} {:>14.1}", "netpath vxlan", vx_rtt, vx_gbps);
     eprintln!("{:<22} {:>14.3} {:>14.1}", "kernel routing", k_rtt, k_gbps);
     title("removing the lab");
     lab.teardown()?;
