@@ -102,6 +102,10 @@ pub mod fake {
     }
 
     impl Interfaces for Fake {
+        fn mtu(&self, _name: &str) -> u32 {
+            1500
+        }
+
         fn ifindex(&self, name: &str) -> std::io::Result<u32> {
             self.0
                 .iter()
