@@ -4,7 +4,7 @@
 
 use std::{path::Path, thread, time::Duration};
 
-use netpath_tests::{Lab, PeerMode, Spec, in_ns, output, ping};
+use netpath_tests::{Host, Lab, PeerMode, Spec, in_ns, output, ping};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_np-probe");
 
@@ -85,18 +85,19 @@ fn vxlan_three_hosts_icmp_udp_tcp() {
     }
 }
 
+/// h1-h2 direct; h3 reached through the tunnel by both.
+fn h3_through_the_tunnel(a: &Host, b: &Host) -> PeerMode {
+    if a.idx == 3 || b.idx == 3 {
+        PeerMode::Vxlan
+    } else {
+        PeerMode::Direct
+    }
+}
+
 #[test]
 fn mixed_direct_and_vxlan_fleet() {
     let Some(mut lab) = lab(3) else { return };
-    // h1-h2 direct; h3 reached through the tunnel by both.
-    lab.write_configs(|a, b| {
-        if a.idx == 3 || b.idx == 3 {
-            PeerMode::Vxlan
-        } else {
-            PeerMode::Direct
-        }
-    })
-    .unwrap();
+    lab.write_configs(h3_through_the_tunnel).unwrap();
     lab.start_all().unwrap();
     for (a, b) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)] {
         assert_crosses(&mut lab, a, b, false);
@@ -112,14 +113,7 @@ fn mixed_direct_and_vxlan_fleet() {
 fn interop_with_linux_vxlan_host() {
     let Some(mut lab) = lab(3) else { return };
     // h3 runs no netpath: only Linux's vxlan device, as flannel or Docker overlay would.
-    lab.write_configs(|a, b| {
-        if a.idx == 3 || b.idx == 3 {
-            PeerMode::Vxlan
-        } else {
-            PeerMode::Direct
-        }
-    })
-    .unwrap();
+    lab.write_configs(h3_through_the_tunnel).unwrap();
     lab.kernel_vxlan(2).unwrap();
     lab.start(0).unwrap();
     lab.start(1).unwrap();
