@@ -16,8 +16,6 @@ use crate::{
     mtu, parse, vxlan,
 };
 
-const ETH_LEN: usize = 14;
-
 const AF_INET: u32 = 2;
 
 /// Counts `outcome` and turns it into a TC action. `Err` reasons pass the packet on
@@ -48,8 +46,8 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 }
 
 /// A container's packet to be routed. Local destinations (the host, its own subnet) and
-/// unknown ones are the stack's; a direct peer's subnet is routed to the uplink with the
-/// peer's underlay address as next hop.
+/// unknown ones are the stack's; a peer's subnet is routed to the uplink with the peer's
+/// underlay address as next hop, wrapped in VXLAN for a vxlan peer.
 #[inline(always)]
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -60,43 +58,37 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let peer = PEERS
         .get(Key::new(32, ip.dst))
         .ok_or(Reason::PassUnknownDst)?;
-    match peer.mode {
-        MODE_DIRECT => {
-            hop(ctx, ip, peer.id, PeerDir::Tx)?;
-            Ok((
-                redirect(cfg.uplink_ifindex, Some(peer.underlay)),
-                Reason::FwdDirect,
-            ))
-        }
-        MODE_VXLAN => {
-            hop(ctx, ip, peer.id, PeerDir::Tx)?;
-            mtu::clamp_mss(ctx, ETH_LEN, cfg.tunnel_mss);
-            vxlan::encap(ctx, cfg, peer)?;
-            Ok((
-                redirect(cfg.uplink_ifindex, Some(peer.underlay)),
-                Reason::FwdVxlanEncap,
-            ))
-        }
-        _ => Err(Reason::PassUnsupportedMode),
+    let reason = match peer.mode {
+        MODE_DIRECT => Reason::FwdDirect,
+        MODE_VXLAN => Reason::FwdVxlanEncap,
+        _ => return Err(Reason::PassUnsupportedMode),
+    };
+    let mut ip = ip;
+    hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
+    if peer.mode == MODE_VXLAN {
+        mtu::clamp_mss(ctx, &ip, cfg.tunnel_mss);
+        vxlan::encap(ctx, cfg, peer)?;
     }
+    Ok((redirect(cfg.uplink_ifindex, Some(peer.underlay)), reason))
 }
 
 pub fn from_uplink(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_uplink(ctx))
 }
 
-/// A packet from the underlay. Only what a direct peer's container sends to a local
-/// container is ours: it is routed into the bridge (the kernel's FIB lookup finds the
+/// A packet from the underlay. Tunnel traffic is checked and decapsulated (vxlan.rs);
+/// of the rest, only what a direct peer's container sends to a local container is ours: it is routed into the bridge (the kernel's FIB lookup finds the
 /// container on it). Everything else is the stack's.
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
     let ip = parse::ipv4(ctx)?;
     if vxlan::is_tunnel(ctx, cfg, &ip) {
-        let (peer_id, inner) = vxlan::decap(ctx, cfg, ip)?;
-        hop(ctx, inner, peer_id, PeerDir::Rx)?;
+        let (peer_id, mut inner) = vxlan::decap(ctx, cfg, ip)?;
+        // An inner TTL that would expire leaves the decapsulated packet to the stack.
+        hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         // The other end may be a Linux vxlan host that clamps nothing.
-        mtu::clamp_mss(ctx, ETH_LEN, cfg.tunnel_mss);
+        mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
     }
     if ip.dst & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.gateway_addr {
@@ -109,7 +101,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
         return Err(Reason::PassUnknownSrc);
     }
-    hop(ctx, ip, peer.id, PeerDir::Rx)?;
+    let mut ip = ip;
+    hop(ctx, &mut ip, peer.id, PeerDir::Rx)?;
     Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdDeliver))
 }
 
@@ -117,7 +110,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
 /// packet whose TTL would expire is left to the stack unchanged (the stack owns ICMP
 /// time-exceeded); otherwise TTL-1 with the checksum patched, and the peer's counter.
 #[inline(always)]
-fn hop(ctx: &TcContext, ip: parse::Ipv4, peer_id: u32, dir: PeerDir) -> Result<(), Reason> {
+fn hop(ctx: &TcContext, ip: &mut parse::Ipv4, peer_id: u32, dir: PeerDir) -> Result<(), Reason> {
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }

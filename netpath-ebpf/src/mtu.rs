@@ -4,6 +4,8 @@
 
 use aya_ebpf::programs::TcContext;
 
+use crate::parse::{ETH_LEN, Ipv4};
+
 const IPPROTO_TCP: u8 = 6;
 const TCP_SYN: u8 = 0x02;
 const TCPOPT_EOL: u8 = 0;
@@ -12,28 +14,20 @@ const TCPOPT_MSS: u8 = 2;
 /// Options are at most 40 bytes: at most 40 option kinds to look at (all NOPs).
 const MAX_OPTIONS: usize = 40;
 
-/// If the IPv4 packet at `l3` is a TCP SYN (or SYN-ACK) with an MSS option above `mss`,
-/// lowers it and patches the TCP checksum (bpf_l4_csum_replace, which leaves a
-/// CHECKSUM_PARTIAL packet for the device or GSO to finish). Any other packet, or one
-/// whose options cannot be read, is left alone.
+/// If `ip` (right after the Ethernet header) is a TCP SYN (or SYN-ACK) with an MSS option
+/// above `mss`, lowers it and patches the TCP checksum (bpf_l4_csum_replace, which leaves
+/// a CHECKSUM_PARTIAL packet for the device or GSO to finish). Any other packet, or one
+/// whose options cannot be read, is left alone. Packets that are not TCP cost no helper
+/// call; TCP segments that are not SYNs cost one.
 #[inline(always)]
-pub fn clamp_mss(ctx: &TcContext, l3: usize, mss: u16) {
-    let Ok(vihl) = ctx.load::<u8>(l3) else { return };
-    let Ok(proto) = ctx.load::<u8>(l3 + 9) else {
-        return;
-    };
-    let Ok(frag) = ctx.load::<u16>(l3 + 6) else {
-        return;
-    };
+pub fn clamp_mss(ctx: &TcContext, ip: &Ipv4, mss: u16) {
     // Only the first fragment carries the TCP header.
-    if proto != IPPROTO_TCP || u16::from_be(frag) & 0x1fff != 0 {
+    if ip.hdr.proto != IPPROTO_TCP || u16::from_be_bytes(ip.hdr.frags) & 0x1fff != 0 {
         return;
     }
-    let tcp = l3 + ((vihl & 0x0f) as usize) * 4;
-    let Ok(flags) = ctx.load::<u8>(tcp + 13) else {
-        return;
-    };
-    let Ok(doff) = ctx.load::<u8>(tcp + 12) else {
+    let tcp = ETH_LEN + ip.hlen();
+    // Data offset (high nibble) and flags are adjacent: one load for both.
+    let Ok([doff, flags]) = ctx.load::<[u8; 2]>(tcp + 12) else {
         return;
     };
     if flags & TCP_SYN == 0 {

@@ -4,6 +4,9 @@ use aya_ebpf::programs::TcContext;
 use netpath_common::Reason;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
+/// Length of an Ethernet header: where the IPv4 header starts.
+pub const ETH_LEN: usize = EthHdr::LEN;
+
 /// Ethertype of IPv4, as it sits in the frame (network byte order read as native u16).
 pub const ETH_P_IP_BE: u16 = u16::from_ne_bytes([0x08, 0x00]);
 
@@ -40,7 +43,7 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4<'_>, Reason> {
     if ether_type != ETH_P_IP_BE {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or(Reason::DropMalformed)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Reason::DropMalformed)?;
     // SAFETY: ptr_at checked the bounds.
     let hdr = unsafe { &mut *ip };
     let hlen = ((hdr.vihl & 0x0f) as u32) * 4;
@@ -48,13 +51,21 @@ pub fn ipv4(ctx: &TcContext) -> Result<Ipv4<'_>, Reason> {
         return Err(Reason::DropMalformed);
     }
     let tot_len = u16::from_be_bytes(hdr.tot_len) as u32;
-    let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
+    let l3_len = ctx.len().saturating_sub(ETH_LEN as u32);
     if tot_len != 0 && (tot_len < hlen || tot_len > l3_len) {
         return Err(Reason::DropMalformed);
     }
     let src = u32::from_ne_bytes(hdr.src_addr);
     let dst = u32::from_ne_bytes(hdr.dst_addr);
     Ok(Ipv4 { hdr, src, dst })
+}
+
+impl Ipv4<'_> {
+    /// Header length in bytes (20 to 60).
+    #[inline(always)]
+    pub fn hlen(&self) -> usize {
+        ((self.hdr.vihl & 0x0f) as usize) * 4
+    }
 }
 
 /// Decrements the TTL and patches the header checksum incrementally, as the kernel's

@@ -20,14 +20,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{Config, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::{PEERS, UNDERLAY},
-    parse::{self, ETH_P_IP_BE, ptr_at},
+    parse::{self, ETH_LEN, ETH_P_IP_BE, ptr_at},
 };
 
-const ETH_LEN: usize = EthHdr::LEN;
 const IP_LEN: usize = Ipv4Hdr::LEN;
 /// Offsets in a VXLAN frame whose outer IPv4 header has no options.
 const UDP_OFF: usize = ETH_LEN + IP_LEN;
@@ -63,6 +62,8 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reas
     // SAFETY: helper on the program's own skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let sport = 49152u16 | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
+    // Only a GSO super-packet can exceed 64 KiB here; GSO rewrites the outer lengths of
+    // every segment it makes, so the clamp never reaches the wire.
     let tot_len = (inner_len + VXLAN_OVERHEAD).min(0xffff) as u16;
     let udp_len = tot_len - IP_LEN as u16;
 
@@ -105,12 +106,11 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reas
 /// address. Everything else, UDP to other ports included, is not tunnel traffic.
 #[inline(always)]
 pub fn is_tunnel(ctx: &TcContext, cfg: &Config, ip: &parse::Ipv4) -> bool {
-    if ip.hdr.proto as u8 != IPPROTO_UDP || ip.dst != cfg.host_addr {
+    if ip.hdr.proto != IPPROTO_UDP || ip.dst != cfg.host_addr {
         return false;
     }
-    let hlen = ((ip.hdr.vihl & 0x0f) as usize) * 4;
     // The destination port, past a header of any length (options included).
-    match ctx.load::<u16>(ETH_LEN + hlen + 2) {
+    match ctx.load::<u16>(ETH_LEN + ip.hlen() + 2) {
         Ok(port) => port == cfg.vxlan_port,
         Err(_) => false,
     }

@@ -195,13 +195,6 @@ pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-pub fn format_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Every problem found in a config, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config {path}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -239,9 +232,22 @@ pub fn check_name(field: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a peer against the host and the other peers; `others` are already valid.
-pub fn check_peer(field: &str, p: &Peer, local: Ipv4Net, others: &[Peer]) -> Vec<String> {
+/// Checks a peer against the host (its subnet `local`, its underlay address `host`) and
+/// the other peers; `others` are already valid. Shared by the config and `peer add`.
+pub fn check_peer(
+    field: &str,
+    p: &Peer,
+    local: Ipv4Net,
+    host: Ipv4Addr,
+    others: &[Peer],
+) -> Vec<String> {
     let mut problems = Vec::new();
+    if p.underlay == host {
+        problems.push(format!(
+            "{field}.underlay = \"{}\" is this host's own address: a peer is another host",
+            p.underlay
+        ));
+    }
     if overlaps(p.subnet, local) {
         problems.push(format!(
             "{field}.subnet = \"{}\" overlaps the local subnet [host].subnet = \"{local}\": give each host its own subnet",
@@ -353,7 +359,7 @@ impl Config {
                 problems.extend([u.err(), b.err(), s.err(), a.err()].into_iter().flatten());
                 // Without these the peers can still be checked against each other.
                 let local = parse_subnet("", &h.subnet).unwrap_or_default();
-                check_peers(&file.peers, local, &mut problems);
+                check_peers(&file.peers, local, Ipv4Addr::UNSPECIFIED, &mut problems);
                 return Err(problems);
             }
         };
@@ -368,15 +374,7 @@ impl Config {
             .into_iter()
             .map(|n| n.addr())
             .find(|a| subnet.contains(a));
-        let peers = check_peers(&file.peers, subnet, &mut problems);
-        for p in &peers {
-            if p.underlay == address {
-                problems.push(format!(
-                    "peer {:?}: underlay \"{}\" is this host's own address",
-                    p.name, p.underlay
-                ));
-            }
-        }
+        let peers = check_peers(&file.peers, subnet, address, &mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -403,7 +401,12 @@ impl Config {
     }
 }
 
-fn check_peers(files: &[PeerFile], local: Ipv4Net, problems: &mut Vec<String>) -> Vec<Peer> {
+fn check_peers(
+    files: &[PeerFile],
+    local: Ipv4Net,
+    host: Ipv4Addr,
+    problems: &mut Vec<String>,
+) -> Vec<Peer> {
     let mut peers: Vec<Peer> = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, p) in files.iter().enumerate() {
@@ -440,7 +443,7 @@ fn check_peers(files: &[PeerFile], local: Ipv4Net, problems: &mut Vec<String>) -
             mode: p.mode,
             vtep_mac,
         };
-        let found = check_peer(&field, &peer, local, &peers);
+        let found = check_peer(&field, &peer, local, host, &peers);
         if found.is_empty() && !bad {
             peers.push(peer);
         }
@@ -538,6 +541,15 @@ mod tests {
         assert!(p.contains("duplicate peer name"), "{p}");
         let p = problems(&GOOD.replace("198.18.0.13", "198.18.0.12"));
         assert!(p.contains("is also peer \"b\"'s"), "{p}");
+    }
+
+    #[test]
+    fn a_peer_with_this_hosts_address_is_refused() {
+        let p = problems(&GOOD.replace("198.18.0.12", "198.18.0.11"));
+        assert!(
+            p.contains("underlay = \"198.18.0.11\" is this host's own address"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -181,15 +181,6 @@ impl Maps {
         Ok(())
     }
 
-    fn free_id(&self, taken: &[u32]) -> Result<u32> {
-        for id in 0..MAX_PEERS {
-            if !taken.contains(&id) && self.peer_info.get(&id, 0)?.origin == 0 {
-                return Ok(id);
-            }
-        }
-        bail!("all {MAX_PEERS} peer slots are in use: remove peers first")
-    }
-
     /// Installs one peer in slot `id`: info first, then the route, so a packet that finds
     /// the route always finds a counted, named peer.
     fn put_peer(&mut self, id: u32, p: &Peer, origin: u8, fresh: bool) -> Result<()> {
@@ -220,17 +211,39 @@ impl Maps {
         Ok(())
     }
 
-    /// Removes the peer in slot `id`: route first, then its info.
-    fn drop_peer(&mut self, id: u32, info: &PeerInfo) -> Result<()> {
+    /// Removes the route and underlay entries that `info` (slot `id`) wrote, where they
+    /// are still its own: within one config change another peer may already have taken
+    /// that subnet or address over (two peers swapping them), and its entry must stay.
+    fn remove_owned_keys(&mut self, id: u32, info: &PeerInfo) -> Result<()> {
         let key = Key::new(info.prefix_len as u32, info.subnet);
-        match self.peers.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
+        if self.peers.get(&key, 0).is_ok_and(|v| v.id == id) {
+            self.peers.remove(&key)?;
         }
+        if self
+            .underlay
+            .get(&info.underlay, 0)
+            .is_ok_and(|v| v.id == id)
+        {
+            self.underlay.remove(&info.underlay)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the peer in slot `id`: route and underlay entry first, then its info.
+    fn drop_peer(&mut self, id: u32, info: &PeerInfo) -> Result<()> {
+        self.remove_owned_keys(id, info)?;
         self.peer_info
             .set(id, <PeerInfo as bytemuck::Zeroable>::zeroed(), 0)?;
         Ok(())
     }
+}
+
+/// The lowest peer slot not in `used` (ids read once with [`Maps::peer_infos`], plus
+/// those handed out since).
+fn free_id(used: &std::collections::HashSet<u32>) -> Result<u32> {
+    (0..MAX_PEERS)
+        .find(|id| !used.contains(id))
+        .with_context(|| format!("all {MAX_PEERS} peer slots are in use: remove peers first"))
 }
 
 fn sum(it: impl IntoIterator<Item = Counter>) -> Counter {
@@ -281,6 +294,7 @@ pub fn sync_peers(maps: &mut Maps, cfg: &Config) -> Result<PeerChanges> {
             &format!("peer {:?} (added with `netpath peer add`)", p.name),
             &p,
             cfg.host.subnet,
+            cfg.host.address,
             &keep,
         );
         if !problems.is_empty() {
@@ -294,28 +308,23 @@ pub fn sync_peers(maps: &mut Maps, cfg: &Config) -> Result<PeerChanges> {
         keep.push(p);
     }
 
-    let mut taken: Vec<u32> = Vec::new();
+    let mut used: std::collections::HashSet<u32> = existing.iter().map(|(id, _)| *id).collect();
     for p in &cfg.peers {
         match by_name.get(&p.name) {
             Some((id, info)) => {
                 let old = peer_from_info(info);
                 if old != *p || info.origin != ORIGIN_CONFIG {
-                    if old.subnet != p.subnet {
-                        let key = Key::new(info.prefix_len as u32, info.subnet);
-                        let _ = maps.peers.remove(&key);
-                    }
-                    if old.underlay != p.underlay {
-                        let _ = maps.underlay.remove(&info.underlay);
+                    if old.subnet != p.subnet || old.underlay != p.underlay {
+                        maps.remove_owned_keys(*id, info)?;
                     }
                     maps.put_peer(*id, p, ORIGIN_CONFIG, false)?;
                     changes.updated.push(p.name.clone());
                 }
-                taken.push(*id);
             }
             None => {
-                let id = maps.free_id(&taken)?;
+                let id = free_id(&used)?;
                 maps.put_peer(id, p, ORIGIN_CONFIG, true)?;
-                taken.push(id);
+                used.insert(id);
                 changes.added.push(p.name.clone());
             }
         }
@@ -335,16 +344,14 @@ pub fn add_peer(maps: &mut Maps, p: &Peer) -> Result<u32> {
     let cfg = maps.config()?;
     let local = Ipv4Net::with_netmask(addr_of(cfg.subnet_addr), addr_of(cfg.subnet_mask))
         .context("local subnet in NP_CONFIG")?;
-    let others: Vec<Peer> = maps
-        .peer_infos()?
-        .iter()
-        .map(|(_, i)| peer_from_info(i))
-        .collect();
-    let problems = config::check_peer(&format!("peer {:?}", p.name), p, local, &others);
+    let infos = maps.peer_infos()?;
+    let others: Vec<Peer> = infos.iter().map(|(_, i)| peer_from_info(i)).collect();
+    let host = addr_of(cfg.host_addr);
+    let problems = config::check_peer(&format!("peer {:?}", p.name), p, local, host, &others);
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
-    let id = maps.free_id(&[])?;
+    let id = free_id(&infos.iter().map(|(id, _)| *id).collect())?;
     maps.put_peer(id, p, ORIGIN_CLI, true)?;
     Ok(id)
 }
@@ -366,20 +373,25 @@ pub fn del_peer(maps: &mut Maps, name: &str) -> Result<()> {
 pub struct Attachment {
     pub prog: &'static str,
     pub iface: String,
-    pub ifindex: u32,
+    /// Whether a pinned link of this program may be adopted: it is attached to this same
+    /// interface (by the agent that `before` records).
+    pub adopt: bool,
 }
 
-pub fn attachments(cfg: &Config) -> Vec<Attachment> {
+/// The programs and their interfaces; `before` is the `NP_AGENT` record of the datapath
+/// being adopted (zeroed for a new one, whose ifindexes never match).
+pub fn attachments(cfg: &Config, before: &AgentInfo) -> Vec<Attachment> {
+    let h = &cfg.host;
     vec![
         Attachment {
             prog: prog_names::FROM_BRIDGE,
-            iface: cfg.host.bridge.clone(),
-            ifindex: cfg.host.bridge_ifindex,
+            iface: h.bridge.clone(),
+            adopt: before.bridge_ifindex == h.bridge_ifindex,
         },
         Attachment {
             prog: prog_names::FROM_UPLINK,
-            iface: cfg.host.uplink.clone(),
-            ifindex: cfg.host.uplink_ifindex,
+            iface: h.uplink.clone(),
+            adopt: before.uplink_ifindex == h.uplink_ifindex,
         },
     ]
 }
@@ -398,12 +410,7 @@ pub enum Attached {
 /// Attaches `a` at TC ingress. Where a link for the same interface is pinned, the new
 /// program is swapped into it atomically; a pinned link for another interface (the config
 /// changed) is replaced by a new one.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    pins: &PinDir,
-    a: &Attachment,
-    same_iface: bool,
-) -> Result<Attached> {
+pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut(a.prog)
         .with_context(|| format!("program {} missing", a.prog))?
@@ -412,7 +419,7 @@ pub fn attach(
     if pin.exists() {
         let old = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?;
-        if same_iface {
+        if a.adopt {
             let link = SchedClassifierLink::try_from(FdLink::from(old))?;
             let id = prog
                 .attach_to_link(link)
@@ -546,13 +553,25 @@ pub fn down(pins: &PinDir) -> Result<Vec<String>> {
     }
 }
 
-/// Stops a running agent of this datapath, if that pid is still a netpath process.
+/// Whether `pid` (from `NP_AGENT`) is still a running netpath process. A pid the kernel
+/// has since given to another program is not, and neither is a killed agent that nobody
+/// has reaped yet (a zombie, state Z or X): it must not block the next agent.
+pub fn agent_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "<pid> (<comm>) <state> ...": comm is in parentheses and may hold spaces.
+    let (Some((_, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..stat.len() - rest.len() - 1];
+    let state = rest.trim_start().chars().next();
+    pid != 0 && comm == "netpath" && !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// Stops a running agent of this datapath.
 fn stop_agent(pid: u32, done: &mut Vec<String>) {
-    if pid == 0 || pid == std::process::id() {
-        return;
-    }
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "netpath" {
+    if pid == std::process::id() || !agent_alive(pid) {
         return;
     }
     let pid = nix::unistd::Pid::from_raw(pid as i32);

@@ -82,21 +82,33 @@ enum DumpMap {
 
 #[derive(Subcommand)]
 enum PeerCmd {
+    /// Add a peer to the running datapath, checked like a config peer; it is kept across
+    /// agent restarts until `peer del`.
+    ///
     /// Example: netpath peer add c --subnet 10.244.13.0/24 --underlay 198.18.0.13 --mode direct
     Add {
+        /// Unique name, 1 to 31 printable characters.
         name: String,
+        /// The peer's container subnet (CIDR), overlapping no other.
         #[arg(long)]
         subnet: String,
+        /// The peer host's underlay address.
         #[arg(long)]
         underlay: String,
+        /// direct (host-gw) or vxlan.
         #[arg(long, default_value = "direct")]
         mode: Mode,
         /// The peer's VTEP MAC, for a Linux vxlan device (default 02:4e:<underlay>).
         #[arg(long)]
         vtep_mac: Option<String>,
     },
+    /// Remove a peer from the running datapath (a config peer comes back at the next
+    /// agent start).
+    ///
     /// Example: netpath peer del c
     Del { name: String },
+    /// List the peers with their traffic (same as `dump peers`).
+    ///
     /// Example: netpath peer list --json
     List {
         #[arg(long)]
@@ -268,12 +280,10 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             );
         }
     }
-    let fresh = !adopted;
-    let result = start(&cfg, &pins, adopted);
-    let (_ebpf, maps) = match result {
+    let (_ebpf, maps) = match start(&cfg, &pins, adopted) {
         Ok(x) => x,
         Err(e) => {
-            if fresh {
+            if !adopted {
                 // Nothing was running before: leave nothing behind.
                 let _ = datapath::down(&pins);
             }
@@ -313,13 +323,8 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     maps.write_config(cfg)?;
     let changes = datapath::sync_peers(&mut maps, cfg).context("updating peers")?;
     let mut tcx = true;
-    for a in datapath::attachments(cfg) {
-        let was = if a.prog == netpath_common::prog_names::FROM_BRIDGE {
-            before.bridge_ifindex
-        } else {
-            before.uplink_ifindex
-        };
-        let how = datapath::attach(&mut ebpf, pins, &a, adopted && was == a.ifindex)?;
+    for a in datapath::attachments(cfg, &before) {
+        let how = datapath::attach(&mut ebpf, pins, &a)?;
         tcx &= how != Attached::Netlink;
         log::info!("{} on {} ingress: {how:?}", a.prog, a.iface);
     }

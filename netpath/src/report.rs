@@ -124,13 +124,12 @@ pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
 
 pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
     let a = maps.agent()?;
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", a.agent_pid)).unwrap_or_default();
     Ok(AgentRow {
         host: name_str(&a.host_name).to_owned(),
         uplink: name_str(&a.uplink).to_owned(),
         bridge: name_str(&a.bridge).to_owned(),
         agent_pid: a.agent_pid,
-        agent_running: a.agent_pid != 0 && comm.trim() == "netpath",
+        agent_running: datapath::agent_alive(a.agent_pid),
         agent_started_at: a.agent_started_at,
         attached_at: a.attached_at,
         generation: a.generation,

@@ -263,18 +263,15 @@ impl Lab {
             .create(true)
             .append(true)
             .open(&h.log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", h.ns))
-            .arg(netpath_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&h.config)
-            .arg("--pin-dir")
-            .arg(&h.pin_dir)
+        let config = h.config.clone();
+        let child = self
+            .netpath(i, &["run", "--config"])
+            .arg(config)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting netpath")?;
+        let h = &mut self.hosts[i];
         h.agent = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -300,15 +297,16 @@ impl Lab {
         }
     }
 
-    /// Runs `netpath ARGS --pin-dir <host's>` inside host `i`'s network namespace.
+    /// `netpath --pin-dir <host's> ARGS` inside host `i`'s network namespace (nsenter
+    /// keeps our bpffs; more arguments may be appended).
     pub fn netpath(&self, i: usize, args: &[&str]) -> Command {
         let h = &self.hosts[i];
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", h.ns))
             .arg(netpath_bin())
-            .args(args)
             .arg("--pin-dir")
-            .arg(&h.pin_dir);
+            .arg(&h.pin_dir)
+            .args(args);
         c
     }
 
@@ -406,17 +404,8 @@ impl Lab {
             self.kill_agent(i);
             let h = &self.hosts[i];
             if h.pin_dir.exists() {
-                match output(
-                    Command::new(netpath_bin())
-                        .arg("down")
-                        .arg("--pin-dir")
-                        .arg(&h.pin_dir),
-                ) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        errors.push(format!("netpath down on {}: {e:#}", h.name));
-                        let _ = fs::remove_dir_all(&h.pin_dir);
-                    }
+                if let Err(e) = netpath_down(&h.pin_dir) {
+                    errors.push(format!("netpath down on {}: {e:#}", h.name));
                 }
             }
         }
@@ -498,23 +487,47 @@ pub fn reap_stale() {
         name.strip_prefix("np")
             .and_then(|r| r.split('x').next())
             .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .is_some_and(|pid| !alive(pid))
     };
-    if let Ok(dirs) = fs::read_dir("/sys/fs/bpf") {
-        for d in dirs.flatten() {
-            let name = d.file_name().to_string_lossy().into_owned();
-            if dead(&name) {
-                let _ = output(
-                    Command::new(netpath_bin())
-                        .arg("down")
-                        .arg("--pin-dir")
-                        .arg(d.path()),
-                );
-                let _ = fs::remove_dir_all(d.path());
-            }
+    remove_pin_dirs(|name| dead(name));
+    remove_namespaces(|ns| dead(ns));
+}
+
+/// `netpath down` on a pin dir; whatever it could not remove is removed all the same.
+pub fn netpath_down(pin_dir: &Path) -> Result<()> {
+    let r = run(Command::new(netpath_bin())
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("down"));
+    if r.is_err() {
+        let _ = fs::remove_dir_all(pin_dir);
+    }
+    r
+}
+
+/// `netpath down` on every pin dir under /sys/fs/bpf whose name `select` picks.
+fn remove_pin_dirs(select: impl Fn(&str) -> bool) {
+    let Ok(dirs) = fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for d in dirs.flatten() {
+        if select(&d.file_name().to_string_lossy()) {
+            let _ = netpath_down(&d.path());
         }
     }
-    remove_namespaces(|ns| dead(ns));
+}
+
+/// Whether `pid` runs: a killed process whose parent has not reaped it yet (a zombie,
+/// state Z or X in /proc/PID/stat) still has its /proc entry but is dead.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// Kills what runs in the namespaces `select` picks, then deletes them.
@@ -535,19 +548,7 @@ pub fn remove_namespaces(select: impl Fn(&str) -> bool) {
 /// Everything of lab `id`, from outside the Lab value (a Ctrl-C handler).
 pub fn remove_lab(id: &str) {
     let prefix = format!("{id}-");
-    if let Ok(dirs) = fs::read_dir("/sys/fs/bpf") {
-        for d in dirs.flatten() {
-            if d.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = output(
-                    Command::new(netpath_bin())
-                        .arg("down")
-                        .arg("--pin-dir")
-                        .arg(d.path()),
-                );
-                let _ = fs::remove_dir_all(d.path());
-            }
-        }
-    }
+    remove_pin_dirs(|name| name.starts_with(&prefix));
     remove_namespaces(|ns| ns.starts_with(&prefix));
     let _ = fs::remove_dir_all(std::env::temp_dir().join(id));
 }

@@ -100,13 +100,22 @@ fn direct_three_hosts_icmp_udp_tcp_both_ways() {
     }
 }
 
-#[test]
-fn restart_after_kill_9_loses_nothing() {
-    let Some(mut lab) = lab(2, 1) else { return };
+/// Two hosts running netpath, and the (namespace, address) of a container on each, shown
+/// to reach each other.
+fn two_hosts_up() -> Option<(Lab, String, String)> {
+    let mut lab = lab(2, 1)?;
     lab.start_all().unwrap();
     let from = lab.hosts[0].containers[0].ns.clone();
     let to = lab.hosts[1].containers[0].ip.clone();
     assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2);
+    Some((lab, from, to))
+}
+
+#[test]
+fn restart_after_kill_9_loses_nothing() {
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
 
     // The agent dies: the pinned links keep the datapath attached.
     lab.kill_agent(0);
@@ -158,11 +167,9 @@ fn restart_after_kill_9_loses_nothing() {
 
 #[test]
 fn down_removes_everything_and_up_again_works() {
-    let Some(mut lab) = lab(2, 1) else { return };
-    lab.start_all().unwrap();
-    let from = lab.hosts[0].containers[0].ns.clone();
-    let to = lab.hosts[1].containers[0].ip.clone();
-    assert_eq!(ping(&from, &to, 2, "0.2").unwrap().1, 2);
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
 
     let out = output(lab.netpath(0, &["down"])).unwrap();
     assert!(
@@ -186,13 +193,7 @@ fn down_removes_everything_and_up_again_works() {
         "ingress",
     ]));
     assert!(tc.map(|t| t.trim().is_empty()).unwrap_or(true));
-    let err = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.hosts[0].ns))
-        .arg(netpath_tests::netpath_bin())
-        .args(["stats", "--pin-dir"])
-        .arg(&lab.hosts[0].pin_dir)
-        .output()
-        .unwrap();
+    let err = lab.netpath(0, &["stats"]).output().unwrap();
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no netpath datapath at"));
     let again = output(lab.netpath(0, &["down"])).unwrap();

@@ -529,3 +529,89 @@ fn decap_drops_what_is_not_our_tunnel() {
     let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &other);
     assert_eq!((verdict, &out[..]), (TC_ACT_UNSPEC, &other[..]));
 }
+
+#[test]
+fn peers_swapping_subnets_and_underlays_keep_every_entry() {
+    let Some(mut dp) = dp() else { return };
+    let mut c = cfg(true);
+    // b and c trade subnets and underlay addresses in one config change.
+    let (b, cc) = (c.peers[0].clone(), c.peers[1].clone());
+    c.peers[0].subnet = cc.subnet;
+    c.peers[0].underlay = cc.underlay;
+    c.peers[1].subnet = b.subnet;
+    c.peers[1].underlay = b.underlay;
+    let changes = datapath::sync_peers(&mut dp.maps, &c).unwrap();
+    assert_eq!(changes.updated, vec!["b", "c"]);
+    let owner = |dp: &Dp, addr: [u8; 4]| {
+        dp.maps
+            .underlay
+            .get(&u32::from_ne_bytes(addr), 0)
+            .ok()
+            .map(|v| v.id)
+    };
+    let id = |dp: &Dp, name: &str| {
+        dp.maps
+            .peer_infos()
+            .unwrap()
+            .into_iter()
+            .find(|(_, i)| netpath_common::name_str(&i.name) == name)
+            .unwrap()
+            .0
+    };
+    assert_eq!(owner(&dp, [198, 18, 0, 13]), Some(id(&dp, "b")));
+    assert_eq!(owner(&dp, [198, 18, 0, 12]), Some(id(&dp, "c")));
+    // 10.244.12.0/24 now belongs to c (vxlan via .12), 10.244.13.0/24 to b (direct).
+    let (verdict, out) = dp.run(
+        prog_names::FROM_BRIDGE,
+        &Frame::icmp(LOCAL_C, PEER_C).build(),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[ETH_LEN + 16..ETH_LEN + 20],
+        &[198, 18, 0, 12],
+        "encapsulated to c"
+    );
+    let (verdict, _) = dp.run(
+        prog_names::FROM_BRIDGE,
+        &Frame::icmp(LOCAL_C, VXLAN_PEER_C).build(),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.count(Reason::FwdDirect), 1);
+    assert_eq!(dp.count(Reason::FwdVxlanEncap), 1);
+
+    // Deleting c removes its route and its tunnel end: its traffic is refused after.
+    datapath::del_peer(&mut dp.maps, "c").unwrap();
+    assert_eq!(owner(&dp, [198, 18, 0, 12]), None);
+    let inner = Frame::icmp(PEER_C, LOCAL_C).build();
+    let (verdict, _) = dp.run(
+        prog_names::FROM_UPLINK,
+        &vxlan_frame([198, 18, 0, 12], 42, 0x08, &inner),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dp.count(Reason::DropVxlanUnknownPeer), 1);
+    let (verdict, _) = dp.run(
+        prog_names::FROM_BRIDGE,
+        &Frame::icmp(LOCAL_C, PEER_C).build(),
+    );
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    assert_eq!(dp.count(Reason::PassUnknownDst), 1);
+}
+
+#[test]
+fn peer_add_refuses_this_hosts_own_address() {
+    let Some(mut dp) = dp() else { return };
+    let p = Peer {
+        name: "self".into(),
+        subnet: "10.244.50.0/24".parse().unwrap(),
+        underlay: HOST.into(),
+        mode: Mode::Direct,
+        vtep_mac: None,
+    };
+    let err = datapath::add_peer(&mut dp.maps, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("underlay = \"198.18.0.11\" is this host's own address"),
+        "{err}"
+    );
+}

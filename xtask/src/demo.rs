@@ -93,7 +93,7 @@ fn traffic(lab: &mut Lab) -> Result<(f64, f64)> {
     Ok((median, gbps))
 }
 
-pub fn run(_bin: &Path) -> Result<()> {
+pub fn run() -> Result<()> {
     title("building the lab: 3 hosts x 2 containers in network namespaces");
     let mut lab = Lab::new(Spec {
         hosts: 3,

@@ -83,10 +83,6 @@ pub fn build(release: bool) -> Result<PathBuf> {
         .join("netpath"))
 }
 
-fn is_root() -> bool {
-    netpath_tests::is_root()
-}
-
 /// Runs cargo test, passing its output through, and ends with one line that totals every
 /// test binary ("summary: N passed, N failed, N ignored"): cargo's own last line is the
 /// doc-tests' of the last crate, which says nothing about the run.
@@ -131,6 +127,13 @@ fn test(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Points the lab (this process's and the tests', which inherit the environment) at the
+/// binary just built: it finds netpath through NETPATH_BIN (tests/src/lib.rs).
+fn use_binary(bin: &Path) {
+    // SAFETY: called before xtask starts any thread.
+    unsafe { std::env::set_var("NETPATH_BIN", bin) };
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { args } => {
             setup::ensure(false)?;
             let bin = build(true)?;
-            let mut cmd = if is_root() {
+            let mut cmd = if netpath_tests::is_root() {
                 Command::new(&bin)
             } else {
                 let mut c = Command::new("sudo");
@@ -161,18 +164,18 @@ fn run(cli: Cli) -> Result<()> {
             run_status(cmd.args(args))
         }
         Cmd::Demo => {
-            if !is_root() {
+            if !netpath_tests::is_root() {
                 bail!("the demo builds network namespaces: run it as root");
             }
             setup::ensure(true)?;
-            let bin = build(true)?;
+            use_binary(&build(true)?);
             netpath_tests::reap_stale();
-            demo::run(&bin)
+            demo::run()
         }
         Cmd::Test { args } => {
             setup::ensure(true)?;
-            let bin = build(false)?;
-            if is_root() {
+            use_binary(&build(false)?);
+            if netpath_tests::is_root() {
                 netpath_tests::reap_stale();
             } else {
                 eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
@@ -187,8 +190,7 @@ fn run(cli: Cli) -> Result<()> {
                         "netpath-ebpf",
                         "--no-fail-fast",
                     ])
-                    .args(args)
-                    .env("NETPATH_BIN", &bin),
+                    .args(args),
             )
         }
     }

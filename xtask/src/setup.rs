@@ -17,6 +17,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("iptables", "iptables"),
     ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("kill", "procps"),
 ];
 
 fn step(name: &str) -> Step {
