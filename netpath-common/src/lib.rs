@@ -73,7 +73,10 @@ pub struct Config {
     pub vxlan_port: u16,
     /// Largest TCP MSS that fits the tunnel: uplink MTU - VXLAN_OVERHEAD - 40.
     pub tunnel_mss: u16,
-    pub _pad: [u8; 6],
+    /// Largest inner IPv4 packet the tunnel carries: uplink MTU - VXLAN_OVERHEAD. Bigger
+    /// DF packets are answered with ICMP fragmentation-needed carrying this value.
+    pub tunnel_mtu: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Set once the agent has filled the config.

@@ -88,6 +88,10 @@ reasons! {
     DropVxlanMalformed = 17, "drop-vxlan-malformed", Drop;
     /// The kernel refused to grow or shrink the packet for the tunnel: dropped.
     DropAdjustFailed = 18, "drop-adjust-failed", Drop;
+    /// Too big for the tunnel: dropped and answered with ICMP fragmentation-needed carrying the tunnel MTU, so the sender fragments or shrinks what follows.
+    DropFragNeeded = 19, "drop-frag-needed", Drop;
+    /// Decapsulated in XDP, then delivered to a local container by TC.
+    FwdVxlanDecapXdp = 20, "fwd-vxlan-decap-xdp", Forward;
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::bpf_redirect_neigh,
+    helpers::{bpf_redirect, bpf_redirect_neigh},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -12,6 +12,7 @@ use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, MODE_VXLAN, Reason, re
 
 use crate::{
     counters::{PeerDir, count, count_peer},
+    icmp,
     maps::{CONFIG, PEERS},
     mtu, parse, vxlan,
 };
@@ -63,6 +64,15 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         MODE_VXLAN => Reason::FwdVxlanEncap,
         _ => return Err(Reason::PassUnsupportedMode),
     };
+    if peer.mode == MODE_VXLAN && ip.hdr.ttl > 1 && icmp::too_big(ctx, cfg, &ip) {
+        // A router answers DF packets with the MTU and fragments the others; netpath
+        // answers both (Linux lowers its path MTU on either and fragments from then on).
+        icmp::frag_needed(ctx, cfg, &ip)?;
+        // Back out of the bridge, to the sender's MAC.
+        // SAFETY: helper call with scalar arguments.
+        let action = unsafe { bpf_redirect(cfg.bridge_ifindex, 0) } as i32;
+        return Ok((action, Reason::DropFragNeeded));
+    }
     let mut ip = ip;
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
     if peer.mode == MODE_VXLAN {

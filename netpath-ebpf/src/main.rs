@@ -5,6 +5,7 @@
 
 mod counters;
 mod forward;
+mod icmp;
 mod maps;
 mod mtu;
 mod parse;

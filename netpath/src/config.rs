@@ -379,6 +379,15 @@ impl Config {
             return Err(problems);
         }
         let uplink_mtu = sys.mtu(&h.uplink);
+        let min = 68 + netpath_common::VXLAN_OVERHEAD;
+        if uplink_mtu < min && peers.iter().any(|p| p.mode == Mode::Vxlan) {
+            return Err(vec![format!(
+                "host.uplink: {} has MTU {uplink_mtu}, too small for VXLAN: the tunnel needs {min} (68 for IPv4 + {} of headers); raise it with `ip link set {} mtu 1500`",
+                h.uplink,
+                netpath_common::VXLAN_OVERHEAD,
+                h.uplink
+            )]);
+        }
         Ok(Config {
             host: Host {
                 name: h.name,
@@ -608,5 +617,19 @@ mod tests {
         let s = Fake::new().with("eth0", 2, &[]).with("br0", 3, &[]);
         let p = Config::parse(GOOD, &s).unwrap_err().join("\n");
         assert!(p.contains("has no IPv4 address"), "{p}");
+    }
+
+    #[test]
+    fn uplink_mtu_too_small_for_the_tunnel_is_refused() {
+        let mut s = sys();
+        s.1 = 117;
+        let p = Config::parse(GOOD, &s).unwrap_err().join("\n");
+        assert!(p.contains("MTU 117, too small for VXLAN"), "{p}");
+        s.1 = 118;
+        assert_eq!(Config::parse(GOOD, &s).unwrap().host.tunnel_mtu(), 68);
+        // Without vxlan peers the uplink MTU is the kernel's business.
+        s.1 = 100;
+        let direct_only = GOOD.replace("mode = \"vxlan\"", "mode = \"direct\"");
+        assert!(Config::parse(&direct_only, &s).is_ok());
     }
 }

@@ -138,7 +138,8 @@ impl Maps {
             vtep_mac: h.vtep_mac,
             vxlan_port: h.vxlan_port.to_be(),
             tunnel_mss: h.tunnel_mss(),
-            _pad: [0; 6],
+            tunnel_mtu: h.tunnel_mtu().min(u16::MAX as u32) as u16,
+            _pad: [0; 4],
         };
         self.config.set(0, value, 0)?;
         Ok(())

@@ -83,8 +83,14 @@ pub fn name_of(ifindex: u32) -> Option<String> {
 pub mod fake {
     use super::*;
 
-    #[derive(Default)]
-    pub struct Fake(Vec<(String, u32, Vec<Ipv4Net>)>);
+    /// Interfaces by name: ifindex and addresses; every MTU is `.1` (1500 by default).
+    pub struct Fake(Vec<(String, u32, Vec<Ipv4Net>)>, pub u32);
+
+    impl Default for Fake {
+        fn default() -> Fake {
+            Fake(Vec::new(), 1500)
+        }
+    }
 
     impl Fake {
         pub fn new() -> Fake {
@@ -103,7 +109,7 @@ pub mod fake {
 
     impl Interfaces for Fake {
         fn mtu(&self, _name: &str) -> u32 {
-            1500
+            self.1
         }
 
         fn ifindex(&self, name: &str) -> std::io::Result<u32> {

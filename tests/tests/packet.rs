@@ -615,3 +615,82 @@ fn peer_add_refuses_this_hosts_own_address() {
         "{err}"
     );
 }
+
+/// An ICMP echo of `size` bytes of IPv4 from a local container to the vxlan peer.
+fn big_ping(size: usize, df: bool) -> Vec<u8> {
+    let mut f = Frame::icmp(LOCAL_C, VXLAN_PEER_C);
+    f.payload.resize(size - 20, 0x5a);
+    let mut frame = f.build();
+    if !df {
+        frame[ETH_LEN + 6] = 0;
+        frame[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+        let c = netpath_tests::packet::checksum(&frame[ETH_LEN..ETH_LEN + 20]);
+        frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    frame
+}
+
+#[test]
+fn df_packet_too_big_for_the_tunnel_gets_frag_needed() {
+    let Some(mut dp) = dp() else { return };
+    // Uplink MTU 1500: the tunnel carries 1450 bytes of inner IPv4.
+    let input = big_ping(1451, true);
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the bridge");
+    dp.only(Reason::DropFragNeeded);
+    assert_eq!(&out[..6], &input[6..12], "to the sender's MAC");
+    assert_eq!(&out[6..12], &input[..6], "from the gateway's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    // 20 + 8 + a quote of 548 bytes: 576, the most an ICMP error may carry.
+    assert_eq!(out.len(), ETH_LEN + 576);
+    let ip = &out[ETH_LEN..ETH_LEN + 20];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 576, "tot_len");
+    assert_eq!((ip[8], ip[9]), (64, 1), "TTL, ICMP");
+    assert_eq!(&ip[12..16], &GATEWAY, "from the containers' gateway");
+    assert_eq!(&ip[16..20], &LOCAL_C, "to the sender");
+    assert!(ipv4_checksum_ok(&out), "IPv4 checksum");
+    let icmp = &out[ETH_LEN + 20..];
+    assert_eq!(
+        (icmp[0], icmp[1]),
+        (3, 4),
+        "destination unreachable, frag needed"
+    );
+    assert_eq!(&icmp[4..8], &[0, 0, 0x05, 0xaa], "next-hop MTU 1450");
+    assert_eq!(netpath_tests::packet::checksum(icmp), 0, "ICMP checksum");
+    assert_eq!(
+        &icmp[8..],
+        &input[ETH_LEN..ETH_LEN + 548],
+        "the original packet quoted as it arrived (TTL unchanged)"
+    );
+    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
+    let c = peers.iter().find(|p| p.name == "c").unwrap();
+    assert_eq!(c.tx_packets, 0, "nothing was sent to the peer");
+}
+
+#[test]
+fn what_fits_the_tunnel_is_encapsulated_and_the_rest_answered() {
+    let Some(mut dp) = dp() else { return };
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &big_ping(1450, true));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), ETH_LEN + 1450 + 50, "exactly the uplink MTU");
+    dp.only(Reason::FwdVxlanEncap);
+
+    // Without DF: answered all the same (netpath does not fragment).
+    let mut dp = self::dp().unwrap();
+    let input = big_ping(1451, false);
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((out[ETH_LEN + 20], out[ETH_LEN + 21]), (3, 4));
+    assert_eq!(&out[ETH_LEN + 28..], &input[ETH_LEN..ETH_LEN + 548]);
+    dp.only(Reason::DropFragNeeded);
+
+    // The limit is the tunnel's: a direct peer gets big packets as they are.
+    let mut dp = self::dp().unwrap();
+    let mut f = Frame::icmp(LOCAL_C, PEER_C);
+    f.payload.resize(1480, 0);
+    let input = f.build();
+    let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed(&input, &out);
+}

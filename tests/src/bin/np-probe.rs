@@ -1,7 +1,9 @@
 //! A tiny traffic tool for the lab, so tests need nothing beyond iproute2 and ping:
 //!
 //!   np-probe serve PORT SECONDS        echo UDP datagrams and TCP streams on PORT
-//!   np-probe check udp|tcp ADDR PORT   send a message, expect it echoed; exit 0 if so
+//!   np-probe check udp|tcp ADDR PORT [SIZE]
+//!                                      send a message (padded to SIZE bytes), expect it
+//!                                      echoed; exit 0 if so. UDP sends up to 5 times.
 //!
 //! Every wait is bounded, so a test never hangs on it.
 
@@ -18,10 +20,10 @@ fn serve(port: u16, secs: u64) -> std::io::Result<()> {
     udp.set_read_timeout(Some(Duration::from_millis(50)))?;
     let tcp = TcpListener::bind(("0.0.0.0", port))?;
     tcp.set_nonblocking(true)?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     while Instant::now() < until {
         if let Ok((n, from)) = udp.recv_from(&mut buf) {
-            udp.send_to(&buf[..n], from)?;
+            let _ = udp.send_to(&buf[..n], from);
         }
         if let Ok((mut s, _)) = tcp.accept() {
             s.set_nonblocking(false)?;
@@ -34,18 +36,31 @@ fn serve(port: u16, secs: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check(proto: &str, addr: &str, port: u16) -> std::io::Result<bool> {
-    let msg = format!("netpath-probe {proto} {}", std::process::id());
-    let mut buf = [0u8; 2048];
+fn check(proto: &str, addr: &str, port: u16, size: usize) -> std::io::Result<bool> {
+    let mut msg = format!("netpath-probe {proto} {}", std::process::id()).into_bytes();
+    if size > msg.len() {
+        msg.resize(size, b'.');
+    }
+    let msg = &msg[..];
+    let mut buf = [0u8; 65536];
     match proto {
         "udp" => {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            let mut last = None;
             for _ in 0..5 {
-                s.send_to(msg.as_bytes(), (addr, port))?;
-                if let Ok(n) = s.recv(&mut buf) {
-                    return Ok(&buf[..n] == msg.as_bytes());
+                // A send can fail once on the way to learning a path MTU: try again.
+                if let Err(e) = s.send_to(msg, (addr, port)) {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
+                if let Ok(n) = s.recv(&mut buf) {
+                    return Ok(&buf[..n] == msg);
+                }
+            }
+            if let Some(e) = last {
+                return Err(e);
             }
             Ok(false)
         }
@@ -55,9 +70,16 @@ fn check(proto: &str, addr: &str, port: u16) -> std::io::Result<bool> {
                 .map_err(std::io::Error::other)?;
             let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.write_all(msg.as_bytes())?;
-            let n = s.read(&mut buf)?;
-            Ok(&buf[..n] == msg.as_bytes())
+            s.write_all(msg)?;
+            let mut got = Vec::new();
+            while got.len() < msg.len() {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            Ok(got == msg)
         }
         _ => Err(std::io::Error::other("proto must be udp or tcp")),
     }
@@ -70,9 +92,17 @@ fn main() -> ExitCode {
         ["serve", port, secs] => {
             serve(port.parse().unwrap_or(0), secs.parse().unwrap_or(10)).map(|_| true)
         }
-        ["check", proto, addr, port] => check(proto, addr, port.parse().unwrap_or(0)),
+        ["check", proto, addr, port] => check(proto, addr, port.parse().unwrap_or(0), 0),
+        ["check", proto, addr, port, size] => check(
+            proto,
+            addr,
+            port.parse().unwrap_or(0),
+            size.parse().unwrap_or(0),
+        ),
         _ => {
-            eprintln!("usage: np-probe serve PORT SECONDS | np-probe check udp|tcp ADDR PORT");
+            eprintln!(
+                "usage: np-probe serve PORT SECONDS | np-probe check udp|tcp ADDR PORT [SIZE]"
+            );
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,111 @@
+//! ICMP errors that netpath sends itself, as the router the containers see.
+//!
+//! Fragmentation-needed (RFC 792 type 3 code 4, with the next-hop MTU of RFC 1191): a
+//! packet too big for the tunnel is turned, in place, into the ICMP error that a router
+//! would send back, so path MTU discovery works across the tunnel for UDP and ICMP (TCP
+//! is also covered by the MSS clamp, see mtu.rs).
+//!
+//! A router would fragment a packet without DF instead. netpath does not fragment (it
+//! would have to finish offloaded checksums first); it answers those too. Linux lowers
+//! the path MTU on such an answer whatever the DF bit was, and fragments what follows
+//! itself, so only the first oversized packet to a destination is lost.
+
+use aya_ebpf::{
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, helpers::bpf_skb_change_tail,
+    programs::TcContext,
+};
+use netpath_common::{Config, Reason};
+
+use crate::parse::{ETH_LEN, Ipv4};
+
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+/// New IPv4 (20) and ICMP (8) headers put in front of the quoted packet.
+const ICMP_HDRS: usize = 28;
+/// An ICMP error is at most 576 bytes (RFC 1812 4.3.2.3): at most 548 quoted.
+const MAX_QUOTE: u32 = 576 - ICMP_HDRS as u32;
+
+/// Whether `ip` must not cross the tunnel as it is: bigger than `cfg.tunnel_mtu`. GSO
+/// packets are segmented to fit later (their MSS is clamped) and are never too big.
+#[inline(always)]
+pub fn too_big(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> bool {
+    // SAFETY: reading a field of the program's own skb.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    gso_size == 0 && u16::from_be_bytes(ip.hdr.tot_len) > cfg.tunnel_mtu
+}
+
+/// Folds a 32-bit one's complement sum into 16 bits.
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Rewrites the packet (a frame from a local container, `ip` its IPv4 header, not yet
+/// changed) into the ICMP fragmentation-needed answer, from the containers' gateway to the
+/// sender, quoting the start of the original packet, with the MACs swapped. The caller
+/// sends it back out of the bridge it came in on. On error the packet is half-rewritten
+/// and must be dropped.
+#[inline(always)]
+pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reason> {
+    let fail = |_| Reason::DropFragNeeded;
+    let orig_src = ip.src;
+    let macs: [u8; 12] = ctx.load(0).map_err(fail)?;
+    // The quote: as much of the original as fits in 576 bytes, in whole 32-bit words (it
+    // covers the header and 8 bytes of payload: the packet is bigger than a tunnel MTU,
+    // and the tunnel MTU is at least 68, the IPv4 minimum, as the agent checks).
+    let quote = (u16::from_be_bytes(ip.hdr.tot_len) as u32).min(MAX_QUOTE) & !3;
+    // SAFETY: helper on the program's own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, ETH_LEN as u32 + quote, 0) } != 0 {
+        return Err(Reason::DropFragNeeded);
+    }
+    ctx.adjust_room(ICMP_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(fail)?;
+
+    let gateway = if cfg.gateway_addr != 0 {
+        cfg.gateway_addr
+    } else {
+        cfg.host_addr
+    };
+    let mut h = [0u8; ICMP_HDRS];
+    h[0] = 0x45;
+    h[1] = 0xc0; // precedence "internetwork control", as Linux sends its ICMP errors
+    h[2..4].copy_from_slice(&((ICMP_HDRS as u32 + quote) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = IPPROTO_ICMP;
+    h[12..16].copy_from_slice(&gateway.to_ne_bytes());
+    h[16..20].copy_from_slice(&orig_src.to_ne_bytes());
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u64;
+        i += 2;
+    }
+    h[10..12].copy_from_slice(&(!fold(sum)).to_be_bytes());
+
+    h[20] = ICMP_DEST_UNREACH;
+    h[21] = ICMP_FRAG_NEEDED;
+    h[26..28].copy_from_slice(&cfg.tunnel_mtu.to_be_bytes());
+    let mut sum: u64 =
+        ((ICMP_DEST_UNREACH as u64) << 8 | ICMP_FRAG_NEEDED as u64) + cfg.tunnel_mtu as u64;
+    let start = ETH_LEN + ICMP_HDRS;
+    for w in 0..(MAX_QUOTE as usize / 4) {
+        if (w * 4) as u32 >= quote {
+            break;
+        }
+        let word: [u8; 4] = ctx.load(start + w * 4).map_err(fail)?;
+        sum += u16::from_be_bytes([word[0], word[1]]) as u64
+            + u16::from_be_bytes([word[2], word[3]]) as u64;
+    }
+    h[22..24].copy_from_slice(&(!fold(sum)).to_be_bytes());
+    ctx.store(ETH_LEN, &h, 0).map_err(fail)?;
+
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).map_err(fail)?;
+    Ok(())
+}
