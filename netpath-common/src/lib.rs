@@ -34,6 +34,8 @@ pub mod prog_names {
     pub const FROM_BRIDGE: &str = "np_from_bridge";
     /// TC ingress of the uplink: what peers send to this host's containers.
     pub const FROM_UPLINK: &str = "np_from_uplink";
+    /// XDP on the uplink (optional): early checks and decap of tunnel traffic.
+    pub const XDP_UPLINK: &str = "np_xdp_uplink";
 }
 
 /// Capacity of the peers map (LPM trie: one entry per peer subnet).
@@ -196,6 +198,10 @@ pub struct AgentInfo {
 /// The TC programs are attached with TCX links (pinned); without it, with netlink
 /// (clsact filters, which outlive the agent by themselves).
 pub const AGENT_F_TCX: u32 = 1;
+/// XDP is attached to the uplink in generic (SKB) mode.
+pub const AGENT_F_XDP_GENERIC: u32 = 2;
+/// XDP is attached to the uplink in native (driver) mode.
+pub const AGENT_F_XDP_NATIVE: u32 = 4;
 
 /// Reads a NUL-padded name field.
 pub fn name_str(bytes: &[u8]) -> &str {

@@ -14,7 +14,7 @@ use crate::{
     counters::{PeerDir, count, count_peer},
     icmp,
     maps::{CONFIG, PEERS},
-    mtu, parse, vxlan,
+    mtu, parse, vxlan, xdp,
 };
 
 const AF_INET: u32 = 2;
@@ -35,7 +35,7 @@ fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
 }
 
 #[inline(always)]
-fn config() -> Result<&'static Config, Reason> {
+pub fn config() -> Result<&'static Config, Reason> {
     match CONFIG.get(0) {
         Some(c) if c.flags & CONFIG_F_READY != 0 => Ok(c),
         _ => Err(Reason::PassNoConfig),
@@ -92,7 +92,19 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
+    if let Some(peer_id) = xdp::decapped(ctx) {
+        // XDP checked and decapsulated it (xdp.rs).
+        let mut inner = parse::ipv4(ctx)?;
+        hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
+        mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
+        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecapXdp));
+    }
     let ip = parse::ipv4(ctx)?;
+    let ip = if ip.hdr.proto == vxlan::IPPROTO_UDP && ip.dst == cfg.host_addr && vxlan::pull(ctx) {
+        parse::ipv4(ctx)?
+    } else {
+        ip
+    };
     if vxlan::is_tunnel(ctx, cfg, &ip) {
         let (peer_id, mut inner) = vxlan::decap(ctx, cfg, ip)?;
         // An inner TTL that would expire leaves the decapsulated packet to the stack.

@@ -10,8 +10,12 @@ mod maps;
 mod mtu;
 mod parse;
 mod vxlan;
+mod xdp;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// TC ingress of the container bridge. Sees what local containers send to their gateway
 /// (the bridge's own MAC) to be routed: frames bridged between two local containers never
@@ -28,6 +32,13 @@ pub fn np_from_bridge(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn np_from_uplink(ctx: TcContext) -> i32 {
     forward::from_uplink(&ctx)
+}
+
+/// XDP on the uplink (`xdp = "native" | "generic"`): drops forged tunnel packets early and
+/// decapsulates good ones before the stack sees them; np_from_uplink delivers them.
+#[xdp]
+pub fn np_xdp_uplink(ctx: XdpContext) -> u32 {
+    xdp::from_uplink(&ctx)
 }
 
 #[cfg(not(test))]

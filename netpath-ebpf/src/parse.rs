@@ -1,6 +1,6 @@
-//! Bounds-checked header access shared by every program.
+//! Bounds-checked header access shared by every program, TC and XDP alike.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use netpath_common::Reason;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -10,10 +10,48 @@ pub const ETH_LEN: usize = EthHdr::LEN;
 /// Ethertype of IPv4, as it sits in the frame (network byte order read as native u16).
 pub const ETH_P_IP_BE: u16 = u16::from_ne_bytes([0x08, 0x00]);
 
+/// What the parsers need of a program's context: the directly accessible bytes.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Length of the whole packet (more than data_end - data for a non-linear skb).
+    fn len(&self) -> u32;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+}
+
 /// Returns a pointer to a `T` at `offset` in the packet, or `None` when the packet is
 /// shorter than that: the verifier needs this check before any access.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T, P: Packet>(ctx: &P, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -36,7 +74,7 @@ pub struct Ipv4<'a> {
 /// total length shorter than the header or longer than the frame. A total length of 0 is
 /// accepted: the kernel uses it for IPv4 BIG TCP super-packets (> 64 KiB).
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Result<Ipv4<'_>, Reason> {
+pub fn ipv4<P: Packet>(ctx: &P) -> Result<Ipv4<'_>, Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropMalformed)?;
     // SAFETY: ptr_at checked the bounds.
     let ether_type = unsafe { (*eth).ether_type };

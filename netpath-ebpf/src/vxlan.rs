@@ -15,16 +15,16 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::bpf_get_hash_recalc,
+    helpers::{bpf_get_hash_recalc, bpf_xdp_adjust_head},
     maps::lpm_trie::Key,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use netpath_common::{Config, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     maps::{PEERS, UNDERLAY},
-    parse::{self, ETH_LEN, ETH_P_IP_BE, ptr_at},
+    parse::{self, ETH_LEN, ETH_P_IP_BE, Packet, ptr_at},
 };
 
 const IP_LEN: usize = Ipv4Hdr::LEN;
@@ -33,7 +33,7 @@ const UDP_OFF: usize = ETH_LEN + IP_LEN;
 const VXLAN_OFF: usize = UDP_OFF + 8;
 const INNER_ETH_OFF: usize = VXLAN_OFF + 8;
 const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_LEN;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_UDP: u8 = 17;
 /// The I flag of the VXLAN header: the VNI is valid.
 const VXLAN_I: u8 = 0x08;
 
@@ -103,40 +103,47 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reas
 }
 
 /// Whether `ip` is addressed to our tunnel endpoint: UDP to our port on our underlay
-/// address. Everything else, UDP to other ports included, is not tunnel traffic.
+/// address. Everything else, UDP to other ports included, is not tunnel traffic. The UDP
+/// header must be in the linear data (`pull` it in TC).
 #[inline(always)]
-pub fn is_tunnel(ctx: &TcContext, cfg: &Config, ip: &parse::Ipv4) -> bool {
+pub fn is_tunnel<P: Packet>(ctx: &P, cfg: &Config, ip: &parse::Ipv4) -> bool {
     if ip.hdr.proto != IPPROTO_UDP || ip.dst != cfg.host_addr {
         return false;
     }
     // The destination port, past a header of any length (options included).
-    match ctx.load::<u16>(ETH_LEN + ip.hlen() + 2) {
-        Ok(port) => port == cfg.vxlan_port,
-        Err(_) => false,
+    match ptr_at::<u16, P>(ctx, ETH_LEN + ip.hlen() + 2) {
+        // SAFETY: ptr_at checked the bounds.
+        Some(port) => (unsafe { *port }) == cfg.vxlan_port,
+        None => false,
     }
 }
 
-/// Checks a tunnel packet (see the module comment) and strips its outer headers. Returns
-/// the sending peer's id and the inner IPv4 packet, now right after the Ethernet header.
+/// Makes the first [`CHECKED_LEN`] bytes of a TC packet directly accessible if the
+/// packet has them (a non-linear skb may hold headers in its fragments). Returns whether
+/// it had to: the verifier then forgets every packet pointer, and the caller parses again.
 #[inline(always)]
-pub fn decap<'a>(
-    ctx: &'a TcContext,
-    cfg: &Config,
-    outer: parse::Ipv4,
-) -> Result<(u32, parse::Ipv4<'a>), Reason> {
+pub fn pull(ctx: &TcContext) -> bool {
+    let len = CHECKED_LEN;
+    if ctx.data() + len > ctx.data_end() && ctx.len() >= len as u32 {
+        let _ = ctx.pull_data(len as u32);
+        return true;
+    }
+    false
+}
+
+/// How many bytes of a tunnel packet [`check`] reads: everything up to the inner IPv4
+/// header, included.
+pub const CHECKED_LEN: usize = INNER_IP_OFF + IP_LEN;
+
+/// Checks a tunnel packet (see the module comment), the same way in TC and XDP. Returns
+/// the sending peer's id. The first [`CHECKED_LEN`] bytes must be in the linear data.
+#[inline(always)]
+pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u32, Reason> {
     if outer.hdr.vihl != 0x45 {
         // Linux never sends tunnel packets with IP options; neither may anyone else.
         return Err(Reason::DropVxlanMalformed);
     }
     let src = outer.src;
-    let need = INNER_IP_OFF + IP_LEN;
-    if ctx.len() < need as u32 {
-        return Err(Reason::DropVxlanMalformed);
-    }
-    if ctx.data() + need > ctx.data_end() {
-        ctx.pull_data(need as u32)
-            .map_err(|_| Reason::DropVxlanMalformed)?;
-    }
     let vx: *const [u8; 8] = ptr_at(ctx, VXLAN_OFF).ok_or(Reason::DropVxlanMalformed)?;
     // SAFETY: ptr_at checked the bounds.
     let vx = unsafe { *vx };
@@ -170,9 +177,42 @@ pub fn decap<'a>(
     if idst & cfg.subnet_mask != cfg.subnet_addr || idst == cfg.gateway_addr {
         return Err(Reason::DropVxlanBadInnerDst);
     }
-    let id = peer.id;
+    Ok(peer.id)
+}
+
+/// Checks a tunnel packet in TC (already [`pull`]ed) and strips its outer headers,
+/// keeping the outer Ethernet header. Returns the sending peer's id and the inner IPv4 packet, now right after the
+/// Ethernet header.
+#[inline(always)]
+pub fn decap<'a>(
+    ctx: &'a TcContext,
+    cfg: &Config,
+    outer: parse::Ipv4,
+) -> Result<(u32, parse::Ipv4<'a>), Reason> {
+    if ctx.len() < CHECKED_LEN as u32 {
+        return Err(Reason::DropVxlanMalformed);
+    }
+    let id = check(ctx, cfg, &outer)?;
     ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| Reason::DropAdjustFailed)?;
     let inner = parse::ipv4(ctx)?;
     Ok((id, inner))
+}
+
+/// Strips the outer headers in XDP: the inner frame takes the outer Ethernet header's
+/// addresses (so the stack sees a frame for this host, as after a TC decap). The caller
+/// has checked the packet.
+#[inline(always)]
+pub fn strip_xdp(ctx: &XdpContext) -> Result<(), ()> {
+    let outer: *const [u8; 12] = ptr_at(ctx, 0).ok_or(())?;
+    // SAFETY: ptr_at checked the bounds.
+    let macs = unsafe { *outer };
+    // SAFETY: helper on the program's own xdp_buff.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, VXLAN_OVERHEAD as i32) } != 0 {
+        return Err(());
+    }
+    let inner: *mut [u8; 12] = ptr_at(ctx, 0).ok_or(())?;
+    // SAFETY: ptr_at checked the bounds.
+    unsafe { *inner = macs };
+    Ok(())
 }

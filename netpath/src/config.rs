@@ -66,6 +66,16 @@ pub enum XdpMode {
     Native,
 }
 
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpMode::Off => "off",
+            XdpMode::Generic => "generic",
+            XdpMode::Native => "native",
+        })
+    }
+}
+
 /// The file as written. Unknown keys are refused (a typo must not be silently ignored).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

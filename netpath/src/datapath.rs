@@ -16,16 +16,17 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
     },
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    AGENT_F_TCX, AgentInfo, CONFIG_F_READY, Counter, MAX_PEERS, ORIGIN_CLI, ORIGIN_CONFIG,
-    PeerInfo, PeerStats, PeerValue, addr_to_be, be_to_octets, map_names, name_bytes, name_str,
-    prog_names,
+    AGENT_F_TCX, AGENT_F_XDP_GENERIC, AGENT_F_XDP_NATIVE, AgentInfo, CONFIG_F_READY, Counter,
+    MAX_PEERS, ORIGIN_CLI, ORIGIN_CONFIG, PeerInfo, PeerStats, PeerValue, addr_to_be, be_to_octets,
+    map_names, name_bytes, name_str, prog_names,
 };
 
 use crate::{
@@ -54,6 +55,14 @@ pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
         prog.load()
             .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
     }
+    // Loaded even with `xdp = "off"`: a config change needs no other object.
+    let name = prog_names::XDP_UPLINK;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
     Ok(ebpf)
 }
 
@@ -459,8 +468,76 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached
     }
 }
 
+/// The `AGENT_F_XDP_*` bit of an XDP mode (0 for off).
+pub fn xdp_flag(mode: config::XdpMode) -> u32 {
+    match mode {
+        config::XdpMode::Off => 0,
+        config::XdpMode::Generic => AGENT_F_XDP_GENERIC,
+        config::XdpMode::Native => AGENT_F_XDP_NATIVE,
+    }
+}
+
+/// Puts the XDP program on the uplink as the config says. A pinned XDP link on the same
+/// interface in the same mode gets the new program atomically; one in another mode or on
+/// another interface (or with `xdp = "off"`) is detached first: the kernel cannot change
+/// the mode of a link. Returns how it is attached, None for off.
+pub fn attach_xdp(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    cfg: &Config,
+    before: &AgentInfo,
+) -> Result<Option<Attached>> {
+    let h = &cfg.host;
+    let name = prog_names::XDP_UPLINK;
+    let pin = pins.link_path(name);
+    let want = xdp_flag(h.xdp);
+    let had = before.flags & (AGENT_F_XDP_GENERIC | AGENT_F_XDP_NATIVE);
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?
+        .try_into()?;
+    if pin.exists() {
+        let old = PinnedLink::from_pin(&pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        if want != 0 && want == had && before.uplink_ifindex == h.uplink_ifindex {
+            let link = XdpLink::try_from(FdLink::from(old))?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the XDP program on {}", h.uplink))?;
+            std::mem::forget(prog.take_link(id)?);
+            return Ok(Some(Attached::Replaced));
+        }
+        drop(old.unpin()?);
+    }
+    let mode = match h.xdp {
+        config::XdpMode::Off => return Ok(None),
+        config::XdpMode::Generic => aya::programs::XdpMode::Skb,
+        config::XdpMode::Native => aya::programs::XdpMode::Driver,
+    };
+    let id = prog.attach(&h.uplink, mode).with_context(|| {
+        format!(
+            "attaching XDP to {} in {} mode{}",
+            h.uplink,
+            h.xdp,
+            if h.xdp == config::XdpMode::Native {
+                " (the driver may not support it: try xdp = \"generic\", or \"off\")"
+            } else {
+                ""
+            }
+        )
+    })?;
+    let Ok(link) = FdLink::try_from(prog.take_link(id)?) else {
+        // aya fell back to netlink: such an attachment cannot be pinned or adopted.
+        bail!("this kernel has no XDP links (Linux 5.9+): set xdp = \"off\"");
+    };
+    link.pin(&pin)
+        .with_context(|| format!("pinning link {}", pin.display()))?;
+    Ok(Some(Attached::NewLink))
+}
+
 /// Records who manages the datapath (status, down, restarts).
 pub fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> Result<AgentInfo> {
+    let xdp = xdp_flag(cfg.host.xdp);
     let old = maps.agent()?;
     let now = now();
     let info = AgentInfo {
@@ -477,7 +554,7 @@ pub fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> R
         host_name: name_bytes(&cfg.host.name),
         uplink: name_bytes(&cfg.host.uplink),
         bridge: name_bytes(&cfg.host.bridge),
-        flags: if tcx { AGENT_F_TCX } else { 0 },
+        flags: if tcx { AGENT_F_TCX } else { 0 } | xdp,
         _pad: 0,
     };
     maps.agent.set(0, info, 0)?;

@@ -328,6 +328,14 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
         tcx &= how != Attached::Netlink;
         log::info!("{} on {} ingress: {how:?}", a.prog, a.iface);
     }
+    if let Some(how) = datapath::attach_xdp(&mut ebpf, pins, cfg, &before)? {
+        log::info!(
+            "{} on {} ({} mode): {how:?}",
+            netpath_common::prog_names::XDP_UPLINK,
+            cfg.host.uplink,
+            cfg.host.xdp
+        );
+    }
     let info = datapath::write_agent(&mut maps, cfg, tcx, adopted)?;
     log::info!(
         "host {}: {} datapath at {} (generation {}), subnet {}, underlay {}, peers: {} added, {} updated, {} removed, {} kept from `peer add`",
@@ -346,11 +354,5 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
         changes.removed.len(),
         changes.kept_cli.len(),
     );
-    if cfg.host.xdp != config::XdpMode::Off {
-        log::warn!(
-            "xdp = {:?}: no XDP program in this version yet (direct mode needs none)",
-            cfg.host.xdp
-        );
-    }
     Ok((ebpf, maps))
 }

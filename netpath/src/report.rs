@@ -41,6 +41,8 @@ pub struct AgentRow {
     pub attached_at: u64,
     pub generation: u32,
     pub tc_attach: &'static str,
+    /// XDP on the uplink: off, generic or native.
+    pub xdp: &'static str,
 }
 
 #[derive(Serialize)]
@@ -137,6 +139,13 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
             "tcx"
         } else {
             "netlink"
+        },
+        xdp: if a.flags & netpath_common::AGENT_F_XDP_NATIVE != 0 {
+            "native"
+        } else if a.flags & netpath_common::AGENT_F_XDP_GENERIC != 0 {
+            "generic"
+        } else {
+            "off"
         },
     })
 }
@@ -240,11 +249,12 @@ pub fn ago(t: u64) -> String {
 pub fn stats_text(s: &Stats) -> String {
     let a = &s.agent;
     let mut out = format!(
-        "host {} (uplink {}, bridge {}, {}): datapath attached {} ago; agent pid {} {}\n",
+        "host {} (uplink {}, bridge {}, {}, xdp {}): datapath attached {} ago; agent pid {} {}\n",
         a.host,
         a.uplink,
         a.bridge,
         a.tc_attach,
+        a.xdp,
         ago(a.attached_at),
         a.agent_pid,
         if a.agent_running {

@@ -242,6 +242,24 @@ impl Lab {
         Ok(())
     }
 
+    /// Sets `key = value` (value as TOML, e.g. `"\"generic\""`) in the `[host]` table of
+    /// host `i`'s config, replacing an earlier setting of that key.
+    pub fn set_host_option(&self, i: usize, key: &str, value: &str) -> Result<()> {
+        let path = &self.hosts[i].config;
+        let text = fs::read_to_string(path)?;
+        let prefix = format!("{key} =");
+        let mut out = String::new();
+        for line in text.lines().filter(|l| !l.starts_with(&prefix)) {
+            out += line;
+            out += "\n";
+            if line == "[host]" {
+                out += &format!("{key} = {value}\n");
+            }
+        }
+        fs::write(path, out)?;
+        Ok(())
+    }
+
     /// Starts netpath on every host and waits until each has attached.
     pub fn start_all(&mut self) -> Result<()> {
         for i in 0..self.hosts.len() {

@@ -4,7 +4,7 @@
 
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use netpath::{
     config::{Config, Host, Mode, Peer, XdpMode},
@@ -97,6 +97,26 @@ impl Dp {
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value as i32, out)
+    }
+
+    /// Runs the XDP program; returns the XDP action and the frame it passes on.
+    fn run_xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(prog_names::XDP_UPLINK)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; input.len() + 512];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     fn count(&self, r: Reason) -> u64 {
@@ -447,11 +467,10 @@ fn decap_restores_the_inner_frame() {
     assert_eq!((c.rx_packets, c.tx_packets), (1, 0));
 }
 
-#[test]
-fn decap_drops_what_is_not_our_tunnel() {
-    let Some(mut dp) = dp() else { return };
+/// Tunnel frames that must be dropped, each with the reason it must be counted under.
+fn bad_tunnel_frames() -> Vec<(&'static str, Vec<u8>, Reason)> {
     let good_inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
-    let cases = [
+    let cases = vec![
         (
             "vxlan_decap_wrong_vni",
             vxlan_frame(VXLAN_PEER, 43, 0x08, &good_inner),
@@ -504,6 +523,7 @@ fn decap_drops_what_is_not_our_tunnel() {
             Reason::DropVxlanMalformed,
         ),
     ];
+    let mut out = Vec::new();
     for (name, mut input, reason) in cases {
         if name == "vxlan_decap_truncated" {
             // Keep the outer lengths consistent with the cut frame.
@@ -513,6 +533,16 @@ fn decap_drops_what_is_not_our_tunnel() {
             let c = netpath_tests::packet::checksum(&input[ETH_LEN..ETH_LEN + 20]);
             input[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         }
+        out.push((name, input, reason));
+    }
+    out
+}
+
+#[test]
+fn decap_drops_what_is_not_our_tunnel() {
+    let Some(mut dp) = dp() else { return };
+    let good_inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
+    for (name, input, reason) in bad_tunnel_frames() {
         let before = dp.count(reason);
         let (verdict, _) = dp.run(prog_names::FROM_UPLINK, &input);
         assert_eq!(verdict, TC_ACT_SHOT, "{name}");
@@ -693,4 +723,79 @@ fn what_fits_the_tunnel_is_encapsulated_and_the_rest_answered() {
     let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, &input);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_routed(&input, &out);
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+#[test]
+fn xdp_decap_hands_the_inner_frame_to_tc() {
+    let Some(mut dp) = dp() else { return };
+    let inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
+    let input = vxlan_frame(VXLAN_PEER, 42, 0x08, &inner);
+    let (action, out) = dp.run_xdp(&input);
+    assert_eq!(action, XDP_PASS);
+    // BPF_PROG_TEST_RUN returns the metadata in front of the frame: "NPXD", peer id.
+    let c = dp
+        .maps
+        .peer_infos()
+        .unwrap()
+        .into_iter()
+        .find(|(_, i)| netpath_common::name_str(&i.name) == "c")
+        .unwrap()
+        .0;
+    assert_eq!(&out[..4], &0x4e50_5844u32.to_ne_bytes(), "metadata magic");
+    assert_eq!(&out[4..8], &c.to_ne_bytes(), "metadata: the sending peer");
+    // Then what TC decap leaves (outer Ethernet header, inner packet), before routing.
+    assert_eq!(out[8..], [&input[..ETH_LEN], &inner[ETH_LEN..]].concat());
+    assert!(
+        dp.maps
+            .counters()
+            .unwrap()
+            .iter()
+            .all(|(_, c)| c.packets == 0),
+        "XDP counts only its drops: TC counts the delivery"
+    );
+}
+
+#[test]
+fn xdp_drops_what_is_not_our_tunnel_with_the_tc_reasons() {
+    let Some(mut dp) = dp() else { return };
+    for (name, input, reason) in bad_tunnel_frames() {
+        let before = dp.count(reason);
+        let (action, _) = dp.run_xdp(&input);
+        assert_eq!(action, XDP_DROP, "{name}");
+        assert_eq!(
+            dp.count(reason),
+            before + 1,
+            "{name} counted as {}",
+            reason.name()
+        );
+    }
+    // Not tunnel traffic: passed untouched, and uncounted (TC counts it).
+    let good_inner = Frame::icmp(VXLAN_PEER_C, LOCAL_C).build();
+    let mut other = vxlan_frame(VXLAN_PEER, 42, 0x08, &good_inner);
+    other[ETH_LEN + 22..ETH_LEN + 24].copy_from_slice(&53u16.to_be_bytes());
+    let plain = Frame::icmp(PEER_C, LOCAL_C).build();
+    let mut arp = plain.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let before: u64 = dp
+        .maps
+        .counters()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.packets)
+        .sum();
+    for f in [other, plain, arp] {
+        let (action, out) = dp.run_xdp(&f);
+        assert_eq!((action, &out[..]), (XDP_PASS, &f[..]));
+    }
+    let after: u64 = dp
+        .maps
+        .counters()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.packets)
+        .sum();
+    assert_eq!(before, after);
 }

@@ -193,3 +193,70 @@ fn oversized_df_packets_get_frag_needed() {
     let r = output(in_ns(&from, &format!("{PROBE} check udp {to} 7777 1472")));
     assert!(r.is_ok(), "{r:?}");
 }
+
+/// XDP decap on the uplink, native on h1 and generic on h2, with a Linux vxlan host h3:
+/// every tunnel packet is decapsulated in XDP and delivered by TC, bulk TCP included.
+/// Then h1 switches mode (generic, then off) by config and restart, traffic crossing
+/// after each switch.
+#[test]
+fn xdp_decap_native_and_generic() {
+    let Some(mut lab) = lab(3) else { return };
+    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
+    lab.kernel_vxlan(2).unwrap();
+    lab.set_host_option(0, "xdp", "\"native\"").unwrap();
+    lab.set_host_option(1, "xdp", "\"generic\"").unwrap();
+    lab.start(0).unwrap();
+    lab.start(1).unwrap();
+    for (a, b) in [(0, 1), (1, 0), (2, 0), (0, 2), (2, 1)] {
+        assert_crosses(&mut lab, a, b, a != 2 && b != 2 || a == 2 && b == 0);
+    }
+    for (i, mode) in [(0, "native"), (1, "generic")] {
+        let c = counters(&lab, i);
+        assert!(
+            c["fwd-vxlan-decap-xdp"].as_u64().unwrap() > 0,
+            "h{}: {c}",
+            i + 1
+        );
+        assert_eq!(
+            c["fwd-vxlan-decap"],
+            0,
+            "h{}: XDP saw every tunnel packet: {c}",
+            i + 1
+        );
+        let ns = lab.hosts[i].ns.clone();
+        let link = output(in_ns(&ns, "ip -d link show eth0")).unwrap();
+        let shown = if mode == "native" {
+            " xdp qdisc"
+        } else {
+            " xdpgeneric qdisc"
+        };
+        assert!(link.contains(shown), "h{}: {link}", i + 1);
+        let stats = output(lab.netpath(i, &["stats", "--json"])).unwrap();
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert_eq!(stats["agent"]["xdp"], mode);
+    }
+
+    for mode in ["generic", "off"] {
+        lab.kill_agent(0);
+        lab.set_host_option(0, "xdp", &format!("\"{mode}\""))
+            .unwrap();
+        lab.start(0).unwrap();
+        let link = output(in_ns(&lab.hosts[0].ns, "ip -d link show eth0")).unwrap();
+        assert_eq!(
+            link.contains(" xdpgeneric qdisc"),
+            mode == "generic",
+            "{mode}: {link}"
+        );
+        assert!(!link.contains(" xdp qdisc"), "{mode}: {link}");
+        let before = counters(&lab, 0);
+        assert_crosses(&mut lab, 1, 0, false);
+        let after = counters(&lab, 0);
+        let grew = |r: &str| after[r].as_u64().unwrap() > before[r].as_u64().unwrap();
+        assert_eq!(
+            grew("fwd-vxlan-decap-xdp"),
+            mode == "generic",
+            "{mode}: {after}"
+        );
+        assert_eq!(grew("fwd-vxlan-decap"), mode == "off", "{mode}: {after}");
+    }
+}

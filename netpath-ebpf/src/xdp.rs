@@ -1,0 +1,82 @@
+//! Early VXLAN decap in XDP on the uplink (`xdp = "native" | "generic"`).
+//!
+//! Tunnel packets are checked here with the same code as in TC (vxlan::check); forged ones
+//! are dropped before the stack allocates anything for them, good ones are stripped of
+//! their outer headers and handed on with XDP metadata naming the sending peer. The TC
+//! program on the uplink finishes the job (TTL, MSS clamp, delivery) and counts it as
+//! `fwd-vxlan-decap-xdp`. Everything else passes untouched and uncounted, so that TC
+//! counts each packet once. When the driver has no room for metadata, the packet passes
+//! whole and TC decapsulates it.
+
+use crate::{counters::count, forward, parse, vxlan};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_xdp_adjust_meta,
+    programs::{TcContext, XdpContext},
+};
+
+/// The metadata XDP puts in front of a packet it decapsulated.
+#[repr(C)]
+struct Meta {
+    magic: u32,
+    peer_id: u32,
+}
+
+/// "NPXD": set by this program only (only XDP programs write metadata).
+const MAGIC: u32 = 0x4e50_5844;
+const META_LEN: i32 = core::mem::size_of::<Meta>() as i32;
+
+pub fn from_uplink(ctx: &XdpContext) -> u32 {
+    let Ok(cfg) = forward::config() else {
+        return XDP_PASS;
+    };
+    let Ok(ip) = parse::ipv4(ctx) else {
+        // TC sees it next and counts it.
+        return XDP_PASS;
+    };
+    if !vxlan::is_tunnel(ctx, cfg, &ip) {
+        return XDP_PASS;
+    }
+    let len = parse::Packet::len(ctx);
+    let peer_id = match vxlan::check(ctx, cfg, &ip) {
+        Ok(id) => id,
+        Err(reason) => {
+            count(reason, len);
+            return XDP_DROP;
+        }
+    };
+    // SAFETY: helper on the program's own xdp_buff.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } != 0 {
+        return XDP_PASS;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + META_LEN as usize > data {
+        return XDP_PASS;
+    }
+    // SAFETY: bounds checked against data just above.
+    unsafe {
+        *(meta as *mut Meta) = Meta {
+            magic: MAGIC,
+            peer_id,
+        };
+    }
+    if vxlan::strip_xdp(ctx).is_err() {
+        // Nothing stripped: take the metadata back, TC decapsulates.
+        // SAFETY: as above.
+        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN) };
+    }
+    XDP_PASS
+}
+
+/// In TC: the peer that sent this packet, if XDP decapsulated it.
+#[inline(always)]
+pub fn decapped(ctx: &TcContext) -> Option<u32> {
+    // SAFETY: reading a field of the program's own skb.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if meta + META_LEN as usize > ctx.data() {
+        return None;
+    }
+    // SAFETY: bounds checked against data just above.
+    let m = unsafe { &*(meta as *const Meta) };
+    (m.magic == MAGIC).then_some(m.peer_id)
+}
