@@ -2,54 +2,13 @@
 //! across, counters; then the same lab with plain kernel routing for comparison. Removes
 //! everything at the end, also on Ctrl-C.
 
-use std::{path::Path, process::Command, time::Duration};
+use anyhow::Result;
+use netpath_tests::{Lab, PeerMode, Spec, output};
 
-use anyhow::{Context, Result};
-use netpath_tests::{Lab, PeerMode, Spec, in_ns, output};
+use crate::bench::{iperf, ping};
 
 fn title(s: &str) {
     eprintln!("\n=== {s} ===");
-}
-
-/// (received/sent, avg RTT in ms) of `count` pings.
-fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.05", "-W", "1", "-c",
-        ])
-        .arg(count.to_string())
-        .arg(to)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let summary = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .map(|l| {
-            let n: Vec<&str> = l
-                .split(',')
-                .map(|p| p.split_whitespace().next().unwrap_or("?"))
-                .collect();
-            format!("{}/{}", n.get(1).unwrap_or(&"?"), n.first().unwrap_or(&"?"))
-        })
-        .unwrap_or_else(|| "?".into());
-    let rtt = text
-        .lines()
-        .find(|l| l.starts_with("rtt"))
-        .and_then(|l| l.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok())
-        .unwrap_or(f64::NAN);
-    Ok((summary, rtt))
-}
-
-/// Single-stream TCP throughput in Gbit/s from `from` to `to` (an iperf3 server there).
-fn iperf(lab: &mut Lab, server_ns: &str, from: &str, to: &str, secs: u32) -> Result<f64> {
-    lab.spawn_in(server_ns, Path::new("iperf3"), &["-s", "-1"])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = output(in_ns(from, &format!("iperf3 -J -t {secs} -c {to}")))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    Ok(v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9)
 }
 
 fn traffic(lab: &mut Lab) -> Result<(f64, f64)> {

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: netpath's one entry point for building, running, the demo, the
 //! tests and the benchmark. Every command first installs what is missing (see setup.rs).
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -13,7 +14,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run, demo and test netpath")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, demo, test and benchmark netpath"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,6 +45,19 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Compare netpath's paths with the kernel's on labs in network namespaces
+    /// (interleaved repetitions, medians and spread); writes target/bench/results.{md,json}.
+    Bench {
+        /// Every path once, briefly (a smoke test of the benchmark itself).
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of every path.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds of iperf3 per measurement.
+        #[arg(long, default_value_t = 3)]
+        secs: u32,
     },
 }
 
@@ -171,6 +188,20 @@ fn run(cli: Cli) -> Result<()> {
             use_binary(&build(true)?);
             netpath_tests::reap_stale();
             demo::run()
+        }
+        Cmd::Bench { quick, reps, secs } => {
+            if !netpath_tests::is_root() {
+                bail!("the benchmark builds network namespaces: run it as root");
+            }
+            setup::ensure(true)?;
+            use_binary(&build(true)?);
+            netpath_tests::reap_stale();
+            bench::run(bench::Options {
+                reps: if quick { 1 } else { reps.max(1) },
+                secs: if quick { 1 } else { secs.max(1) },
+                pings: if quick { 5 } else { 50 },
+                out_dir: workspace_root().join("target/bench"),
+            })
         }
         Cmd::Test { args } => {
             setup::ensure(true)?;

@@ -1,0 +1,382 @@
+//! `cargo xtask bench`: netpath's paths against the kernel's, in one run, on labs of two
+//! hosts in network namespaces. Paths are interleaved (each repetition visits every path,
+//! in a rotated order) and the figures are medians with their spread, also as ratios to
+//! the kernel path they replace: the machine is noisy, a single run says little.
+//!
+//! Paths so far: plain kernel routing and netpath direct; the kernel's vxlan device and
+//! netpath's tunnel with XDP off, generic and native. Measures: single-stream TCP
+//! throughput (iperf3) and ping RTT.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use netpath_tests::{Lab, PeerMode, Spec, in_ns, output};
+use serde_json::json;
+
+pub struct Options {
+    pub reps: usize,
+    pub secs: u32,
+    pub pings: u32,
+    pub out_dir: PathBuf,
+}
+
+/// (received/sent, average RTT in ms) of `count` pings, 10 ms apart.
+pub fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.01", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .map(|l| {
+            let n: Vec<&str> = l
+                .split(',')
+                .map(|p| p.split_whitespace().next().unwrap_or("?"))
+                .collect();
+            format!("{}/{}", n.get(1).unwrap_or(&"?"), n.first().unwrap_or(&"?"))
+        })
+        .unwrap_or_else(|| "?".into());
+    let rtt = text
+        .lines()
+        .find(|l| l.starts_with("rtt"))
+        .and_then(|l| l.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((summary, rtt))
+}
+
+/// Single-stream TCP throughput in Gbit/s from `from` to `to` (an iperf3 server there).
+pub fn iperf(lab: &mut Lab, server_ns: &str, from: &str, to: &str, secs: u32) -> Result<f64> {
+    iperf_retr(lab, server_ns, from, to, secs).map(|(g, _)| g)
+}
+
+/// Like [`iperf`], with the sender's TCP retransmissions.
+pub fn iperf_retr(
+    lab: &mut Lab,
+    server_ns: &str,
+    from: &str,
+    to: &str,
+    secs: u32,
+) -> Result<(f64, u64)> {
+    lab.spawn_in(server_ns, Path::new("iperf3"), &["-s", "-1"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = output(in_ns(from, &format!("iperf3 -J -t {secs} -c {to}")))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
+    Ok((
+        gbps,
+        v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// CPU time counters of the whole machine: (steal, total), in ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
+}
+
+/// Which lab a path runs on, and how netpath is set up there.
+#[derive(Clone, Copy)]
+enum Setup {
+    KernelRouting,
+    KernelVxlan,
+    Netpath(PeerMode, &'static str),
+}
+
+struct BenchPath {
+    name: &'static str,
+    setup: Setup,
+    /// The kernel path this one is compared with.
+    baseline: &'static str,
+}
+
+const PATHS: &[BenchPath] = &[
+    BenchPath {
+        name: "kernel routing",
+        setup: Setup::KernelRouting,
+        baseline: "kernel routing",
+    },
+    BenchPath {
+        name: "netpath direct",
+        setup: Setup::Netpath(PeerMode::Direct, "off"),
+        baseline: "kernel routing",
+    },
+    BenchPath {
+        name: "kernel vxlan",
+        setup: Setup::KernelVxlan,
+        baseline: "kernel vxlan",
+    },
+    BenchPath {
+        name: "netpath vxlan, xdp off",
+        setup: Setup::Netpath(PeerMode::Vxlan, "off"),
+        baseline: "kernel vxlan",
+    },
+    BenchPath {
+        name: "netpath vxlan, xdp generic",
+        setup: Setup::Netpath(PeerMode::Vxlan, "generic"),
+        baseline: "kernel vxlan",
+    },
+    BenchPath {
+        name: "netpath vxlan, xdp native",
+        setup: Setup::Netpath(PeerMode::Vxlan, "native"),
+        baseline: "kernel vxlan",
+    },
+];
+
+fn two_hosts() -> Result<Lab> {
+    Lab::new(Spec {
+        hosts: 2,
+        containers: 1,
+        locked_down: true,
+    })
+}
+
+struct Labs {
+    routing: Lab,
+    vxlan: Lab,
+    netpath: Lab,
+    /// What the netpath lab runs now.
+    current: Option<(PeerMode, &'static str)>,
+}
+
+impl Labs {
+    fn new() -> Result<Labs> {
+        let routing = two_hosts()?;
+        routing.kernel_routing()?;
+        let vxlan = two_hosts()?;
+        vxlan.kernel_vxlan(0)?;
+        vxlan.kernel_vxlan(1)?;
+        Ok(Labs {
+            routing,
+            vxlan,
+            netpath: two_hosts()?,
+            current: None,
+        })
+    }
+
+    fn ids(&self) -> [String; 3] {
+        [
+            self.routing.id.clone(),
+            self.vxlan.id.clone(),
+            self.netpath.id.clone(),
+        ]
+    }
+
+    /// The lab for `setup`, made ready (netpath reconfigured and restarted if needed).
+    fn ready(&mut self, setup: Setup) -> Result<&mut Lab> {
+        match setup {
+            Setup::KernelRouting => Ok(&mut self.routing),
+            Setup::KernelVxlan => Ok(&mut self.vxlan),
+            Setup::Netpath(mode, xdp) => {
+                if self.current != Some((mode, xdp)) {
+                    let lab = &mut self.netpath;
+                    lab.write_configs(|_, _| mode)?;
+                    for i in 0..lab.hosts.len() {
+                        lab.set_host_option(i, "xdp", &format!("\"{xdp}\""))?;
+                        lab.kill_agent(i);
+                        lab.start(i)?;
+                    }
+                    self.current = Some((mode, xdp));
+                }
+                Ok(&mut self.netpath)
+            }
+        }
+    }
+
+    fn teardown(mut self) -> Result<()> {
+        self.routing.teardown()?;
+        self.vxlan.teardown()?;
+        self.netpath.teardown()
+    }
+}
+
+#[derive(Default, Clone)]
+struct Samples {
+    gbps: Vec<f64>,
+    rtt_ms: Vec<f64>,
+    retransmits: Vec<f64>,
+    /// Share of CPU time the hypervisor took while measuring (steal), in %.
+    steal_pct: Vec<f64>,
+}
+
+/// One measurement of one path.
+struct Sample {
+    gbps: f64,
+    rtt_ms: f64,
+    retransmits: u64,
+    steal_pct: f64,
+}
+
+/// Median, min and max.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mid = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (mid, s[0], s[s.len() - 1])
+}
+
+fn measure(lab: &mut Lab, opts: &Options) -> Result<Sample> {
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let server = lab.hosts[1].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    // Warm-up: neighbours resolved, caches filled, before anything is timed.
+    ping(&from, &to, 5)?;
+    let (got, rtt) = ping(&from, &to, opts.pings)?;
+    let sent = opts.pings.to_string();
+    if got != format!("{sent}/{sent}") {
+        bail!("ping lost packets ({got})");
+    }
+    let (steal0, total0) = cpu_ticks();
+    let (gbps, retransmits) = iperf_retr(lab, &server, &from, &to, opts.secs)?;
+    let (steal1, total1) = cpu_ticks();
+    let steal_pct = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
+    Ok(Sample {
+        gbps,
+        rtt_ms: rtt,
+        retransmits,
+        steal_pct,
+    })
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
+}
+
+fn date() -> String {
+    output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    eprintln!(
+        "[bench] {} paths x {} repetitions, iperf3 {} s and {} pings each",
+        PATHS.len(),
+        opts.reps,
+        opts.secs,
+        opts.pings
+    );
+    let mut labs = Labs::new()?;
+    let ids = labs.ids();
+    ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: removing the labs");
+        for id in &ids {
+            netpath_tests::remove_lab(id);
+        }
+        std::process::exit(130);
+    })?;
+    let mut samples = vec![Samples::default(); PATHS.len()];
+    for rep in 0..opts.reps {
+        for k in 0..PATHS.len() {
+            let i = (k + rep) % PATHS.len();
+            let p = &PATHS[i];
+            let lab = labs.ready(p.setup)?;
+            let m = measure(lab, &opts).with_context(|| p.name)?;
+            eprintln!(
+                "[bench] rep {}/{} {:<28} {:>6.2} Gbit/s {:>6} retr {:>7.3} ms  (steal {:.0}%)",
+                rep + 1,
+                opts.reps,
+                p.name,
+                m.gbps,
+                m.retransmits,
+                m.rtt_ms,
+                m.steal_pct
+            );
+            let s = &mut samples[i];
+            s.gbps.push(m.gbps);
+            s.rtt_ms.push(m.rtt_ms);
+            s.retransmits.push(m.retransmits as f64);
+            s.steal_pct.push(m.steal_pct);
+        }
+    }
+    labs.teardown()?;
+
+    let base = |name: &str| {
+        let i = PATHS.iter().position(|p| p.name == name).unwrap_or(0);
+        (spread(&samples[i].gbps).0, spread(&samples[i].rtt_ms).0)
+    };
+    let (machine, date) = (machine(), date());
+    let mut md = format!(
+        "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max)\n\n",
+        opts.reps
+    );
+    md += "| path | TCP 1 stream, Gbit/s | vs kernel | TCP retransmits | ping RTT, ms | vs kernel | CPU steal |\n";
+    md += "|---|---|---|---|---|---|---|\n";
+    let mut rows = Vec::new();
+    for (p, s) in PATHS.iter().zip(&samples) {
+        let (g, gmin, gmax) = spread(&s.gbps);
+        let (r, rmin, rmax) = spread(&s.rtt_ms);
+        let (retr, _, _) = spread(&s.retransmits);
+        let (steal, _, steal_max) = spread(&s.steal_pct);
+        let (bg, br) = base(p.baseline);
+        let _ = writeln!(
+            md,
+            "| {} | {g:.2} ({gmin:.2}-{gmax:.2}) | {:.2}x {} | {retr:.0} | {r:.3} ({rmin:.3}-{rmax:.3}) | {:.2}x | {steal:.0}% (max {steal_max:.0}%) |",
+            p.name,
+            g / bg,
+            p.baseline,
+            r / br
+        );
+        rows.push(json!({
+            "path": p.name,
+            "baseline": p.baseline,
+            "tcp_gbps": {"median": g, "min": gmin, "max": gmax, "samples": s.gbps},
+            "rtt_ms": {"median": r, "min": rmin, "max": rmax, "samples": s.rtt_ms},
+            "retransmits": {"median": retr, "samples": s.retransmits},
+            "steal_pct": {"median": steal, "max": steal_max, "samples": s.steal_pct},
+            "tcp_vs_baseline": g / bg,
+            "rtt_vs_baseline": r / br,
+        }));
+    }
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let md_path = opts.out_dir.join("results.md");
+    let json_path = opts.out_dir.join("results.json");
+    std::fs::write(&md_path, &md)?;
+    let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
+        "iperf_secs": opts.secs, "pings": opts.pings, "paths": rows});
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    println!("{md}");
+    eprintln!(
+        "[bench] written to {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
