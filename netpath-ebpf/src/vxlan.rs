@@ -12,8 +12,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_get_hash_recalc, bpf_xdp_adjust_head},
     maps::lpm_trie::Key,
@@ -180,6 +180,10 @@ pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u3
     Ok(peer.id)
 }
 
+/// Decap keeps the GSO size (the inner segments do not change: only the outer headers
+/// go) and tells the kernel that the packet is plain IPv4 again.
+const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
+
 /// Checks a tunnel packet in TC (already [`pull`]ed) and strips its outer headers,
 /// keeping the outer Ethernet header. Returns the sending peer's id and the inner IPv4 packet, now right after the
 /// Ethernet header.
@@ -193,7 +197,7 @@ pub fn decap<'a>(
         return Err(Reason::DropVxlanMalformed);
     }
     let id = check(ctx, cfg, &outer)?;
-    ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, 0)
+    ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
         .map_err(|_| Reason::DropAdjustFailed)?;
     let inner = parse::ipv4(ctx)?;
     Ok((id, inner))

@@ -58,6 +58,9 @@ enum Cmd {
         /// Seconds of iperf3 per measurement.
         #[arg(long, default_value_t = 3)]
         secs: u32,
+        /// Only paths whose name contains this (repeatable), e.g. --only vxlan.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -189,7 +192,12 @@ fn run(cli: Cli) -> Result<()> {
             netpath_tests::reap_stale();
             demo::run()
         }
-        Cmd::Bench { quick, reps, secs } => {
+        Cmd::Bench {
+            quick,
+            reps,
+            secs,
+            only,
+        } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
             }
@@ -201,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
                 secs: if quick { 1 } else { secs.max(1) },
                 pings: if quick { 5 } else { 50 },
                 out_dir: workspace_root().join("target/bench"),
+                only,
             })
         }
         Cmd::Test { args } => {
