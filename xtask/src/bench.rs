@@ -27,6 +27,19 @@ pub struct Options {
     pub only: Vec<String>,
 }
 
+impl Options {
+    /// `--quick`: every path once, briefly (under a minute on the lab machine).
+    pub fn quick(out_dir: PathBuf, only: Vec<String>) -> Options {
+        Options {
+            reps: 1,
+            secs: 1,
+            pings: 5,
+            out_dir,
+            only,
+        }
+    }
+}
+
 /// (received/sent, average RTT in ms) of `count` pings, 10 ms apart.
 pub fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
     let out = Command::new("ip")
@@ -261,6 +274,9 @@ fn measure(lab: &mut Lab, opts: &Options) -> Result<Sample> {
     let (steal0, total0) = cpu_ticks();
     let (gbps, retransmits) = iperf_retr(lab, &server, &from, &to, opts.secs)?;
     let (steal1, total1) = cpu_ticks();
+    if gbps <= 0.0 {
+        bail!("no TCP traffic crossed (iperf3 measured 0 bit/s)");
+    }
     let steal_pct = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
     Ok(Sample {
         gbps,

@@ -106,7 +106,7 @@ pub fn build(release: bool) -> Result<PathBuf> {
 /// Runs cargo test, passing its output through, and ends with one line that totals every
 /// test binary ("summary: N passed, N failed, N ignored"): cargo's own last line is the
 /// doc-tests' of the last crate, which says nothing about the run.
-fn test(cmd: &mut Command) -> Result<()> {
+fn test(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -137,14 +137,41 @@ fn test(cmd: &mut Command) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed ({status})");
+    Ok(Tally {
+        passed,
+        failed,
+        ignored,
+        ok: status.success(),
+    })
+}
+
+/// What a test run counted.
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    /// Whether cargo test succeeded.
+    ok: bool,
+}
+
+impl Tally {
+    /// Prints the one summary line and turns the tally into the command's result.
+    fn finish(self) -> Result<()> {
+        let Tally {
+            passed,
+            failed,
+            ignored,
+            ok,
+        } = self;
+        println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+        if !ok || failed > 0 {
+            bail!("{failed} test(s) failed");
+        }
+        if passed == 0 {
+            bail!("no test ran");
+        }
+        Ok(())
     }
-    if passed == 0 {
-        bail!("no test ran");
-    }
-    Ok(())
 }
 
 /// Points the lab (this process's and the tests', which inherit the environment) at the
@@ -204,12 +231,17 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure(true)?;
             use_binary(&build(true)?);
             netpath_tests::reap_stale();
-            bench::run(bench::Options {
-                reps: if quick { 1 } else { reps.max(1) },
-                secs: if quick { 1 } else { secs.max(1) },
-                pings: if quick { 5 } else { 50 },
-                out_dir: workspace_root().join("target/bench"),
-                only,
+            let out_dir = workspace_root().join("target/bench");
+            bench::run(if quick {
+                bench::Options::quick(out_dir, only)
+            } else {
+                bench::Options {
+                    reps: reps.max(1),
+                    secs: secs.max(1),
+                    pings: 50,
+                    out_dir,
+                    only,
+                }
             })
         }
         Cmd::Test { args } => {
@@ -221,7 +253,8 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
             }
             eprintln!("[test] cargo test --workspace");
-            test(
+            let smoke = args.is_empty();
+            let mut tally = test(
                 cargo()
                     .args([
                         "test",
@@ -231,7 +264,28 @@ fn run(cli: Cli) -> Result<()> {
                         "--no-fail-fast",
                     ])
                     .args(args),
-            )
+            )?;
+            // The benchmark's smoke test: every path once, briefly; it fails when a path
+            // carries no traffic. Not with a filter (a run of chosen tests).
+            if smoke && netpath_tests::is_root() {
+                eprintln!("[test] cargo xtask bench --quick (smoke test)");
+                match bench::run(bench::Options::quick(
+                    workspace_root().join("target/bench-smoke"),
+                    Vec::new(),
+                )) {
+                    Ok(()) => {
+                        println!("test bench_quick_every_path_carries_traffic ... ok");
+                        tally.passed += 1;
+                    }
+                    Err(e) => {
+                        println!("test bench_quick_every_path_carries_traffic ... FAILED: {e:#}");
+                        tally.failed += 1;
+                    }
+                }
+            } else if smoke {
+                tally.ignored += 1;
+            }
+            tally.finish()
         }
     }
 }
