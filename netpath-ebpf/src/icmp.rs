@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use netpath_common::{Config, Reason};
 
-use crate::parse::{ETH_LEN, Ipv4};
+use crate::parse::{self, ETH_LEN, Ipv4};
 
 const IPPROTO_ICMP: u8 = 1;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -33,15 +33,6 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> bool {
     // SAFETY: reading a field of the program's own skb.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     gso_size == 0 && u16::from_be_bytes(ip.hdr.tot_len) > cfg.tunnel_mtu
-}
-
-/// Folds a 32-bit one's complement sum into 16 bits.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
 
 /// Rewrites the packet (a frame from a local container, `ip` its IPv4 header, not yet
@@ -70,22 +61,18 @@ pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reaso
     } else {
         cfg.host_addr
     };
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[1] = 0xc0; // precedence "internetwork control", as Linux sends its ICMP errors
+    ip[2..4].copy_from_slice(&((ICMP_HDRS as u32 + quote) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = IPPROTO_ICMP;
+    ip[12..16].copy_from_slice(&gateway.to_ne_bytes());
+    ip[16..20].copy_from_slice(&orig_src.to_ne_bytes());
+    let c = parse::ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
     let mut h = [0u8; ICMP_HDRS];
-    h[0] = 0x45;
-    h[1] = 0xc0; // precedence "internetwork control", as Linux sends its ICMP errors
-    h[2..4].copy_from_slice(&((ICMP_HDRS as u32 + quote) as u16).to_be_bytes());
-    h[8] = 64;
-    h[9] = IPPROTO_ICMP;
-    h[12..16].copy_from_slice(&gateway.to_ne_bytes());
-    h[16..20].copy_from_slice(&orig_src.to_ne_bytes());
-    let mut sum: u64 = 0;
-    let mut i = 0;
-    while i < 20 {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u64;
-        i += 2;
-    }
-    h[10..12].copy_from_slice(&(!fold(sum)).to_be_bytes());
-
+    h[..20].copy_from_slice(&ip);
     h[20] = ICMP_DEST_UNREACH;
     h[21] = ICMP_FRAG_NEEDED;
     h[26..28].copy_from_slice(&cfg.tunnel_mtu.to_be_bytes());
@@ -100,7 +87,7 @@ pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reaso
         sum += u16::from_be_bytes([word[0], word[1]]) as u64
             + u16::from_be_bytes([word[2], word[3]]) as u64;
     }
-    h[22..24].copy_from_slice(&(!fold(sum)).to_be_bytes());
+    h[22..24].copy_from_slice(&(!parse::fold(sum)).to_be_bytes());
     ctx.store(ETH_LEN, &h, 0).map_err(fail)?;
 
     let mut eth = [0u8; 12];

@@ -106,6 +106,27 @@ impl Ipv4<'_> {
     }
 }
 
+/// Folds a one's complement sum into 16 bits (RFC 1071).
+#[inline(always)]
+pub fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Internet checksum of a 20-byte IPv4 header (its checksum field zeroed).
+#[inline(always)]
+pub fn ipv4_checksum(h: &[u8; 20]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u64;
+        i += 2;
+    }
+    !fold(sum)
+}
+
 /// Decrements the TTL and patches the header checksum incrementally, as the kernel's
 /// `ip_decrease_ttl` does (RFC 1624: TTL is the high byte of its 16-bit word, so the sum
 /// changes by 0x0100). The caller has checked that TTL > 1.

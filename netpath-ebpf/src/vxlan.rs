@@ -37,20 +37,6 @@ pub const IPPROTO_UDP: u8 = 17;
 /// The I flag of the VXLAN header: the VNI is valid.
 const VXLAN_I: u8 = 0x08;
 
-/// Internet checksum of a 20-byte IPv4 header.
-#[inline(always)]
-fn ipv4_checksum(h: &[u8; 20]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < 20 {
-        sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
 /// Wraps the packet (inner TTL already decremented) in VXLAN to `peer`.
 ///
 /// UDP source port: from the flow hash (RFC 7348 entropy, so the underlay can spread
@@ -85,7 +71,7 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reas
     ip[9] = IPPROTO_UDP;
     ip[12..16].copy_from_slice(&src);
     ip[16..20].copy_from_slice(&dst);
-    let c = ipv4_checksum(&ip);
+    let c = parse::ipv4_checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     h[..20].copy_from_slice(&ip);
     h[20..22].copy_from_slice(&sport.to_be_bytes());

@@ -37,11 +37,10 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
     if !vxlan::is_tunnel(ctx, cfg, &ip) {
         return XDP_PASS;
     }
-    let len = parse::Packet::len(ctx);
     let peer_id = match vxlan::check(ctx, cfg, &ip) {
         Ok(id) => id,
         Err(reason) => {
-            count(reason, len);
+            count(reason, parse::Packet::len(ctx));
             return XDP_DROP;
         }
     };

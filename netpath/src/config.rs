@@ -66,13 +66,20 @@ pub enum XdpMode {
     Native,
 }
 
-impl std::fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl XdpMode {
+    /// The name used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
             XdpMode::Off => "off",
             XdpMode::Generic => "generic",
             XdpMode::Native => "native",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

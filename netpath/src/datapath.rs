@@ -47,23 +47,32 @@ pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
         }
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    // XDP is loaded even with `xdp = "off"`: a config change needs no other object.
     for name in [prog_names::FROM_BRIDGE, prog_names::FROM_UPLINK] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()?;
-        prog.load()
+        program::<SchedClassifier>(&mut ebpf, name)?
+            .load()
             .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
     }
-    // Loaded even with `xdp = "off"`: a config change needs no other object.
-    let name = prog_names::XDP_UPLINK;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
-    prog.load()
-        .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
+    program::<Xdp>(&mut ebpf, prog_names::XDP_UPLINK)?
+        .load()
+        .with_context(|| {
+            format!(
+                "loading program {} (the verifier's log says why)",
+                prog_names::XDP_UPLINK
+            )
+        })?;
     Ok(ebpf)
+}
+
+/// The program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
 }
 
 pub fn now() -> u64 {
@@ -421,10 +430,7 @@ pub enum Attached {
 /// program is swapped into it atomically; a pinned link for another interface (the config
 /// changed) is replaced by a new one.
 pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(a.prog)
-        .with_context(|| format!("program {} missing", a.prog))?
-        .try_into()?;
+    let prog = program::<SchedClassifier>(ebpf, a.prog)?;
     let pin = pins.link_path(a.prog);
     if pin.exists() {
         let old = PinnedLink::from_pin(&pin)
@@ -477,6 +483,17 @@ pub fn xdp_flag(mode: config::XdpMode) -> u32 {
     }
 }
 
+/// The XDP mode an `NP_AGENT` record's flags say is attached.
+pub fn xdp_mode(flags: u32) -> config::XdpMode {
+    if flags & AGENT_F_XDP_NATIVE != 0 {
+        config::XdpMode::Native
+    } else if flags & AGENT_F_XDP_GENERIC != 0 {
+        config::XdpMode::Generic
+    } else {
+        config::XdpMode::Off
+    }
+}
+
 /// Puts the XDP program on the uplink as the config says. A pinned XDP link on the same
 /// interface in the same mode gets the new program atomically; one in another mode or on
 /// another interface (or with `xdp = "off"`) is detached first: the kernel cannot change
@@ -490,16 +507,15 @@ pub fn attach_xdp(
     let h = &cfg.host;
     let name = prog_names::XDP_UPLINK;
     let pin = pins.link_path(name);
-    let want = xdp_flag(h.xdp);
-    let had = before.flags & (AGENT_F_XDP_GENERIC | AGENT_F_XDP_NATIVE);
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing"))?
-        .try_into()?;
+    let had = xdp_mode(before.flags);
+    let prog = program::<Xdp>(ebpf, name)?;
     if pin.exists() {
         let old = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?;
-        if want != 0 && want == had && before.uplink_ifindex == h.uplink_ifindex {
+        if h.xdp != config::XdpMode::Off
+            && h.xdp == had
+            && before.uplink_ifindex == h.uplink_ifindex
+        {
             let link = XdpLink::try_from(FdLink::from(old))?;
             let id = prog
                 .attach_to_link(link)

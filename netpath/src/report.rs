@@ -140,13 +140,7 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
         } else {
             "netlink"
         },
-        xdp: if a.flags & netpath_common::AGENT_F_XDP_NATIVE != 0 {
-            "native"
-        } else if a.flags & netpath_common::AGENT_F_XDP_GENERIC != 0 {
-            "generic"
-        } else {
-            "off"
-        },
+        xdp: datapath::xdp_mode(a.flags).as_str(),
     })
 }
 

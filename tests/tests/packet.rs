@@ -84,19 +84,28 @@ fn dp() -> Option<Dp> {
     Some(Dp { ebpf, maps })
 }
 
+/// BPF_PROG_TEST_RUN of `p` on `input`: the return value and the output frame.
+fn test_run<P>(p: &mut P, input: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; input.len() + 512];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
 impl Dp {
     fn run(&mut self, prog: &str, input: &[u8]) -> (i32, Vec<u8>) {
         let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; input.len() + 512];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value as i32, out)
+        let (r, out) = test_run(p, input);
+        (r as i32, out)
     }
 
     /// Runs the XDP program; returns the XDP action and the frame it passes on.
@@ -107,16 +116,16 @@ impl Dp {
             .unwrap()
             .try_into()
             .unwrap();
-        let mut out = vec![0u8; input.len() + 512];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(p, input)
+    }
+
+    /// The peer named `name`, with its counters.
+    fn peer(&self, name: &str) -> netpath::report::PeerRow {
+        netpath::report::peer_rows(&self.maps)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
     }
 
     fn count(&self, r: Reason) -> u64 {
@@ -159,8 +168,7 @@ fn bridge_to_direct_peer_is_routed() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_routed(&input, &out);
     dp.only(Reason::FwdDirect);
-    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
-    let b = peers.iter().find(|p| p.name == "b").unwrap();
+    let b = dp.peer("b");
     assert_eq!(
         (b.tx_packets, b.tx_bytes, b.rx_packets),
         (1, input.len() as u64, 0)
@@ -265,8 +273,7 @@ fn uplink_delivers_from_direct_peer() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_routed(&input, &out);
     dp.only(Reason::FwdDeliver);
-    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
-    let b = peers.iter().find(|p| p.name == "b").unwrap();
+    let b = dp.peer("b");
     assert_eq!((b.rx_packets, b.tx_packets), (1, 0));
 }
 
@@ -462,8 +469,7 @@ fn decap_restores_the_inner_frame() {
     // Outer Ethernet header, then the inner IP packet routed (TTL-1).
     assert_eq!(&out[..ETH_LEN], &input[..ETH_LEN]);
     assert_routed(&[&input[..ETH_LEN], &inner[ETH_LEN..]].concat(), &out);
-    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
-    let c = peers.iter().find(|p| p.name == "c").unwrap();
+    let c = dp.peer("c");
     assert_eq!((c.rx_packets, c.tx_packets), (1, 0));
 }
 
@@ -579,15 +585,7 @@ fn peers_swapping_subnets_and_underlays_keep_every_entry() {
             .ok()
             .map(|v| v.id)
     };
-    let id = |dp: &Dp, name: &str| {
-        dp.maps
-            .peer_infos()
-            .unwrap()
-            .into_iter()
-            .find(|(_, i)| netpath_common::name_str(&i.name) == name)
-            .unwrap()
-            .0
-    };
+    let id = |dp: &Dp, name: &str| dp.peer(name).id;
     assert_eq!(owner(&dp, [198, 18, 0, 13]), Some(id(&dp, "b")));
     assert_eq!(owner(&dp, [198, 18, 0, 12]), Some(id(&dp, "c")));
     // 10.244.12.0/24 now belongs to c (vxlan via .12), 10.244.13.0/24 to b (direct).
@@ -693,8 +691,7 @@ fn df_packet_too_big_for_the_tunnel_gets_frag_needed() {
         &input[ETH_LEN..ETH_LEN + 548],
         "the original packet quoted as it arrived (TTL unchanged)"
     );
-    let peers = netpath::report::peer_rows(&dp.maps).unwrap();
-    let c = peers.iter().find(|p| p.name == "c").unwrap();
+    let c = dp.peer("c");
     assert_eq!(c.tx_packets, 0, "nothing was sent to the peer");
 }
 
@@ -736,14 +733,7 @@ fn xdp_decap_hands_the_inner_frame_to_tc() {
     let (action, out) = dp.run_xdp(&input);
     assert_eq!(action, XDP_PASS);
     // BPF_PROG_TEST_RUN returns the metadata in front of the frame: "NPXD", peer id.
-    let c = dp
-        .maps
-        .peer_infos()
-        .unwrap()
-        .into_iter()
-        .find(|(_, i)| netpath_common::name_str(&i.name) == "c")
-        .unwrap()
-        .0;
+    let c = dp.peer("c").id;
     assert_eq!(&out[..4], &0x4e50_5844u32.to_ne_bytes(), "metadata magic");
     assert_eq!(&out[4..8], &c.to_ne_bytes(), "metadata: the sending peer");
     // Then what TC decap leaves (outer Ethernet header, inner packet), before routing.

@@ -148,12 +148,12 @@ fn oversized_df_packets_get_frag_needed() {
     let to = lab.hosts[1].containers[0].ip.clone();
     let gw = lab.hosts[0].gateway.clone();
 
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &from, "ping", "-n", "-c", "1", "-W", "1"])
-        .args(["-M", "do", "-s", "1472", &to])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // stdout whatever the exit status (ping exits 1 when a reply is missing).
+    let stdout = |cmd: &str| {
+        let out = in_ns(&from, cmd).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = stdout(&format!("ping -n -c 1 -W 1 -M do -s 1472 {to}"));
     assert!(
         text.contains(&format!(
             "From {gw} icmp_seq=1 Frag needed and DF set (mtu = 1450)"
@@ -163,27 +163,18 @@ fn oversized_df_packets_get_frag_needed() {
     assert_eq!(counters(&lab, 0)["drop-frag-needed"], 1);
 
     // The route now carries the path MTU: pings of 1500 bytes are sent in fragments.
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &from, "ip", "route", "get", &to])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("mtu 1450"));
+    assert!(stdout(&format!("ip route get {to}")).contains("mtu 1450"));
     // The first reply (1500 bytes, no DF) is answered on h2 in turn and lost; h2 then
     // fragments its replies too.
-    let big_pings = |count: &str| {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &from, "ping", "-n", "-q", "-c", count, "-i", "0.2",
-            ])
-            .args(["-W", "1", "-M", "want", "-s", "1472", &to])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    let big_pings = |count: u32| {
+        stdout(&format!(
+            "ping -n -q -c {count} -i 0.2 -W 1 -M want -s 1472 {to}"
+        ))
     };
-    let text = big_pings("3");
+    let text = big_pings(3);
     assert!(text.contains("3 packets transmitted, 2 received"), "{text}");
     assert_eq!(counters(&lab, 1)["drop-frag-needed"], 1);
-    let text = big_pings("5");
+    let text = big_pings(5);
     assert!(text.contains("5 packets transmitted, 5 received"), "{text}");
 
     // UDP: 1472-byte datagrams with DF (Linux's default) in both directions.
