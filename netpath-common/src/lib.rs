@@ -22,9 +22,13 @@ pub mod map_names {
     pub const PEER_INFO: &str = "NP_PEER_INFO_V1";
     pub const UNDERLAY: &str = "NP_UNDERLAY_V1";
     pub const AGENT: &str = "NP_AGENT_V1";
+    pub const CT: &str = "NP_CT_V1";
+    pub const NAT: &str = "NP_NAT_V1";
+    pub const PUBLISH: &str = "NP_PUBLISH_V1";
+    pub const CT_INFO: &str = "NP_CT_INFO_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
-        CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, UNDERLAY, AGENT,
+        CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, UNDERLAY, AGENT, CT, NAT, PUBLISH, CT_INFO,
     ];
 }
 
@@ -78,11 +82,151 @@ pub struct Config {
     /// Largest inner IPv4 packet the tunnel carries: uplink MTU - VXLAN_OVERHEAD. Bigger
     /// DF packets are answered with ICMP fragmentation-needed carrying this value.
     pub tunnel_mtu: u16,
-    pub _pad: [u8; 4],
+    /// Masquerade ports: the first and last port (host byte order) that new flows to the
+    /// outside may be given on the host's address.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
 }
 
 /// Set once the agent has filled the config.
 pub const CONFIG_F_READY: u32 = 1;
+/// `masquerade = true`: container traffic to the outside leaves with the host's address.
+pub const CONFIG_F_MASQUERADE: u32 = 2;
+
+/// Default size of the conntrack and NAT tables (LRU hashes, entries).
+pub const DEFAULT_CT_SIZE: u32 = 65536;
+/// Capacity of the published-ports map.
+pub const MAX_PUBLISH: u32 = 4096;
+
+/// Flow kinds, in [`CtEntry::kind`].
+pub const CT_KIND_MASQUERADE: u8 = 1;
+pub const CT_KIND_PUBLISHED: u8 = 2;
+
+/// [`CtEntry::flags`]: what the datapath has seen of a flow.
+pub const CT_F_SEEN_CONTAINER: u8 = 1;
+pub const CT_F_SEEN_REMOTE: u8 = 2;
+/// TCP FIN from the container / from the remote end.
+pub const CT_F_FIN_CONTAINER: u8 = 4;
+pub const CT_F_FIN_REMOTE: u8 = 8;
+/// TCP RST from either end.
+pub const CT_F_RST: u8 = 16;
+
+/// IP protocol numbers of the flows netpath translates.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of `NP_CT` (LRU hash): a translated flow, as seen on the container's side. For
+/// ICMP echo the container's "port" is the echo identifier and the remote port is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtKey {
+    /// The container's address; network byte order.
+    pub container: u32,
+    /// The other end: the server a masqueraded flow goes to, or the client of a published
+    /// port; network byte order.
+    pub remote: u32,
+    /// network byte order.
+    pub container_port: u16,
+    /// network byte order.
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `NP_CT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtEntry {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet.
+    pub created_ns: u64,
+    /// bpf_ktime_get_ns of the latest packet, refreshed at most once a second (and when
+    /// `flags` change): the agent expires the flow from it.
+    pub last_seen_ns: u64,
+    /// The port (or echo identifier) on the host's address; network byte order.
+    pub nat_port: u16,
+    /// `CT_KIND_*`.
+    pub kind: u8,
+    /// `CT_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Key of `NP_NAT` (LRU hash): a translated flow as seen on the uplink, addressed to the
+/// host's own address. Reserving a key is how a port is allocated: two flows can share a
+/// port as long as they go to different remote ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatKey {
+    /// network byte order.
+    pub remote: u32,
+    /// network byte order (0 for ICMP).
+    pub remote_port: u16,
+    /// network byte order.
+    pub nat_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `NP_NAT`: whose flow it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatValue {
+    /// network byte order.
+    pub container: u32,
+    /// network byte order.
+    pub container_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of `NP_PUBLISH` (hash): a port on the host's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PublishKey {
+    /// network byte order.
+    pub host_port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `NP_PUBLISH`: where a published port leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PublishValue {
+    /// network byte order.
+    pub container: u32,
+    /// network byte order.
+    pub container_port: u16,
+    /// `ORIGIN_CONFIG` or `ORIGIN_CLI`.
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+/// The one entry of `NP_CT_INFO` (userspace only): the timeouts the agent expires flows
+/// with, and what its collector did, for `dump conntrack` and `stats` in any process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtInfo {
+    /// Unix time of the last collection (0: never).
+    pub last_gc_at: u64,
+    /// Flows removed because their timeout passed, since the datapath was attached.
+    pub expired: u64,
+    /// Entries removed because their other half was gone (the LRU evicted it under
+    /// pressure), since the datapath was attached.
+    pub orphans: u64,
+    /// Timeouts in seconds.
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    /// Seconds between collections.
+    pub gc_interval: u32,
+    /// Entries found by the last collection.
+    pub ct_entries: u32,
+    pub nat_entries: u32,
+}
 
 /// Data part of the LPM key of `NP_PEERS`: an IPv4 address in network byte order
 /// (stored as the four bytes in packet order, so `u32::from_ne_bytes(octets)`).
@@ -227,6 +371,13 @@ mod user {
     unsafe impl aya::Pod for super::PeerValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerStats {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::PublishKey {}
+    unsafe impl aya::Pod for super::PublishValue {}
+    unsafe impl aya::Pod for super::CtInfo {}
 }
 
 /// Converts an address to its map representation (network byte order in a u32).

@@ -64,7 +64,7 @@ reasons! {
     PassTtlExpired = 5, "pass-ttl-expired", Pass;
     /// On the uplink, not for the local container subnet: left to the host stack.
     PassNotForUs = 6, "pass-not-for-us", Pass;
-    /// On the uplink, for a local container but not from a known peer subnet: left to the host stack.
+    /// No longer counted: traffic for a container from anywhere but a direct peer is now `drop-not-published`.
     PassUnknownSrc = 7, "pass-unknown-src", Pass;
     /// The agent has not written the config yet: left to the host stack.
     PassNoConfig = 8, "pass-no-config", Pass;
@@ -92,6 +92,24 @@ reasons! {
     DropFragNeeded = 19, "drop-frag-needed", Drop;
     /// Decapsulated in XDP, then delivered to a local container by TC.
     FwdVxlanDecapXdp = 20, "fwd-vxlan-decap-xdp", Forward;
+    /// From a container to the outside: source translated to the host's address and a port (masquerade), sent out of the uplink.
+    FwdMasquerade = 21, "fwd-masquerade", Forward;
+    /// A reply to a masqueraded flow: translated back and delivered to its container.
+    FwdMasqueradeReply = 22, "fwd-masquerade-reply", Forward;
+    /// To a published port of the host: translated to its container and delivered.
+    FwdPublished = 23, "fwd-published", Forward;
+    /// A container's reply on a published port: translated back to the host's address and port, sent out.
+    FwdPublishedReply = 24, "fwd-published-reply", Forward;
+    /// An ICMP error about a translated flow (port unreachable, fragmentation needed, TTL exceeded): translated, quoted header included, and delivered to its container.
+    FwdNatIcmpError = 25, "fwd-nat-icmp-error", Forward;
+    /// Masquerade found no free port in the range for this destination: dropped; no existing flow is touched.
+    DropNatNoPort = 26, "drop-nat-no-port", Drop;
+    /// The conntrack or NAT table refused a new entry: dropped.
+    DropCtInsertFailed = 27, "drop-ct-insert-failed", Drop;
+    /// To the outside with masquerade on, but not TCP, UDP or ICMP echo, or a fragment: left to the host stack.
+    PassNatUnsupported = 28, "pass-nat-unsupported", Pass;
+    /// On the uplink, for a container but neither from a direct peer nor through a published port: dropped (as Docker 28's raw-table rules do).
+    DropNotPublished = 29, "drop-not-published", Drop;
 }
 
 #[cfg(test)]

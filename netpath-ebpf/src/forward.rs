@@ -14,7 +14,7 @@ use crate::{
     counters::{PeerDir, count, count_peer},
     icmp,
     maps::{CONFIG, PEERS},
-    mtu, parse, vxlan, xdp,
+    mtu, nat, parse, vxlan, xdp,
 };
 
 const AF_INET: u32 = 2;
@@ -46,9 +46,11 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_bridge(ctx))
 }
 
-/// A container's packet to be routed. Local destinations (the host, its own subnet) and
-/// unknown ones are the stack's; a peer's subnet is routed to the uplink with the peer's
-/// underlay address as next hop, wrapped in VXLAN for a vxlan peer.
+/// A container's packet to be routed. Local destinations (the host, its own subnet) are
+/// the stack's; a peer's subnet is routed to the uplink with the peer's underlay address as
+/// next hop, wrapped in VXLAN for a vxlan peer; anything else goes out of the uplink
+/// masqueraded (with `masquerade = true`) or is the stack's. A packet of a translated
+/// flow (a reply on a published port) is translated first, wherever it goes (nat.rs).
 #[inline(always)]
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -56,9 +58,19 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if ip.dst & cfg.subnet_mask == cfg.subnet_addr || ip.dst == cfg.host_addr {
         return Err(Reason::PassLocal);
     }
-    let peer = PEERS
-        .get(Key::new(32, ip.dst))
-        .ok_or(Reason::PassUnknownDst)?;
+    let peer = PEERS.get(Key::new(32, ip.dst));
+    let translated = nat::egress(ctx, cfg, &ip, peer.is_some())?;
+    let ip = match translated {
+        Some(_) => parse::ipv4(ctx)?,
+        None => ip,
+    };
+    let Some(peer) = peer else {
+        // Translated to the outside (egress leaves no other way here).
+        let reason = translated.ok_or(Reason::PassUnknownDst)?;
+        let mut ip = ip;
+        decrement_ttl(&mut ip)?;
+        return Ok((redirect(cfg.uplink_ifindex, None), reason));
+    };
     let reason = match peer.mode {
         MODE_DIRECT => Reason::FwdDirect,
         MODE_VXLAN => Reason::FwdVxlanEncap,
@@ -86,9 +98,12 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_uplink(ctx))
 }
 
-/// A packet from the underlay. Tunnel traffic is checked and decapsulated (vxlan.rs);
-/// of the rest, only what a direct peer's container sends to a local container is ours: it is routed into the bridge (the kernel's FIB lookup finds the
-/// container on it). Everything else is the stack's.
+/// A packet from the underlay. Tunnel traffic is checked and decapsulated (vxlan.rs).
+/// Traffic for the host's address is translated to a container when it belongs to a
+/// masqueraded flow or a published port (nat.rs), else it is the host's. What a direct
+/// peer's container sends to a local container is routed into the bridge (the kernel's
+/// FIB lookup finds the container on it); anything else addressed to a container is
+/// dropped: from outside, containers are reached through published ports only.
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -100,7 +115,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecapXdp));
     }
     let ip = parse::ipv4(ctx)?;
-    let ip = if ip.hdr.proto == vxlan::IPPROTO_UDP && ip.dst == cfg.host_addr && vxlan::pull(ctx) {
+    let ip = if ip.hdr.proto == netpath_common::IPPROTO_UDP
+        && ip.dst == cfg.host_addr
+        && vxlan::pull(ctx)
+    {
         parse::ipv4(ctx)?
     } else {
         ip
@@ -113,15 +131,21 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
     }
+    if ip.dst == cfg.host_addr {
+        let reason = nat::ingress(ctx, cfg, &ip)?;
+        let mut ip = parse::ipv4(ctx)?;
+        decrement_ttl(&mut ip)?;
+        return Ok((redirect(cfg.bridge_ifindex, None), reason));
+    }
     if ip.dst & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.gateway_addr {
         return Err(Reason::PassNotForUs);
     }
     let peer = PEERS
         .get(Key::new(32, ip.src))
-        .ok_or(Reason::PassUnknownSrc)?;
+        .ok_or(Reason::DropNotPublished)?;
     if peer.mode != MODE_DIRECT {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
-        return Err(Reason::PassUnknownSrc);
+        return Err(Reason::DropNotPublished);
     }
     let mut ip = ip;
     hop(ctx, &mut ip, peer.id, PeerDir::Rx)?;
@@ -133,11 +157,18 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
 /// time-exceeded); otherwise TTL-1 with the checksum patched, and the peer's counter.
 #[inline(always)]
 fn hop(ctx: &TcContext, ip: &mut parse::Ipv4, peer_id: u32, dir: PeerDir) -> Result<(), Reason> {
+    decrement_ttl(ip)?;
+    count_peer(peer_id, dir, ctx.len());
+    Ok(())
+}
+
+/// TTL-1 with the checksum patched; a packet whose TTL would expire is the stack's.
+#[inline(always)]
+fn decrement_ttl(ip: &mut parse::Ipv4) -> Result<(), Reason> {
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
     parse::decrement_ttl(ip.hdr);
-    count_peer(peer_id, dir, ctx.len());
     Ok(())
 }
 

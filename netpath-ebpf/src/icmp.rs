@@ -14,12 +14,10 @@ use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, helpers::bpf_skb_change_tail,
     programs::TcContext,
 };
-use netpath_common::{Config, Reason};
+use netpath_common::{Config, IPPROTO_ICMP, Reason};
 
-use crate::parse::{self, ETH_LEN, Ipv4};
+use crate::parse::{self, ETH_LEN, ICMP_DEST_UNREACH, Ipv4};
 
-const IPPROTO_ICMP: u8 = 1;
-const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 /// New IPv4 (20) and ICMP (8) headers put in front of the quoted packet.
 const ICMP_HDRS: usize = 28;

@@ -8,6 +8,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod mtu;
+mod nat;
 mod parse;
 mod vxlan;
 mod xdp;
@@ -19,8 +20,9 @@ use aya_ebpf::{
 
 /// TC ingress of the container bridge. Sees what local containers send to their gateway
 /// (the bridge's own MAC) to be routed: frames bridged between two local containers never
-/// reach it. Forwards packets for peer subnets (encapsulated for vxlan peers);
-/// everything else goes to the host stack.
+/// reach it. Forwards packets for peer subnets (encapsulated for vxlan peers), masquerades
+/// what goes to the outside, translates replies on published ports; the rest goes to the
+/// host stack.
 #[classifier]
 pub fn np_from_bridge(ctx: TcContext) -> i32 {
     forward::from_bridge(&ctx)
@@ -28,7 +30,9 @@ pub fn np_from_bridge(ctx: TcContext) -> i32 {
 
 /// TC ingress of the uplink. Sees everything arriving from the underlay: traffic of peer
 /// hosts for local containers is delivered to the bridge (decapsulated when it comes in
-/// the tunnel); forged tunnel traffic is dropped; the rest goes to the host stack.
+/// the tunnel); replies to masqueraded flows and published ports are translated to their
+/// containers; forged tunnel traffic and traffic for containers from elsewhere is
+/// dropped; the rest goes to the host stack.
 #[classifier]
 pub fn np_from_uplink(ctx: TcContext) -> i32 {
     forward::from_uplink(&ctx)

@@ -4,11 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netpath_common::{
-    AgentInfo, Config, Counter, MAX_PEERS, MAX_REASONS, PeerInfo, PeerKey, PeerStats, PeerValue,
-    UnderlayValue,
+    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, MAX_PEERS, MAX_PUBLISH,
+    MAX_REASONS, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PublishKey,
+    PublishValue, UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V1")]
@@ -36,3 +37,21 @@ pub static PEER_INFO: Array<PeerInfo> = Array::with_max_entries(MAX_PEERS, 0);
 /// Userspace only: who manages this datapath.
 #[map(name = "NP_AGENT_V1")]
 pub static AGENT: Array<AgentInfo> = Array::with_max_entries(1, 0);
+
+/// Translated flows by their container-side tuple (nat.rs). The agent sizes it from the
+/// config (`[conntrack] size`) and expires entries.
+#[map(name = "NP_CT_V1")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
+
+/// Translated flows by their tuple on the uplink: the reverse of `CT`, and the ports in use.
+#[map(name = "NP_NAT_V1")]
+pub static NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
+
+/// Published ports of the host's address.
+#[map(name = "NP_PUBLISH_V1")]
+pub static PUBLISH: HashMap<PublishKey, PublishValue> = HashMap::with_max_entries(MAX_PUBLISH, 0);
+
+#[allow(dead_code, reason = "read by the agent only")]
+/// Userspace only: conntrack timeouts and collector figures.
+#[map(name = "NP_CT_INFO_V1")]
+pub static CT_INFO: Array<CtInfo> = Array::with_max_entries(1, 0);

@@ -4,10 +4,10 @@
 
 use aya_ebpf::programs::TcContext;
 
-use crate::parse::{ETH_LEN, Ipv4};
+use netpath_common::IPPROTO_TCP;
 
-const IPPROTO_TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
+use crate::parse::{ETH_LEN, Ipv4, TCP_SYN};
+
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_MSS: u8 = 2;

@@ -10,6 +10,17 @@ pub const ETH_LEN: usize = EthHdr::LEN;
 /// Ethertype of IPv4, as it sits in the frame (network byte order read as native u16).
 pub const ETH_P_IP_BE: u16 = u16::from_ne_bytes([0x08, 0x00]);
 
+/// ICMP types (RFC 792) and TCP flags that the programs look at.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// What the parsers need of a program's context: the directly accessible bytes.
 pub trait Packet {
     fn data(&self) -> usize;
@@ -137,4 +148,25 @@ pub fn decrement_ttl(hdr: &mut Ipv4Hdr) {
     let folded = (check + (check >= 0xffff) as u32) as u16;
     hdr.check = folded.to_ne_bytes();
     hdr.ttl -= 1;
+}
+
+/// RFC 1624 (eqn. 3) update of an Internet checksum for a 16-bit field changing from
+/// `old` to `new`. Every value is as it sits in the packet (network byte order).
+#[inline(always)]
+pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+    let sum =
+        (!u16::from_be(check)) as u64 + (!u16::from_be(old)) as u64 + u16::from_be(new) as u64;
+    (!fold(sum)).to_be()
+}
+
+/// As [`csum_replace2`], for a 32-bit field (an IPv4 address).
+#[inline(always)]
+pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let (o, n) = (u32::from_be(old), u32::from_be(new));
+    let sum = (!u16::from_be(check)) as u64
+        + ((!o) >> 16) as u64
+        + ((!o) & 0xffff) as u64
+        + (n >> 16) as u64
+        + (n & 0xffff) as u64;
+    (!fold(sum)).to_be()
 }

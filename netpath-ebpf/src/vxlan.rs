@@ -19,7 +19,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
-use netpath_common::{Config, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
+use netpath_common::{Config, IPPROTO_UDP, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -33,7 +33,7 @@ const UDP_OFF: usize = ETH_LEN + IP_LEN;
 const VXLAN_OFF: usize = UDP_OFF + 8;
 const INNER_ETH_OFF: usize = VXLAN_OFF + 8;
 const INNER_IP_OFF: usize = INNER_ETH_OFF + ETH_LEN;
-pub const IPPROTO_UDP: u8 = 17;
+
 /// The I flag of the VXLAN header: the VNI is valid.
 const VXLAN_I: u8 = 0x08;
 

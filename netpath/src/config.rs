@@ -90,7 +90,114 @@ struct File {
     host: HostFile,
     #[serde(default, rename = "peer")]
     peers: Vec<PeerFile>,
+    #[serde(default, rename = "publish")]
+    publish: Vec<PublishFile>,
+    #[serde(default)]
+    conntrack: Conntrack,
 }
+
+/// A published port as written: `[[publish]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFile {
+    proto: Proto,
+    host_port: u16,
+    container: String,
+    port: u16,
+}
+
+/// Protocols a port can be published for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => netpath_common::IPPROTO_TCP,
+            Proto::Udp => netpath_common::IPPROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            netpath_common::IPPROTO_TCP => Some(Proto::Tcp),
+            netpath_common::IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("unknown protocol {s:?}: use \"tcp\" or \"udp\"")),
+        }
+    }
+}
+
+/// A published port: `host_port` on the host's underlay address leads to
+/// `container:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub container: Ipv4Addr,
+    pub port: u16,
+}
+
+/// `[conntrack]`: the size of the flow tables and the idle timeouts (seconds) after
+/// which the agent removes a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conntrack {
+    /// Entries of the conntrack table and of the NAT table (each).
+    pub size: u32,
+    /// A TCP flow that has not been answered yet.
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    /// A TCP flow after a FIN or RST.
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    /// Seconds between two collections of expired flows.
+    pub gc_interval: u32,
+}
+
+impl Default for Conntrack {
+    fn default() -> Conntrack {
+        Conntrack {
+            size: netpath_common::DEFAULT_CT_SIZE,
+            tcp_syn: 60,
+            tcp_established: 21600,
+            tcp_closing: 10,
+            udp: 60,
+            icmp: 30,
+            gc_interval: 10,
+        }
+    }
+}
+
+/// Smallest and largest conntrack table.
+pub const CT_SIZE_MIN: u32 = 1024;
+pub const CT_SIZE_MAX: u32 = 1 << 24;
+/// Default masquerade ports: Linux's default ephemeral range.
+pub const MASQUERADE_PORTS: (u16, u16) = (32768, 60999);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +215,9 @@ struct HostFile {
     vxlan_port: u16,
     /// MAC that peers put as inner destination when they encapsulate to this host.
     vtep_mac: Option<String>,
+    #[serde(default)]
+    masquerade: bool,
+    masquerade_ports: Option<String>,
 }
 
 fn default_vxlan_port() -> u16 {
@@ -139,6 +249,8 @@ struct PeerFile {
 pub struct Config {
     pub host: Host,
     pub peers: Vec<Peer>,
+    pub publish: Vec<Publish>,
+    pub conntrack: Conntrack,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +270,10 @@ pub struct Host {
     pub vtep_mac: [u8; 6],
     /// MTU of the uplink (read at start).
     pub uplink_mtu: u32,
+    /// Masquerade container traffic to the outside.
+    pub masquerade: bool,
+    /// First and last port masqueraded flows get.
+    pub masquerade_ports: (u16, u16),
 }
 
 impl Host {
@@ -300,6 +416,92 @@ pub fn check_peer(
     problems
 }
 
+/// Parses a port range written "FIRST-LAST" (1 to 65535, FIRST <= LAST).
+pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), String> {
+    let err = || format!("{field} = {s:?} is not a port range: write it like \"32768-60999\"");
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let a: u16 = a.trim().parse().map_err(|_| err())?;
+    let b: u16 = b.trim().parse().map_err(|_| err())?;
+    if a == 0 || a > b {
+        return Err(format!(
+            "{field} = {s:?}: the first port must be at least 1 and not above the last"
+        ));
+    }
+    Ok((a, b))
+}
+
+/// Checks the `[conntrack]` section.
+pub fn check_conntrack(c: &Conntrack) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !(CT_SIZE_MIN..=CT_SIZE_MAX).contains(&c.size) {
+        problems.push(format!(
+            "[conntrack].size = {}: use {CT_SIZE_MIN} to {CT_SIZE_MAX} entries",
+            c.size
+        ));
+    }
+    for (name, v) in [
+        ("tcp_syn", c.tcp_syn),
+        ("tcp_established", c.tcp_established),
+        ("tcp_closing", c.tcp_closing),
+        ("udp", c.udp),
+        ("icmp", c.icmp),
+        ("gc_interval", c.gc_interval),
+    ] {
+        if v == 0 {
+            problems.push(format!(
+                "[conntrack].{name} = 0: timeouts and the collection interval are seconds, at least 1"
+            ));
+        }
+    }
+    problems
+}
+
+/// Checks a published port against the host's subnet (the container must be in it and be
+/// neither the gateway nor the network or broadcast address) and the ports already
+/// published (`others`, valid). Shared by the config and `publish add`.
+pub fn check_publish(
+    field: &str,
+    p: &Publish,
+    subnet: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    vxlan_port: u16,
+    others: &[Publish],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if p.host_port == 0 {
+        problems.push(format!("{field}.host_port = 0: use a port from 1 to 65535"));
+    }
+    if p.port == 0 {
+        problems.push(format!("{field}.port = 0: use a port from 1 to 65535"));
+    }
+    if p.proto == Proto::Udp && p.host_port == vxlan_port {
+        problems.push(format!(
+            "{field}.host_port = {} is the VXLAN port: publish another one",
+            p.host_port
+        ));
+    }
+    if !subnet.contains(&p.container)
+        || p.container == subnet.network()
+        || p.container == subnet.broadcast()
+        || Some(p.container) == gateway
+    {
+        problems.push(format!(
+            "{field}.container = \"{}\" is not a container address of this host: use one in [host].subnet = \"{subnet}\" (not its gateway, network or broadcast address)",
+            p.container
+        ));
+    }
+    if let Some(o) = others
+        .iter()
+        .find(|o| o.proto == p.proto && o.host_port == p.host_port)
+    {
+        problems.push(format!(
+            "{field}: {}/{} is already published (to {}:{}): one container per host port",
+            p.proto, p.host_port, o.container, o.port
+        ));
+    }
+    problems
+}
+
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -359,6 +561,20 @@ impl Config {
                 h.vni
             ));
         }
+        let masquerade_ports = match &h.masquerade_ports {
+            Some(r) => parse_port_range("[host].masquerade_ports", r).unwrap_or_else(|e| {
+                problems.push(e);
+                MASQUERADE_PORTS
+            }),
+            None => MASQUERADE_PORTS,
+        };
+        if (masquerade_ports.0..=masquerade_ports.1).contains(&h.vxlan_port) {
+            problems.push(format!(
+                "[host].masquerade_ports = \"{}-{}\" holds the VXLAN port {}: replies to those flows would be taken for tunnel traffic; use a range without it",
+                masquerade_ports.0, masquerade_ports.1, h.vxlan_port
+            ));
+        }
+        problems.extend(check_conntrack(&file.conntrack));
         let address = match (&h.address, &uplink) {
             (Some(a), _) => parse_addr("[host].address", a).map(Some),
             (None, Ok(_)) => match sys.ipv4_addrs(&h.uplink).first() {
@@ -392,6 +608,28 @@ impl Config {
             .map(|n| n.addr())
             .find(|a| subnet.contains(a));
         let peers = check_peers(&file.peers, subnet, address, &mut problems);
+        let mut publish: Vec<Publish> = Vec::new();
+        for (i, p) in file.publish.iter().enumerate() {
+            let field = format!("[[publish]] #{}", i + 1);
+            let container = match parse_addr(&format!("{field}.container"), &p.container) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let p = Publish {
+                proto: p.proto,
+                host_port: p.host_port,
+                container,
+                port: p.port,
+            };
+            let found = check_publish(&field, &p, subnet, gateway, h.vxlan_port, &publish);
+            if found.is_empty() {
+                publish.push(p);
+            }
+            problems.extend(found);
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -421,8 +659,12 @@ impl Config {
                 vtep_mac: host_mac
                     .unwrap_or_else(|| netpath_common::default_vtep_mac(address.octets())),
                 uplink_mtu,
+                masquerade: h.masquerade,
+                masquerade_ports,
             },
             peers,
+            publish,
+            conntrack: file.conntrack,
         })
     }
 }
@@ -648,5 +890,81 @@ mod tests {
         s.1 = 100;
         let direct_only = GOOD.replace("mode = \"vxlan\"", "mode = \"direct\"");
         assert!(Config::parse(&direct_only, &s).is_ok());
+    }
+
+    #[test]
+    fn masquerade_publish_and_conntrack_are_read_and_checked() {
+        let c = Config::parse(GOOD, &sys()).unwrap();
+        assert!(!c.host.masquerade);
+        assert_eq!(c.host.masquerade_ports, (32768, 60999));
+        assert_eq!(c.conntrack, Conntrack::default());
+        let t = GOOD.replace(
+            "vni = 42",
+            "vni = 42\nmasquerade = true\nmasquerade_ports = \"40000-40999\"",
+        ) + "\n[[publish]]\nproto = \"tcp\"\nhost_port = 8080\ncontainer = \"10.244.11.2\"\nport = 80\n\n[conntrack]\nsize = 4096\nudp = 5\n";
+        let c = Config::parse(&t, &sys()).unwrap();
+        assert!(c.host.masquerade);
+        assert_eq!(c.host.masquerade_ports, (40000, 40999));
+        assert_eq!(
+            c.publish,
+            vec![Publish {
+                proto: Proto::Tcp,
+                host_port: 8080,
+                container: "10.244.11.2".parse().unwrap(),
+                port: 80
+            }]
+        );
+        assert_eq!(
+            (c.conntrack.size, c.conntrack.udp, c.conntrack.icmp),
+            (4096, 5, 30)
+        );
+
+        for (bad, want) in [
+            ("masquerade_ports = \"60999-32768\"", "not above the last"),
+            ("masquerade_ports = \"1-2-3\"", "is not a port range"),
+            (
+                "masquerade_ports = \"4000-5000\"",
+                "holds the VXLAN port 4789",
+            ),
+        ] {
+            let p = problems(&GOOD.replace("vni = 42", &format!("vni = 42\n{bad}")));
+            assert!(p.contains(want), "{bad}: {p}");
+        }
+        let publish = |proto: &str, host_port: u32, container: &str, port: u32| {
+            format!(
+                "{GOOD}\n[[publish]]\nproto = \"{proto}\"\nhost_port = {host_port}\ncontainer = \"{container}\"\nport = {port}\n"
+            )
+        };
+        for (t, want) in [
+            (publish("tcp", 0, "10.244.11.2", 80), "host_port = 0"),
+            (publish("tcp", 8080, "10.244.11.2", 0), "port = 0"),
+            (
+                publish("tcp", 8080, "10.244.12.2", 80),
+                "not a container address of this host",
+            ),
+            (
+                publish("tcp", 8080, "10.244.11.1", 80),
+                "not a container address of this host",
+            ),
+            (publish("udp", 4789, "10.244.11.2", 80), "is the VXLAN port"),
+            (
+                publish("sctp", 8080, "10.244.11.2", 80),
+                "unknown variant `sctp`",
+            ),
+            (publish("tcp", 70000, "10.244.11.2", 80), "invalid value"),
+            (
+                publish("tcp", 8080, "10.244.11.2", 80)
+                    + "\n[[publish]]\nproto = \"tcp\"\nhost_port = 8080\ncontainer = \"10.244.11.3\"\nport = 80\n",
+                "tcp/8080 is already published",
+            ),
+        ] {
+            let p = problems(&t);
+            assert!(p.contains(want), "want {want:?} in {p}");
+        }
+        let p = problems(&format!(
+            "{GOOD}\n[conntrack]\nsize = 10\ntcp_closing = 0\n"
+        ));
+        assert!(p.contains("[conntrack].size = 10"), "{p}");
+        assert!(p.contains("[conntrack].tcp_closing = 0"), "{p}");
     }
 }

@@ -24,9 +24,10 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netpath_common::{
-    AGENT_F_TCX, AGENT_F_XDP_GENERIC, AGENT_F_XDP_NATIVE, AgentInfo, CONFIG_F_READY, Counter,
-    MAX_PEERS, ORIGIN_CLI, ORIGIN_CONFIG, PeerInfo, PeerStats, PeerValue, addr_to_be, be_to_octets,
-    map_names, name_bytes, name_str, prog_names,
+    AGENT_F_TCX, AGENT_F_XDP_GENERIC, AGENT_F_XDP_NATIVE, AgentInfo, CONFIG_F_MASQUERADE,
+    CONFIG_F_READY, Counter, CtEntry, CtInfo, CtKey, MAX_PEERS, NatKey, NatValue, ORIGIN_CLI,
+    ORIGIN_CONFIG, PeerInfo, PeerStats, PeerValue, PublishKey, PublishValue, addr_to_be,
+    be_to_octets, map_names, name_bytes, name_str, prog_names,
 };
 
 use crate::{
@@ -39,8 +40,12 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Loads the object. With a pin dir, maps are opened from it when pinned there, or
 /// created and pinned; without one (packet tests), they are private to this process.
-pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
+/// `ct_size` sizes the conntrack and NAT tables it creates (pinned ones keep their size).
+pub fn load(pins: Option<&PinDir>, ct_size: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::CT, ct_size)
+        .map_max_entries(map_names::NAT, ct_size);
     if let Some(p) = pins {
         for name in map_names::ALL {
             loader.map_pin_path(name, p.map_path(name));
@@ -99,6 +104,10 @@ pub struct Maps {
     pub peer_info: Array<MapData, PeerInfo>,
     pub underlay: HashMap<MapData, u32, PeerValue>,
     pub agent: Array<MapData, AgentInfo>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub nat: HashMap<MapData, NatKey, NatValue>,
+    pub publish: HashMap<MapData, PublishKey, PublishValue>,
+    pub ct_info: Array<MapData, CtInfo>,
 }
 
 impl Maps {
@@ -116,6 +125,10 @@ impl Maps {
             peer_info: take(map_names::PEER_INFO)?.try_into()?,
             underlay: take(map_names::UNDERLAY)?.try_into()?,
             agent: take(map_names::AGENT)?.try_into()?,
+            ct: take(map_names::CT)?.try_into()?,
+            nat: take(map_names::NAT)?.try_into()?,
+            publish: take(map_names::PUBLISH)?.try_into()?,
+            ct_info: take(map_names::CT_INFO)?.try_into()?,
         })
     }
 
@@ -130,6 +143,10 @@ impl Maps {
             peer_info: pins.open(map_names::PEER_INFO)?.try_into()?,
             underlay: pins.open(map_names::UNDERLAY)?.try_into()?,
             agent: pins.open(map_names::AGENT)?.try_into()?,
+            ct: pins.open(map_names::CT)?.try_into()?,
+            nat: pins.open(map_names::NAT)?.try_into()?,
+            publish: pins.open(map_names::PUBLISH)?.try_into()?,
+            ct_info: pins.open(map_names::CT_INFO)?.try_into()?,
         })
     }
 
@@ -151,13 +168,14 @@ impl Maps {
             uplink_ifindex: h.uplink_ifindex,
             bridge_ifindex: h.bridge_ifindex,
             vni: h.vni,
-            flags: CONFIG_F_READY,
+            flags: CONFIG_F_READY | if h.masquerade { CONFIG_F_MASQUERADE } else { 0 },
             gateway_addr: h.gateway.map(|g| addr_to_be(g.octets())).unwrap_or(0),
             vtep_mac: h.vtep_mac,
             vxlan_port: h.vxlan_port.to_be(),
             tunnel_mss: h.tunnel_mss(),
             tunnel_mtu: h.tunnel_mtu().min(u16::MAX as u32) as u16,
-            _pad: [0; 4],
+            nat_port_min: h.masquerade_ports.0,
+            nat_port_max: h.masquerade_ports.1,
         };
         self.config.set(0, value, 0)?;
         Ok(())

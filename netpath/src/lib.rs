@@ -4,5 +4,6 @@
 pub mod config;
 pub mod datapath;
 pub mod iface;
+pub mod nat;
 pub mod pin;
 pub mod report;

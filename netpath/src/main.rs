@@ -6,8 +6,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use netpath::{
-    config::{self, Config, Mode, Peer},
+    config::{self, Config, Mode, Peer, Proto, Publish},
     datapath::{self, Attached, Maps},
+    nat,
     pin::{DEFAULT_PIN_DIR, PinDir},
     report,
 };
@@ -70,6 +71,38 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PeerCmd,
     },
+    /// Publish container ports on the host's address, unpublish them, list them.
+    Publish {
+        #[command(subcommand)]
+        cmd: PublishCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PublishCmd {
+    /// Publish HOST_PORT of the host's underlay address as CONTAINER:PORT, on the running
+    /// datapath; kept across agent restarts until `publish del`.
+    ///
+    /// Example: netpath publish add tcp 8080 10.244.11.2:80
+    Add {
+        /// tcp or udp.
+        proto: Proto,
+        /// Port on the host's underlay address.
+        host_port: u16,
+        /// The container's address and port, ADDR:PORT, in this host's subnet.
+        target: String,
+    },
+    /// Unpublish a port; flows through it are cut.
+    ///
+    /// Example: netpath publish del tcp 8080
+    Del { proto: Proto, host_port: u16 },
+    /// Published ports, with their origin and current flows (same as `dump ports`).
+    ///
+    /// Example: netpath publish list --json
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +111,12 @@ enum DumpMap {
     Peers,
     /// Every reason with its packet and byte counts, zeros included.
     Counters,
+    /// Translated flows (masquerade and published ports): state, age, expiry.
+    Conntrack,
+    /// The NAT table: which port on the host's address leads to which container.
+    Nat,
+    /// Published ports.
+    Ports,
 }
 
 #[derive(Subcommand)]
@@ -196,9 +235,27 @@ fn run(cli: Cli) -> Result<()> {
                         Ok(print!("{}", report::counters_table(&rows)))
                     }
                 }
+                DumpMap::Conntrack => {
+                    let rows = nat::flow_rows(&maps)?;
+                    if json {
+                        print_json(&rows)
+                    } else {
+                        Ok(print!("{}", report::flows_table(&rows)))
+                    }
+                }
+                DumpMap::Nat => {
+                    let rows = nat::nat_rows(&maps)?;
+                    if json {
+                        print_json(&rows)
+                    } else {
+                        Ok(print!("{}", report::nat_table(&rows)))
+                    }
+                }
+                DumpMap::Ports => print_ports(&maps, json),
             }
         }
         Cmd::Peer { cmd } => peer(&pins, cmd),
+        Cmd::Publish { cmd } => publish(&pins, cmd),
     }
 }
 
@@ -262,6 +319,51 @@ fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
     }
 }
 
+fn print_ports(maps: &Maps, json: bool) -> Result<()> {
+    let rows = nat::port_rows(maps)?;
+    if json {
+        print_json(&rows)
+    } else {
+        Ok(print!("{}", report::ports_table(&rows)))
+    }
+}
+
+fn publish(pins: &PinDir, cmd: PublishCmd) -> Result<()> {
+    match cmd {
+        PublishCmd::Add {
+            proto,
+            host_port,
+            target,
+        } => {
+            let (addr, port) = target
+                .rsplit_once(':')
+                .and_then(|(a, p)| Some((a.parse().ok()?, p.parse().ok()?)))
+                .with_context(|| {
+                    format!("{target:?} is not ADDR:PORT: write it like 10.244.11.2:80")
+                })?;
+            let p = Publish {
+                proto,
+                host_port,
+                container: addr,
+                port,
+            };
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            nat::add_publish(&mut maps, &p)?;
+            println!("published {proto}/{host_port} -> {addr}:{port}");
+            Ok(())
+        }
+        PublishCmd::Del { proto, host_port } => {
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            let cut = nat::del_publish(&mut maps, proto, host_port)?;
+            println!("unpublished {proto}/{host_port} ({cut} flows cut)");
+            Ok(())
+        }
+        PublishCmd::List { json } => print_ports(&Maps::open(pins)?, json),
+    }
+}
+
 /// The agent: everything is validated before this runs; here the datapath is attached or
 /// adopted, then the agent reports until SIGINT/SIGTERM, leaving the datapath in place.
 async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
@@ -280,7 +382,7 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             );
         }
     }
-    let (_ebpf, maps) = match start(&cfg, &pins, adopted) {
+    let (_ebpf, mut maps) = match start(&cfg, &pins, adopted) {
         Ok(x) => x,
         Err(e) => {
             if !adopted {
@@ -294,11 +396,22 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
 
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
+    let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = gc.tick() => {
+                match nat::gc(&mut maps) {
+                    Ok(g) if g.expired + g.orphans > 0 => log::debug!(
+                        "conntrack: {} expired, {} evicted halves removed, {} flows",
+                        g.expired, g.orphans, g.ct_entries
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("conntrack collection failed: {e:#}"),
+                }
+            }
             _ = tick.tick(), if report_every > 0 => {
                 if let Ok(s) = report::stats(&maps) {
                     log::info!(
@@ -317,11 +430,20 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
 }
 
 fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)> {
-    let mut ebpf = datapath::load(Some(pins))?;
+    let mut ebpf = datapath::load(Some(pins), cfg.conntrack.size)?;
     let mut maps = Maps::take(&mut ebpf)?;
+    let size = aya::maps::IterableMap::map(&maps.ct).info()?.max_entries();
+    if size != cfg.conntrack.size {
+        log::warn!(
+            "[conntrack].size = {} but the pinned tables hold {size} entries: they keep their flows and their size until `netpath down`",
+            cfg.conntrack.size
+        );
+    }
     let before = maps.agent()?;
     maps.write_config(cfg)?;
+    nat::write_ct_info(&mut maps, &cfg.conntrack)?;
     let changes = datapath::sync_peers(&mut maps, cfg).context("updating peers")?;
+    let published = nat::sync_publish(&mut maps, cfg).context("updating published ports")?;
     let mut tcx = true;
     for a in datapath::attachments(cfg, &before) {
         let how = datapath::attach(&mut ebpf, pins, &a)?;
@@ -338,7 +460,7 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     }
     let info = datapath::write_agent(&mut maps, cfg, tcx, adopted)?;
     log::info!(
-        "host {}: {} datapath at {} (generation {}), subnet {}, underlay {}, peers: {} added, {} updated, {} removed, {} kept from `peer add`",
+        "host {}: {} datapath at {} (generation {}), subnet {}, underlay {}, masquerade {}, peers: {} added, {} updated, {} removed, {} kept from `peer add`; published ports: {} from the config, {} removed, {} kept from `publish add`",
         cfg.host.name,
         if adopted {
             "adopted the"
@@ -349,10 +471,21 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
         info.generation,
         cfg.host.subnet,
         cfg.host.address,
+        if cfg.host.masquerade {
+            format!(
+                "on (ports {}-{})",
+                cfg.host.masquerade_ports.0, cfg.host.masquerade_ports.1
+            )
+        } else {
+            "off".to_owned()
+        },
         changes.added.len(),
         changes.updated.len(),
         changes.removed.len(),
         changes.kept_cli.len(),
+        published.set,
+        published.removed,
+        published.kept_cli,
     );
     Ok((ebpf, maps))
 }

@@ -14,9 +14,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
 use netpath_common::{
-    AgentInfo, Config, Counter, MAX_PEERS, MAX_REASONS, PeerInfo, PeerKey, PeerStats, PeerValue,
-    map_names,
+    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, MAX_PEERS, MAX_PUBLISH,
+    MAX_REASONS, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PublishKey,
+    PublishValue, map_names,
 };
+
+/// Maps whose size comes from the config: any size is the right layout.
+pub const SIZED: &[&str] = &[map_names::CT, map_names::NAT];
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netpath";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -74,6 +78,41 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
         (
             map_names::AGENT,
             l(MapType::Array, 4, size_of::<AgentInfo>(), 1),
+        ),
+        (
+            map_names::UNDERLAY,
+            l(MapType::Hash, 4, size_of::<PeerValue>(), MAX_PEERS),
+        ),
+        (
+            map_names::CT,
+            l(
+                MapType::LruHash,
+                size_of::<CtKey>(),
+                size_of::<CtEntry>(),
+                DEFAULT_CT_SIZE,
+            ),
+        ),
+        (
+            map_names::NAT,
+            l(
+                MapType::LruHash,
+                size_of::<NatKey>(),
+                size_of::<NatValue>(),
+                DEFAULT_CT_SIZE,
+            ),
+        ),
+        (
+            map_names::PUBLISH,
+            l(
+                MapType::Hash,
+                size_of::<PublishKey>(),
+                size_of::<PublishValue>(),
+                MAX_PUBLISH,
+            ),
+        ),
+        (
+            map_names::CT_INFO,
+            l(MapType::Array, 4, size_of::<CtInfo>(), 1),
         ),
     ]
 }
@@ -150,7 +189,10 @@ impl PinDir {
             }
             let info = MapInfo::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
-            let have = layout_of(&info)?;
+            let mut have = layout_of(&info)?;
+            if SIZED.contains(&name) {
+                have.max_entries = want.max_entries;
+            }
             if have != want {
                 bail!(
                     "pinned map {} has layout {have:?}, this netpath expects {want:?}: \

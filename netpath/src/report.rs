@@ -51,6 +51,7 @@ pub struct Stats {
     pub totals: Totals,
     pub counters: Vec<CounterRow>,
     pub peers: Vec<PeerRow>,
+    pub conntrack: crate::nat::CtSummary,
 }
 
 #[derive(Serialize, Default)]
@@ -159,6 +160,7 @@ pub fn stats(maps: &Maps) -> Result<Stats> {
         totals,
         counters,
         peers: peer_rows(maps)?,
+        conntrack: crate::nat::summary(maps)?,
     })
 }
 
@@ -261,8 +263,90 @@ pub fn stats_text(s: &Stats) -> String {
         "forwarded {}  passed to stack {}  dropped {}\n\n",
         s.totals.forwarded, s.totals.passed, s.totals.dropped
     );
+    let c = &s.conntrack;
+    out += &format!(
+        "conntrack {} flows, nat {} entries, of {} each ({:.1}% full); expired {}, evicted halves removed {}; last collected {}\n\n",
+        c.ct_entries,
+        c.nat_entries,
+        c.size,
+        100.0 * c.ct_entries.max(c.nat_entries) as f64 / c.size.max(1) as f64,
+        c.expired_total,
+        c.orphans_total,
+        if c.last_gc_at == 0 {
+            "never".to_owned()
+        } else {
+            format!("{} ago", ago(c.last_gc_at))
+        },
+    );
     out += &counters_table(&s.counters);
     out.push('\n');
     out += &peers_table(&s.peers);
     out
+}
+
+pub fn flows_table(rows: &[crate::nat::FlowRow]) -> String {
+    table(
+        &[
+            "PROTO",
+            "KIND",
+            "CONTAINER",
+            "REMOTE",
+            "HOST PORT",
+            "STATE",
+            "AGE",
+            "IDLE",
+            "EXPIRES IN",
+        ],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.proto.clone(),
+                    r.kind.to_owned(),
+                    r.container.clone(),
+                    r.remote.clone(),
+                    r.host_port.to_string(),
+                    r.state.to_owned(),
+                    format!("{}s", r.age_secs),
+                    format!("{}s", r.idle_secs),
+                    format!("{}s", r.expires_in_secs),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub fn nat_table(rows: &[crate::nat::NatRow]) -> String {
+    table(
+        &["PROTO", "REMOTE", "HOST PORT", "CONTAINER"],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.proto.clone(),
+                    r.remote.clone(),
+                    r.host_port.to_string(),
+                    r.container.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub fn ports_table(rows: &[crate::nat::PortRow]) -> String {
+    table(
+        &["PROTO", "HOST PORT", "CONTAINER", "ORIGIN", "FLOWS"],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.proto.clone(),
+                    r.host_port.to_string(),
+                    format!("{}:{}", r.container, r.port),
+                    r.origin.to_owned(),
+                    r.flows.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    )
 }

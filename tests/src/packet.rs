@@ -25,6 +25,38 @@ pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
     checksum(&frame[ETH_LEN..ETH_LEN + ihl]) == 0
 }
 
+/// Whether the L4 checksum of `frame` (TCP, UDP or ICMP, whole datagram in the frame)
+/// is valid; a UDP checksum of 0 (none) counts as valid.
+pub fn l4_checksum_ok(frame: &[u8]) -> bool {
+    let ihl = (frame[ETH_LEN] & 0x0f) as usize * 4;
+    let ip = &frame[ETH_LEN..];
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &ip[ihl..tot];
+    match ip[9] {
+        17 if l4[6..8] == [0, 0] => true,
+        6 | 17 => {
+            checksum(&pseudo(
+                ip[12..16].try_into().unwrap(),
+                ip[16..20].try_into().unwrap(),
+                ip[9],
+                l4,
+            )) == 0
+        }
+        _ => checksum(l4) == 0,
+    }
+}
+
+/// The pseudo header and `l4`, for TCP and UDP checksums.
+fn pseudo(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(src);
+    v.extend(dst);
+    v.extend([0, proto]);
+    v.extend((l4.len() as u16).to_be_bytes());
+    v.extend(l4);
+    v
+}
+
 pub struct Frame {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
@@ -33,6 +65,8 @@ pub struct Frame {
     pub ttl: u8,
     pub proto: u8,
     pub payload: Vec<u8>,
+    /// Compute the L4 checksum in `build` (TCP, UDP, ICMP); else keep the payload's.
+    pub l4_csum: bool,
 }
 
 impl Frame {
@@ -50,7 +84,71 @@ impl Frame {
             ttl: 64,
             proto: 1,
             payload: icmp,
+            l4_csum: true,
         }
+    }
+
+    /// A TCP segment with `flags` (0x02 SYN, 0x12 SYN-ACK, ...) and 8 bytes of data.
+    pub fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Frame {
+        let mut tcp = Vec::new();
+        tcp.extend(sport.to_be_bytes());
+        tcp.extend(dport.to_be_bytes());
+        tcp.extend(1000u32.to_be_bytes());
+        tcp.extend(0u32.to_be_bytes());
+        tcp.extend([0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+        tcp.extend(b"netpath!");
+        Frame {
+            proto: 6,
+            payload: tcp,
+            ..Frame::icmp(src, dst)
+        }
+    }
+
+    /// A UDP datagram with `data`; `checksum` false sends it without one (0).
+    pub fn udp(
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        data: &[u8],
+        checksum: bool,
+    ) -> Frame {
+        let mut udp = Vec::new();
+        udp.extend(sport.to_be_bytes());
+        udp.extend(dport.to_be_bytes());
+        udp.extend(((8 + data.len()) as u16).to_be_bytes());
+        udp.extend([0, 0]);
+        udp.extend(data);
+        Frame {
+            proto: 17,
+            payload: udp,
+            l4_csum: checksum,
+            ..Frame::icmp(src, dst)
+        }
+    }
+
+    /// An ICMP echo reply (type 0) matching [`Frame::icmp`].
+    pub fn echo_reply(src: [u8; 4], dst: [u8; 4]) -> Frame {
+        let mut f = Frame::icmp(src, dst);
+        f.payload[0] = 0;
+        f
+    }
+
+    /// Source and destination ports (the echo identifier, for ICMP: `dport` is ignored).
+    pub fn ports(mut self, sport: u16, dport: u16) -> Frame {
+        if self.proto == 1 {
+            self.payload[4..6].copy_from_slice(&sport.to_be_bytes());
+        } else {
+            self.payload[0..2].copy_from_slice(&sport.to_be_bytes());
+            self.payload[2..4].copy_from_slice(&dport.to_be_bytes());
+        }
+        self
+    }
+
+    pub fn addrs(mut self, src: [u8; 4], dst: [u8; 4]) -> Frame {
+        self.src = src;
+        self.dst = dst;
+        self
     }
 
     pub fn ttl(mut self, ttl: u8) -> Frame {
@@ -73,7 +171,27 @@ impl Frame {
         let c = checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         f.extend(ip);
-        f.extend(&self.payload);
+        let mut l4 = self.payload.clone();
+        if self.l4_csum {
+            let at = match self.proto {
+                6 => 16,
+                17 => 6,
+                _ => 2,
+            };
+            l4[at..at + 2].copy_from_slice(&[0, 0]);
+            let c = match self.proto {
+                6 | 17 => checksum(&pseudo(self.src, self.dst, self.proto, &l4)),
+                _ => checksum(&l4),
+            };
+            // UDP sends a computed 0 as 0xffff (0 means "no checksum").
+            let c = if self.proto == 17 && c == 0 {
+                0xffff
+            } else {
+                c
+            };
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        f.extend(l4);
         f
     }
 }

@@ -2,149 +2,16 @@
 //! and counters. Each test loads its own copy of the programs with private maps, so the
 //! tests run in parallel.
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-};
+mod common;
+
+use common::*;
 use netpath::{
-    config::{Config, Host, Mode, Peer, XdpMode},
+    config::{Mode, Peer},
     datapath::{self, Maps},
     pin,
 };
 use netpath_common::{Reason, map_names, prog_names};
 use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
-
-const TC_ACT_UNSPEC: i32 = -1;
-const TC_ACT_SHOT: i32 = 2;
-const TC_ACT_REDIRECT: i32 = 7;
-
-const HOST: [u8; 4] = [198, 18, 0, 11];
-const LOCAL_C: [u8; 4] = [10, 244, 11, 2];
-const GATEWAY: [u8; 4] = [10, 244, 11, 1];
-const PEER_C: [u8; 4] = [10, 244, 12, 2];
-const VXLAN_PEER_C: [u8; 4] = [10, 244, 13, 2];
-const NOWHERE: [u8; 4] = [10, 244, 99, 2];
-
-struct Dp {
-    ebpf: Ebpf,
-    maps: Maps,
-}
-
-fn cfg(ready: bool) -> Config {
-    Config {
-        host: Host {
-            name: "a".into(),
-            uplink: "eth0".into(),
-            uplink_ifindex: 2,
-            bridge: "br0".into(),
-            bridge_ifindex: 3,
-            subnet: "10.244.11.0/24".parse().unwrap(),
-            address: HOST.into(),
-            gateway: Some(GATEWAY.into()),
-            vni: 42,
-            xdp: XdpMode::Off,
-            vxlan_port: 4789,
-            vtep_mac: netpath_common::default_vtep_mac(HOST),
-            uplink_mtu: 1500,
-        },
-        peers: if ready {
-            vec![
-                Peer {
-                    name: "b".into(),
-                    subnet: "10.244.12.0/24".parse().unwrap(),
-                    underlay: [198, 18, 0, 12].into(),
-                    mode: Mode::Direct,
-                    vtep_mac: None,
-                },
-                Peer {
-                    name: "c".into(),
-                    subnet: "10.244.13.0/24".parse().unwrap(),
-                    underlay: [198, 18, 0, 13].into(),
-                    mode: Mode::Vxlan,
-                    vtep_mac: None,
-                },
-            ]
-        } else {
-            vec![]
-        },
-    }
-}
-
-/// Loads the programs with private maps and the config above; None (test skipped) when
-/// not root.
-fn dp() -> Option<Dp> {
-    if !netpath_tests::can_run_lab() {
-        return None;
-    }
-    let mut ebpf = datapath::load(None).expect("load programs");
-    let mut maps = Maps::take(&mut ebpf).unwrap();
-    let c = cfg(true);
-    maps.write_config(&c).unwrap();
-    datapath::sync_peers(&mut maps, &c).unwrap();
-    Some(Dp { ebpf, maps })
-}
-
-/// BPF_PROG_TEST_RUN of `p` on `input`: the return value and the output frame.
-fn test_run<P>(p: &mut P, input: &[u8]) -> (u32, Vec<u8>)
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
-{
-    let mut out = vec![0u8; input.len() + 512];
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
-}
-
-impl Dp {
-    fn run(&mut self, prog: &str, input: &[u8]) -> (i32, Vec<u8>) {
-        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-        let (r, out) = test_run(p, input);
-        (r as i32, out)
-    }
-
-    /// Runs the XDP program; returns the XDP action and the frame it passes on.
-    fn run_xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut(prog_names::XDP_UPLINK)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        test_run(p, input)
-    }
-
-    /// The peer named `name`, with its counters.
-    fn peer(&self, name: &str) -> netpath::report::PeerRow {
-        netpath::report::peer_rows(&self.maps)
-            .unwrap()
-            .into_iter()
-            .find(|p| p.name == name)
-            .unwrap()
-    }
-
-    fn count(&self, r: Reason) -> u64 {
-        self.maps.counters().unwrap()[r as usize].1.packets
-    }
-
-    /// Asserts that exactly one packet was counted, under `r`.
-    fn only(&self, r: Reason) {
-        let counted: Vec<(String, u64)> = self
-            .maps
-            .counters()
-            .unwrap()
-            .into_iter()
-            .filter(|(_, c)| c.packets > 0)
-            .map(|(i, c)| (Reason::from_u32(i).unwrap().name().to_owned(), c.packets))
-            .collect();
-        assert_eq!(counted, vec![(r.name().to_owned(), 1)]);
-    }
-}
 
 /// What the forward path must do to a frame: only TTL and checksum change.
 fn assert_routed(input: &[u8], out: &[u8]) {
@@ -278,23 +145,23 @@ fn uplink_delivers_from_direct_peer() {
 }
 
 #[test]
-fn uplink_leaves_the_rest_to_the_stack() {
+fn uplink_leaves_the_host_its_traffic_and_drops_strangers_to_containers() {
     let Some(mut dp) = dp() else { return };
-    for (src, dst, reason) in [
-        (PEER_C, [198, 18, 0, 11], Reason::PassNotForUs),
-        (PEER_C, GATEWAY, Reason::PassNotForUs),
-        (NOWHERE, LOCAL_C, Reason::PassUnknownSrc),
+    for (src, dst, reason, verdict) in [
+        (PEER_C, HOST, Reason::PassNotForUs, TC_ACT_UNSPEC),
+        (PEER_C, GATEWAY, Reason::PassNotForUs, TC_ACT_UNSPEC),
+        // From outside, containers are reached through published ports only.
+        (NOWHERE, LOCAL_C, Reason::DropNotPublished, TC_ACT_SHOT),
         // A tunnel peer's containers must come through the tunnel, not in the clear.
-        (VXLAN_PEER_C, LOCAL_C, Reason::PassUnknownSrc),
+        (VXLAN_PEER_C, LOCAL_C, Reason::DropNotPublished, TC_ACT_SHOT),
     ] {
         let before = dp.count(reason);
         let input = Frame::icmp(src, dst).build();
-        let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &input);
-        assert_eq!(
-            (verdict, &out[..]),
-            (TC_ACT_UNSPEC, &input[..]),
-            "{src:?} -> {dst:?}"
-        );
+        let (got, out) = dp.run(prog_names::FROM_UPLINK, &input);
+        assert_eq!(got, verdict, "{src:?} -> {dst:?}");
+        if verdict == TC_ACT_UNSPEC {
+            assert_eq!(out, input, "{src:?} -> {dst:?} unchanged");
+        }
         assert_eq!(dp.count(reason), before + 1);
     }
     let input = Frame::icmp(PEER_C, LOCAL_C).ttl(1).build();
@@ -307,7 +174,7 @@ fn nothing_is_forwarded_before_the_agent_writes_the_config() {
     if !netpath_tests::can_run_lab() {
         return;
     }
-    let mut ebpf = datapath::load(None).unwrap();
+    let mut ebpf = datapath::load(None, netpath_common::DEFAULT_CT_SIZE).unwrap();
     let maps = Maps::take(&mut ebpf).unwrap();
     let mut dp = Dp { ebpf, maps };
     let input = Frame::icmp(LOCAL_C, PEER_C).build();
@@ -323,7 +190,7 @@ fn object_maps_match_common_names_and_layouts() {
     if !netpath_tests::can_run_lab() {
         return;
     }
-    let ebpf = datapath::load(None).unwrap();
+    let ebpf = datapath::load(None, netpath_common::DEFAULT_CT_SIZE).unwrap();
     let mut names: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
     names.sort();
     let mut want = map_names::ALL.to_vec();
@@ -334,7 +201,9 @@ fn object_maps_match_common_names_and_layouts() {
         let fd = match map {
             aya::maps::Map::Array(m)
             | aya::maps::Map::LpmTrie(m)
-            | aya::maps::Map::PerCpuArray(m) => m,
+            | aya::maps::Map::PerCpuArray(m)
+            | aya::maps::Map::HashMap(m)
+            | aya::maps::Map::LruHashMap(m) => m,
             _ => panic!("{name}: unexpected map kind"),
         };
         let info = fd.info().unwrap();

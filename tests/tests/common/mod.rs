@@ -1,0 +1,159 @@
+//! What the packet tests share: the programs loaded with private maps and a host's
+//! config, BPF_PROG_TEST_RUN, counters.
+#![allow(dead_code, unused_imports)]
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use netpath::{
+    config::{Config, Host, Mode, Peer, XdpMode},
+    datapath::{self, Maps},
+    pin,
+};
+use netpath_common::{Reason, map_names, prog_names};
+use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
+
+pub const TC_ACT_UNSPEC: i32 = -1;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+pub const HOST: [u8; 4] = [198, 18, 0, 11];
+pub const LOCAL_C: [u8; 4] = [10, 244, 11, 2];
+pub const GATEWAY: [u8; 4] = [10, 244, 11, 1];
+pub const PEER_C: [u8; 4] = [10, 244, 12, 2];
+pub const VXLAN_PEER_C: [u8; 4] = [10, 244, 13, 2];
+pub const NOWHERE: [u8; 4] = [10, 244, 99, 2];
+
+pub struct Dp {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+pub fn cfg(ready: bool) -> Config {
+    Config {
+        host: Host {
+            name: "a".into(),
+            uplink: "eth0".into(),
+            uplink_ifindex: 2,
+            bridge: "br0".into(),
+            bridge_ifindex: 3,
+            subnet: "10.244.11.0/24".parse().unwrap(),
+            address: HOST.into(),
+            gateway: Some(GATEWAY.into()),
+            vni: 42,
+            xdp: XdpMode::Off,
+            vxlan_port: 4789,
+            vtep_mac: netpath_common::default_vtep_mac(HOST),
+            uplink_mtu: 1500,
+            masquerade: false,
+            masquerade_ports: netpath::config::MASQUERADE_PORTS,
+        },
+        peers: if ready {
+            vec![
+                Peer {
+                    name: "b".into(),
+                    subnet: "10.244.12.0/24".parse().unwrap(),
+                    underlay: [198, 18, 0, 12].into(),
+                    mode: Mode::Direct,
+                    vtep_mac: None,
+                },
+                Peer {
+                    name: "c".into(),
+                    subnet: "10.244.13.0/24".parse().unwrap(),
+                    underlay: [198, 18, 0, 13].into(),
+                    mode: Mode::Vxlan,
+                    vtep_mac: None,
+                },
+            ]
+        } else {
+            vec![]
+        },
+        publish: vec![],
+        conntrack: Default::default(),
+    }
+}
+
+/// Loads the programs with private maps and the config above; None (test skipped) when
+/// not root.
+pub fn dp() -> Option<Dp> {
+    dp_with(|_| {})
+}
+
+/// As [`dp`], with the config changed by `change` first.
+pub fn dp_with(change: impl FnOnce(&mut Config)) -> Option<Dp> {
+    if !netpath_tests::can_run_lab() {
+        return None;
+    }
+    let mut ebpf = datapath::load(None, netpath_common::DEFAULT_CT_SIZE).expect("load programs");
+    let mut maps = Maps::take(&mut ebpf).unwrap();
+    let mut c = cfg(true);
+    change(&mut c);
+    maps.write_config(&c).unwrap();
+    netpath::nat::write_ct_info(&mut maps, &c.conntrack).unwrap();
+    datapath::sync_peers(&mut maps, &c).unwrap();
+    netpath::nat::sync_publish(&mut maps, &c).unwrap();
+    Some(Dp { ebpf, maps })
+}
+
+/// BPF_PROG_TEST_RUN of `p` on `input`: the return value and the output frame.
+pub fn test_run<P>(p: &mut P, input: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; input.len() + 512];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+impl Dp {
+    pub fn run(&mut self, prog: &str, input: &[u8]) -> (i32, Vec<u8>) {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+        let (r, out) = test_run(p, input);
+        (r as i32, out)
+    }
+
+    /// Runs the XDP program; returns the XDP action and the frame it passes on.
+    pub fn run_xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(prog_names::XDP_UPLINK)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        test_run(p, input)
+    }
+
+    /// The peer named `name`, with its counters.
+    pub fn peer(&self, name: &str) -> netpath::report::PeerRow {
+        netpath::report::peer_rows(&self.maps)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap()
+    }
+
+    pub fn count(&self, r: Reason) -> u64 {
+        self.maps.counters().unwrap()[r as usize].1.packets
+    }
+
+    /// Asserts that exactly one packet was counted, under `r`.
+    pub fn only(&self, r: Reason) {
+        let counted: Vec<(String, u64)> = self
+            .maps
+            .counters()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(i, c)| (Reason::from_u32(i).unwrap().name().to_owned(), c.packets))
+            .collect();
+        assert_eq!(counted, vec![(r.name().to_owned(), 1)]);
+    }
+}
