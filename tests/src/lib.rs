@@ -86,9 +86,11 @@ impl PeerMode {
 pub struct Spec {
     pub hosts: usize,
     pub containers: usize,
-    /// iptables FORWARD policy DROP and empty nat POSTROUTING on every host, as the issue
-    /// demands for netpath (they must not matter).
+    /// iptables FORWARD policy DROP and empty nat POSTROUTING and PREROUTING on every
+    /// host: the incident netpath must survive (they must not matter).
     pub locked_down: bool,
+    /// An "outside" host on the fabric (see [`Outside`]).
+    pub outside: bool,
 }
 
 impl Default for Spec {
@@ -97,6 +99,7 @@ impl Default for Spec {
             hosts: 2,
             containers: 1,
             locked_down: true,
+            outside: false,
         }
     }
 }
@@ -121,10 +124,21 @@ pub struct Host {
     agent: Option<Child>,
 }
 
+/// A host on the fabric that is not part of the cluster (the internet, a client): it
+/// knows the hosts' underlay addresses only, no route to any container subnet.
+pub struct Outside {
+    pub ns: String,
+    pub addr: String,
+}
+
+/// Underlay address of the outside host.
+pub const OUTSIDE_ADDR: &str = "198.18.0.250";
+
 pub struct Lab {
     pub id: String,
     pub fabric: String,
     pub hosts: Vec<Host>,
+    pub outside: Option<Outside>,
     pub dir: PathBuf,
     namespaces: Vec<String>,
     children: Vec<Child>,
@@ -145,6 +159,7 @@ impl Lab {
             fabric: format!("{id}-fab"),
             id: id.clone(),
             hosts: Vec::new(),
+            outside: None,
             dir,
             namespaces: Vec::new(),
             children: Vec::new(),
@@ -156,7 +171,29 @@ impl Lab {
         for idx in 1..=spec.hosts {
             lab.add_host(idx, &spec)?;
         }
+        if spec.outside {
+            let ns = format!("{id}-out");
+            lab.add_ns(&ns)?;
+            run(ip(
+                &fab,
+                &format!("link add uo type veth peer name eth0 netns {ns}"),
+            ))?;
+            run(ip(&fab, "link set uo master fab up"))?;
+            run(ip(&ns, &format!("addr add {OUTSIDE_ADDR}/24 dev eth0")))?;
+            run(ip(&ns, "link set eth0 up"))?;
+            lab.outside = Some(Outside {
+                ns,
+                addr: OUTSIDE_ADDR.to_owned(),
+            });
+        }
         Ok(lab)
+    }
+
+    /// The outside host (the lab must have been built with `Spec::outside`).
+    pub fn outside(&self) -> &Outside {
+        self.outside
+            .as_ref()
+            .expect("lab built without an outside host")
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<()> {
@@ -189,6 +226,7 @@ impl Lab {
         if spec.locked_down {
             run(in_ns(&ns, "iptables -P FORWARD DROP"))?;
             run(in_ns(&ns, "iptables -t nat -F POSTROUTING"))?;
+            run(in_ns(&ns, "iptables -t nat -F PREROUTING"))?;
         }
         let mut containers = Vec::new();
         for c in 1..=spec.containers {
@@ -239,6 +277,16 @@ impl Lab {
             }
             fs::write(&h.config, t)?;
         }
+        Ok(())
+    }
+
+    /// Appends `text` (TOML tables: `[[publish]]`, `[conntrack]`, ...) to host `i`'s config.
+    pub fn append_config(&self, i: usize, text: &str) -> Result<()> {
+        let path = &self.hosts[i].config;
+        let mut t = fs::read_to_string(path)?;
+        t.push('\n');
+        t.push_str(text);
+        fs::write(path, t)?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ fn lab(hosts: usize, containers: usize) -> Option<Lab> {
         hosts,
         containers,
         locked_down: true,
+        outside: false,
     })
     .expect("build lab");
     lab.write_configs(|_, _| PeerMode::Direct).expect("configs");

@@ -17,6 +17,7 @@ fn lab(hosts: usize) -> Option<Lab> {
             hosts,
             containers: 1,
             locked_down: true,
+            outside: false,
         })
         .expect("build lab"),
     )

@@ -166,6 +166,7 @@ fn two_hosts() -> Result<Lab> {
         hosts: 2,
         containers: 1,
         locked_down: true,
+        outside: false,
     })
 }
 

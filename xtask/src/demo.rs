@@ -58,6 +58,7 @@ pub fn run() -> Result<()> {
         hosts: 3,
         containers: 2,
         locked_down: true,
+        outside: false,
     })?;
     let id = lab.id.clone();
     ctrlc::set_handler(move || {

@@ -1,56 +1,88 @@
 //! A tiny traffic tool for the lab, so tests need nothing beyond iproute2 and ping:
 //!
 //!   np-probe serve PORT SECONDS        echo UDP datagrams and TCP streams on PORT
-//!   np-probe check udp|tcp ADDR PORT [SIZE]
-//!                                      send a message (padded to SIZE bytes), expect it
-//!                                      echoed; exit 0 if so. UDP sends up to 5 times.
+//!   np-probe check udp|tcp ADDR PORT [SIZE [SPORT]]
+//!                                      send a message (padded to SIZE bytes, from source
+//!                                      port SPORT), expect it echoed; exit 0 if so. UDP
+//!                                      sends up to 5 times.
+//!   np-probe refused udp|tcp ADDR PORT exit 0 if the far end refuses (TCP RST, or ICMP
+//!                                      port unreachable for UDP)
+//!   np-probe flows udp|tcp ADDR PORT N open N flows at once, each with its own message;
+//!                                      exit 0 if every flow got its own message back
+//!   np-probe connrate ADDR PORT SECONDS
+//!                                      open, use and close TCP connections one after the
+//!                                      other; print connections per second
 //!
 //! Every wait is bounded, so a test never hangs on it.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
+    collections::HashMap,
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 fn serve(port: u16, secs: u64) -> std::io::Result<()> {
-    let until = Instant::now() + Duration::from_secs(secs);
     let udp = UdpSocket::bind(("0.0.0.0", port))?;
-    udp.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let tcp = TcpListener::bind(("0.0.0.0", port))?;
-    tcp.set_nonblocking(true)?;
-    let mut buf = vec![0u8; 65536];
-    while Instant::now() < until {
-        if let Ok((n, from)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(&buf[..n], from);
-        }
-        if let Ok((mut s, _)) = tcp.accept() {
-            s.set_nonblocking(false)?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            if let Ok(n) = s.read(&mut buf) {
-                let _ = s.write_all(&buf[..n]);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
             }
         }
-    }
+    });
+    let tcp = TcpListener::bind(("0.0.0.0", port))?;
+    std::thread::spawn(move || {
+        for s in tcp.incoming().flatten() {
+            // One small thread per connection: thousands may be open at once.
+            let _ = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || echo(s));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(secs));
     Ok(())
 }
 
-fn check(proto: &str, addr: &str, port: u16, size: usize) -> std::io::Result<bool> {
+/// Echoes a TCP stream until its end (or 30 s of silence).
+fn echo(mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn message(proto: &str, size: usize) -> Vec<u8> {
     let mut msg = format!("netpath-probe {proto} {}", std::process::id()).into_bytes();
     if size > msg.len() {
         msg.resize(size, b'.');
     }
+    msg
+}
+
+fn addr(addr: &str, port: u16) -> std::io::Result<SocketAddr> {
+    format!("{addr}:{port}")
+        .parse()
+        .map_err(std::io::Error::other)
+}
+
+fn check(proto: &str, to: SocketAddr, size: usize, sport: u16) -> std::io::Result<bool> {
+    let msg = message(proto, size);
     let msg = &msg[..];
     let mut buf = [0u8; 65536];
     match proto {
         "udp" => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(("0.0.0.0", sport))?;
             s.set_read_timeout(Some(Duration::from_millis(300)))?;
             let mut last = None;
             for _ in 0..5 {
                 // A send can fail once on the way to learning a path MTU: try again.
-                if let Err(e) = s.send_to(msg, (addr, port)) {
+                if let Err(e) = s.send_to(msg, to) {
                     last = Some(e);
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
@@ -65,43 +97,193 @@ fn check(proto: &str, addr: &str, port: u16, size: usize) -> std::io::Result<boo
             Ok(false)
         }
         "tcp" => {
-            let sa = format!("{addr}:{port}")
-                .parse()
-                .map_err(std::io::Error::other)?;
-            let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3))?;
+            let mut s = if sport == 0 {
+                TcpStream::connect_timeout(&to, Duration::from_secs(3))?
+            } else {
+                let sock = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                sock.set_reuse_address(true)?;
+                sock.bind(&SocketAddr::from(([0, 0, 0, 0], sport)).into())?;
+                sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
+                sock.into()
+            };
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             s.write_all(msg)?;
-            let mut got = Vec::new();
-            while got.len() < msg.len() {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_n(&mut s, msg.len())?;
             Ok(got == msg)
         }
         _ => Err(std::io::Error::other("proto must be udp or tcp")),
     }
 }
 
+fn read_n(s: &mut TcpStream, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while got.len() < n {
+        let k = s.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..k]);
+    }
+    Ok(got)
+}
+
+/// Whether the far end refuses: TCP answers the connect with RST; for UDP an ICMP port
+/// unreachable turns into ECONNREFUSED on a connected socket.
+fn refused(proto: &str, to: SocketAddr) -> std::io::Result<bool> {
+    match proto {
+        "tcp" => match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(true),
+            Err(e) => Err(e),
+            Ok(_) => Ok(false),
+        },
+        "udp" => {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(to)?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let mut buf = [0u8; 64];
+            for _ in 0..3 {
+                let r = s.send(b"anyone?").and_then(|_| s.recv(&mut buf));
+                match r {
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(true),
+                    Ok(_) => return Ok(false),
+                    Err(_) => {}
+                }
+            }
+            Ok(false)
+        }
+        _ => Err(std::io::Error::other("proto must be udp or tcp")),
+    }
+}
+
+/// Opens `n` flows at once to `to`, each with its own message, and checks that each got
+/// exactly its own message back. Returns how many did.
+fn flows(proto: &str, to: SocketAddr, n: usize) -> std::io::Result<usize> {
+    let tag = |i: usize| format!("flow {i} of {}", std::process::id()).into_bytes();
+    match proto {
+        "udp" => {
+            let socks: Vec<UdpSocket> = (0..n)
+                .map(|_| {
+                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                    s.set_nonblocking(true)?;
+                    Ok(s)
+                })
+                .collect::<std::io::Result<_>>()?;
+            let mut done = vec![false; n];
+            let mut buf = [0u8; 256];
+            for _round in 0..5 {
+                for (i, s) in socks.iter().enumerate() {
+                    if !done[i] {
+                        let _ = s.send_to(&tag(i), to);
+                    }
+                }
+                let until = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < until && done.iter().any(|d| !d) {
+                    let mut any = false;
+                    for (i, s) in socks.iter().enumerate() {
+                        if let Ok(k) = s.recv(&mut buf) {
+                            any = true;
+                            if buf[..k] == tag(i)[..] {
+                                done[i] = true;
+                            } else {
+                                // Another flow's reply on this socket: the NAT mixed them up.
+                                return Err(std::io::Error::other(format!(
+                                    "flow {i} got {:?}",
+                                    String::from_utf8_lossy(&buf[..k])
+                                )));
+                            }
+                        }
+                    }
+                    if !any {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                if done.iter().all(|d| *d) {
+                    break;
+                }
+            }
+            Ok(done.iter().filter(|d| **d).count())
+        }
+        "tcp" => {
+            let mut conns = HashMap::new();
+            for i in 0..n {
+                if let Ok(s) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                    conns.insert(i, s);
+                }
+            }
+            // Every connection is open at once; now each says its tag.
+            let mut ok = 0;
+            for (i, s) in conns.iter_mut() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                if s.write_all(&tag(*i)).is_ok()
+                    && read_n(s, tag(*i).len()).is_ok_and(|g| g == tag(*i))
+                {
+                    ok += 1;
+                }
+            }
+            Ok(ok)
+        }
+        _ => Err(std::io::Error::other("proto must be udp or tcp")),
+    }
+}
+
+/// TCP connections opened, used (one echo) and closed in `secs` seconds, one at a time.
+fn connrate(to: SocketAddr, secs: u64) -> (u64, u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let (mut ok, mut failed) = (0, 0);
+    while Instant::now() < until {
+        let r = TcpStream::connect_timeout(&to, Duration::from_secs(1)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"x")?;
+            read_n(&mut s, 1)
+        });
+        match r {
+            Ok(v) if v == b"x" => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     let result = match a.as_slice() {
-        ["serve", port, secs] => {
-            serve(port.parse().unwrap_or(0), secs.parse().unwrap_or(10)).map(|_| true)
+        ["serve", port, secs] => serve(num(port) as u16, num(secs).max(1)).map(|_| true),
+        ["check", proto, host, port, rest @ ..] if rest.len() <= 2 => {
+            let size = rest.first().map(|s| num(s)).unwrap_or(0) as usize;
+            let sport = rest.get(1).map(|s| num(s)).unwrap_or(0) as u16;
+            addr(host, num(port) as u16).and_then(|to| check(proto, to, size, sport))
         }
-        ["check", proto, addr, port] => check(proto, addr, port.parse().unwrap_or(0), 0),
-        ["check", proto, addr, port, size] => check(
-            proto,
-            addr,
-            port.parse().unwrap_or(0),
-            size.parse().unwrap_or(0),
-        ),
+        ["refused", proto, host, port] => {
+            addr(host, num(port) as u16).and_then(|to| refused(proto, to))
+        }
+        ["flows", proto, host, port, n] => {
+            let n = num(n) as usize;
+            addr(host, num(port) as u16)
+                .and_then(|to| flows(proto, to, n))
+                .map(|k| {
+                    println!("{k} of {n} flows echoed");
+                    k == n
+                })
+        }
+        ["connrate", host, port, secs] => addr(host, num(port) as u16).map(|to| {
+            let secs = num(secs).max(1);
+            let (ok, failed) = connrate(to, secs);
+            println!(
+                "{:.1} connections/s ({ok} in {secs} s, {failed} failed)",
+                ok as f64 / secs as f64
+            );
+            failed == 0
+        }),
         _ => {
             eprintln!(
-                "usage: np-probe serve PORT SECONDS | np-probe check udp|tcp ADDR PORT [SIZE]"
+                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS"
             );
             return ExitCode::from(2);
         }
@@ -112,7 +294,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(false) => {
-            eprintln!("no echo");
+            eprintln!("no (see above)");
             ExitCode::FAILURE
         }
         Err(e) => {
