@@ -53,6 +53,14 @@ pub fn netpath_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netpath")
 }
 
+/// The lab's traffic tool: `NP_PROBE_BIN` (set by `cargo xtask`), else target/debug.
+pub fn probe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NP_PROBE_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/np-probe")
+}
+
 /// Mounts bpffs on /sys/fs/bpf once, before agents start in parallel (two agents racing
 /// to mount it would stack two filesystems and hide each other's pins).
 pub fn ensure_bpffs() -> Result<()> {

@@ -4,8 +4,10 @@
 //! the kernel path they replace: the machine is noisy, a single run says little.
 //!
 //! Paths so far: plain kernel routing and netpath direct; the kernel's vxlan device and
-//! netpath's tunnel with XDP off, generic and native. Measures: single-stream TCP
-//! throughput (iperf3) and ping RTT.
+//! netpath's tunnel with XDP off, generic and native; masquerade to an outside host by
+//! iptables (Docker's rules: MASQUERADE, FORWARD with conntrack) and by netpath. Measures:
+//! single-stream TCP throughput (iperf3) and ping RTT; through the masquerade paths also
+//! new TCP connections per second and how many concurrent flows it holds.
 
 use std::{
     fmt::Write as _,
@@ -22,6 +24,8 @@ pub struct Options {
     pub reps: usize,
     pub secs: u32,
     pub pings: u32,
+    /// Concurrent TCP flows opened through the masquerade paths (half per container).
+    pub flows: usize,
     pub out_dir: PathBuf,
     /// Only the paths whose name contains one of these (all when empty).
     pub only: Vec<String>,
@@ -34,6 +38,7 @@ impl Options {
             reps: 1,
             secs: 1,
             pings: 5,
+            flows: 400,
             out_dir,
             only,
         }
@@ -119,6 +124,10 @@ enum Setup {
     KernelRouting,
     KernelVxlan,
     Netpath(PeerMode, &'static str),
+    /// Containers to the outside host through iptables MASQUERADE.
+    IptablesMasquerade,
+    /// Containers to the outside host through netpath's masquerade.
+    NetpathMasquerade,
 }
 
 struct BenchPath {
@@ -159,7 +168,62 @@ const PATHS: &[BenchPath] = &[
         setup: Setup::Netpath(PeerMode::Vxlan, "native"),
         baseline: "kernel vxlan",
     },
+    BenchPath {
+        name: "iptables masquerade",
+        setup: Setup::IptablesMasquerade,
+        baseline: "iptables masquerade",
+    },
+    BenchPath {
+        name: "netpath masquerade",
+        setup: Setup::NetpathMasquerade,
+        baseline: "iptables masquerade",
+    },
 ];
+
+/// Port of the echo server on the outside host.
+const ECHO_PORT: &str = "7000";
+
+/// One host with two containers and an outside host running an echo server, for the
+/// masquerade paths.
+fn masquerade_lab() -> Result<Lab> {
+    let mut lab = Lab::new(Spec {
+        hosts: 1,
+        containers: 2,
+        locked_down: true,
+        outside: true,
+    })?;
+    // Clients reuse ports in TIME_WAIT, so that thousands of short connections per second
+    // do not run out of them (the same for both paths).
+    for c in &lab.hosts[0].containers {
+        netpath_tests::sysctl(&c.ns, "net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    let out = lab.outside().ns.clone();
+    lab.spawn_in(
+        &out,
+        &netpath_tests::probe_bin(),
+        &["serve", ECHO_PORT, "86400"],
+    )?;
+    Ok(lab)
+}
+
+/// Docker's rules for its default bridge: forwarding on, FORWARD accepts what leaves the
+/// bridge and what conntrack says belongs to it, MASQUERADE for the subnet.
+fn iptables_masquerade(lab: &Lab) -> Result<()> {
+    let h = &lab.hosts[0];
+    netpath_tests::sysctl(&h.ns, "net.ipv4.ip_forward", "1")?;
+    for rule in [
+        "iptables -A FORWARD -i br0 ! -o br0 -j ACCEPT".to_owned(),
+        "iptables -A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            .to_owned(),
+        format!(
+            "iptables -t nat -A POSTROUTING -s {} ! -o br0 -j MASQUERADE",
+            h.subnet
+        ),
+    ] {
+        netpath_tests::run(in_ns(&h.ns, &rule))?;
+    }
+    Ok(())
+}
 
 fn two_hosts() -> Result<Lab> {
     Lab::new(Spec {
@@ -174,6 +238,8 @@ struct Labs {
     routing: Lab,
     vxlan: Lab,
     netpath: Lab,
+    masq_iptables: Lab,
+    masq_netpath: Lab,
     /// What the netpath lab runs now.
     current: Option<(PeerMode, &'static str)>,
 }
@@ -185,19 +251,29 @@ impl Labs {
         let vxlan = two_hosts()?;
         vxlan.kernel_vxlan(0)?;
         vxlan.kernel_vxlan(1)?;
+        let masq_iptables = masquerade_lab()?;
+        iptables_masquerade(&masq_iptables)?;
+        let mut masq_netpath = masquerade_lab()?;
+        masq_netpath.write_configs(|_, _| PeerMode::Direct)?;
+        masq_netpath.set_host_option(0, "masquerade", "true")?;
+        masq_netpath.start(0)?;
         Ok(Labs {
             routing,
             vxlan,
             netpath: two_hosts()?,
+            masq_iptables,
+            masq_netpath,
             current: None,
         })
     }
 
-    fn ids(&self) -> [String; 3] {
+    fn ids(&self) -> [String; 5] {
         [
             self.routing.id.clone(),
             self.vxlan.id.clone(),
             self.netpath.id.clone(),
+            self.masq_iptables.id.clone(),
+            self.masq_netpath.id.clone(),
         ]
     }
 
@@ -206,6 +282,8 @@ impl Labs {
         match setup {
             Setup::KernelRouting => Ok(&mut self.routing),
             Setup::KernelVxlan => Ok(&mut self.vxlan),
+            Setup::IptablesMasquerade => Ok(&mut self.masq_iptables),
+            Setup::NetpathMasquerade => Ok(&mut self.masq_netpath),
             Setup::Netpath(mode, xdp) => {
                 if self.current != Some((mode, xdp)) {
                     let lab = &mut self.netpath;
@@ -225,6 +303,8 @@ impl Labs {
     fn teardown(mut self) -> Result<()> {
         self.routing.teardown()?;
         self.vxlan.teardown()?;
+        self.masq_iptables.teardown()?;
+        self.masq_netpath.teardown()?;
         self.netpath.teardown()
     }
 }
@@ -234,6 +314,9 @@ struct Samples {
     gbps: Vec<f64>,
     rtt_ms: Vec<f64>,
     retransmits: Vec<f64>,
+    /// Masquerade paths: new TCP connections per second, concurrent flows held.
+    conns_per_sec: Vec<f64>,
+    flows_held: Vec<f64>,
     /// Share of CPU time the hypervisor took while measuring (steal), in %.
     steal_pct: Vec<f64>,
 }
@@ -244,6 +327,8 @@ struct Sample {
     rtt_ms: f64,
     retransmits: u64,
     steal_pct: f64,
+    conns_per_sec: Option<f64>,
+    flows_held: Option<f64>,
 }
 
 /// Median, min and max.
@@ -261,10 +346,80 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
     (mid, s[0], s[s.len() - 1])
 }
 
-fn measure(lab: &mut Lab, opts: &Options) -> Result<Sample> {
+/// New TCP connections per second through `lab`'s host to the outside echo server: both
+/// containers open, use and close connections one after the other for `secs`, at once.
+fn conn_rate(lab: &Lab, secs: u32) -> Result<f64> {
+    let to = lab.outside().addr.clone();
+    let runs: Vec<_> = lab.hosts[0]
+        .containers
+        .iter()
+        .map(|c| {
+            let cmd = format!(
+                "{} connrate {to} {ECHO_PORT} {secs}",
+                netpath_tests::probe_bin().display()
+            );
+            let ns = c.ns.clone();
+            std::thread::spawn(move || output(in_ns(&ns, &cmd)))
+        })
+        .collect();
+    let mut total = 0.0;
+    for r in runs {
+        let out = r.join().map_err(|_| anyhow::anyhow!("connrate thread"))??;
+        total += out
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("np-probe connrate said {out:?}"))?;
+    }
+    Ok(total)
+}
+
+/// How many of `n` concurrent TCP flows (half from each container) to the outside echo
+/// server each got their own message back.
+fn flows_held(lab: &Lab, n: usize) -> Result<f64> {
+    let to = lab.outside().addr.clone();
+    let each = n / lab.hosts[0].containers.len();
+    let runs: Vec<_> = lab.hosts[0]
+        .containers
+        .iter()
+        .map(|c| {
+            let cmd = format!(
+                "{} flows tcp {to} {ECHO_PORT} {each}",
+                netpath_tests::probe_bin().display()
+            );
+            let ns = c.ns.clone();
+            // Exits 1 when some flows failed; the count is on stdout either way.
+            std::thread::spawn(move || {
+                Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .args(cmd.split_whitespace())
+                    .output()
+            })
+        })
+        .collect();
+    let mut held = 0.0;
+    for r in runs {
+        let out = r.join().map_err(|_| anyhow::anyhow!("flows thread"))??;
+        let text = String::from_utf8_lossy(&out.stdout);
+        held += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .with_context(|| format!("np-probe flows said {text:?}"))?;
+    }
+    Ok(held)
+}
+
+fn measure(lab: &mut Lab, opts: &Options, masquerade: bool) -> Result<Sample> {
     let from = lab.hosts[0].containers[0].ns.clone();
-    let server = lab.hosts[1].containers[0].ns.clone();
-    let to = lab.hosts[1].containers[0].ip.clone();
+    let (server, to) = if masquerade {
+        (lab.outside().ns.clone(), lab.outside().addr.clone())
+    } else {
+        (
+            lab.hosts[1].containers[0].ns.clone(),
+            lab.hosts[1].containers[0].ip.clone(),
+        )
+    };
     // Warm-up: neighbours resolved, caches filled, before anything is timed.
     ping(&from, &to, 5)?;
     let (got, rtt) = ping(&from, &to, opts.pings)?;
@@ -279,11 +434,22 @@ fn measure(lab: &mut Lab, opts: &Options) -> Result<Sample> {
         bail!("no TCP traffic crossed (iperf3 measured 0 bit/s)");
     }
     let steal_pct = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
+    let (conns_per_sec, flows) = if masquerade {
+        let rate = conn_rate(lab, opts.secs)?;
+        if rate <= 0.0 {
+            bail!("no TCP connection crossed the NAT");
+        }
+        (Some(rate), Some(flows_held(lab, opts.flows)?))
+    } else {
+        (None, None)
+    };
     Ok(Sample {
         gbps,
         rtt_ms: rtt,
         retransmits,
         steal_pct,
+        conns_per_sec,
+        flows_held: flows,
     })
 }
 
@@ -341,13 +507,17 @@ pub fn run(opts: Options) -> Result<()> {
             let i = chosen[(k + rep) % chosen.len()];
             let p = &PATHS[i];
             let lab = labs.ready(p.setup)?;
+            let masq = matches!(
+                p.setup,
+                Setup::IptablesMasquerade | Setup::NetpathMasquerade
+            );
             // One retry: on this kind of machine a measurement can fail for reasons that
             // have nothing to do with the path (an iperf3 server slow to start).
-            let m = match measure(lab, &opts) {
+            let m = match measure(lab, &opts, masq) {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("[bench] {}: {e:#}; measuring again", p.name);
-                    measure(lab, &opts).with_context(|| p.name)?
+                    measure(lab, &opts, masq).with_context(|| p.name)?
                 }
             };
             eprintln!(
@@ -365,6 +535,14 @@ pub fn run(opts: Options) -> Result<()> {
             s.rtt_ms.push(m.rtt_ms);
             s.retransmits.push(m.retransmits as f64);
             s.steal_pct.push(m.steal_pct);
+            if let (Some(c), Some(f)) = (m.conns_per_sec, m.flows_held) {
+                eprintln!(
+                    "[bench]            {:.0} new connections/s, {f:.0} of {} concurrent flows held",
+                    c, opts.flows
+                );
+                s.conns_per_sec.push(c);
+                s.flows_held.push(f);
+            }
         }
     }
     labs.teardown()?;
@@ -378,7 +556,7 @@ pub fn run(opts: Options) -> Result<()> {
         "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max)\n\n",
         opts.reps
     );
-    md += "| path | TCP 1 stream, Gbit/s | vs kernel | TCP retransmits | ping RTT, ms | vs kernel | CPU steal |\n";
+    md += "| path | TCP 1 stream, Gbit/s | vs baseline | TCP retransmits | ping RTT, ms | vs baseline | CPU steal |\n";
     md += "|---|---|---|---|---|---|---|\n";
     let mut rows = Vec::new();
     for (p, s) in PATHS
@@ -409,6 +587,40 @@ pub fn run(opts: Options) -> Result<()> {
             "tcp_vs_baseline": g / bg,
             "rtt_vs_baseline": r / br,
         }));
+    }
+    let masq: Vec<(&BenchPath, &Samples)> = PATHS
+        .iter()
+        .zip(&samples)
+        .filter(|(_, s)| !s.conns_per_sec.is_empty())
+        .collect();
+    if !masq.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nMasquerade to an outside host ({} concurrent TCP flows offered):\n",
+            opts.flows
+        );
+        md += "| path | new TCP connections/s | vs iptables | concurrent flows held |\n|---|---|---|---|\n";
+        let bi = PATHS
+            .iter()
+            .position(|p| p.name == "iptables masquerade")
+            .unwrap_or(0);
+        let base_rate = spread(&samples[bi].conns_per_sec).0;
+        for (p, s) in masq {
+            let (c, cmin, cmax) = spread(&s.conns_per_sec);
+            let (f, fmin, _) = spread(&s.flows_held);
+            let _ = writeln!(
+                md,
+                "| {} | {c:.0} ({cmin:.0}-{cmax:.0}) | {:.2}x | {f:.0} of {} (min {fmin:.0}) |",
+                p.name,
+                c / base_rate,
+                opts.flows
+            );
+            if let Some(row) = rows.iter_mut().find(|r| r["path"] == p.name) {
+                row["conns_per_sec"] =
+                    json!({"median": c, "min": cmin, "max": cmax, "samples": s.conns_per_sec});
+                row["flows_held"] = json!({"median": f, "min": fmin, "offered": opts.flows, "samples": s.flows_held});
+            }
+        }
     }
     std::fs::create_dir_all(&opts.out_dir)?;
     let md_path = opts.out_dir.join("results.md");

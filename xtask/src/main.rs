@@ -61,6 +61,9 @@ enum Cmd {
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan.
         #[arg(long)]
         only: Vec<String>,
+        /// Concurrent TCP flows opened through the masquerade paths.
+        #[arg(long, default_value_t = 10000)]
+        flows: usize,
     },
 }
 
@@ -85,14 +88,25 @@ fn run_status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds the agent (which embeds the programs) and returns the binary's path.
+/// Builds the agent (which embeds the programs) and the lab's traffic tool np-probe next to
+/// it; returns the agent binary's path.
 pub fn build(release: bool) -> Result<PathBuf> {
     eprintln!(
         "[build] netpath ({})",
         if release { "release" } else { "debug" }
     );
     let mut cmd = cargo();
-    cmd.args(["build", "--package", "netpath", "--bin", "netpath"]);
+    cmd.args([
+        "build",
+        "--package",
+        "netpath",
+        "--package",
+        "netpath-tests",
+        "--bin",
+        "netpath",
+        "--bin",
+        "np-probe",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -178,7 +192,10 @@ impl Tally {
 /// binary just built: it finds netpath through NETPATH_BIN (tests/src/lib.rs).
 fn use_binary(bin: &Path) {
     // SAFETY: called before xtask starts any thread.
-    unsafe { std::env::set_var("NETPATH_BIN", bin) };
+    unsafe {
+        std::env::set_var("NETPATH_BIN", bin);
+        std::env::set_var("NP_PROBE_BIN", bin.with_file_name("np-probe"));
+    }
 }
 
 fn main() -> ExitCode {
@@ -224,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             secs,
             only,
+            flows,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -239,6 +257,7 @@ fn run(cli: Cli) -> Result<()> {
                     reps: reps.max(1),
                     secs: secs.max(1),
                     pings: 50,
+                    flows,
                     out_dir,
                     only,
                 }
