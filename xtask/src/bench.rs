@@ -545,6 +545,31 @@ pub fn run(opts: Options) -> Result<()> {
             }
         }
     }
+    // What netpath's NAT dropped while measuring (none expected): the figures above are
+    // only as good as that.
+    if chosen
+        .iter()
+        .any(|&i| matches!(PATHS[i].setup, Setup::NetpathMasquerade))
+    {
+        let out = output(
+            labs.masq_netpath
+                .netpath(0, &["dump", "counters", "--json"]),
+        )?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        let drops: Vec<String> = rows
+            .iter()
+            .filter(|r| r["verdict"] == "drop" && r["packets"].as_u64().unwrap_or(0) > 0)
+            .map(|r| format!("{} {}", r["reason"].as_str().unwrap_or("?"), r["packets"]))
+            .collect();
+        eprintln!(
+            "[bench] netpath masquerade drops: {}",
+            if drops.is_empty() {
+                "none".to_owned()
+            } else {
+                drops.join(", ")
+            }
+        );
+    }
     labs.teardown()?;
 
     let base = |name: &str| {
