@@ -126,8 +126,9 @@ enum Setup {
     Netpath(PeerMode, &'static str),
     /// Containers to the outside host through iptables MASQUERADE.
     IptablesMasquerade,
-    /// Containers to the outside host through netpath's masquerade.
-    NetpathMasquerade,
+    /// Containers to the outside host through netpath's masquerade, with these
+    /// `masquerade_ports`.
+    NetpathMasquerade(&'static str),
 }
 
 struct BenchPath {
@@ -175,10 +176,20 @@ const PATHS: &[BenchPath] = &[
     },
     BenchPath {
         name: "netpath masquerade",
-        setup: Setup::NetpathMasquerade,
+        setup: Setup::NetpathMasquerade(DEFAULT_PORTS),
+        baseline: "iptables masquerade",
+    },
+    // MASQUERADE without --to-ports picks from 1024-65535; netpath's default range is
+    // Linux's ephemeral one, half as big. This path gives netpath a range as wide.
+    BenchPath {
+        name: "netpath masquerade, ports 4790-65535",
+        setup: Setup::NetpathMasquerade(WIDE_PORTS),
         baseline: "iptables masquerade",
     },
 ];
+
+const DEFAULT_PORTS: &str = "32768-60999";
+const WIDE_PORTS: &str = "4790-65535";
 
 /// Port of the echo server on the outside host.
 const ECHO_PORT: &str = "7000";
@@ -240,6 +251,8 @@ struct Labs {
     netpath: Lab,
     masq_iptables: Lab,
     masq_netpath: Lab,
+    /// The masquerade ports netpath runs with now.
+    masq_ports: &'static str,
     /// What the netpath lab runs now.
     current: Option<(PeerMode, &'static str)>,
 }
@@ -253,16 +266,16 @@ impl Labs {
         vxlan.kernel_vxlan(1)?;
         let masq_iptables = masquerade_lab()?;
         iptables_masquerade(&masq_iptables)?;
-        let mut masq_netpath = masquerade_lab()?;
+        let masq_netpath = masquerade_lab()?;
         masq_netpath.write_configs(|_, _| PeerMode::Direct)?;
         masq_netpath.set_host_option(0, "masquerade", "true")?;
-        masq_netpath.start(0)?;
         Ok(Labs {
             routing,
             vxlan,
             netpath: two_hosts()?,
             masq_iptables,
             masq_netpath,
+            masq_ports: "",
             current: None,
         })
     }
@@ -283,7 +296,20 @@ impl Labs {
             Setup::KernelRouting => Ok(&mut self.routing),
             Setup::KernelVxlan => Ok(&mut self.vxlan),
             Setup::IptablesMasquerade => Ok(&mut self.masq_iptables),
-            Setup::NetpathMasquerade => Ok(&mut self.masq_netpath),
+            Setup::NetpathMasquerade(ports) => {
+                let lab = &mut self.masq_netpath;
+                if self.masq_ports != ports {
+                    // A new range needs new tables: the old flows hold ports of the old one.
+                    if !self.masq_ports.is_empty() {
+                        lab.kill_agent(0);
+                        output(lab.netpath(0, &["down"]))?;
+                    }
+                    lab.set_host_option(0, "masquerade_ports", &format!("\"{ports}\""))?;
+                    lab.start(0)?;
+                    self.masq_ports = ports;
+                }
+                Ok(lab)
+            }
             Setup::Netpath(mode, xdp) => {
                 if self.current != Some((mode, xdp)) {
                     let lab = &mut self.netpath;
@@ -316,6 +342,8 @@ struct Samples {
     retransmits: Vec<f64>,
     /// Masquerade paths: new TCP connections per second, concurrent flows held.
     conns_per_sec: Vec<f64>,
+    /// netpath masquerade: packets dropped for want of a free port while measuring.
+    no_port_drops: Vec<f64>,
     flows_held: Vec<f64>,
     /// Share of CPU time the hypervisor took while measuring (steal), in %.
     steal_pct: Vec<f64>,
@@ -329,6 +357,20 @@ struct Sample {
     steal_pct: f64,
     conns_per_sec: Option<f64>,
     flows_held: Option<f64>,
+    no_port_drops: Option<f64>,
+}
+
+/// netpath's `drop-nat-no-port` count on `lab`'s first host; None where netpath does not
+/// run.
+fn no_port_drops(lab: &Lab) -> Option<f64> {
+    if !lab.hosts[0].pin_dir.exists() {
+        return None;
+    }
+    let out = output(lab.netpath(0, &["dump", "counters", "--json"])).ok()?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
+    rows.iter()
+        .find(|r| r["reason"] == "drop-nat-no-port")
+        .and_then(|r| r["packets"].as_f64())
 }
 
 /// Median, min and max.
@@ -434,14 +476,17 @@ fn measure(lab: &mut Lab, opts: &Options, masquerade: bool) -> Result<Sample> {
         bail!("no TCP traffic crossed (iperf3 measured 0 bit/s)");
     }
     let steal_pct = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
-    let (conns_per_sec, flows) = if masquerade {
+    let (conns_per_sec, flows, drops) = if masquerade {
+        let before = no_port_drops(lab);
         let rate = conn_rate(lab, opts.secs)?;
         if rate <= 0.0 {
             bail!("no TCP connection crossed the NAT");
         }
-        (Some(rate), Some(flows_held(lab, opts.flows)?))
+        let held = flows_held(lab, opts.flows)?;
+        let drops = no_port_drops(lab).zip(before).map(|(a, b)| a - b);
+        (Some(rate), Some(held), drops)
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(Sample {
         gbps,
@@ -450,6 +495,7 @@ fn measure(lab: &mut Lab, opts: &Options, masquerade: bool) -> Result<Sample> {
         steal_pct,
         conns_per_sec,
         flows_held: flows,
+        no_port_drops: drops,
     })
 }
 
@@ -509,7 +555,7 @@ pub fn run(opts: Options) -> Result<()> {
             let lab = labs.ready(p.setup)?;
             let masq = matches!(
                 p.setup,
-                Setup::IptablesMasquerade | Setup::NetpathMasquerade
+                Setup::IptablesMasquerade | Setup::NetpathMasquerade(_)
             );
             // One retry: on this kind of machine a measurement can fail for reasons that
             // have nothing to do with the path (an iperf3 server slow to start).
@@ -542,33 +588,14 @@ pub fn run(opts: Options) -> Result<()> {
                 );
                 s.conns_per_sec.push(c);
                 s.flows_held.push(f);
+                if let Some(d) = m.no_port_drops {
+                    eprintln!(
+                        "[bench]            netpath dropped {d:.0} packets for want of a free port"
+                    );
+                    s.no_port_drops.push(d);
+                }
             }
         }
-    }
-    // What netpath's NAT dropped while measuring (none expected): the figures above are
-    // only as good as that.
-    if chosen
-        .iter()
-        .any(|&i| matches!(PATHS[i].setup, Setup::NetpathMasquerade))
-    {
-        let out = output(
-            labs.masq_netpath
-                .netpath(0, &["dump", "counters", "--json"]),
-        )?;
-        let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
-        let drops: Vec<String> = rows
-            .iter()
-            .filter(|r| r["verdict"] == "drop" && r["packets"].as_u64().unwrap_or(0) > 0)
-            .map(|r| format!("{} {}", r["reason"].as_str().unwrap_or("?"), r["packets"]))
-            .collect();
-        eprintln!(
-            "[bench] netpath masquerade drops: {}",
-            if drops.is_empty() {
-                "none".to_owned()
-            } else {
-                drops.join(", ")
-            }
-        );
     }
     labs.teardown()?;
 
@@ -624,7 +651,7 @@ pub fn run(opts: Options) -> Result<()> {
             "\nMasquerade to an outside host ({} concurrent TCP flows offered):\n",
             opts.flows
         );
-        md += "| path | new TCP connections/s | vs iptables | concurrent flows held |\n|---|---|---|---|\n";
+        md += "| path | new TCP connections/s | vs iptables | concurrent flows held | drop-nat-no-port (median) |\n|---|---|---|---|---|\n";
         let bi = PATHS
             .iter()
             .position(|p| p.name == "iptables masquerade")
@@ -633,9 +660,14 @@ pub fn run(opts: Options) -> Result<()> {
         for (p, s) in masq {
             let (c, cmin, cmax) = spread(&s.conns_per_sec);
             let (f, fmin, _) = spread(&s.flows_held);
+            let drops = if s.no_port_drops.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", spread(&s.no_port_drops).0)
+            };
             let _ = writeln!(
                 md,
-                "| {} | {c:.0} ({cmin:.0}-{cmax:.0}) | {:.2}x | {f:.0} of {} (min {fmin:.0}) |",
+                "| {} | {c:.0} ({cmin:.0}-{cmax:.0}) | {:.2}x | {f:.0} of {} (min {fmin:.0}) | {drops} |",
                 p.name,
                 c / base_rate,
                 opts.flows

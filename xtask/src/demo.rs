@@ -2,8 +2,8 @@
 //! across, counters; then the same lab with plain kernel routing for comparison. Removes
 //! everything at the end, also on Ctrl-C.
 
-use anyhow::Result;
-use netpath_tests::{Lab, PeerMode, Spec, output};
+use anyhow::{Result, bail};
+use netpath_tests::{Lab, PeerMode, Spec, in_ns, output};
 
 use crate::bench::{iperf, ping};
 
@@ -52,13 +52,53 @@ fn traffic(lab: &mut Lab) -> Result<(f64, f64)> {
     Ok((median, gbps))
 }
 
+/// Masquerade from a container of every host to the outside host, and h1's published port
+/// from the outside host; then h1's translated flows.
+fn outside_traffic(lab: &mut Lab) -> Result<()> {
+    let probe = netpath_tests::probe_bin();
+    let out = lab.outside().addr.clone();
+    for h in &lab.hosts {
+        let c = &h.containers[0];
+        let (got, rtt) = ping(&c.ns, &out, 3)?;
+        let tcp = output(in_ns(
+            &c.ns,
+            &format!("{} check tcp {out} 7000", probe.display()),
+        ));
+        eprintln!(
+            "{:<14} -> outside {out}: ping {got} ({rtt:.3} ms), TCP {}",
+            format!("{}/{}", h.name, c.ip),
+            if tcp.is_ok() { "ok" } else { "FAILED" }
+        );
+        if tcp.is_err() {
+            bail!("TCP to the outside failed from {}", h.name);
+        }
+    }
+    let h1 = &lab.hosts[0];
+    let published = output(in_ns(
+        &lab.outside().ns,
+        &format!("{} check tcp {} 8080", probe.display(), h1.underlay),
+    ));
+    eprintln!(
+        "outside -> {}:8080 (published: {}:7000): TCP {}",
+        h1.underlay,
+        h1.containers[0].ip,
+        if published.is_ok() { "ok" } else { "FAILED" }
+    );
+    if published.is_err() {
+        bail!("the published port did not answer");
+    }
+    title("netpath dump conntrack on h1");
+    eprint!("{}", output(lab.netpath(0, &["dump", "conntrack"]))?);
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     title("building the lab: 3 hosts x 2 containers in network namespaces");
     let mut lab = Lab::new(Spec {
         hosts: 3,
         containers: 2,
         locked_down: true,
-        outside: false,
+        outside: true,
     })?;
     let id = lab.id.clone();
     ctrlc::set_handler(move || {
@@ -80,20 +120,46 @@ pub fn run() -> Result<()> {
         );
     }
     eprintln!(
-        "every host: ip_forward=0, iptables FORWARD policy DROP, nat POSTROUTING empty, no routes to peer subnets"
+        "outside host {} on the fabric: an echo server on port 7000, no route to any container",
+        lab.outside().addr
     );
+    eprintln!(
+        "every host: ip_forward=0, iptables FORWARD policy DROP, nat table empty, no routes to peer subnets"
+    );
+    let probe = netpath_tests::probe_bin();
+    for ns in [
+        lab.outside().ns.clone(),
+        lab.hosts[0].containers[0].ns.clone(),
+    ] {
+        lab.spawn_in(&ns, &probe, &["serve", "7000", "3600"])?;
+    }
 
-    title("netpath, direct (host-gw) mode");
-    lab.write_configs(|_, _| PeerMode::Direct)?;
+    title("netpath, direct (host-gw) mode; masquerade on, h1 publishes tcp 8080 -> h1c1:7000");
+    let write = |lab: &Lab, mode: PeerMode| -> Result<()> {
+        lab.write_configs(|_, _| mode)?;
+        for i in 0..lab.hosts.len() {
+            lab.set_host_option(i, "masquerade", "true")?;
+        }
+        lab.append_config(
+            0,
+            &format!(
+                "[[publish]]\nproto = \"tcp\"\nhost_port = 8080\ncontainer = \"{}\"\nport = 7000\n",
+                lab.hosts[0].containers[0].ip
+            ),
+        )
+    };
+    write(&lab, PeerMode::Direct)?;
     lab.start_all()?;
     let (np_rtt, np_gbps) = traffic(&mut lab)?;
+    title("masquerade to the outside host, and the published port from it");
+    outside_traffic(&mut lab)?;
     for i in 0..lab.hosts.len() {
         title(&format!("netpath stats on {}", lab.hosts[i].name));
         eprint!("{}", output(lab.netpath(i, &["stats"]))?);
     }
 
     title("netpath, vxlan mode: configs switched, agents restarted (the datapath is adopted live)");
-    lab.write_configs(|_, _| PeerMode::Vxlan)?;
+    write(&lab, PeerMode::Vxlan)?;
     for i in 0..lab.hosts.len() {
         lab.kill_agent(i);
         lab.start(i)?;

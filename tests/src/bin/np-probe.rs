@@ -23,6 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Echo servers on `port` for `secs`: UDP, and TCP with one task per connection on one
+/// thread (thousands of connections are held open at once; a thread each would hit the
+/// machine's pid limit).
 fn serve(port: u16, secs: u64) -> std::io::Result<()> {
     let udp = UdpSocket::bind(("0.0.0.0", port))?;
     std::thread::spawn(move || {
@@ -33,8 +36,7 @@ fn serve(port: u16, secs: u64) -> std::io::Result<()> {
             }
         }
     });
-    // A long accept queue: thousands of connections per second arrive while a thread is
-    // being started for each.
+    // A long accept queue: thousands of connections per second arrive.
     let sock = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::STREAM,
@@ -43,26 +45,41 @@ fn serve(port: u16, secs: u64) -> std::io::Result<()> {
     sock.set_reuse_address(true)?;
     sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
     sock.listen(4096)?;
-    let tcp: TcpListener = sock.into();
-    std::thread::spawn(move || {
-        for s in tcp.incoming().flatten() {
-            // One small thread per connection: thousands may be open at once.
-            let _ = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || echo(s));
+    sock.set_nonblocking(true)?;
+    let std_listener: TcpListener = sock.into();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let accept = async {
+            loop {
+                if let Ok((s, _)) = listener.accept().await {
+                    tokio::spawn(echo(s));
+                }
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
         }
-    });
-    std::thread::sleep(Duration::from_secs(secs));
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Echoes a TCP stream until its end (or 10 minutes of silence: flows are held open).
-fn echo(mut s: TcpStream) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
+async fn echo(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = [0u8; 16384];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(600), s.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            _ => break,
         }
     }
 }
