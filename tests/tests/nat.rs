@@ -109,7 +109,10 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
             assert!(r.is_ok(), "{proto}/{port} from the {who}: {r:?}");
         }
     }
-    // A container's own address from outside is refused, even where the outside host
+    // A port that is not published is the host's own: nothing listens, its stack refuses.
+    let r = probe(&out_ns, &format!("refused tcp {h1} 8089"));
+    assert!(r.is_ok(), "unpublished host port: {r:?}");
+    // A container's own address from outside is dropped, even where the outside host
     // routes the container subnet to h1 (Docker 28 drops these in the raw table).
     let dropped = counter(&lab, 0, "drop-not-published");
     run(in_ns(
