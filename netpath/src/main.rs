@@ -80,8 +80,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum PublishCmd {
-    /// Publish HOST_PORT of the host's underlay address as CONTAINER:PORT, on the running
-    /// datapath; kept across agent restarts until `publish del`.
+    /// Publish HOST_PORT of the host's underlay address as a container's ADDR:PORT, on the
+    /// running datapath; kept across agent restarts until `publish del`.
     ///
     /// Example: netpath publish add tcp 8080 10.244.11.2:80
     Add {
@@ -89,7 +89,8 @@ enum PublishCmd {
         proto: Proto,
         /// Port on the host's underlay address.
         host_port: u16,
-        /// The container's address and port, ADDR:PORT, in this host's subnet.
+        /// The container's address and port, in this host's subnet.
+        #[arg(value_name = "ADDR:PORT")]
         target: String,
     },
     /// Unpublish a port; flows through it are cut.
