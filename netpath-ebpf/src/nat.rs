@@ -100,17 +100,18 @@ fn l4(ctx: &TcContext, ip: &Ipv4, echo_type: u8) -> Result<Option<L4>, Reason> {
     let bad = |_| Reason::DropMalformed;
     let l4 = match ip.hdr.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u16; 2] = ctx.load(off).map_err(bad)?;
-            let tcp_flags = if ip.hdr.proto == IPPROTO_TCP {
-                ctx.load::<u8>(off + 13).map_err(bad)?
+            // One load per packet: TCP's ports and flags (bytes 0-13) together.
+            let (h, tcp_flags) = if ip.hdr.proto == IPPROTO_TCP {
+                let h: [u8; 14] = ctx.load(off).map_err(bad)?;
+                ([h[0], h[1], h[2], h[3]], h[13])
             } else {
-                0
+                (ctx.load::<[u8; 4]>(off).map_err(bad)?, 0)
             };
             L4 {
                 proto: ip.hdr.proto,
                 off,
-                sport: ports[0],
-                dport: ports[1],
+                sport: u16::from_ne_bytes([h[0], h[1]]),
+                dport: u16::from_ne_bytes([h[2], h[3]]),
                 tcp_flags,
             }
         }
@@ -249,43 +250,42 @@ pub fn egress(
         proto: l4.proto,
         _pad: [0; 3],
     };
-    if let Some(e) = CT.get_ptr_mut(&key) {
-        if ip.hdr.ttl <= 1 {
-            return Err(Reason::PassTtlExpired);
+    let (nat_port, reason) = match CT.get_ptr_mut(&key) {
+        Some(e) => {
+            if ip.hdr.ttl <= 1 {
+                return Err(Reason::PassTtlExpired);
+            }
+            touch(e, &l4, true);
+            // SAFETY: as in `touch`.
+            let (nat_port, kind) = unsafe { ((*e).nat_port, (*e).kind) };
+            let reason = if kind == CT_KIND_PUBLISHED {
+                Reason::FwdPublishedReply
+            } else {
+                Reason::FwdMasquerade
+            };
+            (nat_port, reason)
         }
-        touch(e, &l4, true);
-        // SAFETY: as in `touch`.
-        let (nat_port, kind) = unsafe { ((*e).nat_port, (*e).kind) };
-        rewrite(
-            ctx,
-            &l4,
-            true,
-            (ip.src, cfg.host_addr),
-            (l4.sport, nat_port),
-        )?;
-        return Ok(Some(if kind == CT_KIND_PUBLISHED {
-            Reason::FwdPublishedReply
-        } else {
-            Reason::FwdMasquerade
-        }));
-    }
-    if to_peer || !masquerade {
-        return not_ours;
-    }
-    // Only the local subnet's containers are masqueraded, and only to unicast addresses.
-    let first = u32::from_be(ip.dst) >> 24;
-    if ip.src & cfg.subnet_mask != cfg.subnet_addr
-        || ip.src == cfg.gateway_addr
-        || first == 0
-        || first == 127
-        || first >= 224
-    {
-        return Err(Reason::PassUnknownDst);
-    }
-    if ip.hdr.ttl <= 1 {
-        return Err(Reason::PassTtlExpired);
-    }
-    let nat_port = new_flow(cfg, &key)?;
+        None => {
+            if to_peer || !masquerade {
+                return not_ours;
+            }
+            // Only the local subnet's containers are masqueraded, and only to unicast
+            // addresses.
+            let first = u32::from_be(ip.dst) >> 24;
+            if ip.src & cfg.subnet_mask != cfg.subnet_addr
+                || ip.src == cfg.gateway_addr
+                || first == 0
+                || first == 127
+                || first >= 224
+            {
+                return Err(Reason::PassUnknownDst);
+            }
+            if ip.hdr.ttl <= 1 {
+                return Err(Reason::PassTtlExpired);
+            }
+            (new_flow(cfg, &key)?, Reason::FwdMasquerade)
+        }
+    };
     rewrite(
         ctx,
         &l4,
@@ -293,7 +293,7 @@ pub fn egress(
         (ip.src, cfg.host_addr),
         (l4.sport, nat_port),
     )?;
-    Ok(Some(Reason::FwdMasquerade))
+    Ok(Some(reason))
 }
 
 /// Allocates a port on the host's address for the masqueraded flow `key` and records the

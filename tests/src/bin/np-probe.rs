@@ -37,13 +37,7 @@ fn serve(port: u16, secs: u64) -> std::io::Result<()> {
         }
     });
     // A long accept queue: thousands of connections per second arrive.
-    let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    sock.set_reuse_address(true)?;
-    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    let sock = tcp_socket(port)?;
     sock.listen(4096)?;
     sock.set_nonblocking(true)?;
     let std_listener: TcpListener = sock.into();
@@ -82,6 +76,18 @@ async fn echo(mut s: tokio::net::TcpStream) {
             _ => break,
         }
     }
+}
+
+/// A TCP socket bound to `port` on every address, with SO_REUSEADDR.
+fn tcp_socket(port: u16) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    Ok(sock)
 }
 
 fn message(proto: &str, size: usize) -> Vec<u8> {
@@ -127,13 +133,7 @@ fn check(proto: &str, to: SocketAddr, size: usize, sport: u16) -> std::io::Resul
             let mut s = if sport == 0 {
                 TcpStream::connect_timeout(&to, Duration::from_secs(3))?
             } else {
-                let sock = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::STREAM,
-                    Some(socket2::Protocol::TCP),
-                )?;
-                sock.set_reuse_address(true)?;
-                sock.bind(&SocketAddr::from(([0, 0, 0, 0], sport)).into())?;
+                let sock = tcp_socket(sport)?;
                 sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
                 sock.into()
             };
