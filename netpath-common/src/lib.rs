@@ -26,9 +26,35 @@ pub mod map_names {
     pub const NAT: &str = "NP_NAT_V1";
     pub const PUBLISH: &str = "NP_PUBLISH_V1";
     pub const CT_INFO: &str = "NP_CT_INFO_V1";
+    pub const POLICY_STATE: &str = "NP_POLICY_STATE_V1";
+    pub const POLICY_SRC: &str = "NP_POLICY_SRC_V1";
+    pub const POLICY_DST: &str = "NP_POLICY_DST_V1";
+    pub const POLICY_RULES: &str = "NP_POLICY_RULES_V1";
+    pub const POLICY_STATS: &str = "NP_POLICY_STATS_V1";
+    pub const POLICY_INFO: &str = "NP_POLICY_INFO_V1";
+    pub const GROUPS: &str = "NP_GROUPS_V1";
+    pub const REJECT_LIMIT: &str = "NP_REJECT_LIMIT_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
-        CONFIG, PEERS, COUNTERS, PEER_STATS, PEER_INFO, UNDERLAY, AGENT, CT, NAT, PUBLISH, CT_INFO,
+        CONFIG,
+        PEERS,
+        COUNTERS,
+        PEER_STATS,
+        PEER_INFO,
+        UNDERLAY,
+        AGENT,
+        CT,
+        NAT,
+        PUBLISH,
+        CT_INFO,
+        POLICY_STATE,
+        POLICY_SRC,
+        POLICY_DST,
+        POLICY_RULES,
+        POLICY_STATS,
+        POLICY_INFO,
+        GROUPS,
+        REJECT_LIMIT,
     ];
 }
 
@@ -40,6 +66,9 @@ pub mod prog_names {
     pub const FROM_UPLINK: &str = "np_from_uplink";
     /// XDP on the uplink (optional): early checks and decap of tunnel traffic.
     pub const XDP_UPLINK: &str = "np_xdp_uplink";
+    /// TC ingress of each container's host-side veth: policy between containers of the
+    /// same host (their traffic is bridged and never reaches the other programs).
+    pub const FROM_CONTAINER: &str = "np_from_container";
 }
 
 /// Capacity of the peers map (LPM trie: one entry per peer subnet).
@@ -101,6 +130,9 @@ pub const MAX_PUBLISH: u32 = 4096;
 /// Flow kinds, in [`CtEntry::kind`].
 pub const CT_KIND_MASQUERADE: u8 = 1;
 pub const CT_KIND_PUBLISHED: u8 = 2;
+/// A flow that policy allowed and nothing translates (to a peer, from a peer, between two
+/// containers of this host): the entry only remembers the verdict.
+pub const CT_KIND_POLICY: u8 = 3;
 
 /// [`CtEntry::flags`]: what the datapath has seen of a flow.
 pub const CT_F_SEEN_CONTAINER: u8 = 1;
@@ -149,7 +181,9 @@ pub struct CtEntry {
     pub kind: u8,
     /// `CT_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 4],
+    /// The policy rule that allowed the flow (its id in `NP_POLICY_STATS`); 0 for the
+    /// default action. Every packet of the flow is counted under it.
+    pub rule: u32,
 }
 
 /// Key of `NP_NAT` (LRU hash): a translated flow as seen on the uplink, addressed to the
@@ -226,6 +260,129 @@ pub struct CtInfo {
     /// Entries found by the last collection.
     pub ct_entries: u32,
     pub nat_entries: u32,
+}
+
+/// Policy actions, in [`PolicyVerdict::action`], [`PolicyState::default_action`] and
+/// [`PolicyRuleInfo::action`].
+pub const ACTION_ALLOW: u8 = 1;
+/// Drop silently.
+pub const ACTION_DENY: u8 = 2;
+/// Drop and answer: TCP RST, or ICMP destination unreachable (administratively prohibited).
+pub const ACTION_REJECT: u8 = 3;
+
+/// Rule ids run from 1 to `MAX_POLICY_RULES - 1`; id 0 stands for the default action.
+pub const MAX_POLICY_RULES: u32 = 131072;
+/// Capacity of each policy LPM trie (allocated per entry, not up front). Both generations
+/// (see [`PolicyState::generation`]) share it.
+pub const MAX_POLICY_ENTRIES: u32 = 1 << 21;
+/// Capacity of `NP_GROUPS` (one entry per CIDR of a group).
+pub const MAX_GROUP_MEMBERS: u32 = 65536;
+
+/// The one entry of `NP_POLICY_STATE`: which generation of the policy tries is live.
+/// The agent writes a new policy into the other generation, then flips `generation`: a packet
+/// reads `generation` once and does all its lookups in one generation, so it never sees half a
+/// change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PolicyState {
+    /// 0 or 1: the first byte of every key of the live generation.
+    pub generation: u8,
+    /// `ACTION_*` for packets that no rule matches; 0 reads as allow.
+    pub default_action: u8,
+    /// 1 when there is a rule or the default is not allow; 0: the programs skip policy.
+    pub enabled: u8,
+    pub _pad: u8,
+    /// Reject answers each CPU may send per second; the others are dropped unanswered.
+    pub reject_rate: u32,
+    /// Rules in the live generation.
+    pub rules: u32,
+    /// Entries of the live generation in the three tries.
+    pub entries: u32,
+    /// Unix time of the last change.
+    pub changed_at: u64,
+}
+
+/// Bits of the policy keys before the address (`NP_POLICY_SRC`) or the class
+/// (`NP_POLICY_DST`, `NP_POLICY_RULES`): the generation byte.
+pub const POLICY_GEN_BITS: u32 = 8;
+
+/// Data of an `NP_POLICY_SRC` key (LPM): generation, then the source address (network
+/// byte order), then padding. The value is the source class: the longest `from` prefix
+/// that holds the address.
+pub const fn policy_src_key(generation: u8, addr: u32) -> [u8; 8] {
+    let a = addr.to_ne_bytes();
+    [generation, a[0], a[1], a[2], a[3], 0, 0, 0]
+}
+
+/// Data of an `NP_POLICY_DST` key (LPM): generation, source class (big-endian), the
+/// destination address (network byte order), padding. The value is the pair class.
+pub const fn policy_dst_key(generation: u8, class: u32, addr: u32) -> [u8; 12] {
+    let c = class.to_be_bytes();
+    let a = addr.to_ne_bytes();
+    [
+        generation, c[0], c[1], c[2], c[3], a[0], a[1], a[2], a[3], 0, 0, 0,
+    ]
+}
+
+/// Data of an `NP_POLICY_RULES` key (LPM): generation, pair class (big-endian), IP
+/// protocol, destination port (network byte order). Prefix 40 matches every protocol,
+/// 48 one protocol, 48 + n the first n bits of the port.
+pub const fn policy_rule_key(generation: u8, pair: u32, proto: u8, port_be: u16) -> [u8; 8] {
+    let c = pair.to_be_bytes();
+    let p = port_be.to_ne_bytes();
+    [generation, c[0], c[1], c[2], c[3], proto, p[0], p[1]]
+}
+
+/// Value of `NP_POLICY_RULES`: the rule that decides, already the most specific one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PolicyVerdict {
+    pub rule: u32,
+    /// `ACTION_*`.
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A rule as written, for `policy list` from any process (userspace only: `NP_POLICY_INFO`,
+/// a hash by rule id). `from` and `to` hold a CIDR or a group name, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PolicyRuleInfo {
+    pub from: [u8; 32],
+    pub to: [u8; 32],
+    /// Destination ports, host byte order; 0-0 means any port.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// IP protocol; 0 means any.
+    pub proto: u8,
+    /// `ACTION_*`.
+    pub action: u8,
+    /// `ORIGIN_CONFIG` or `ORIGIN_CLI`.
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+/// Key of `NP_GROUPS` (userspace only): one CIDR of a named group. The value is the
+/// group's origin.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GroupMember {
+    pub name: [u8; 32],
+    /// network byte order.
+    pub addr: u32,
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU state of the reject rate limit (`NP_REJECT_LIMIT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RejectLimit {
+    /// bpf_ktime_get_ns at the start of the current second.
+    pub window_ns: u64,
+    /// Answers sent in it.
+    pub sent: u32,
+    pub _pad: u32,
 }
 
 /// Data part of the LPM key of `NP_PEERS`: an IPv4 address in network byte order
@@ -378,6 +535,11 @@ mod user {
     unsafe impl aya::Pod for super::PublishKey {}
     unsafe impl aya::Pod for super::PublishValue {}
     unsafe impl aya::Pod for super::CtInfo {}
+    unsafe impl aya::Pod for super::PolicyState {}
+    unsafe impl aya::Pod for super::PolicyVerdict {}
+    unsafe impl aya::Pod for super::PolicyRuleInfo {}
+    unsafe impl aya::Pod for super::GroupMember {}
+    unsafe impl aya::Pod for super::RejectLimit {}
 }
 
 /// Converts an address to its map representation (network byte order in a u32).

@@ -110,6 +110,18 @@ reasons! {
     PassNatUnsupported = 28, "pass-nat-unsupported", Pass;
     /// On the uplink, for a container but neither from a direct peer nor through a published port: dropped (as Docker 28's raw-table rules do).
     DropNotPublished = 29, "drop-not-published", Drop;
+    /// Between two containers of this host, allowed by policy: left to the bridge.
+    FwdSameHost = 30, "fwd-same-host", Forward;
+    /// A new flow that a deny rule matches: dropped silently.
+    DropPolicyDeny = 31, "drop-policy-deny", Drop;
+    /// A new flow that a reject rule matches: dropped and answered (TCP RST, or ICMP administratively prohibited).
+    DropPolicyReject = 32, "drop-policy-reject", Drop;
+    /// A new flow that no rule matches, with the default action deny: dropped silently.
+    DropDefaultDeny = 33, "drop-default-deny", Drop;
+    /// A new flow that no rule matches, with the default action reject: dropped and answered.
+    DropDefaultReject = 34, "drop-default-reject", Drop;
+    /// Rejected but not answered: an ICMP error or a fragment (never answered), or over the reject rate limit: dropped.
+    DropRejectUnanswered = 35, "drop-reject-unanswered", Drop;
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use netpath_common::{Counter, PeerStats, Reason};
 
-use crate::maps::{COUNTERS, PEER_STATS};
+use crate::maps::{COUNTERS, PEER_STATS, POLICY_STATS};
 
 #[inline(always)]
 fn add(c: *mut Counter, bytes: u32) {
@@ -40,5 +40,13 @@ pub fn count_peer(id: u32, dir: PeerDir, bytes: u32) {
                 PeerDir::Rx => add(&raw mut (*s).rx, bytes),
             }
         }
+    }
+}
+
+/// Counts one packet of `bytes` under policy rule `rule` (0: the default action).
+#[inline(always)]
+pub fn count_rule(rule: u32, bytes: u32) {
+    if let Some(c) = POLICY_STATS.get_ptr_mut(rule) {
+        add(c, bytes);
     }
 }

@@ -11,10 +11,12 @@ use aya_ebpf::{
 use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
 
 use crate::{
-    counters::{PeerDir, count, count_peer},
+    counters::{self, PeerDir, count, count_peer},
     icmp,
-    maps::{CONFIG, PEERS},
-    mtu, nat, parse, vxlan, xdp,
+    maps::{CONFIG, CT, PEERS},
+    mtu, nat, parse,
+    policy::{self, Decision},
+    vxlan, xdp,
 };
 
 const AF_INET: u32 = 2;
@@ -49,8 +51,10 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 /// A container's packet to be routed. Local destinations (the host, its own subnet) are
 /// the stack's; a peer's subnet is routed to the uplink with the peer's underlay address as
 /// next hop, wrapped in VXLAN for a vxlan peer; anything else goes out of the uplink
-/// masqueraded (with `masquerade = true`) or is the stack's. A packet of a translated
-/// flow (a reply on a published port) is translated first, wherever it goes (nat.rs).
+/// masqueraded (with `masquerade = true`) or is the stack's. A packet of a known flow
+/// passes policy without a lookup and is translated if the flow is (a reply on a
+/// published port, a masqueraded flow; nat.rs); the first packet of a new flow is
+/// decided by policy (policy.rs) before anything is recorded or allocated for it.
 #[inline(always)]
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = config()?;
@@ -59,13 +63,53 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return Err(Reason::PassLocal);
     }
     let peer = PEERS.get(Key::new(32, ip.dst));
-    let translated = nat::egress(ctx, cfg, &ip, peer.is_some())?;
+    let l4 = parse::l4(ctx, &ip)?;
+    let key = nat::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
+    let known = if nat::trackable(&l4) {
+        CT.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    let translated = match known {
+        Some(e) => nat::egress_known(ctx, cfg, &ip, &l4, e)?,
+        None => {
+            if peer.is_none() {
+                // Only what netpath forwards is its policy's business.
+                nat::masqueradable(cfg, &ip, &l4)?;
+            }
+            let rule = match policy::live() {
+                None => 0,
+                Some(st) => match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
+                    Decision::Allow(rule) => {
+                        if peer.is_some() {
+                            policy::track(&key, &l4, rule, true)?;
+                        }
+                        rule
+                    }
+                    Decision::Refuse(reason, answer) => {
+                        return refuse(
+                            ctx,
+                            &ip,
+                            &l4,
+                            reason,
+                            answer,
+                            Back::Out(cfg.bridge_ifindex),
+                        );
+                    }
+                },
+            };
+            match peer {
+                Some(_) => None,
+                None => Some(nat::masquerade(ctx, cfg, &ip, &l4, &key, rule)?),
+            }
+        }
+    };
     let ip = match translated {
         Some(_) => parse::ipv4(ctx)?,
         None => ip,
     };
     let Some(peer) = peer else {
-        // Translated to the outside (egress leaves no other way here).
+        // Translated to the outside (nothing else gets here without a peer).
         let reason = translated.ok_or(Reason::PassUnknownDst)?;
         let mut ip = ip;
         decrement_ttl(&mut ip)?;
@@ -94,6 +138,78 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     Ok((redirect(cfg.uplink_ifindex, Some(peer.underlay)), reason))
 }
 
+/// Where the answer to a refused packet goes.
+#[derive(Clone, Copy)]
+enum Back {
+    /// Out of this interface, to the MAC the packet came from.
+    Out(u32),
+    /// Back into the VXLAN tunnel, to the peer of the answer's destination.
+    Tunnel,
+}
+
+/// Drops a packet that policy refused (`reason`), or with `answer`, turns it into its
+/// answer (policy::answer) and sends that back the way the packet came.
+#[inline(always)]
+fn refuse(
+    ctx: &TcContext,
+    ip: &parse::Ipv4,
+    l4: &parse::L4,
+    reason: Reason,
+    answer: bool,
+    back: Back,
+) -> Result<(i32, Reason), Reason> {
+    if !answer {
+        return Err(reason);
+    }
+    if policy::answer(ctx, ip, l4).is_err() {
+        return Err(Reason::DropRejectUnanswered);
+    }
+    let action = match back {
+        Back::Out(ifindex) => policy::bounce(ifindex),
+        Back::Tunnel => {
+            let cfg = config()?;
+            let ip = parse::ipv4(ctx).map_err(|_| Reason::DropRejectUnanswered)?;
+            let peer = PEERS
+                .get(Key::new(32, ip.dst))
+                .ok_or(Reason::DropRejectUnanswered)?;
+            if peer.mode != MODE_VXLAN {
+                return Err(Reason::DropRejectUnanswered);
+            }
+            vxlan::encap(ctx, cfg, peer).map_err(|_| Reason::DropRejectUnanswered)?;
+            redirect(cfg.uplink_ifindex, Some(peer.underlay))
+        }
+    };
+    Ok((action, reason))
+}
+
+/// Policy for a packet that a peer sends to a local container (`ip`, after any decap): a
+/// packet of a known flow passes (and is counted under its rule); the first packet of a
+/// new flow is decided, and recorded if allowed. `Some` is the outcome of a refused
+/// packet, answered through `back`.
+#[inline(always)]
+fn admit(ctx: &TcContext, ip: &parse::Ipv4, back: Back) -> Result<Option<(i32, Reason)>, Reason> {
+    let Some(st) = policy::live() else {
+        return Ok(None);
+    };
+    let l4 = parse::l4(ctx, ip)?;
+    let key = nat::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto);
+    if nat::trackable(&l4) {
+        if let Some(e) = CT.get_ptr_mut(&key) {
+            nat::touch(e, &l4, false);
+            // SAFETY: a value of an LRU hash map; any value of the field is valid.
+            counters::count_rule(unsafe { (*e).rule }, ctx.len());
+            return Ok(None);
+        }
+    }
+    match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
+        Decision::Allow(rule) => {
+            policy::track(&key, &l4, rule, false)?;
+            Ok(None)
+        }
+        Decision::Refuse(reason, answer) => refuse(ctx, ip, &l4, reason, answer, back).map(Some),
+    }
+}
+
 pub fn from_uplink(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_uplink(ctx))
 }
@@ -110,6 +226,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if let Some(peer_id) = xdp::decapped(ctx) {
         // XDP checked and decapsulated it (xdp.rs).
         let mut inner = parse::ipv4(ctx)?;
+        if let Some(refused) = admit(ctx, &inner, Back::Tunnel)? {
+            return Ok(refused);
+        }
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecapXdp));
@@ -125,6 +244,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     };
     if vxlan::is_tunnel(ctx, cfg, &ip) {
         let (peer_id, mut inner) = vxlan::decap(ctx, cfg, ip)?;
+        if let Some(refused) = admit(ctx, &inner, Back::Tunnel)? {
+            return Ok(refused);
+        }
         // An inner TTL that would expire leaves the decapsulated packet to the stack.
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         // The other end may be a Linux vxlan host that clamps nothing.
@@ -132,7 +254,14 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
     }
     if ip.dst == cfg.host_addr {
-        let reason = nat::ingress(ctx, cfg, &ip)?;
+        let reason = match nat::ingress(ctx, cfg, &ip) {
+            Ok(reason) => reason,
+            // Refused by policy at a published port, and already turned into the answer.
+            Err(reason) if policy::answered(reason) => {
+                return Ok((policy::bounce(cfg.uplink_ifindex), reason));
+            }
+            Err(reason) => return Err(reason),
+        };
         let mut ip = parse::ipv4(ctx)?;
         decrement_ttl(&mut ip)?;
         return Ok((redirect(cfg.bridge_ifindex, None), reason));
@@ -147,9 +276,76 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
         return Err(Reason::DropNotPublished);
     }
-    let mut ip = ip;
+    if let Some(refused) = admit(ctx, &ip, Back::Out(cfg.uplink_ifindex))? {
+        return Ok(refused);
+    }
+    let mut ip = parse::ipv4(ctx)?;
     hop(ctx, &mut ip, peer.id, PeerDir::Rx)?;
     Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdDeliver))
+}
+
+pub fn from_container(ctx: &TcContext) -> i32 {
+    match try_from_container(ctx) {
+        Some(outcome) => finish(ctx, outcome),
+        // Not between two local containers: the bridge program decides and counts it.
+        None => TC_ACT_UNSPEC,
+    }
+}
+
+/// A packet a container sends, seen on its veth before the bridge. Only traffic to
+/// another container of this host is handled here: the bridge forwards it at layer 2, so
+/// no other program sees it. Policy decides its new flows, as between hosts; an allowed
+/// packet goes on to the bridge unchanged (`None` for everything else).
+#[inline(always)]
+fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> {
+    let cfg = config().ok()?;
+    let ip = parse::ipv4(ctx).ok()?;
+    let broadcast = cfg.subnet_addr | !cfg.subnet_mask;
+    if ip.dst & cfg.subnet_mask != cfg.subnet_addr
+        || ip.src & cfg.subnet_mask != cfg.subnet_addr
+        || ip.dst == cfg.gateway_addr
+        || ip.dst == broadcast
+        || ip.src == ip.dst
+    {
+        return None;
+    }
+    Some(same_host(ctx, &ip))
+}
+
+#[inline(always)]
+fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason> {
+    let allowed = Ok((TC_ACT_UNSPEC, Reason::FwdSameHost));
+    let Some(st) = policy::live() else {
+        return allowed;
+    };
+    let l4 = parse::l4(ctx, ip)?;
+    // Both ends are local: the lower address is the "container" end of the key, so both
+    // directions find the same entry.
+    let first = u32::from_be(ip.src) < u32::from_be(ip.dst);
+    let key = if first {
+        nat::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto)
+    } else {
+        nat::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
+    };
+    if nat::trackable(&l4) {
+        if let Some(e) = CT.get_ptr_mut(&key) {
+            nat::touch(e, &l4, first);
+            // SAFETY: a value of an LRU hash map; any value of the field is valid.
+            counters::count_rule(unsafe { (*e).rule }, ctx.len());
+            return allowed;
+        }
+    }
+    match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
+        Decision::Allow(rule) => {
+            policy::track(&key, &l4, rule, first)?;
+            allowed
+        }
+        Decision::Refuse(reason, answer) => {
+            // SAFETY: reading a field of the program's own skb.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            refuse(ctx, ip, &l4, reason, answer, Back::Out(ifindex))
+        }
+    }
 }
 
 /// Does what a router does with `ip` once it knows where it goes, up to the way out: a

@@ -40,42 +40,58 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> bool {
 /// and must be dropped.
 #[inline(always)]
 pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reason> {
-    let fail = |_| Reason::DropFragNeeded;
-    let orig_src = ip.src;
-    let macs: [u8; 12] = ctx.load(0).map_err(fail)?;
-    // The quote: as much of the original as fits in 576 bytes, in whole 32-bit words (it
-    // covers the header and 8 bytes of payload: the packet is bigger than a tunnel MTU,
-    // and the tunnel MTU is at least 68, the IPv4 minimum, as the agent checks).
-    let quote = (u16::from_be_bytes(ip.hdr.tot_len) as u32).min(MAX_QUOTE) & !3;
-    // SAFETY: helper on the program's own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, ETH_LEN as u32 + quote, 0) } != 0 {
-        return Err(Reason::DropFragNeeded);
-    }
-    ctx.adjust_room(ICMP_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
-        .map_err(fail)?;
-
     let gateway = if cfg.gateway_addr != 0 {
         cfg.gateway_addr
     } else {
         cfg.host_addr
     };
+    error(
+        ctx,
+        ip,
+        gateway,
+        ICMP_DEST_UNREACH,
+        ICMP_FRAG_NEEDED,
+        cfg.tunnel_mtu as u32,
+    )
+    .map_err(|_| Reason::DropFragNeeded)
+}
+
+/// Rewrites the packet (`ip` its IPv4 header, not yet changed) into an ICMP error of
+/// `ty`/`code` from `src` to the packet's sender, with `rest` as the last 16 bits of the
+/// ICMP header (the next-hop MTU of fragmentation-needed, else 0), quoting as much of
+/// the packet as fits in 576 bytes (RFC 1812 4.3.2.3) in whole 32-bit words, at least
+/// its header and 8 bytes when it has them. The MACs are swapped. On error the packet is
+/// half-rewritten and must be dropped.
+#[inline(always)]
+pub fn error(ctx: &TcContext, ip: &Ipv4, src: u32, ty: u8, code: u8, rest: u32) -> Result<(), ()> {
+    let fail = |_| ();
+    let orig_src = ip.src;
+    let macs: [u8; 12] = ctx.load(0).map_err(fail)?;
+    let quote = (u16::from_be_bytes(ip.hdr.tot_len) as u32).min(MAX_QUOTE) & !3;
+    // SAFETY: helper on the program's own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, ETH_LEN as u32 + quote, 0) } != 0 {
+        return Err(());
+    }
+    ctx.adjust_room(ICMP_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(fail)?;
+
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
     ip[1] = 0xc0; // precedence "internetwork control", as Linux sends its ICMP errors
     ip[2..4].copy_from_slice(&((ICMP_HDRS as u32 + quote) as u16).to_be_bytes());
     ip[8] = 64;
     ip[9] = IPPROTO_ICMP;
-    ip[12..16].copy_from_slice(&gateway.to_ne_bytes());
+    ip[12..16].copy_from_slice(&src.to_ne_bytes());
     ip[16..20].copy_from_slice(&orig_src.to_ne_bytes());
     let c = parse::ipv4_checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let rest = rest as u16;
     let mut h = [0u8; ICMP_HDRS];
     h[..20].copy_from_slice(&ip);
-    h[20] = ICMP_DEST_UNREACH;
-    h[21] = ICMP_FRAG_NEEDED;
-    h[26..28].copy_from_slice(&cfg.tunnel_mtu.to_be_bytes());
-    let mut sum: u64 =
-        ((ICMP_DEST_UNREACH as u64) << 8 | ICMP_FRAG_NEEDED as u64) + cfg.tunnel_mtu as u64;
+    h[20] = ty;
+    h[21] = code;
+    h[26..28].copy_from_slice(&rest.to_be_bytes());
+    let mut sum: u64 = ((ty as u64) << 8 | code as u64) + rest as u64;
     let start = ETH_LEN + ICMP_HDRS;
     for w in 0..(MAX_QUOTE as usize / 4) {
         if (w * 4) as u32 >= quote {
@@ -87,10 +103,5 @@ pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reaso
     }
     h[22..24].copy_from_slice(&(!parse::fold(sum)).to_be_bytes());
     ctx.store(ETH_LEN, &h, 0).map_err(fail)?;
-
-    let mut eth = [0u8; 12];
-    eth[..6].copy_from_slice(&macs[6..12]);
-    eth[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &eth, 0).map_err(fail)?;
-    Ok(())
+    parse::swap_macs(ctx, &macs).map_err(fail)
 }

@@ -10,6 +10,7 @@ mod maps;
 mod mtu;
 mod nat;
 mod parse;
+mod policy;
 mod vxlan;
 mod xdp;
 
@@ -36,6 +37,16 @@ pub fn np_from_bridge(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn np_from_uplink(ctx: TcContext) -> i32 {
     forward::from_uplink(&ctx)
+}
+
+/// TC ingress of each container's host-side veth (attached by the agent to every port of
+/// the bridge, also those that appear later). Sees what the container sends before the
+/// bridge does: applies policy to traffic between containers of this host, which the
+/// bridge forwards at layer 2 and no other program sees; leaves everything else to the
+/// bridge program, uncounted.
+#[classifier]
+pub fn np_from_container(ctx: TcContext) -> i32 {
+    forward::from_container(&ctx)
 }
 
 /// XDP on the uplink (`xdp = "native" | "generic"`): drops forged tunnel packets early and

@@ -3,13 +3,15 @@
 //! (EbpfLoader::map_pin_path), packet tests load them private to the test.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netpath_common::{
-    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, MAX_PEERS, MAX_PUBLISH,
-    MAX_REASONS, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PublishKey,
-    PublishValue, UnderlayValue,
+    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
+    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
+    NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
+    PolicyVerdict, PublishKey, PublishValue, RejectLimit, UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V1")]
@@ -55,3 +57,40 @@ pub static PUBLISH: HashMap<PublishKey, PublishValue> = HashMap::with_max_entrie
 /// Userspace only: conntrack timeouts and collector figures.
 #[map(name = "NP_CT_INFO_V1")]
 pub static CT_INFO: Array<CtInfo> = Array::with_max_entries(1, 0);
+
+/// Which policy generation is live, the default action, the reject rate (policy.rs).
+#[map(name = "NP_POLICY_STATE_V1")]
+pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
+
+/// (generation, source address) -> source class. Keys: `netpath_common::policy_src_key`.
+#[map(name = "NP_POLICY_SRC_V1")]
+pub static POLICY_SRC: LpmTrie<[u8; 8], u32> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// (generation, source class, destination address) -> pair class.
+#[map(name = "NP_POLICY_DST_V1")]
+pub static POLICY_DST: LpmTrie<[u8; 12], u32> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// (generation, pair class, protocol, destination port) -> the deciding rule.
+#[map(name = "NP_POLICY_RULES_V1")]
+pub static POLICY_RULES: LpmTrie<[u8; 8], PolicyVerdict> =
+    LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// Packets and bytes per rule id (0: the default action).
+#[map(name = "NP_POLICY_STATS_V1")]
+pub static POLICY_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_POLICY_RULES, 0);
+
+#[allow(dead_code, reason = "read by the agent only")]
+/// Userspace only: the rules as written, by id.
+#[map(name = "NP_POLICY_INFO_V1")]
+pub static POLICY_INFO: HashMap<u32, PolicyRuleInfo> =
+    HashMap::with_max_entries(MAX_POLICY_RULES, BPF_F_NO_PREALLOC);
+
+#[allow(dead_code, reason = "read by the agent only")]
+/// Userspace only: the named groups, one entry per CIDR.
+#[map(name = "NP_GROUPS_V1")]
+pub static GROUPS: HashMap<GroupMember, u8> =
+    HashMap::with_max_entries(MAX_GROUP_MEMBERS, BPF_F_NO_PREALLOC);
+
+/// Reject answers sent this second, per CPU.
+#[map(name = "NP_REJECT_LIMIT_V1")]
+pub static REJECT_LIMIT: PerCpuArray<RejectLimit> = PerCpuArray::with_max_entries(1, 0);

@@ -32,11 +32,13 @@ use netpath_common::{
 };
 
 use crate::{
+    counters,
     maps::{CT, NAT, PUBLISH},
     parse::{
-        ETH_LEN, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY, ICMP_PARAMETERPROB,
-        ICMP_TIME_EXCEEDED, Ipv4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, csum_replace2, csum_replace4,
+        self, ETH_LEN, ICMP_ECHO, ICMP_ECHO_REPLY, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        csum_replace2, csum_replace4,
     },
+    policy::{self, Decision},
 };
 
 const EEXIST: i32 = 17;
@@ -52,21 +54,15 @@ const IP_CHECK: usize = ETH_LEN + 10;
 const IP_SRC: usize = ETH_LEN + 12;
 const IP_DST: usize = ETH_LEN + 16;
 
-/// The L4 part of a packet that NAT looks at. Ports as they sit in the packet (network
-/// byte order); for ICMP echo both ports are the identifier.
-#[derive(Clone, Copy)]
-struct L4 {
-    proto: u8,
-    /// Offset of the L4 header.
-    off: usize,
-    sport: u16,
-    dport: u16,
-    /// TCP flags, 0 for other protocols.
-    tcp_flags: u8,
+/// Offsets of the L4 fields NAT rewrites.
+trait Offsets {
+    /// Offset of the L4 checksum.
+    fn check_off(&self) -> usize;
+    /// Offset of the source (`src`) or destination port; the identifier for ICMP echo.
+    fn port_off(&self, src: bool) -> usize;
 }
 
-impl L4 {
-    /// Offset of the L4 checksum.
+impl Offsets for L4 {
     #[inline(always)]
     fn check_off(&self) -> usize {
         match self.proto {
@@ -76,7 +72,6 @@ impl L4 {
         }
     }
 
-    /// Offset of the source (`src`) or destination port; the identifier for ICMP echo.
     #[inline(always)]
     fn port_off(&self, src: bool) -> usize {
         match self.proto {
@@ -87,58 +82,48 @@ impl L4 {
     }
 }
 
-/// Reads what NAT needs of `ip`'s payload: TCP or UDP ports, or the identifier of an ICMP
-/// echo of type `echo_type` (requests go out, replies come in). `None` for anything else:
-/// other protocols or ICMP types, and fragments (only the first carries the ports, and the
-/// others would not be translated with it).
+/// Whether NAT can translate `l4`: TCP, UDP, or an ICMP echo of type `echo_type`
+/// (requests go out, replies come in); never a fragment (only the first carries the
+/// ports, and the others would not be translated with it).
 #[inline(always)]
-fn l4(ctx: &TcContext, ip: &Ipv4, echo_type: u8) -> Result<Option<L4>, Reason> {
-    if u16::from_be_bytes(ip.hdr.frags) & 0x3fff != 0 {
-        return Ok(None);
+pub fn translatable(l4: &L4, echo_type: u8) -> bool {
+    !l4.fragment
+        && match l4.proto {
+            IPPROTO_TCP | IPPROTO_UDP => true,
+            IPPROTO_ICMP => l4.is_echo() && l4.icmp_type == echo_type,
+            _ => false,
+        }
+}
+
+/// The `NP_CT` key of a packet from local container `container` to `remote`, whose
+/// own port is `container_port` (ICMP: the echo identifier, and the remote port is 0).
+#[inline(always)]
+pub fn ct_key(
+    container: u32,
+    remote: u32,
+    container_port: u16,
+    remote_port: u16,
+    proto: u8,
+) -> CtKey {
+    CtKey {
+        container,
+        remote,
+        container_port,
+        remote_port: if proto == IPPROTO_ICMP {
+            0
+        } else {
+            remote_port
+        },
+        proto,
+        _pad: [0; 3],
     }
-    let off = ETH_LEN + ip.hlen();
-    let bad = |_| Reason::DropMalformed;
-    let l4 = match ip.hdr.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            // One load per packet: TCP's ports and flags (bytes 0-13) together.
-            let (h, tcp_flags) = if ip.hdr.proto == IPPROTO_TCP {
-                let h: [u8; 14] = ctx.load(off).map_err(bad)?;
-                ([h[0], h[1], h[2], h[3]], h[13])
-            } else {
-                (ctx.load::<[u8; 4]>(off).map_err(bad)?, 0)
-            };
-            L4 {
-                proto: ip.hdr.proto,
-                off,
-                sport: u16::from_ne_bytes([h[0], h[1]]),
-                dport: u16::from_ne_bytes([h[2], h[3]]),
-                tcp_flags,
-            }
-        }
-        IPPROTO_ICMP => {
-            let icmp: [u8; 8] = ctx.load(off).map_err(bad)?;
-            if icmp[0] != echo_type || icmp[1] != 0 {
-                return Ok(None);
-            }
-            let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
-            L4 {
-                proto: IPPROTO_ICMP,
-                off,
-                sport: id,
-                dport: id,
-                tcp_flags: 0,
-            }
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(l4))
 }
 
 /// Records a packet of the flow `e`: what it saw (`seen`: `CT_F_SEEN_*`) and the TCP
 /// flags that move it towards closing. A SYN on a closing flow is a new connection on the
 /// same tuple (the client reused its port): the flow starts again.
 #[inline(always)]
-fn touch(e: *mut CtEntry, l4: &L4, from_container: bool) {
+pub fn touch(e: *mut CtEntry, l4: &L4, from_container: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a value of an LRU hash map; concurrent writers race only on these plain
     // fields, and any of their values is valid.
@@ -213,87 +198,85 @@ fn rewrite(
     Ok(())
 }
 
-/// A packet from a local container that leaves this host: to a peer (`to_peer`) or, with
-/// no peer route, to the outside. Translates its source when it belongs to a flow (a
-/// reply on a published port, or a masqueraded flow), or starts a masqueraded flow when
-/// it goes to the outside. Returns the reason to count if it translated the packet (then
-/// the caller reparses it); `Ok(None)` when a packet to a peer is not NAT's business.
-/// Without a peer route the packet is never left untranslated: it is the stack's (`Err`)
-/// or dropped. Nothing is changed before every check has passed.
+/// Whether a packet can belong to a flow of `CT`: TCP, UDP or ICMP echo, not fragmented.
 #[inline(always)]
-pub fn egress(
+pub fn trackable(l4: &L4) -> bool {
+    !l4.fragment && (l4.proto == IPPROTO_TCP || l4.proto == IPPROTO_UDP || l4.is_echo())
+}
+
+/// A packet that a local container sends in a known flow `e` (its `CT` entry by the
+/// container-side tuple). Records it, counts it under the flow's policy rule, and
+/// translates its source if the flow is translated (a reply on a published port, or a
+/// masqueraded flow): then returns the reason to count and the caller reparses. A flow
+/// that policy alone records is left as it is (`Ok(None)`).
+#[inline(always)]
+pub fn egress_known(
     ctx: &TcContext,
     cfg: &Config,
     ip: &Ipv4,
-    to_peer: bool,
+    l4: &L4,
+    e: *mut CtEntry,
 ) -> Result<Option<Reason>, Reason> {
-    let masquerade = cfg.flags & CONFIG_F_MASQUERADE != 0;
-    let not_ours = if to_peer {
-        Ok(None)
-    } else if masquerade {
-        Err(Reason::PassNatUnsupported)
-    } else {
-        Err(Reason::PassUnknownDst)
+    if ip.hdr.ttl <= 1 {
+        return Err(Reason::PassTtlExpired);
+    }
+    touch(e, l4, true);
+    // SAFETY: as in `touch`.
+    let (nat_port, kind, rule) = unsafe { ((*e).nat_port, (*e).kind, (*e).rule) };
+    if policy::live().is_some() {
+        counters::count_rule(rule, ctx.len());
+    }
+    let reason = match kind {
+        CT_KIND_PUBLISHED => Reason::FwdPublishedReply,
+        CT_KIND_MASQUERADE => Reason::FwdMasquerade,
+        _ => return Ok(None),
     };
-    let Some(l4) = l4(ctx, ip, ICMP_ECHO)? else {
-        return not_ours;
-    };
-    let key = CtKey {
-        container: ip.src,
-        remote: ip.dst,
-        container_port: l4.sport,
-        remote_port: if l4.proto == IPPROTO_ICMP {
-            0
-        } else {
-            l4.dport
-        },
-        proto: l4.proto,
-        _pad: [0; 3],
-    };
-    let (nat_port, reason) = match CT.get_ptr_mut(&key) {
-        Some(e) => {
-            if ip.hdr.ttl <= 1 {
-                return Err(Reason::PassTtlExpired);
-            }
-            touch(e, &l4, true);
-            // SAFETY: as in `touch`.
-            let (nat_port, kind) = unsafe { ((*e).nat_port, (*e).kind) };
-            let reason = if kind == CT_KIND_PUBLISHED {
-                Reason::FwdPublishedReply
-            } else {
-                Reason::FwdMasquerade
-            };
-            (nat_port, reason)
-        }
-        None => {
-            if to_peer || !masquerade {
-                return not_ours;
-            }
-            // Only the local subnet's containers are masqueraded, and only to unicast
-            // addresses.
-            let first = u32::from_be(ip.dst) >> 24;
-            if ip.src & cfg.subnet_mask != cfg.subnet_addr
-                || ip.src == cfg.gateway_addr
-                || first == 0
-                || first == 127
-                || first >= 224
-            {
-                return Err(Reason::PassUnknownDst);
-            }
-            if ip.hdr.ttl <= 1 {
-                return Err(Reason::PassTtlExpired);
-            }
-            (new_flow(cfg, &key)?, Reason::FwdMasquerade)
-        }
-    };
-    rewrite(
-        ctx,
-        &l4,
-        true,
-        (ip.src, cfg.host_addr),
-        (l4.sport, nat_port),
-    )?;
+    rewrite(ctx, l4, true, (ip.src, cfg.host_addr), (l4.sport, nat_port))?;
     Ok(Some(reason))
+}
+
+/// Whether a container's packet to the outside (no peer route, no known flow) is to be
+/// masqueraded: `Err` with the reason it is the stack's instead. Only with masquerade on,
+/// only TCP, UDP and ICMP echo requests that are not fragments, only from the local
+/// subnet's containers, only to unicast addresses.
+#[inline(always)]
+pub fn masqueradable(cfg: &Config, ip: &Ipv4, l4: &L4) -> Result<(), Reason> {
+    if cfg.flags & CONFIG_F_MASQUERADE == 0 {
+        return Err(Reason::PassUnknownDst);
+    }
+    if !translatable(l4, ICMP_ECHO) {
+        return Err(Reason::PassNatUnsupported);
+    }
+    let first = u32::from_be(ip.dst) >> 24;
+    if ip.src & cfg.subnet_mask != cfg.subnet_addr
+        || ip.src == cfg.gateway_addr
+        || first == 0
+        || first == 127
+        || first >= 224
+    {
+        return Err(Reason::PassUnknownDst);
+    }
+    Ok(())
+}
+
+/// Starts the masqueraded flow `key` (a packet that [`masqueradable`] accepted and policy
+/// allowed under `rule`) and translates the packet's source. Nothing is changed when it
+/// fails. The caller reparses the packet.
+#[inline(always)]
+pub fn masquerade(
+    ctx: &TcContext,
+    cfg: &Config,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    rule: u32,
+) -> Result<Reason, Reason> {
+    if ip.hdr.ttl <= 1 {
+        return Err(Reason::PassTtlExpired);
+    }
+    let nat_port = new_flow(cfg, key, rule)?;
+    rewrite(ctx, l4, true, (ip.src, cfg.host_addr), (l4.sport, nat_port))?;
+    Ok(Reason::FwdMasquerade)
 }
 
 /// Allocates a port on the host's address for the masqueraded flow `key` and records the
@@ -302,7 +285,7 @@ pub fn egress(
 /// to the same remote address and port holds it: reservation is an insert that fails on
 /// an existing key, so no existing flow is ever replaced.
 #[inline(always)]
-fn new_flow(cfg: &Config, key: &CtKey) -> Result<u16, Reason> {
+fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
     let min = cfg.nat_port_min as u32;
     let max = cfg.nat_port_max as u32;
     if max < min {
@@ -359,7 +342,7 @@ fn new_flow(cfg: &Config, key: &CtKey) -> Result<u16, Reason> {
         nat_port: port,
         kind: CT_KIND_MASQUERADE,
         flags: CT_F_SEEN_CONTAINER,
-        _pad: [0; 4],
+        rule,
     };
     if CT.insert(key, &entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU recorded the same flow first (its first packets raced), or the
@@ -377,16 +360,13 @@ fn new_flow(cfg: &Config, key: &CtKey) -> Result<u16, Reason> {
 /// `Err(PassNotForUs)` when it is the host's own traffic.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reason> {
-    if ip.hdr.proto == IPPROTO_ICMP && u16::from_be_bytes(ip.hdr.frags) & 0x3fff == 0 {
-        let off = ETH_LEN + ip.hlen();
-        let ty: u8 = ctx.load(off).map_err(|_| Reason::DropMalformed)?;
-        if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAMETERPROB {
-            return icmp_error(ctx, cfg, ip, off);
-        }
+    let l4 = parse::l4(ctx, ip)?;
+    if l4.is_icmp_error() {
+        return icmp_error(ctx, cfg, ip, l4.off);
     }
-    let Some(l4) = l4(ctx, ip, ICMP_ECHO_REPLY)? else {
+    if !translatable(&l4, ICMP_ECHO_REPLY) {
         return Err(Reason::PassNotForUs);
-    };
+    }
     let remote_port = if l4.proto == IPPROTO_ICMP {
         0
     } else {
@@ -407,15 +387,34 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reaso
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
-    let key = CtKey {
-        container: value.container,
-        remote: ip.src,
-        container_port: value.container_port,
+    let key = ct_key(
+        value.container,
+        ip.src,
+        value.container_port,
         remote_port,
-        proto: l4.proto,
-        _pad: [0; 3],
-    };
+        l4.proto,
+    );
+    let live = policy::live();
     let reason = if created {
+        // Policy sees the flow as the container will: from the client to its own port.
+        let rule = match live {
+            None => 0,
+            Some(st) => {
+                let mut inner = l4;
+                inner.dport = value.container_port;
+                match policy::decide(ctx, st, ip.src, value.container, &inner) {
+                    Decision::Allow(rule) => rule,
+                    Decision::Refuse(reason, answer) => {
+                        // Answered from the host's address and port, as the client
+                        // addressed it; the caller sends it back (see policy::answered).
+                        if answer && policy::answer(ctx, ip, &l4).is_err() {
+                            return Err(Reason::DropRejectUnanswered);
+                        }
+                        return Err(reason);
+                    }
+                }
+            }
+        };
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let entry = CtEntry {
@@ -424,7 +423,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reaso
             nat_port: l4.dport,
             kind: CT_KIND_PUBLISHED,
             flags: CT_F_SEEN_REMOTE,
-            _pad: [0; 4],
+            rule,
         };
         if NAT.insert(&nat, &value, BPF_NOEXIST as u64).is_err() {
             return Err(Reason::DropCtInsertFailed);
@@ -439,7 +438,11 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reaso
         let e = CT.get_ptr_mut(&key).ok_or(Reason::PassNotForUs)?;
         touch(e, &l4, false);
         // SAFETY: as in `touch`.
-        if unsafe { (*e).kind } == CT_KIND_PUBLISHED {
+        let (kind, rule) = unsafe { ((*e).kind, (*e).rule) };
+        if live.is_some() {
+            counters::count_rule(rule, ctx.len());
+        }
+        if kind == CT_KIND_PUBLISHED {
             Reason::FwdPublished
         } else {
             Reason::FwdMasqueradeReply

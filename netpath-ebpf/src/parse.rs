@@ -1,7 +1,7 @@
 //! Bounds-checked header access shared by every program, TC and XDP alike.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use netpath_common::Reason;
+use netpath_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 /// Length of an Ethernet header: where the IPv4 header starts.
@@ -115,6 +115,104 @@ impl Ipv4<'_> {
     pub fn hlen(&self) -> usize {
         ((self.hdr.vihl & 0x0f) as usize) * 4
     }
+}
+
+/// The L4 part of a packet that NAT and policy look at. Ports as they sit in the packet
+/// (network byte order); for ICMP echo and echo reply both ports are the identifier.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub proto: u8,
+    /// Offset of the L4 header.
+    pub off: usize,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags, 0 for other protocols.
+    pub tcp_flags: u8,
+    /// ICMP type and code, 0 for other protocols.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// Part of a fragmented datagram. A later fragment (offset > 0) carries no L4 header:
+    /// its ports and ICMP type read as 0.
+    pub fragment: bool,
+}
+
+impl L4 {
+    /// Whether this is an ICMP error (it quotes a packet of some flow).
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && !self.fragment
+            && matches!(
+                self.icmp_type,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+            )
+    }
+
+    /// Whether this is an ICMP echo or echo reply (no fragment).
+    #[inline(always)]
+    pub fn is_echo(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && !self.fragment
+            && self.icmp_code == 0
+            && (self.icmp_type == ICMP_ECHO || self.icmp_type == ICMP_ECHO_REPLY)
+    }
+}
+
+/// Reads the L4 header of `ip` with one load: TCP's ports and flags (bytes 0-13), UDP's
+/// ports, ICMP's type, code and identifier. `Err(DropMalformed)` when the packet is
+/// shorter than that header.
+#[inline(always)]
+pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, Reason> {
+    let frags = u16::from_be_bytes(ip.hdr.frags);
+    let mut l4 = L4 {
+        proto: ip.hdr.proto,
+        off: ETH_LEN + ip.hlen(),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        fragment: frags & 0x3fff != 0,
+    };
+    if frags & 0x1fff != 0 {
+        return Ok(l4);
+    }
+    let bad = |_| Reason::DropMalformed;
+    match ip.hdr.proto {
+        IPPROTO_TCP => {
+            let h: [u8; 14] = ctx.load(l4.off).map_err(bad)?;
+            l4.sport = u16::from_ne_bytes([h[0], h[1]]);
+            l4.dport = u16::from_ne_bytes([h[2], h[3]]);
+            l4.tcp_flags = h[13];
+        }
+        IPPROTO_UDP => {
+            let h: [u8; 4] = ctx.load(l4.off).map_err(bad)?;
+            l4.sport = u16::from_ne_bytes([h[0], h[1]]);
+            l4.dport = u16::from_ne_bytes([h[2], h[3]]);
+        }
+        IPPROTO_ICMP => {
+            let h: [u8; 8] = ctx.load(l4.off).map_err(bad)?;
+            l4.icmp_type = h[0];
+            l4.icmp_code = h[1];
+            if h[0] == ICMP_ECHO || h[0] == ICMP_ECHO_REPLY {
+                let id = u16::from_ne_bytes([h[4], h[5]]);
+                l4.sport = id;
+                l4.dport = id;
+            }
+        }
+        _ => {}
+    }
+    Ok(l4)
+}
+
+/// Writes the frame's MACs (`macs`: destination then source, as read from offset 0)
+/// back swapped: the frame goes back to where it came from.
+#[inline(always)]
+pub fn swap_macs(ctx: &TcContext, macs: &[u8; 12]) -> Result<(), i64> {
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0)
 }
 
 /// Folds a one's complement sum into 16 bits (RFC 1071).

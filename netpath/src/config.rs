@@ -7,7 +7,10 @@ use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::iface;
+use crate::{
+    iface,
+    policy::{Action, Groups, PortSpec, Rule, RuleProto},
+};
 
 /// Largest VXLAN network identifier (24 bits).
 pub const VNI_MAX: u32 = (1 << 24) - 1;
@@ -94,6 +97,57 @@ struct File {
     publish: Vec<PublishFile>,
     #[serde(default)]
     conntrack: Conntrack,
+    #[serde(default, rename = "group")]
+    groups: Vec<GroupFile>,
+    #[serde(default, rename = "policy")]
+    policies: Vec<PolicyFile>,
+}
+
+/// A named group as written: `[[group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    name: String,
+    cidrs: Vec<String>,
+}
+
+/// A rule as written: `[[policy]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    from: String,
+    to: String,
+    #[serde(default = "default_rule_proto")]
+    proto: RuleProto,
+    port: Option<PortSpec>,
+    action: Action,
+}
+
+fn default_rule_proto() -> RuleProto {
+    RuleProto::Any
+}
+
+/// `[[group]]`, `[[policy]]` and the host's default action, validated.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub groups: Groups,
+    pub rules: Vec<Rule>,
+    /// For packets no rule matches.
+    pub default: Action,
+    /// Reject answers per second, per CPU.
+    pub reject_rate: u32,
+}
+
+impl Default for PolicyConfig {
+    /// No rules, allow everything: Docker's behaviour.
+    fn default() -> PolicyConfig {
+        PolicyConfig {
+            groups: Groups::new(),
+            rules: Vec::new(),
+            default: Action::Allow,
+            reject_rate: crate::policy::REJECT_RATE,
+        }
+    }
 }
 
 /// A published port as written: `[[publish]]`.
@@ -218,6 +272,20 @@ struct HostFile {
     #[serde(default)]
     masquerade: bool,
     masquerade_ports: Option<String>,
+    /// What policy does with new flows that no rule matches.
+    #[serde(default = "default_action")]
+    default_action: Action,
+    /// Reject answers per second, per CPU.
+    #[serde(default = "default_reject_rate")]
+    reject_rate: u32,
+}
+
+fn default_action() -> Action {
+    Action::Allow
+}
+
+fn default_reject_rate() -> u32 {
+    crate::policy::REJECT_RATE
 }
 
 fn default_vxlan_port() -> u16 {
@@ -251,6 +319,7 @@ pub struct Config {
     pub peers: Vec<Peer>,
     pub publish: Vec<Publish>,
     pub conntrack: Conntrack,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -575,6 +644,14 @@ impl Config {
             ));
         }
         problems.extend(check_conntrack(&file.conntrack));
+        let policy = check_policy(
+            &file.groups,
+            &file.policies,
+            h.default_action,
+            h.reject_rate,
+        )
+        .map_err(|p| problems.extend(p))
+        .ok();
         let address = match (&h.address, &uplink) {
             (Some(a), _) => parse_addr("[host].address", a).map(Some),
             (None, Ok(_)) => match sys.ipv4_addrs(&h.uplink).first() {
@@ -665,7 +742,68 @@ impl Config {
             peers,
             publish,
             conntrack: file.conntrack,
+            policy: policy.expect("no problems: the policy is valid"),
         })
+    }
+}
+
+/// Validates groups and rules; an exact duplicate rule (same from, to, proto and ports)
+/// is refused, whatever its action: only one of them could ever decide.
+fn check_policy(
+    groups: &[GroupFile],
+    rules: &[PolicyFile],
+    default: Action,
+    reject_rate: u32,
+) -> Result<PolicyConfig, Vec<String>> {
+    let named: Vec<(String, Vec<String>)> = groups
+        .iter()
+        .map(|g| (g.name.clone(), g.cidrs.clone()))
+        .collect();
+    let (groups, mut problems) = crate::policy::check_groups(&named);
+    let mut out: Vec<Rule> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let field = format!("[[policy]] #{}", i + 1);
+        match crate::policy::parse_rule(
+            &field,
+            &r.from,
+            &r.to,
+            r.proto,
+            r.port.as_ref(),
+            r.action,
+            &groups,
+        ) {
+            Ok(rule) => {
+                if let Some(j) = out.iter().position(|o| o.same_match(&rule)) {
+                    problems.push(format!(
+                        "{field}: matches the same packets as [[policy]] #{} ({}): keep one of them",
+                        j + 1,
+                        out[j]
+                    ));
+                }
+                out.push(rule);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
+    if out.len() >= netpath_common::MAX_POLICY_RULES as usize {
+        problems.push(format!(
+            "{} [[policy]] rules: at most {} fit",
+            out.len(),
+            netpath_common::MAX_POLICY_RULES - 1
+        ));
+    }
+    if reject_rate == 0 {
+        problems.push("[host].reject_rate = 0: rejected packets would never be answered; use deny for that, or a rate like 100".into());
+    }
+    if problems.is_empty() {
+        Ok(PolicyConfig {
+            groups,
+            rules: out,
+            default,
+            reject_rate,
+        })
+    } else {
+        Err(problems)
     }
 }
 

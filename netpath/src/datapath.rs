@@ -25,9 +25,10 @@ use aya::{
 use ipnet::Ipv4Net;
 use netpath_common::{
     AGENT_F_TCX, AGENT_F_XDP_GENERIC, AGENT_F_XDP_NATIVE, AgentInfo, CONFIG_F_MASQUERADE,
-    CONFIG_F_READY, Counter, CtEntry, CtInfo, CtKey, MAX_PEERS, NatKey, NatValue, ORIGIN_CLI,
-    ORIGIN_CONFIG, PeerInfo, PeerStats, PeerValue, PublishKey, PublishValue, addr_to_be,
-    be_to_octets, map_names, name_bytes, name_str, prog_names,
+    CONFIG_F_READY, Counter, CtEntry, CtInfo, CtKey, GroupMember, MAX_PEERS, NatKey, NatValue,
+    ORIGIN_CLI, ORIGIN_CONFIG, PeerInfo, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
+    PolicyVerdict, PublishKey, PublishValue, addr_to_be, be_to_octets, map_names, name_bytes,
+    name_str, prog_names,
 };
 
 use crate::{
@@ -53,7 +54,11 @@ pub fn load(pins: Option<&PinDir>, ct_size: u32) -> Result<Ebpf> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
     // XDP is loaded even with `xdp = "off"`: a config change needs no other object.
-    for name in [prog_names::FROM_BRIDGE, prog_names::FROM_UPLINK] {
+    for name in [
+        prog_names::FROM_BRIDGE,
+        prog_names::FROM_UPLINK,
+        prog_names::FROM_CONTAINER,
+    ] {
         program::<SchedClassifier>(&mut ebpf, name)?
             .load()
             .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
@@ -108,6 +113,13 @@ pub struct Maps {
     pub nat: HashMap<MapData, NatKey, NatValue>,
     pub publish: HashMap<MapData, PublishKey, PublishValue>,
     pub ct_info: Array<MapData, CtInfo>,
+    pub policy_state: Array<MapData, PolicyState>,
+    pub policy_src: LpmTrie<MapData, [u8; 8], u32>,
+    pub policy_dst: LpmTrie<MapData, [u8; 12], u32>,
+    pub policy_rules: LpmTrie<MapData, [u8; 8], PolicyVerdict>,
+    pub policy_stats: PerCpuArray<MapData, Counter>,
+    pub policy_info: HashMap<MapData, u32, PolicyRuleInfo>,
+    pub groups: HashMap<MapData, GroupMember, u8>,
 }
 
 impl Maps {
@@ -129,6 +141,13 @@ impl Maps {
             nat: take(map_names::NAT)?.try_into()?,
             publish: take(map_names::PUBLISH)?.try_into()?,
             ct_info: take(map_names::CT_INFO)?.try_into()?,
+            policy_state: take(map_names::POLICY_STATE)?.try_into()?,
+            policy_src: take(map_names::POLICY_SRC)?.try_into()?,
+            policy_dst: take(map_names::POLICY_DST)?.try_into()?,
+            policy_rules: take(map_names::POLICY_RULES)?.try_into()?,
+            policy_stats: take(map_names::POLICY_STATS)?.try_into()?,
+            policy_info: take(map_names::POLICY_INFO)?.try_into()?,
+            groups: take(map_names::GROUPS)?.try_into()?,
         })
     }
 
@@ -147,6 +166,13 @@ impl Maps {
             nat: pins.open(map_names::NAT)?.try_into()?,
             publish: pins.open(map_names::PUBLISH)?.try_into()?,
             ct_info: pins.open(map_names::CT_INFO)?.try_into()?,
+            policy_state: pins.open(map_names::POLICY_STATE)?.try_into()?,
+            policy_src: pins.open(map_names::POLICY_SRC)?.try_into()?,
+            policy_dst: pins.open(map_names::POLICY_DST)?.try_into()?,
+            policy_rules: pins.open(map_names::POLICY_RULES)?.try_into()?,
+            policy_stats: pins.open(map_names::POLICY_STATS)?.try_into()?,
+            policy_info: pins.open(map_names::POLICY_INFO)?.try_into()?,
+            groups: pins.open(map_names::GROUPS)?.try_into()?,
         })
     }
 
@@ -410,6 +436,8 @@ pub fn del_peer(maps: &mut Maps, name: &str) -> Result<()> {
 pub struct Attachment {
     pub prog: &'static str,
     pub iface: String,
+    /// Name of its pinned link under `<pin-dir>/links`.
+    pub pin: String,
     /// Whether a pinned link of this program may be adopted: it is attached to this same
     /// interface (by the agent that `before` records).
     pub adopt: bool,
@@ -423,11 +451,13 @@ pub fn attachments(cfg: &Config, before: &AgentInfo) -> Vec<Attachment> {
         Attachment {
             prog: prog_names::FROM_BRIDGE,
             iface: h.bridge.clone(),
+            pin: prog_names::FROM_BRIDGE.into(),
             adopt: before.bridge_ifindex == h.bridge_ifindex,
         },
         Attachment {
             prog: prog_names::FROM_UPLINK,
             iface: h.uplink.clone(),
+            pin: prog_names::FROM_UPLINK.into(),
             adopt: before.uplink_ifindex == h.uplink_ifindex,
         },
     ]
@@ -449,7 +479,7 @@ pub enum Attached {
 /// changed) is replaced by a new one.
 pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached> {
     let prog = program::<SchedClassifier>(ebpf, a.prog)?;
-    let pin = pins.link_path(a.prog);
+    let pin = pins.link_path(&a.pin);
     if pin.exists() {
         let old = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?;
@@ -490,6 +520,108 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached
             Ok(Attached::Netlink)
         }
     }
+}
+
+/// Name of the pinned link of np_from_container on the bridge port `ifindex`.
+fn container_pin(ifindex: u32) -> String {
+    format!("{}@{ifindex}", prog_names::FROM_CONTAINER)
+}
+
+/// The ports of the bridge `bridge` (ifindex): each container's host-side veth, as
+/// (ifindex, name). Asked over rtnetlink, so it is the calling process's network
+/// namespace whatever /sys shows.
+pub async fn bridge_ports(handle: &rtnetlink::Handle, bridge: u32) -> Result<Vec<(u32, String)>> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = links.try_next().await.context("listing links")? {
+        let mut controller = None;
+        let mut name = None;
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::Controller(c) => controller = Some(*c),
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                _ => {}
+            }
+        }
+        if let (Some(c), Some(n)) = (controller, name) {
+            if c == bridge {
+                out.push((msg.header.index, n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a sync of the container programs did.
+#[derive(Debug, Default)]
+pub struct PortChanges {
+    pub attached: Vec<String>,
+    pub adopted: usize,
+    pub removed: usize,
+}
+
+/// Puts np_from_container on every port of the bridge (`ports`, from [`bridge_ports`]):
+/// a port whose pinned link exists gets the new program in it (agent restart, atomic),
+/// `fresh` ports known to have one already are left alone, others get a new link;
+/// links of ports that are gone are unpinned. Returns what changed; an attach that fails
+/// is reported and the rest go on.
+pub fn sync_container_links(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    ports: &[(u32, String)],
+    done: &mut std::collections::HashSet<u32>,
+) -> (PortChanges, Vec<String>) {
+    let mut changes = PortChanges::default();
+    let mut errors = Vec::new();
+    for (ifindex, name) in ports {
+        if done.contains(ifindex) {
+            continue;
+        }
+        let a = Attachment {
+            prog: prog_names::FROM_CONTAINER,
+            iface: name.clone(),
+            pin: container_pin(*ifindex),
+            adopt: true,
+        };
+        match attach(ebpf, pins, &a) {
+            Ok(Attached::Replaced) => {
+                changes.adopted += 1;
+                done.insert(*ifindex);
+            }
+            Ok(_) => {
+                changes.attached.push(name.clone());
+                done.insert(*ifindex);
+            }
+            Err(e) => errors.push(format!("{name}: {e:#}")),
+        }
+    }
+    let live: std::collections::HashSet<u32> = ports.iter().map(|(i, _)| *i).collect();
+    done.retain(|i| live.contains(i));
+    let prefix = format!("{}@", prog_names::FROM_CONTAINER);
+    if let Ok(entries) = std::fs::read_dir(pins.links()) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(idx) = file
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !live.contains(&idx) {
+                // The veth is gone (its link with it) or left the bridge: drop the pin,
+                // which detaches a link that is still attached.
+                if let Ok(l) = PinnedLink::from_pin(e.path()) {
+                    let _ = l.unpin();
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                changes.removed += 1;
+            }
+        }
+    }
+    (changes, errors)
 }
 
 /// The `AGENT_F_XDP_*` bit of an XDP mode (0 for off).

@@ -6,4 +6,5 @@ pub mod datapath;
 pub mod iface;
 pub mod nat;
 pub mod pin;
+pub mod policy;
 pub mod report;

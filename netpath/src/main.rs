@@ -10,6 +10,7 @@ use netpath::{
     datapath::{self, Attached, Maps},
     nat,
     pin::{DEFAULT_PIN_DIR, PinDir},
+    policy::{self, Action, RuleProto},
     report,
 };
 
@@ -76,6 +77,46 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PublishCmd,
     },
+    /// Add, remove or list policy rules of a running datapath; each change is atomic.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Add a rule to the running datapath, checked like a config rule; it decides new
+    /// flows from the next packet and is kept across agent restarts until `policy del`.
+    /// Where several rules match, the most specific wins (see README, "Policies").
+    ///
+    /// Example: netpath policy add --from 10.244.11.0/24 --to db --proto tcp --port 5432 --action allow
+    Add {
+        /// Source: a CIDR, an address, or a group from the config.
+        #[arg(long)]
+        from: String,
+        /// Destination: a CIDR, an address, or a group from the config.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "any")]
+        proto: RuleProto,
+        /// Destination port or range FIRST-LAST (tcp and udp only).
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long, value_enum)]
+        action: Action,
+    },
+    /// Remove a rule by id (see `policy list`). Flows it allowed go on until they end.
+    ///
+    /// Example: netpath policy del 3
+    Del { id: u32 },
+    /// The rules with their hits, the default action and the groups (same as `dump policies`).
+    ///
+    /// Example: netpath policy list --json
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +159,8 @@ enum DumpMap {
     Nat,
     /// Published ports.
     Ports,
+    /// Policy rules with their hits, the default action and the groups.
+    Policies,
 }
 
 #[derive(Subcommand)]
@@ -253,10 +296,59 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 DumpMap::Ports => print_ports(&maps, json),
+                DumpMap::Policies => print_policies(&maps, json),
             }
         }
         Cmd::Peer { cmd } => peer(&pins, cmd),
         Cmd::Publish { cmd } => publish(&pins, cmd),
+        Cmd::Policy { cmd } => policy_cmd(&pins, cmd),
+    }
+}
+
+fn print_policies(maps: &Maps, json: bool) -> Result<()> {
+    let r = policy::report(maps)?;
+    if json {
+        print_json(&r)
+    } else {
+        Ok(print!("{}", report::policies_table(&r)))
+    }
+}
+
+fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Add {
+            from,
+            to,
+            proto,
+            port,
+            action,
+        } => {
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            let groups = policy::installed(&maps)?.groups;
+            let port = port.map(policy::PortSpec::Text);
+            let rule = policy::parse_rule(
+                "policy add",
+                &from,
+                &to,
+                proto,
+                port.as_ref(),
+                action,
+                &groups,
+            )
+            .map_err(|p| anyhow::anyhow!("{}", p.join("\n")))?;
+            let id = policy::add(&mut maps, &rule)?;
+            println!("added rule {id}: {rule}");
+            Ok(())
+        }
+        PolicyCmd::Del { id } => {
+            let mut maps = Maps::open(pins)?;
+            let _lock = pins.lock()?;
+            let rule = policy::del(&mut maps, id)?;
+            println!("removed rule {id}: {rule}");
+            Ok(())
+        }
+        PolicyCmd::List { json } => print_policies(&Maps::open(pins)?, json),
     }
 }
 
@@ -383,7 +475,7 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             );
         }
     }
-    let (_ebpf, mut maps) = match start(&cfg, &pins, adopted) {
+    let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted) {
         Ok(x) => x,
         Err(e) => {
             if !adopted {
@@ -393,6 +485,26 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             return Err(e);
         }
     };
+    // The container programs: on every port of the bridge now, and on each one that
+    // appears later (rtnetlink link events; the collector's tick rescans too).
+    let (mut conn, handle, mut events) =
+        rtnetlink::new_connection().context("opening rtnetlink")?;
+    rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut())
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_LINK,
+        ))
+        .context("subscribing to link events")?;
+    tokio::spawn(conn);
+    let mut ports_done = std::collections::HashSet::new();
+    sync_ports(
+        &mut ebpf,
+        &pins,
+        &handle,
+        cfg.host.bridge_ifindex,
+        &mut ports_done,
+    )
+    .await;
     drop(lock);
 
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
@@ -403,7 +515,13 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            Some(_) = futures::StreamExt::next(&mut events) => {
+                // Coalesce a burst (a container start is several events).
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
+                sync_ports(&mut ebpf, &pins, &handle, cfg.host.bridge_ifindex, &mut ports_done).await;
+            }
             _ = gc.tick() => {
+                sync_ports(&mut ebpf, &pins, &handle, cfg.host.bridge_ifindex, &mut ports_done).await;
                 match nat::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -430,6 +548,40 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
     Ok(())
 }
 
+/// Puts np_from_container on the bridge's ports that lack it (see
+/// datapath::sync_container_links), logging what changed.
+async fn sync_ports(
+    ebpf: &mut aya::Ebpf,
+    pins: &PinDir,
+    handle: &rtnetlink::Handle,
+    bridge: u32,
+    done: &mut std::collections::HashSet<u32>,
+) {
+    let ports = match datapath::bridge_ports(handle, bridge).await {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("listing the bridge's ports: {e:#}");
+            return;
+        }
+    };
+    let (changes, errors) = datapath::sync_container_links(ebpf, pins, &ports, done);
+    if !changes.attached.is_empty() || changes.adopted > 0 || changes.removed > 0 {
+        log::info!(
+            "{} on container ports: attached to {:?}, {} adopted, {} gone",
+            netpath_common::prog_names::FROM_CONTAINER,
+            changes.attached,
+            changes.adopted,
+            changes.removed
+        );
+    }
+    for e in errors {
+        log::warn!(
+            "attaching {} to {e}",
+            netpath_common::prog_names::FROM_CONTAINER
+        );
+    }
+}
+
 fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)> {
     let mut ebpf = datapath::load(Some(pins), cfg.conntrack.size)?;
     let mut maps = Maps::take(&mut ebpf)?;
@@ -445,6 +597,7 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     nat::write_ct_info(&mut maps, &cfg.conntrack)?;
     let changes = datapath::sync_peers(&mut maps, cfg).context("updating peers")?;
     let published = nat::sync_publish(&mut maps, cfg).context("updating published ports")?;
+    let rules = policy::sync(&mut maps, cfg).context("updating the policy")?;
     let mut tcx = true;
     for a in datapath::attachments(cfg, &before) {
         let how = datapath::attach(&mut ebpf, pins, &a)?;
@@ -487,6 +640,13 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
         published.set,
         published.removed,
         published.kept_cli,
+    );
+    log::info!(
+        "policy: {} rules ({} kept from `policy add`), default {}, {} lookup entries",
+        rules.rules,
+        rules.kept_cli,
+        cfg.policy.default,
+        rules.entries
     );
     Ok((ebpf, maps))
 }

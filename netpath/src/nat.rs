@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 use netpath_common::{
     CT_F_FIN_CONTAINER, CT_F_FIN_REMOTE, CT_F_RST, CT_F_SEEN_CONTAINER, CT_F_SEEN_REMOTE,
-    CT_KIND_PUBLISHED, CtEntry, CtInfo, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey,
-    ORIGIN_CLI, ORIGIN_CONFIG, PublishKey, PublishValue, addr_to_be,
+    CT_KIND_POLICY, CT_KIND_PUBLISHED, CtEntry, CtInfo, CtKey, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, NatKey, ORIGIN_CLI, ORIGIN_CONFIG, PublishKey, PublishValue, addr_to_be,
 };
 use serde::Serialize;
 
@@ -268,6 +268,9 @@ pub fn gc(maps: &mut Maps) -> Result<Gc> {
         if idle > timeout(&info, &k, &e) as u64 {
             remove_flow(maps, &k, &e);
             g.expired += 1;
+        } else if e.kind == CT_KIND_POLICY {
+            // Policy's own record of a flow: it has no NAT half.
+            g.ct_entries += 1;
         } else if maps.nat.get(&nk, 0).is_err() {
             // Its way back was evicted: the flow cannot work any more.
             let _ = maps.ct.remove(&k);
@@ -343,6 +346,8 @@ pub struct FlowRow {
     pub remote: String,
     /// The port (or ICMP identifier) on the host's address.
     pub host_port: u16,
+    /// The policy rule that allowed the flow (0: the default action).
+    pub rule: u32,
     pub state: &'static str,
     pub age_secs: u64,
     pub idle_secs: u64,
@@ -358,10 +363,10 @@ pub fn flow_rows(maps: &Maps) -> Result<Vec<FlowRow>> {
             let idle = now.saturating_sub(e.last_seen_ns) / 1_000_000_000;
             FlowRow {
                 proto: proto_name(k.proto),
-                kind: if e.kind == CT_KIND_PUBLISHED {
-                    "published"
-                } else {
-                    "masquerade"
+                kind: match e.kind {
+                    CT_KIND_PUBLISHED => "published",
+                    CT_KIND_POLICY => "policy",
+                    _ => "masquerade",
                 },
                 container: endpoint(k.container, k.container_port, k.proto),
                 remote: if k.proto == IPPROTO_ICMP {
@@ -370,6 +375,7 @@ pub fn flow_rows(maps: &Maps) -> Result<Vec<FlowRow>> {
                     endpoint(k.remote, k.remote_port, k.proto)
                 },
                 host_port: u16::from_be(e.nat_port),
+                rule: e.rule,
                 state: state(k, e),
                 age_secs: now.saturating_sub(e.created_ns) / 1_000_000_000,
                 idle_secs: idle,

@@ -4,6 +4,7 @@
 //! ```text
 //! <pin-dir>/maps/NP_*_V<layout>   maps (names carry the layout version)
 //! <pin-dir>/links/<prog>          TCX links of the programs
+//! <pin-dir>/links/<prog>@<ifindex> TCX links of np_from_container on each bridge port
 //! ```
 
 use std::{
@@ -14,9 +15,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
 use netpath_common::{
-    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, MAX_PEERS, MAX_PUBLISH,
-    MAX_REASONS, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PublishKey,
-    PublishValue, map_names,
+    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
+    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
+    NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
+    PolicyVerdict, PublishKey, PublishValue, RejectLimit, map_names,
 };
 
 /// Maps whose size comes from the config: any size is the right layout.
@@ -113,6 +115,58 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
         (
             map_names::CT_INFO,
             l(MapType::Array, 4, size_of::<CtInfo>(), 1),
+        ),
+        (
+            map_names::POLICY_STATE,
+            l(MapType::Array, 4, size_of::<PolicyState>(), 1),
+        ),
+        (
+            map_names::POLICY_SRC,
+            l(MapType::LpmTrie, 4 + 8, 4, MAX_POLICY_ENTRIES),
+        ),
+        (
+            map_names::POLICY_DST,
+            l(MapType::LpmTrie, 4 + 12, 4, MAX_POLICY_ENTRIES),
+        ),
+        (
+            map_names::POLICY_RULES,
+            l(
+                MapType::LpmTrie,
+                4 + 8,
+                size_of::<PolicyVerdict>(),
+                MAX_POLICY_ENTRIES,
+            ),
+        ),
+        (
+            map_names::POLICY_STATS,
+            l(
+                MapType::PerCpuArray,
+                4,
+                size_of::<Counter>(),
+                MAX_POLICY_RULES,
+            ),
+        ),
+        (
+            map_names::POLICY_INFO,
+            l(
+                MapType::Hash,
+                4,
+                size_of::<PolicyRuleInfo>(),
+                MAX_POLICY_RULES,
+            ),
+        ),
+        (
+            map_names::GROUPS,
+            l(
+                MapType::Hash,
+                size_of::<GroupMember>(),
+                1,
+                MAX_GROUP_MEMBERS,
+            ),
+        ),
+        (
+            map_names::REJECT_LIMIT,
+            l(MapType::PerCpuArray, 4, size_of::<RejectLimit>(), 1),
         ),
     ]
 }

@@ -292,6 +292,7 @@ pub fn flows_table(rows: &[crate::nat::FlowRow]) -> String {
             "CONTAINER",
             "REMOTE",
             "HOST PORT",
+            "RULE",
             "STATE",
             "AGE",
             "IDLE",
@@ -306,6 +307,11 @@ pub fn flows_table(rows: &[crate::nat::FlowRow]) -> String {
                     r.container.clone(),
                     r.remote.clone(),
                     r.host_port.to_string(),
+                    if r.rule == 0 {
+                        "default".into()
+                    } else {
+                        r.rule.to_string()
+                    },
                     r.state.to_owned(),
                     format!("{}s", r.age_secs),
                     format!("{}s", r.idle_secs),
@@ -349,4 +355,61 @@ pub fn ports_table(rows: &[crate::nat::PortRow]) -> String {
             })
             .collect::<Vec<_>>(),
     )
+}
+
+pub fn policies_table(r: &crate::policy::PolicyReport) -> String {
+    let mut rows: Vec<Vec<String>> = r
+        .rules
+        .iter()
+        .map(|x| {
+            vec![
+                x.id.to_string(),
+                x.from.clone(),
+                x.to.clone(),
+                x.proto.clone(),
+                x.port.clone(),
+                x.action.clone(),
+                x.origin.to_owned(),
+                x.packets.to_string(),
+                x.bytes.to_string(),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "default".into(),
+        "*".into(),
+        "*".into(),
+        "any".into(),
+        "any".into(),
+        r.default_action.clone(),
+        "config".into(),
+        r.default_packets.to_string(),
+        r.default_bytes.to_string(),
+    ]);
+    let mut out = format!(
+        "policy {} (default {}, {} rules, {} lookup entries, generation {}, reject answers at most {}/s per CPU)\n",
+        if r.enabled {
+            "on"
+        } else {
+            "off: no rules, default allow"
+        },
+        r.default_action,
+        r.rules.len(),
+        r.entries,
+        r.generation,
+        r.reject_rate_per_cpu
+    );
+    out += &table(
+        &[
+            "ID", "FROM", "TO", "PROTO", "PORT", "ACTION", "ORIGIN", "PACKETS", "BYTES",
+        ],
+        &rows,
+    );
+    if !r.groups.is_empty() {
+        out += "\ngroups:\n";
+        for (g, nets) in &r.groups {
+            out += &format!("  {g}: {}\n", nets.join(", "));
+        }
+    }
+    out
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use netpath::config::{Proto, Publish};
-use netpath_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP, Reason, prog_names};
+use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, Reason, prog_names};
 use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok, l4_checksum_ok};
 
 const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
@@ -59,15 +59,10 @@ fn ct(
     container: ([u8; 4], u16),
     remote: ([u8; 4], u16),
 ) -> netpath_common::CtEntry {
-    let key = CtKey {
-        container: u32::from_ne_bytes(container.0),
-        remote: u32::from_ne_bytes(remote.0),
-        container_port: container.1.to_be(),
-        remote_port: remote.1.to_be(),
-        proto,
-        _pad: [0; 3],
-    };
-    dp.maps.ct.get(&key, 0).expect("conntrack entry")
+    dp.maps
+        .ct
+        .get(&ct_key(proto, container, remote), 0)
+        .expect("conntrack entry")
 }
 
 #[test]

@@ -211,26 +211,6 @@ fn object_maps_match_common_names_and_layouts() {
     }
 }
 
-const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
-
-/// `inner` wrapped the way a VXLAN peer (or Linux's vxlan device) sends it to us.
-fn vxlan_frame(outer_src: [u8; 4], vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
-    let mut udp_payload = vec![flags, 0, 0, 0];
-    udp_payload.extend(&vni.to_be_bytes()[1..]);
-    udp_payload.push(0);
-    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 11]);
-    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 13]);
-    udp_payload.extend(&inner[12..]);
-    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
-    udp.extend(((8 + udp_payload.len()) as u16).to_be_bytes());
-    udp.extend([0, 0]);
-    udp.extend(udp_payload);
-    let mut f = Frame::icmp(outer_src, HOST);
-    f.proto = 17;
-    f.payload = udp;
-    f.build()
-}
-
 #[test]
 fn encap_writes_exact_outer_headers() {
     let Some(mut dp) = dp() else { return };

@@ -71,6 +71,7 @@ pub fn cfg(ready: bool) -> Config {
         },
         publish: vec![],
         conntrack: Default::default(),
+        policy: Default::default(),
     }
 }
 
@@ -93,6 +94,7 @@ pub fn dp_with(change: impl FnOnce(&mut Config)) -> Option<Dp> {
     netpath::nat::write_ct_info(&mut maps, &c.conntrack).unwrap();
     datapath::sync_peers(&mut maps, &c).unwrap();
     netpath::nat::sync_publish(&mut maps, &c).unwrap();
+    netpath::policy::sync(&mut maps, &c).unwrap();
     Some(Dp { ebpf, maps })
 }
 
@@ -155,5 +157,41 @@ impl Dp {
             .map(|(i, c)| (Reason::from_u32(i).unwrap().name().to_owned(), c.packets))
             .collect();
         assert_eq!(counted, vec![(r.name().to_owned(), 1)]);
+    }
+}
+
+pub const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
+
+/// `inner` wrapped the way a VXLAN peer (or Linux's vxlan device) sends it to us.
+pub fn vxlan_frame(outer_src: [u8; 4], vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
+    let mut udp_payload = vec![flags, 0, 0, 0];
+    udp_payload.extend(&vni.to_be_bytes()[1..]);
+    udp_payload.push(0);
+    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 11]);
+    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 13]);
+    udp_payload.extend(&inner[12..]);
+    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
+    udp.extend(((8 + udp_payload.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(udp_payload);
+    let mut f = Frame::icmp(outer_src, HOST);
+    f.proto = 17;
+    f.payload = udp;
+    f.build()
+}
+
+/// The `NP_CT` key of a flow: (address, port) of the local end and of the other end.
+pub fn ct_key(
+    proto: u8,
+    container: ([u8; 4], u16),
+    remote: ([u8; 4], u16),
+) -> netpath_common::CtKey {
+    netpath_common::CtKey {
+        container: u32::from_ne_bytes(container.0),
+        remote: u32::from_ne_bytes(remote.0),
+        container_port: container.1.to_be(),
+        remote_port: remote.1.to_be(),
+        proto,
+        _pad: [0; 3],
     }
 }
