@@ -133,7 +133,7 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
     if peer.mode == MODE_VXLAN {
         mtu::clamp_mss(ctx, &ip, cfg.tunnel_mss);
-        vxlan::encap(ctx, cfg, peer)?;
+        vxlan::encap(ctx, cfg, peer, true)?;
     }
     Ok((redirect(cfg.uplink_ifindex, Some(peer.underlay)), reason))
 }
@@ -175,7 +175,7 @@ fn refuse(
             if peer.mode != MODE_VXLAN {
                 return Err(Reason::DropRejectUnanswered);
             }
-            vxlan::encap(ctx, cfg, peer).map_err(|_| Reason::DropRejectUnanswered)?;
+            vxlan::encap(ctx, cfg, peer, false).map_err(|_| Reason::DropRejectUnanswered)?;
             redirect(cfg.uplink_ifindex, Some(peer.underlay))
         }
     };

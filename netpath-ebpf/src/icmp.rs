@@ -68,6 +68,7 @@ pub fn error(ctx: &TcContext, ip: &Ipv4, src: u32, ty: u8, code: u8, rest: u32) 
     let orig_src = ip.src;
     let macs: [u8; 12] = ctx.load(0).map_err(fail)?;
     let quote = (u16::from_be_bytes(ip.hdr.tot_len) as u32).min(MAX_QUOTE) & !3;
+    // Refused for a packet that arrived in a tunnel (see policy::rst): no answer then.
     // SAFETY: helper on the program's own skb.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, ETH_LEN as u32 + quote, 0) } != 0 {
         return Err(());

@@ -269,6 +269,9 @@ fn rst(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<(), Reason> {
     };
     let (src, dst) = (ip.dst, ip.src);
 
+    // The kernel refuses to resize a packet that arrived in a tunnel (a BPF decap leaves
+    // it marked encapsulated, with checksum offsets that no longer fit once resized): such
+    // a packet is dropped unanswered.
     // SAFETY: helper on the program's own skb.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_LEN + 40) as u32, 0) } != 0 {
         return Err(Reason::DropRejectUnanswered);

@@ -42,8 +42,13 @@ const VXLAN_I: u8 = 0x08;
 /// UDP source port: from the flow hash (RFC 7348 entropy, so the underlay can spread
 /// flows), in 49152-65535. UDP checksum 0, as Linux's vxlan sends over IPv4 by default.
 /// Outer IPv4: DF set (fragmenting tunnel packets is what MTU handling must avoid), TTL 64.
+///
+/// `offload`: mark the packet as UDP-tunnelled for GSO and checksum offload (the ENCAP
+/// flags). The kernel refuses that on a packet that is already marked (one that arrived
+/// in a tunnel: a BPF decap leaves the mark); an answer netpath builds itself is never
+/// GSO and is encapsulated without it.
 #[inline(always)]
-pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reason> {
+pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue, offload: bool) -> Result<(), Reason> {
     let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
     // SAFETY: helper on the program's own skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
@@ -53,10 +58,13 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue) -> Result<(), Reas
     let tot_len = (inner_len + VXLAN_OVERHEAD).min(0xffff) as u16;
     let udp_len = tot_len - IP_LEN as u16;
 
-    let flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
-        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
-        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
-        | ((ETH_LEN as u64) << 56);
+    let flags = if offload {
+        (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+            as u64
+            | ((ETH_LEN as u64) << 56)
+    } else {
+        0
+    };
     ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| Reason::DropAdjustFailed)?;
 

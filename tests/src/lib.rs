@@ -112,6 +112,7 @@ impl Default for Spec {
     }
 }
 
+#[derive(Clone)]
 pub struct Container {
     pub ns: String,
     pub ip: String,
@@ -235,21 +236,9 @@ impl Lab {
             run(in_ns(&ns, "iptables -P FORWARD DROP"))?;
             run(in_ns(&ns, "iptables -t nat -F POSTROUTING"))?;
             run(in_ns(&ns, "iptables -t nat -F PREROUTING"))?;
-        }
-        let mut containers = Vec::new();
-        for c in 1..=spec.containers {
-            let cns = format!("{}-{name}c{c}", self.id);
-            self.add_ns(&cns)?;
-            let cip = format!("10.244.{net}.{}", 1 + c);
-            run(ip(
-                &ns,
-                &format!("link add v{c} type veth peer name eth0 netns {cns}"),
-            ))?;
-            run(ip(&ns, &format!("link set v{c} master br0 up")))?;
-            run(ip(&cns, &format!("addr add {cip}/24 dev eth0")))?;
-            run(ip(&cns, "link set eth0 up"))?;
-            run(ip(&cns, &format!("route add default via {gateway}")))?;
-            containers.push(Container { ns: cns, ip: cip });
+            // br_netfilter would hand bridged frames (container to container on this
+            // host) to the FORWARD chain too; netpath's veth programs decide those.
+            sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "0")?;
         }
         self.hosts.push(Host {
             idx,
@@ -261,10 +250,37 @@ impl Lab {
             underlay,
             subnet,
             gateway,
-            containers,
+            containers: Vec::new(),
             agent: None,
         });
+        let i = self.hosts.len() - 1;
+        for _ in 0..spec.containers {
+            self.add_container(i)?;
+        }
         Ok(())
+    }
+
+    /// Adds a container to host `i` (also while its agent runs): a namespace attached to
+    /// the host's bridge by a veth, with the next address of the host's subnet.
+    pub fn add_container(&mut self, i: usize) -> Result<Container> {
+        let h = &self.hosts[i];
+        let (ns, name, gateway) = (h.ns.clone(), h.name.clone(), h.gateway.clone());
+        let c = h.containers.len() + 1;
+        let net = 10 + h.idx;
+        let cns = format!("{}-{name}c{c}", self.id);
+        self.add_ns(&cns)?;
+        let cip = format!("10.244.{net}.{}", 1 + c);
+        run(ip(
+            &ns,
+            &format!("link add v{c} type veth peer name eth0 netns {cns}"),
+        ))?;
+        run(ip(&ns, &format!("link set v{c} master br0 up")))?;
+        run(ip(&cns, &format!("addr add {cip}/24 dev eth0")))?;
+        run(ip(&cns, "link set eth0 up"))?;
+        run(ip(&cns, &format!("route add default via {gateway}")))?;
+        let container = Container { ns: cns, ip: cip };
+        self.hosts[i].containers.push(container.clone());
+        Ok(container)
     }
 
     /// Writes each host's config with every other host as a peer in `mode(host, peer)`.

@@ -7,6 +7,11 @@
 //!                                      sends up to 5 times.
 //!   np-probe refused udp|tcp ADDR PORT exit 0 if the far end refuses (TCP RST, or ICMP
 //!                                      port unreachable for UDP)
+//!   np-probe try udp|tcp ADDR PORT     one attempt; prints what happened and how long
+//!                                      it took: "echoed", "refused" (RST or ICMP port
+//!                                      unreachable), "unreachable" (other ICMP
+//!                                      unreachables, administratively prohibited
+//!                                      among them), "timeout" (3 s), "error ..."
 //!   np-probe flows udp|tcp ADDR PORT N open N flows at once, each with its own message;
 //!                                      exit 0 if every flow got its own message back
 //!   np-probe connrate ADDR PORT SECONDS
@@ -187,6 +192,41 @@ fn refused(proto: &str, to: SocketAddr) -> std::io::Result<bool> {
     }
 }
 
+/// One attempt to reach an echo server at `to`: what the far end (or the path) answered,
+/// as one word, and the milliseconds it took.
+fn attempt(proto: &str, to: SocketAddr) -> std::io::Result<(String, u128)> {
+    let start = Instant::now();
+    let word = |r: std::io::Result<Vec<u8>>| match r {
+        Ok(v) if v == b"anyone?" => "echoed".to_owned(),
+        Ok(v) => format!("error: got {} unexpected bytes", v.len()),
+        Err(e) => match e.kind() {
+            ErrorKind::ConnectionRefused => "refused".into(),
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable".into(),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".into(),
+            _ => format!("error: {e}"),
+        },
+    };
+    let limit = Duration::from_secs(3);
+    let outcome = match proto {
+        "tcp" => word(TcpStream::connect_timeout(&to, limit).and_then(|mut s| {
+            s.set_read_timeout(Some(limit))?;
+            s.write_all(b"anyone?")?;
+            read_n(&mut s, 7)
+        })),
+        "udp" => word((|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(to)?;
+            s.set_read_timeout(Some(limit))?;
+            s.send(b"anyone?")?;
+            let mut buf = [0u8; 64];
+            let n = s.recv(&mut buf)?;
+            Ok(buf[..n].to_vec())
+        })()),
+        _ => return Err(std::io::Error::other("proto must be udp or tcp")),
+    };
+    Ok((outcome, start.elapsed().as_millis()))
+}
+
 /// Opens `n` flows at once to `to`, each with its own message, and checks that each got
 /// exactly its own message back. Returns how many did.
 fn flows(proto: &str, to: SocketAddr, n: usize) -> std::io::Result<usize> {
@@ -291,6 +331,12 @@ fn main() -> ExitCode {
         ["refused", proto, host, port] => {
             addr(host, num(port) as u16).and_then(|to| refused(proto, to))
         }
+        ["try", proto, host, port] => addr(host, num(port) as u16)
+            .and_then(|to| attempt(proto, to))
+            .map(|(outcome, ms)| {
+                println!("{outcome} {ms}");
+                true
+            }),
         ["flows", proto, host, port, n] => {
             let n = num(n) as usize;
             addr(host, num(port) as u16)
@@ -311,7 +357,7 @@ fn main() -> ExitCode {
         }),
         _ => {
             eprintln!(
-                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS"
+                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | try udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS"
             );
             return ExitCode::from(2);
         }
