@@ -117,6 +117,18 @@ enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the policy lookup on this machine: for each rule count, a private copy of
+    /// the datapath (nothing attached, nothing pinned) gets that many rules, then a new
+    /// flow's first packet runs through BPF_PROG_TEST_RUN. Prints JSON rows.
+    ///
+    /// Example: netpath policy bench --rules 0,1000,10000,100000
+    Bench {
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
+        rules: Vec<usize>,
+        /// Runs per count (the kernel reports their mean).
+        #[arg(long, default_value_t = 100000)]
+        repeat: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -349,6 +361,7 @@ fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
             Ok(())
         }
         PolicyCmd::List { json } => print_policies(&Maps::open(pins)?, json),
+        PolicyCmd::Bench { rules, repeat } => print_json(&policy::bench(&rules, repeat)?),
     }
 }
 
