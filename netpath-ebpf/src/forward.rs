@@ -124,10 +124,7 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A router answers DF packets with the MTU and fragments the others; netpath
         // answers both (Linux lowers its path MTU on either and fragments from then on).
         icmp::frag_needed(ctx, cfg, &ip)?;
-        // Back out of the bridge, to the sender's MAC.
-        // SAFETY: helper call with scalar arguments.
-        let action = unsafe { bpf_redirect(cfg.bridge_ifindex, 0) } as i32;
-        return Ok((action, Reason::DropFragNeeded));
+        return Ok((bounce(cfg.bridge_ifindex), Reason::DropFragNeeded));
     }
     let mut ip = ip;
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
@@ -165,7 +162,7 @@ fn refuse(
         return Err(Reason::DropRejectUnanswered);
     }
     let action = match back {
-        Back::Out(ifindex) => policy::bounce(ifindex),
+        Back::Out(ifindex) => bounce(ifindex),
         Back::Tunnel => {
             let cfg = config()?;
             let ip = parse::ipv4(ctx).map_err(|_| Reason::DropRejectUnanswered)?;
@@ -254,13 +251,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
     }
     if ip.dst == cfg.host_addr {
-        let reason = match nat::ingress(ctx, cfg, &ip) {
-            Ok(reason) => reason,
-            // Refused by policy at a published port, and already turned into the answer.
-            Err(reason) if policy::answered(reason) => {
-                return Ok((policy::bounce(cfg.uplink_ifindex), reason));
+        let reason = match nat::ingress(ctx, cfg, &ip)? {
+            nat::Ingress::Deliver(reason) => reason,
+            nat::Ingress::Refused(reason, answer, l4) => {
+                let back = Back::Out(cfg.uplink_ifindex);
+                return refuse(ctx, &ip, &l4, reason, answer, back);
             }
-            Err(reason) => return Err(reason),
         };
         let mut ip = parse::ipv4(ctx)?;
         decrement_ttl(&mut ip)?;
@@ -366,6 +362,14 @@ fn decrement_ttl(ip: &mut parse::Ipv4) -> Result<(), Reason> {
     }
     parse::decrement_ttl(ip.hdr);
     Ok(())
+}
+
+/// Sends an answer that netpath made of a packet (its MACs swapped) back out of
+/// `ifindex`, the interface the packet came in on.
+#[inline(always)]
+fn bounce(ifindex: u32) -> i32 {
+    // SAFETY: helper call with scalar arguments.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 /// Redirects out of `ifindex`. With `nexthop` (an underlay address, network byte order)

@@ -86,7 +86,7 @@ impl Offsets for L4 {
 /// (requests go out, replies come in); never a fragment (only the first carries the
 /// ports, and the others would not be translated with it).
 #[inline(always)]
-pub fn translatable(l4: &L4, echo_type: u8) -> bool {
+fn translatable(l4: &L4, echo_type: u8) -> bool {
     !l4.fragment
         && match l4.proto {
             IPPROTO_TCP | IPPROTO_UDP => true,
@@ -353,16 +353,25 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
     Ok(port)
 }
 
+/// What [`ingress`] did with a packet for the host's address.
+pub enum Ingress {
+    /// Translated to its container: deliver it, counted under this reason.
+    Deliver(Reason),
+    /// A new flow to a published port that policy refused, the packet unchanged: drop
+    /// it, or with the flag, answer it (forward::refuse).
+    Refused(Reason, bool, L4),
+}
+
 /// A packet from the uplink for the host's own address. Translates it to its container
 /// when it belongs to a flow (a reply to a masqueraded flow, or a published port's flow),
 /// starts a flow when it comes to a published port, or translates an ICMP error about a
 /// flow. Returns the reason to count (the caller reparses and delivers it);
 /// `Err(PassNotForUs)` when it is the host's own traffic.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reason> {
+pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Ingress, Reason> {
     let l4 = parse::l4(ctx, ip)?;
     if l4.is_icmp_error() {
-        return icmp_error(ctx, cfg, ip, l4.off);
+        return icmp_error(ctx, cfg, ip, l4.off).map(Ingress::Deliver);
     }
     if !translatable(&l4, ICMP_ECHO_REPLY) {
         return Err(Reason::PassNotForUs);
@@ -404,13 +413,10 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reaso
                 inner.dport = value.container_port;
                 match policy::decide(ctx, st, ip.src, value.container, &inner) {
                     Decision::Allow(rule) => rule,
+                    // Nothing is changed yet: an answer to the packet as it is comes
+                    // from the host's address and port, as the client addressed it.
                     Decision::Refuse(reason, answer) => {
-                        // Answered from the host's address and port, as the client
-                        // addressed it; the caller sends it back (see policy::answered).
-                        if answer && policy::answer(ctx, ip, &l4).is_err() {
-                            return Err(Reason::DropRejectUnanswered);
-                        }
-                        return Err(reason);
+                        return Ok(Ingress::Refused(reason, answer, l4));
                     }
                 }
             }
@@ -455,7 +461,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Reason, Reaso
         (ip.dst, value.container),
         (l4.dport, value.container_port),
     )?;
-    Ok(reason)
+    Ok(Ingress::Deliver(reason))
 }
 
 /// The container behind a published port, for a client's first packet `nat` (its

@@ -19,7 +19,7 @@
 //! recorded: each is looked up and dropped.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_SHOT},
+    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_skb_change_tail},
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -173,11 +173,12 @@ fn related(ctx: &TcContext, l4: &L4) -> Option<u32> {
 }
 
 /// Records an allowed flow (`key`, its local end first) so its later packets and replies
-/// pass. A fragment after the first carries no ports and records nothing; an ICMP error
-/// never starts a flow. Another CPU recording the same flow first is no error.
+/// pass. Only what the programs look flows up for is recorded (nat::trackable: no
+/// fragment, no ICMP error); the rest is decided packet by packet. Another CPU recording
+/// the same flow first is no error.
 #[inline(always)]
 pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<(), Reason> {
-    if l4.is_icmp_error() || (l4.fragment && l4.sport == 0 && l4.dport == 0) {
+    if !nat::trackable(l4) {
         return Ok(());
     }
     // SAFETY: helper without arguments.
@@ -305,24 +306,4 @@ fn rst(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<(), Reason> {
     h[36..38].copy_from_slice(&(!parse::fold(sum)).to_be_bytes());
     ctx.store(ETH_LEN, &h, 0).map_err(fail)?;
     parse::swap_macs(ctx, &macs).map_err(fail)
-}
-
-/// Whether `reason` says the packet was turned into its answer (by [`answer`]), which
-/// the caller must send back rather than drop.
-#[inline(always)]
-pub fn answered(reason: Reason) -> bool {
-    matches!(reason, Reason::DropPolicyReject | Reason::DropDefaultReject)
-}
-
-/// The TC action that sends an answer built by [`answer`] back out of `ifindex` (the
-/// interface it came in on: the MACs are swapped already).
-#[inline(always)]
-pub fn bounce(ifindex: u32) -> i32 {
-    // SAFETY: helper call with scalar arguments.
-    let action = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) } as i32;
-    if action < 0 {
-        TC_ACT_SHOT as i32
-    } else {
-        action
-    }
 }

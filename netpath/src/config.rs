@@ -571,6 +571,15 @@ pub fn check_publish(
     problems
 }
 
+/// `items` joined with ", " for an error message, or "none".
+pub fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -764,7 +773,7 @@ fn check_policy(
     for (i, r) in rules.iter().enumerate() {
         let field = format!("[[policy]] #{}", i + 1);
         match crate::policy::parse_rule(
-            &field,
+            &|k| format!("{field}.{k}"),
             &r.from,
             &r.to,
             r.proto,

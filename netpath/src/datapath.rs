@@ -238,9 +238,7 @@ impl Maps {
     }
 
     fn reset_peer_stats(&mut self, id: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zero = PerCpuValues::try_from(vec![PeerStats::default(); n])?;
-        self.peer_stats.set(id, zero, 0)?;
+        self.peer_stats.set(id, zeroed_per_cpu()?, 0)?;
         Ok(())
     }
 
@@ -309,7 +307,14 @@ fn free_id(used: &std::collections::HashSet<u32>) -> Result<u32> {
         .with_context(|| format!("all {MAX_PEERS} peer slots are in use: remove peers first"))
 }
 
-fn sum(it: impl IntoIterator<Item = Counter>) -> Counter {
+/// A zeroed value for every possible CPU, to reset one entry of a per-CPU map.
+pub(crate) fn zeroed_per_cpu<T: aya::Pod + Default + Clone>() -> Result<PerCpuValues<T>> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    Ok(PerCpuValues::try_from(vec![T::default(); n])?)
+}
+
+/// Packets and bytes added up (over CPUs).
+pub(crate) fn sum(it: impl IntoIterator<Item = Counter>) -> Counter {
     it.into_iter().fold(Counter::default(), |a, c| Counter {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,

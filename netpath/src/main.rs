@@ -337,19 +337,19 @@ fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
         } => {
             let mut maps = Maps::open(pins)?;
             let _lock = pins.lock()?;
-            let groups = policy::installed(&maps)?.groups;
+            let old = policy::installed(&maps)?;
             let port = port.map(policy::PortSpec::Text);
             let rule = policy::parse_rule(
-                "policy add",
+                &|k| format!("--{k}"),
                 &from,
                 &to,
                 proto,
                 port.as_ref(),
                 action,
-                &groups,
+                &old.groups,
             )
             .map_err(|p| anyhow::anyhow!("{}", p.join("\n")))?;
-            let id = policy::add(&mut maps, &rule)?;
+            let id = policy::add(&mut maps, &old, &rule)?;
             println!("added rule {id}: {rule}");
             Ok(())
         }

@@ -139,11 +139,7 @@ pub fn del_publish(maps: &mut Maps, proto: Proto, host_port: u16) -> Result<usiz
             .collect();
         bail!(
             "{proto}/{host_port} is not published; published: {}",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
+            crate::config::listed(&known)
         );
     }
     maps.publish.remove(&key)?;

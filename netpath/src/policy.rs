@@ -33,7 +33,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{PerCpuValues, lpm_trie::Key};
+use aya::maps::{LpmTrie, MapData, PerCpuValues, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use netpath_common::{
     ACTION_ALLOW, ACTION_DENY, ACTION_REJECT, Counter, GroupMember, IPPROTO_ICMP, IPPROTO_TCP,
@@ -254,9 +254,10 @@ pub fn parse_ports(field: &str, p: &PortSpec) -> Result<(u16, u16), String> {
     }
 }
 
-/// Validates a rule as written; every problem is reported, each naming `field`.
+/// Validates a rule as written; every problem is reported, each naming its field as
+/// `field` spells it (`[[policy]] #3.port` in the config, `--port` on the command line).
 pub fn parse_rule(
-    field: &str,
+    field: &dyn Fn(&str) -> String,
     from: &str,
     to: &str,
     proto: RuleProto,
@@ -265,17 +266,19 @@ pub fn parse_rule(
     groups: &Groups,
 ) -> Result<Rule, Vec<String>> {
     let mut problems = Vec::new();
-    let from = parse_endpoint(&format!("{field}.from"), from, groups).map_err(|e| problems.push(e));
-    let to = parse_endpoint(&format!("{field}.to"), to, groups).map_err(|e| problems.push(e));
+    let from = parse_endpoint(&field("from"), from, groups).map_err(|e| problems.push(e));
+    let to = parse_endpoint(&field("to"), to, groups).map_err(|e| problems.push(e));
     let ports = match port {
         None => Ok(None),
         Some(p) => {
             if !matches!(proto, RuleProto::Tcp | RuleProto::Udp) {
                 problems.push(format!(
-                    "{field}.port is set but proto = \"{proto}\": ports need proto = \"tcp\" or \"udp\""
+                    "{} is set but {} is \"{proto}\": ports need tcp or udp",
+                    field("port"),
+                    field("proto")
                 ));
             }
-            parse_ports(&format!("{field}.port"), p)
+            parse_ports(&field("port"), p)
                 .map(Some)
                 .map_err(|e| problems.push(e))
         }
@@ -691,22 +694,25 @@ pub fn installed(maps: &Maps) -> Result<Installed> {
     })
 }
 
-/// How a change leaves the policy: rules by id, groups, default action, reject rate.
+/// How a change leaves the policy: the rules compiled, how many there are, the default
+/// action and the reject rate.
 pub struct Target<'a> {
-    pub rules: &'a [(u32, Rule)],
-    pub groups: &'a Groups,
+    pub compiled: &'a Compiled,
+    pub rules: usize,
     pub default: Action,
     pub reject_rate: u32,
 }
 
-/// Compiles `t` into the generation that is not live, then makes it live with one write
-/// of `NP_POLICY_STATE`. Packets see the old policy or the new one, never a mix: the
-/// datapath reads the generation once per packet. Returns the entries written.
-pub fn apply(maps: &mut Maps, t: &Target) -> Result<usize> {
-    let c = compile(t.rules, t.groups, MAX_ENTRIES_PER_GEN)?;
+/// Writes `t` into the generation that is not live, then makes it live with one write of
+/// `NP_POLICY_STATE`. Packets see the old policy or the new one, never a mix: the
+/// datapath reads the generation once per packet.
+pub fn apply(maps: &mut Maps, t: &Target) -> Result<()> {
+    let c = t.compiled;
     let old = maps.policy_state.get(&0, 0)?;
     let next = 1 - (old.generation & 1);
-    clear_generation(maps, next)?;
+    clear_generation(&mut maps.policy_src, next);
+    clear_generation(&mut maps.policy_dst, next);
+    clear_generation(&mut maps.policy_rules, next);
     let fail =
         |what: &str| format!("writing the policy's {what} entries (the live policy is unchanged)");
     for (net, class) in &c.src {
@@ -740,64 +746,43 @@ pub fn apply(maps: &mut Maps, t: &Target) -> Result<usize> {
     let state = PolicyState {
         generation: next,
         default_action: t.default.to_map(),
-        enabled: (!t.rules.is_empty() || t.default != Action::Allow) as u8,
+        enabled: (t.rules > 0 || t.default != Action::Allow) as u8,
         _pad: 0,
         reject_rate: t.reject_rate,
-        rules: t.rules.len() as u32,
+        rules: t.rules as u32,
         entries: c.entries() as u32,
         changed_at: crate::datapath::now(),
     };
     maps.policy_state.set(0, state, 0)?;
-    Ok(c.entries())
-}
-
-/// Removes every entry of generation `generation` (not live: it was replaced at least one
-/// change ago, and a packet's lookups last microseconds).
-fn clear_generation(maps: &mut Maps, generation: u8) -> Result<()> {
-    let src: Vec<_> = maps
-        .policy_src
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.data()[0] == generation)
-        .collect();
-    for k in src {
-        let _ = maps.policy_src.remove(&k);
-    }
-    let dst: Vec<_> = maps
-        .policy_dst
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.data()[0] == generation)
-        .collect();
-    for k in dst {
-        let _ = maps.policy_dst.remove(&k);
-    }
-    let rules: Vec<_> = maps
-        .policy_rules
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| k.data()[0] == generation)
-        .collect();
-    for k in rules {
-        let _ = maps.policy_rules.remove(&k);
-    }
     Ok(())
 }
 
+/// Removes every entry of generation `generation` from `trie` (not live: it was replaced
+/// at least one change ago, and a packet's lookups last microseconds).
+fn clear_generation<const N: usize, V: aya::Pod>(
+    trie: &mut LpmTrie<MapData, [u8; N], V>,
+    generation: u8,
+) {
+    let stale: Vec<_> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| k.data()[0] == generation)
+        .collect();
+    for k in stale {
+        let _ = trie.remove(&k);
+    }
+}
+
 fn reset_stats(maps: &mut Maps, id: u32) -> Result<()> {
-    let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let zero = PerCpuValues::try_from(vec![Counter::default(); n])?;
-    maps.policy_stats.set(id, zero, 0)?;
+    maps.policy_stats
+        .set(id, crate::datapath::zeroed_per_cpu()?, 0)?;
     Ok(())
 }
 
 /// Packets and bytes of rule `id` (0: the default action), summed over CPUs.
 pub fn rule_stats(maps: &Maps, id: u32) -> Result<Counter> {
     let per_cpu: PerCpuValues<Counter> = maps.policy_stats.get(&id, 0)?;
-    Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
-        packets: a.packets + c.packets,
-        bytes: a.bytes + c.bytes,
-    }))
+    Ok(crate::datapath::sum(per_cpu.iter().copied()))
 }
 
 /// The lowest rule id not in `used` from `*next` on; `*next` moves past it, so handing
@@ -813,18 +798,6 @@ fn free_id_from(used: &BTreeSet<u32>, next: &mut u32) -> Result<u32> {
         })?;
     *next = id + 1;
     Ok(id)
-}
-
-/// The lowest rule id not in `used`.
-fn free_id(used: &BTreeSet<u32>) -> Result<u32> {
-    (1..MAX_POLICY_RULES)
-        .find(|id| !used.contains(id))
-        .with_context(|| {
-            format!(
-                "all {} rule ids are in use: remove rules first",
-                MAX_POLICY_RULES - 1
-            )
-        })
 }
 
 /// What an agent start changed.
@@ -895,7 +868,7 @@ pub fn sync(maps: &mut Maps, cfg: &Config) -> Result<PolicyChanges> {
     target.sort_by_key(|(id, _, _)| *id);
     let rules: Vec<(u32, Rule)> = target.iter().map(|(id, r, _)| (*id, r.clone())).collect();
     // Compile first: a policy that does not fit changes nothing.
-    compile(&rules, &p.groups, MAX_ENTRIES_PER_GEN)?;
+    let compiled = compile(&rules, &p.groups, MAX_ENTRIES_PER_GEN)?;
 
     sync_groups(maps, &p.groups)?;
     for id in &fresh {
@@ -904,15 +877,16 @@ pub fn sync(maps: &mut Maps, cfg: &Config) -> Result<PolicyChanges> {
     for (id, r, origin) in &target {
         maps.policy_info.insert(id, rule_info(r, *origin), 0)?;
     }
-    changes.entries = apply(
+    apply(
         maps,
         &Target {
-            rules: &rules,
-            groups: &p.groups,
+            compiled: &compiled,
+            rules: rules.len(),
             default: p.default,
             reject_rate: p.reject_rate,
         },
     )?;
+    changes.entries = compiled.entries();
     for (id, _, _) in &old.rules {
         if !used.contains(id) {
             maps.policy_info.remove(id)?;
@@ -948,22 +922,23 @@ fn sync_groups(maps: &mut Maps, groups: &Groups) -> Result<()> {
 
 /// Adds a rule to a running datapath (`netpath policy add`); kept across agent restarts
 /// until `policy del`. Returns its id.
-pub fn add(maps: &mut Maps, r: &Rule) -> Result<u32> {
-    let old = installed(maps)?;
+/// `old` is what [`installed`] read under the same lock (the rule was parsed with its
+/// groups).
+pub fn add(maps: &mut Maps, old: &Installed, r: &Rule) -> Result<u32> {
     if let Some((id, other, _)) = old.rules.iter().find(|(_, o, _)| o.same_match(r)) {
         bail!(
             "rule {id} already matches the same packets ({other}): remove it first with `netpath policy del {id}`"
         );
     }
     let used: BTreeSet<u32> = old.rules.iter().map(|(id, _, _)| *id).collect();
-    let id = free_id(&used)?;
+    let id = free_id_from(&used, &mut 1)?;
     let mut rules: Vec<(u32, Rule)> = old.rules.iter().map(|(i, r, _)| (*i, r.clone())).collect();
     rules.push((id, r.clone()));
     // Compile before any write: a rule that does not fit changes nothing.
-    compile(&rules, &old.groups, MAX_ENTRIES_PER_GEN)?;
+    let compiled = compile(&rules, &old.groups, MAX_ENTRIES_PER_GEN)?;
     reset_stats(maps, id)?;
     maps.policy_info.insert(id, rule_info(r, ORIGIN_CLI), 0)?;
-    let applied = apply(maps, &target_of(&old, &rules));
+    let applied = apply(maps, &target_of(old, &compiled, rules.len()));
     if let Err(e) = applied {
         let _ = maps.policy_info.remove(&id);
         return Err(e);
@@ -971,10 +946,10 @@ pub fn add(maps: &mut Maps, r: &Rule) -> Result<u32> {
     Ok(id)
 }
 
-fn target_of<'a>(old: &'a Installed, rules: &'a [(u32, Rule)]) -> Target<'a> {
+fn target_of<'a>(old: &Installed, compiled: &'a Compiled, rules: usize) -> Target<'a> {
     Target {
+        compiled,
         rules,
-        groups: &old.groups,
         default: Action::from_map(old.state.default_action).unwrap_or(Action::Allow),
         reject_rate: old.state.reject_rate,
     }
@@ -988,11 +963,7 @@ pub fn del(maps: &mut Maps, id: u32) -> Result<Rule> {
         let ids: Vec<String> = old.rules.iter().map(|(i, _, _)| i.to_string()).collect();
         bail!(
             "no policy rule {id}; rules: {} (see `netpath policy list`)",
-            if ids.is_empty() {
-                "none".into()
-            } else {
-                ids.join(", ")
-            }
+            config::listed(&ids)
         );
     };
     if *origin == ORIGIN_CONFIG {
@@ -1004,7 +975,8 @@ pub fn del(maps: &mut Maps, id: u32) -> Result<Rule> {
         .filter(|(i, _, _)| *i != id)
         .map(|(i, r, _)| (*i, r.clone()))
         .collect();
-    apply(maps, &target_of(&old, &rules))?;
+    let compiled = compile(&rules, &old.groups, MAX_ENTRIES_PER_GEN)?;
+    apply(maps, &target_of(&old, &compiled, rules.len()))?;
     maps.policy_info.remove(&id)?;
     Ok(rule.clone())
 }
@@ -1412,7 +1384,7 @@ mod tests {
     fn rule_validation_names_the_field_and_the_fix() {
         let groups = Groups::new();
         let e = parse_rule(
-            "[[policy]] #1",
+            &|k| format!("[[policy]] #1.{k}"),
             "10.244.11.1/24",
             "web",
             RuleProto::Icmp,
@@ -1431,9 +1403,9 @@ mod tests {
                 .any(|p| p.contains("no such group") && p.contains("[[group]]")),
             "{e:?}"
         );
-        assert!(e.iter().any(|p| p.contains("ports need proto")), "{e:?}");
+        assert!(e.iter().any(|p| p.contains("[[policy]] #1.port is set but [[policy]] #1.proto is \"icmp\": ports need tcp or udp")), "{e:?}");
         let e = parse_rule(
-            "x",
+            &|k| format!("x.{k}"),
             "10.244.11.0/24",
             "10.244.12.7",
             RuleProto::Tcp,
@@ -1444,7 +1416,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         let r = parse_rule(
-            "x",
+            &|k| format!("x.{k}"),
             "10.244.11.0/24",
             "10.244.12.7",
             RuleProto::Tcp,

@@ -400,6 +400,23 @@ impl Lab {
         c
     }
 
+    /// `netpath ARGS` (a `--json` command) on host `i`, parsed; panics with the output.
+    pub fn netpath_json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let out = output(self.netpath(i, args)).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// Packets counted under `reason` on host `i`.
+    pub fn counter(&self, i: usize, reason: &str) -> u64 {
+        self.netpath_json(i, &["dump", "counters", "--json"])
+            .as_array()
+            .expect("an array of counters")
+            .iter()
+            .find(|r| r["reason"] == reason)
+            .and_then(|r| r["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {reason}"))
+    }
+
     /// Plain kernel routing instead of netpath (the comparison baseline): ip_forward on,
     /// FORWARD accepted, a static route to every peer subnet via its host.
     pub fn kernel_routing(&self) -> Result<()> {

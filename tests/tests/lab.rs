@@ -22,10 +22,6 @@ fn lab(hosts: usize, containers: usize) -> Option<Lab> {
     Some(lab)
 }
 
-fn json(cmd: Command) -> serde_json::Value {
-    serde_json::from_str(&output(cmd).expect("netpath")).expect("JSON")
-}
-
 #[test]
 fn direct_three_hosts_icmp_udp_tcp_both_ways() {
     let Some(mut lab) = lab(3, 1) else { return };
@@ -70,7 +66,7 @@ fn direct_three_hosts_icmp_udp_tcp_both_ways() {
         }
     }
     for i in 0..3 {
-        let s = json(lab.netpath(i, &["stats", "--json"]));
+        let s = lab.netpath_json(i, &["stats", "--json"]);
         let reasons: Vec<&str> = s["counters"]
             .as_array()
             .unwrap()
@@ -88,7 +84,7 @@ fn direct_three_hosts_icmp_udp_tcp_both_ways() {
             assert!(p["tx_packets"].as_u64().unwrap() >= 3, "{p}");
             assert!(p["rx_packets"].as_u64().unwrap() >= 3, "{p}");
         }
-        let dump = json(lab.netpath(i, &["dump", "counters", "--json"]));
+        let dump = lab.netpath_json(i, &["dump", "counters", "--json"]);
         assert_eq!(
             dump.as_array().unwrap().len(),
             netpath_common::Reason::ALL.len()
@@ -151,7 +147,7 @@ fn restart_after_kill_9_loses_nothing() {
         3,
         "{log}"
     );
-    let s = json(lab.netpath(0, &["stats", "--json"]));
+    let s = lab.netpath_json(0, &["stats", "--json"]);
     assert_eq!(s["agent"]["generation"], 4, "{s}");
     // A second agent on the same pin dir is refused while the first runs.
     let second = lab
@@ -300,7 +296,7 @@ fn peers_added_live_work_and_survive_a_restart() {
 
     lab.kill_agent(0);
     lab.start(0).unwrap();
-    let list = json(lab.netpath(0, &["peer", "list", "--json"]));
+    let list = lab.netpath_json(0, &["peer", "list", "--json"]);
     let h3 = list
         .as_array()
         .unwrap()

@@ -28,21 +28,6 @@ fn lab(hosts: usize, containers: usize) -> Option<Lab> {
     Some(lab)
 }
 
-fn json(lab: &Lab, i: usize, args: &[&str]) -> serde_json::Value {
-    let out = output(lab.netpath(i, args)).unwrap();
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-fn counter(lab: &Lab, i: usize, reason: &str) -> u64 {
-    json(lab, i, &["dump", "counters", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == reason)
-        .and_then(|r| r["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {reason}"))
-}
-
 /// `np-probe ARGS` in `ns`: Ok(stdout) when it exits 0.
 fn probe(ns: &str, args: &str) -> anyhow::Result<String> {
     output(in_ns(ns, &format!("{PROBE} {args}")))
@@ -99,7 +84,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
         let r = probe(&c1, &format!("refused {proto} {out} 7999"));
         assert!(r.is_ok(), "{proto} to a closed port must be refused: {r:?}");
     }
-    assert!(counter(&lab, 0, "fwd-nat-icmp-error") >= 1);
+    assert!(lab.counter(0, "fwd-nat-icmp-error") >= 1);
 
     // Published ports, from the outside and from a container of the peer host (whose own
     // netpath masquerades it to h1's underlay address).
@@ -114,7 +99,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
     assert!(r.is_ok(), "unpublished host port: {r:?}");
     // A container's own address from outside is dropped, even where the outside host
     // routes the container subnet to h1 (Docker 28 drops these in the raw table).
-    let dropped = counter(&lab, 0, "drop-not-published");
+    let dropped = lab.counter(0, "drop-not-published");
     run(in_ns(
         &out_ns,
         &format!("ip route add 10.244.11.0/24 via {h1}"),
@@ -122,7 +107,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
     .unwrap();
     let r = probe(&out_ns, &format!("check tcp {c1_ip} 7000"));
     assert!(r.is_err(), "container reached directly: {r:?}");
-    assert!(counter(&lab, 0, "drop-not-published") > dropped);
+    assert!(lab.counter(0, "drop-not-published") > dropped);
 
     // Publish and unpublish live.
     run(lab.netpath(
@@ -130,7 +115,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
         &["publish", "add", "tcp", "8082", &format!("{c1_ip}:7000")],
     ))
     .unwrap();
-    let ports = json(&lab, 0, &["publish", "list", "--json"]);
+    let ports = lab.netpath_json(0, &["publish", "list", "--json"]);
     let listed: Vec<String> = ports
         .as_array()
         .unwrap()
@@ -164,7 +149,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
     assert!(probe(&out_ns, &format!("check tcp {h1} 8082")).is_err());
 
     // What the tables and counters say.
-    let flows = json(&lab, 0, &["dump", "conntrack", "--json"]);
+    let flows = lab.netpath_json(0, &["dump", "conntrack", "--json"]);
     let kinds: Vec<&str> = flows
         .as_array()
         .unwrap()
@@ -176,7 +161,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
         "{kinds:?}"
     );
     assert!(
-        !json(&lab, 0, &["dump", "nat", "--json"])
+        !lab.netpath_json(0, &["dump", "nat", "--json"])
             .as_array()
             .unwrap()
             .is_empty()
@@ -189,7 +174,7 @@ fn masquerade_and_published_ports_work_with_the_nat_table_flushed() {
         "fwd-published",
         "fwd-published-reply",
     ] {
-        assert!(counter(&lab, 0, reason) > 0, "{reason}");
+        assert!(lab.counter(0, reason) > 0, "{reason}");
     }
     // Nothing of this lives in iptables.
     let nat = output(in_ns(&lab.hosts[0].ns, "iptables -t nat -S")).unwrap();
@@ -237,14 +222,15 @@ fn thousands_of_flows_through_the_nat_and_the_collector_empties_it() {
         let (ns, proto, r) = h.join().unwrap();
         assert!(r.is_ok(), "{proto} flows from {ns}: {r:?}");
     }
-    let flows = json(&lab, 0, &["dump", "conntrack", "--json"]);
+    let flows = lab.netpath_json(0, &["dump", "conntrack", "--json"]);
     let n = flows.as_array().unwrap().len();
     assert!(n >= 6000, "{n} flows in conntrack, want 6000");
     // Idle for longer than the timeouts (15 s; collected every second): all gone.
     let mut left = n;
     for _ in 0..40 {
         thread::sleep(Duration::from_secs(1));
-        left = json(&lab, 0, &["dump", "conntrack", "--json"])
+        left = lab
+            .netpath_json(0, &["dump", "conntrack", "--json"])
             .as_array()
             .unwrap()
             .len();
@@ -254,12 +240,12 @@ fn thousands_of_flows_through_the_nat_and_the_collector_empties_it() {
     }
     assert_eq!(left, 0, "flows left after their timeouts");
     assert!(
-        json(&lab, 0, &["dump", "nat", "--json"])
+        lab.netpath_json(0, &["dump", "nat", "--json"])
             .as_array()
             .unwrap()
             .is_empty()
     );
-    let stats = json(&lab, 0, &["stats", "--json"]);
+    let stats = lab.netpath_json(0, &["stats", "--json"]);
     assert!(
         stats["conntrack"]["expired_total"].as_u64().unwrap() >= 6000,
         "{}",

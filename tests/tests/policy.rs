@@ -87,24 +87,9 @@ action = "deny"
     Some(lab)
 }
 
-fn json(lab: &Lab, i: usize, args: &[&str]) -> serde_json::Value {
-    let out = output(lab.netpath(i, args)).unwrap();
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
 /// A counter summed over both hosts.
 fn both(lab: &Lab, reason: &str) -> u64 {
-    counter(lab, 0, reason) + counter(lab, 1, reason)
-}
-
-fn counter(lab: &Lab, i: usize, reason: &str) -> u64 {
-    json(lab, i, &["dump", "counters", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == reason)
-        .and_then(|r| r["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {reason}"))
+    lab.counter(0, reason) + lab.counter(1, reason)
 }
 
 /// One attempt from `ns`: (outcome word, milliseconds); see np-probe `try`.
@@ -125,7 +110,7 @@ fn expect(ns: &str, proto: &str, to: &str, port: u16, want: &str) -> u64 {
 }
 
 fn rule_packets(lab: &Lab, i: usize, port: &str, proto: &str) -> u64 {
-    json(lab, i, &["policy", "list", "--json"])["rules"]
+    lab.netpath_json(i, &["policy", "list", "--json"])["rules"]
         .as_array()
         .unwrap()
         .iter()
@@ -167,7 +152,7 @@ fn policies_hold(mode: PeerMode) {
     assert!(both(&lab, "drop-policy-reject") >= 2);
     assert!(both(&lab, "drop-policy-deny") >= 1);
     // Host 1 itself refused what only its default denies (in the tunnel too).
-    assert!(counter(&lab, 1, "drop-default-deny") >= 2);
+    assert!(lab.counter(1, "drop-default-deny") >= 2);
     // The replies of the allowed flow passed host 1's default deny, counted under its rule.
     assert!(rule_packets(&lab, 1, "7000", "tcp") >= 4);
 
@@ -176,15 +161,15 @@ fn policies_hold(mode: PeerMode) {
     expect(&a2.ns, "tcp", &a1.ip, 7000, "timeout");
     // a2 -> a1: the /32 deny is more specific than the /24 reject of port 7003.
     expect(&a2.ns, "tcp", &a1.ip, 7003, "timeout");
-    assert!(counter(&lab, 0, "fwd-same-host") >= 2);
-    assert!(counter(&lab, 0, "drop-policy-deny") >= 2);
+    assert!(lab.counter(0, "fwd-same-host") >= 2);
+    assert!(lab.counter(0, "drop-policy-deny") >= 2);
     // A container that appears while the agent runs gets the program too: a1 serves
     // 7003, so "refused" can only be the policy's answer.
     let a3 = lab.add_container(0).unwrap();
     thread::sleep(Duration::from_millis(1500));
     let ms = expect(&a3.ns, "tcp", &a1.ip, 7003, "refused");
     assert!(ms < 1000);
-    assert!(counter(&lab, 0, "drop-policy-reject") >= 1);
+    assert!(lab.counter(0, "drop-policy-reject") >= 1);
     expect(&a3.ns, "tcp", &a1.ip, 7000, "echoed");
 
     // A rule added live decides the next new flow; deleted, it stops.
@@ -233,7 +218,7 @@ fn policies_hold(mode: PeerMode) {
         text.contains("default deny") && text.contains("web: 10.244.12.2/32"),
         "{text}"
     );
-    let flows = json(&lab, 1, &["dump", "conntrack", "--json"]);
+    let flows = lab.netpath_json(1, &["dump", "conntrack", "--json"]);
     assert!(
         flows
             .as_array()

@@ -46,6 +46,12 @@ fn with(rules: Vec<Rule>, default: Action, change: impl FnOnce(&mut Config)) -> 
     })
 }
 
+/// `netpath policy add` on the test's datapath.
+fn add_rule(dp: &mut Dp, r: &Rule) -> anyhow::Result<u32> {
+    let old = policy::installed(&dp.maps)?;
+    policy::add(&mut dp.maps, &old, r)
+}
+
 fn hits(dp: &Dp, id: u32) -> u64 {
     policy::rule_stats(&dp.maps, id).unwrap().packets
 }
@@ -232,7 +238,7 @@ fn most_specific_rule_wins() {
     ) else {
         return;
     };
-    let mut send = |dp: &mut Dp, src, dport| {
+    let send = |dp: &mut Dp, src, dport| {
         dp.run(
             prog_names::FROM_BRIDGE,
             &Frame::tcp(src, PEER_C, 40000, dport, SYN).build(),
@@ -583,7 +589,7 @@ fn same_host_traffic_is_decided_on_the_container_program() {
     ) else {
         return;
     };
-    let mut run = |dp: &mut Dp, f: Frame| dp.run(prog_names::FROM_CONTAINER, &f.build()).0;
+    let run = |dp: &mut Dp, f: Frame| dp.run(prog_names::FROM_CONTAINER, &f.build()).0;
     assert_eq!(
         run(&mut dp, Frame::tcp(LOCAL_C, LOCAL_C2, 40000, 80, SYN)),
         TC_ACT_UNSPEC,
@@ -619,8 +625,8 @@ fn a_rule_added_live_decides_new_flows_and_spares_allowed_ones() {
     let Some(mut dp) = dp() else { return };
     let old = Frame::tcp(LOCAL_C, PEER_C, 40000, 80, SYN);
     // Policy is off: turn it on with a rule that allows nothing of this.
-    policy::add(
-        &mut dp.maps,
+    add_rule(
+        &mut dp,
         &rule(
             "10.244.11.0/24",
             "10.244.99.0/24",
@@ -636,8 +642,8 @@ fn a_rule_added_live_decides_new_flows_and_spares_allowed_ones() {
         "flow recorded under the default"
     );
     let gen_before = dp.maps.policy_state.get(&0, 0).unwrap().generation;
-    let id = policy::add(
-        &mut dp.maps,
+    let id = add_rule(
+        &mut dp,
         &rule(
             "10.244.11.0/24",
             "10.244.12.0/24",
@@ -665,8 +671,8 @@ fn a_rule_added_live_decides_new_flows_and_spares_allowed_ones() {
         "a new flow is denied"
     );
     assert!(
-        policy::add(
-            &mut dp.maps,
+        add_rule(
+            &mut dp,
             &rule(
                 "10.244.11.0/24",
                 "10.244.12.0/24",
