@@ -236,9 +236,12 @@ impl Lab {
             run(in_ns(&ns, "iptables -P FORWARD DROP"))?;
             run(in_ns(&ns, "iptables -t nat -F POSTROUTING"))?;
             run(in_ns(&ns, "iptables -t nat -F PREROUTING"))?;
-            // br_netfilter would hand bridged frames (container to container on this
-            // host) to the FORWARD chain too; netpath's veth programs decide those.
-            sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "0")?;
+            // br_netfilter (where loaded) would hand bridged frames (container to
+            // container on this host) to the FORWARD chain too; netpath's veth programs
+            // decide those.
+            if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+                sysctl(&ns, "net.bridge.bridge-nf-call-iptables", "0")?;
+            }
         }
         self.hosts.push(Host {
             idx,
