@@ -340,6 +340,19 @@ pub struct PeerChanges {
     pub kept_cli: Vec<String>,
 }
 
+/// A private copy of the datapath (nothing attached, no map pinned) set up from `cfg`
+/// with the agent's own code: for packet tests and `netpath bench`.
+pub fn private(cfg: &Config) -> Result<(Ebpf, Maps)> {
+    let mut ebpf = load(None, netpath_common::DEFAULT_CT_SIZE)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    maps.write_config(cfg)?;
+    crate::nat::write_ct_info(&mut maps, &cfg.conntrack)?;
+    sync_peers(&mut maps, cfg)?;
+    crate::nat::sync_publish(&mut maps, cfg)?;
+    crate::policy::sync(&mut maps, cfg)?;
+    Ok((ebpf, maps))
+}
+
 /// Makes the peer maps say what `cfg` says, keeping peers added with `netpath peer add`.
 /// Checks everything before the first write; then adds and updates before it removes, so
 /// a peer that stays is never missing for a packet.

@@ -82,6 +82,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Measure what each datapath path costs per packet on this machine (forward, vxlan
+    /// encap and decap, NAT both ways, the policy lookup at several rule counts): a
+    /// private copy of the datapath, nothing attached or pinned, BPF_PROG_TEST_RUN.
+    /// `cargo xtask bench` runs it too.
+    ///
+    /// Example: netpath bench --rules 0,1000,10000,100000
+    Bench {
+        /// Policy rule counts to measure the lookup at.
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
+        rules: Vec<usize>,
+        /// Runs per case (the kernel reports their mean).
+        #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,18 +132,6 @@ enum PolicyCmd {
     List {
         #[arg(long)]
         json: bool,
-    },
-    /// Measure the policy lookup on this machine: for each rule count, a private copy of
-    /// the datapath (nothing attached, nothing pinned) gets that many rules, then a new
-    /// flow's first packet runs through BPF_PROG_TEST_RUN. Prints JSON rows.
-    ///
-    /// Example: netpath policy bench --rules 0,1000,10000,100000
-    Bench {
-        #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
-        rules: Vec<usize>,
-        /// Runs per count (the kernel reports their mean).
-        #[arg(long, default_value_t = 100000)]
-        repeat: u32,
     },
 }
 
@@ -263,6 +267,31 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench {
+            rules,
+            repeat,
+            json,
+        } => {
+            let r = netpath::bench::run(&rules, repeat)?;
+            if json {
+                return print_json(&r);
+            }
+            println!("{:<40} {:>10}", "path (BPF_PROG_TEST_RUN)", "ns/packet");
+            for p in &r.programs {
+                println!("{:<40} {:>10.0}", p.case, p.ns_per_packet);
+            }
+            println!(
+                "\n{:>8} {:>10} {:>10} {:>10}",
+                "rules", "entries", "load ms", "ns/packet"
+            );
+            for p in &r.policy {
+                println!(
+                    "{:>8} {:>10} {:>10.0} {:>10.0}",
+                    p.rules, p.entries, p.load_ms, p.ns_per_packet
+                );
+            }
+            Ok(())
+        }
         Cmd::Stats { json } => {
             let maps = Maps::open(&pins)?;
             let s = report::stats(&maps)?;
@@ -361,7 +390,6 @@ fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
             Ok(())
         }
         PolicyCmd::List { json } => print_policies(&Maps::open(pins)?, json),
-        PolicyCmd::Bench { rules, repeat } => print_json(&policy::bench(&rules, repeat)?),
     }
 }
 

@@ -12,7 +12,6 @@
 //! a test panics.
 
 pub mod cmd;
-pub mod packet;
 
 use std::{
     fs,
@@ -436,6 +435,89 @@ impl Lab {
         Ok(())
     }
 
+    /// The iptables path (the classic "routing + iptables" recipe, with Docker's chains):
+    /// on every host ip_forward, a route to each other host's subnet via its underlay
+    /// address, Docker's filter chains for `br0` (DOCKER-USER, the two isolation stages,
+    /// conntrack RELATED,ESTABLISHED, DOCKER), an ACCEPT for each peer subnet into the
+    /// bridge (flannel's), and nat POSTROUTING MASQUERADE for the subnet with a RETURN
+    /// for the container range first: conntrack sees every packet. FORWARD's policy stays
+    /// DROP.
+    pub fn iptables_path(&self) -> Result<()> {
+        for h in &self.hosts {
+            sysctl(&h.ns, "net.ipv4.ip_forward", "1")?;
+            let mut rules = String::from(
+                "*filter\n:DOCKER - [0:0]\n:DOCKER-USER - [0:0]\n\
+                 :DOCKER-ISOLATION-STAGE-1 - [0:0]\n:DOCKER-ISOLATION-STAGE-2 - [0:0]\n\
+                 -A FORWARD -j DOCKER-USER\n\
+                 -A FORWARD -j DOCKER-ISOLATION-STAGE-1\n\
+                 -A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+                 -A FORWARD -o br0 -j DOCKER\n\
+                 -A FORWARD -i br0 ! -o br0 -j ACCEPT\n\
+                 -A FORWARD -i br0 -o br0 -j ACCEPT\n",
+            );
+            for p in self.hosts.iter().filter(|p| p.idx != h.idx) {
+                rules += &format!("-A FORWARD -s {} -o br0 -j ACCEPT\n", p.subnet);
+                run(ip(
+                    &h.ns,
+                    &format!("route add {} via {}", p.subnet, p.underlay),
+                ))?;
+            }
+            rules += "-A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2\n\
+                      -A DOCKER-ISOLATION-STAGE-1 -j RETURN\n\
+                      -A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP\n\
+                      -A DOCKER-ISOLATION-STAGE-2 -j RETURN\n\
+                      -A DOCKER-USER -j RETURN\nCOMMIT\n";
+            rules += &format!(
+                "*nat\n-A POSTROUTING -s {} -d 10.244.0.0/16 -j RETURN\n\
+                 -A POSTROUTING -s {} ! -o br0 -j MASQUERADE\nCOMMIT\n",
+                h.subnet, h.subnet
+            );
+            iptables_restore(&h.ns, &rules)?;
+        }
+        Ok(())
+    }
+
+    /// Puts `n` FORWARD rules that match nothing the lab sends (each a different source
+    /// /32 and port) in DOCKER-USER on every host, where operators put theirs: every
+    /// forwarded packet walks them. Replaces the previous ones.
+    pub fn iptables_extra_rules(&self, n: usize) -> Result<()> {
+        let mut rules = String::from("*filter\n-F DOCKER-USER\n");
+        for (from, port) in unmatched(n) {
+            rules += &format!(
+                "-A DOCKER-USER -s {from}/32 -d 10.244.192.0/19 -p tcp --dport {port} -j DROP\n"
+            );
+        }
+        rules += "-A DOCKER-USER -j RETURN\nCOMMIT\n";
+        for h in &self.hosts {
+            iptables_restore(&h.ns, &rules)?;
+        }
+        Ok(())
+    }
+
+    /// The ceiling: two container namespaces joined by one veth (10.244.11.2 and .3),
+    /// nothing in between.
+    pub fn veth_pair(&mut self) -> Result<(Container, Container)> {
+        let a = format!("{}-c1", self.id);
+        let b = format!("{}-c2", self.id);
+        self.add_ns(&a)?;
+        self.add_ns(&b)?;
+        run(ip(
+            &a,
+            &format!("link add eth0 type veth peer name eth0 netns {b}"),
+        ))?;
+        let mut pair = Vec::new();
+        for (ns, addr) in [(a, "10.244.11.2"), (b, "10.244.11.3")] {
+            run(ip(&ns, &format!("addr add {addr}/24 dev eth0")))?;
+            run(ip(&ns, "link set eth0 up"))?;
+            pair.push(Container {
+                ns,
+                ip: addr.into(),
+            });
+        }
+        let b = pair.pop().expect("two");
+        Ok((pair.pop().expect("two"), b))
+    }
+
     /// Starts a background command inside `ns` (a server); killed at teardown.
     pub fn spawn_in(&mut self, ns: &str, program: &Path, args: &[&str]) -> Result<()> {
         let child = Command::new("ip")
@@ -539,6 +621,44 @@ impl Drop for Lab {
             eprintln!("{e:#}");
         }
     }
+}
+
+/// `iptables-restore --noflush` of `rules` in `ns`.
+pub fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("iptables-restore stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `n` (source address, TCP port) pairs no lab traffic uses: sources in 10.244.224.0/19,
+/// 8192 addresses times ports from 1 up. Rules built from them (iptables' or netpath's
+/// policies) are there to be walked or looked up, never to match.
+pub fn unmatched(n: usize) -> impl Iterator<Item = (String, u16)> {
+    (0..n).map(|i| {
+        let a = i % 8192;
+        (
+            format!("10.244.{}.{}", 224 + a / 256, a % 256),
+            1 + (i / 8192) as u16,
+        )
+    })
 }
 
 /// `ip -n NS ARGS...`

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use netpath::config::{Proto, Publish};
+use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok, l4_checksum_ok};
 use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, Reason, prog_names};
-use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok, l4_checksum_ok};
 
 const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
 const OUTSIDE2: [u8; 4] = [198, 18, 0, 251];
@@ -409,7 +409,7 @@ fn what_masquerade_cannot_translate_goes_to_the_stack_unchanged() {
     let mut fragment = Frame::udp(LOCAL_C, OUTSIDE, 40000, 53, b"x", true).build();
     fragment[ETH_LEN + 6] = 0x20; // more fragments
     fragment[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
-    let c = netpath_tests::packet::checksum(&fragment[ETH_LEN..ETH_LEN + 20]);
+    let c = netpath::packet::checksum(&fragment[ETH_LEN..ETH_LEN + 20]);
     fragment[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
     for (what, input) in [
         ("gre", gre.build()),

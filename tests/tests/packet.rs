@@ -5,13 +5,13 @@
 mod common;
 
 use common::*;
+use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 use netpath::{
     config::{Mode, Peer},
     datapath::{self, Maps},
     pin,
 };
 use netpath_common::{Reason, map_names, prog_names};
-use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 
 /// What the forward path must do to a frame: only TTL and checksum change.
 fn assert_routed(input: &[u8], out: &[u8]) {
@@ -282,7 +282,7 @@ fn encap_clamps_the_mss_of_syns() {
     pseudo.extend(VXLAN_PEER_C);
     pseudo.extend([0, 6, 0, tcp.len() as u8]);
     pseudo.extend(&tcp);
-    let c = netpath_tests::packet::checksum(&pseudo);
+    let c = netpath::packet::checksum(&pseudo);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     let mut f = Frame::icmp(LOCAL_C, VXLAN_PEER_C);
     f.proto = 6;
@@ -300,11 +300,7 @@ fn encap_clamps_the_mss_of_syns() {
     pseudo.extend(VXLAN_PEER_C);
     pseudo.extend([0, 6, 0, tcp_out.len() as u8]);
     pseudo.extend(tcp_out);
-    assert_eq!(
-        netpath_tests::packet::checksum(&pseudo),
-        0,
-        "TCP checksum valid"
-    );
+    assert_eq!(netpath::packet::checksum(&pseudo), 0, "TCP checksum valid");
 }
 
 #[test]
@@ -385,7 +381,7 @@ fn bad_tunnel_frames() -> Vec<(&'static str, Vec<u8>, Reason)> {
             let l = (input.len() - ETH_LEN) as u16;
             input[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&l.to_be_bytes());
             input[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
-            let c = netpath_tests::packet::checksum(&input[ETH_LEN..ETH_LEN + 20]);
+            let c = netpath::packet::checksum(&input[ETH_LEN..ETH_LEN + 20]);
             input[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
         }
         out.push((name, input, reason));
@@ -501,7 +497,7 @@ fn big_ping(size: usize, df: bool) -> Vec<u8> {
     if !df {
         frame[ETH_LEN + 6] = 0;
         frame[ETH_LEN + 10..ETH_LEN + 12].fill(0);
-        let c = netpath_tests::packet::checksum(&frame[ETH_LEN..ETH_LEN + 20]);
+        let c = netpath::packet::checksum(&frame[ETH_LEN..ETH_LEN + 20]);
         frame[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
     }
     frame
@@ -534,7 +530,7 @@ fn df_packet_too_big_for_the_tunnel_gets_frag_needed() {
         "destination unreachable, frag needed"
     );
     assert_eq!(&icmp[4..8], &[0, 0, 0x05, 0xaa], "next-hop MTU 1450");
-    assert_eq!(netpath_tests::packet::checksum(icmp), 0, "ICMP checksum");
+    assert_eq!(netpath::packet::checksum(icmp), 0, "ICMP checksum");
     assert_eq!(
         &icmp[8..],
         &input[ETH_LEN..ETH_LEN + 548],

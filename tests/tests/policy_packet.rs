@@ -5,12 +5,12 @@
 mod common;
 
 use common::*;
+use netpath::packet::{ETH_LEN, Frame, checksum, ipv4_checksum_ok, l4_checksum_ok};
 use netpath::{
     config::{Config, Proto, Publish},
     policy::{self, Action, Endpoint, Rule, RuleProto},
 };
 use netpath_common::{CT_KIND_POLICY, IPPROTO_TCP, Reason, prog_names};
-use netpath_tests::packet::{ETH_LEN, Frame, checksum, ipv4_checksum_ok, l4_checksum_ok};
 
 const LOCAL_C2: [u8; 4] = [10, 244, 11, 3];
 const OUTSIDE: [u8; 4] = [198, 18, 0, 250];

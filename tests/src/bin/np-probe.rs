@@ -17,6 +17,15 @@
 //!   np-probe connrate ADDR PORT SECONDS
 //!                                      open, use and close TCP connections one after the
 //!                                      other; print connections per second
+//!   np-probe rr ADDR PORT SECONDS      TCP request/response on one connection (1 byte
+//!                                      each way, Nagle off) to an echo server; print
+//!                                      "TPS P50_US P99_US COUNT"
+//!   np-probe udpsink PORT SECONDS      count UDP datagrams on PORT until SECONDS pass or
+//!                                      0.5 s of silence after the first; print
+//!                                      "RECEIVED PPS" (rate between first and last)
+//!   np-probe udpflood ADDR PORT SECONDS SIZE
+//!                                      send SIZE-byte UDP datagrams as fast as possible;
+//!                                      print "SENT PPS"
 //!
 //! Every wait is bounded, so a test never hangs on it.
 
@@ -300,8 +309,8 @@ fn flows(proto: &str, to: SocketAddr, n: usize) -> std::io::Result<usize> {
 }
 
 /// TCP connections opened, used (one echo) and closed in `secs` seconds, one at a time.
-fn connrate(to: SocketAddr, secs: u64) -> (u64, u64) {
-    let until = Instant::now() + Duration::from_secs(secs);
+fn connrate(to: SocketAddr, secs: f64) -> (u64, u64) {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
     let (mut ok, mut failed) = (0, 0);
     while Instant::now() < until {
         let r = TcpStream::connect_timeout(&to, Duration::from_secs(3)).and_then(|mut s| {
@@ -317,10 +326,91 @@ fn connrate(to: SocketAddr, secs: u64) -> (u64, u64) {
     (ok, failed)
 }
 
+/// Request/response over one TCP connection for `secs`: transactions per second and the
+/// 50th and 99th percentile of their latency in microseconds, and how many there were.
+fn rr(to: SocketAddr, secs: f64) -> std::io::Result<(f64, f64, f64, usize)> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut lat = Vec::with_capacity(100_000);
+    let mut b = [0u8; 1];
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        let t = Instant::now();
+        s.write_all(b"r")?;
+        s.read_exact(&mut b)?;
+        lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((lat.len() as f64 / elapsed, pct(0.50), pct(0.99), lat.len()))
+}
+
+/// Counts datagrams on `port`: (received, per second between the first and the last).
+fn udpsink(port: u16, secs: f64) -> std::io::Result<(u64, f64)> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // A deep queue: the rate measured is the path's, not this reader's scheduling.
+    let _ = s.set_recv_buffer_size(8 << 20);
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut buf = [0u8; 2048];
+    let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+    while Instant::now() < deadline {
+        match s.recv(&mut buf) {
+            Ok(_) => {
+                last = Instant::now();
+                first.get_or_insert(last);
+                n += 1;
+            }
+            Err(_) if first.is_some() && last.elapsed() > Duration::from_millis(500) => break,
+            Err(_) => {}
+        }
+    }
+    let span = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    let pps = if n > 1 && span > 0.0 {
+        (n - 1) as f64 / span
+    } else {
+        0.0
+    };
+    Ok((n, pps))
+}
+
+/// Sends `size`-byte datagrams to `to` for `secs`: (sent, per second).
+fn udpflood(to: SocketAddr, secs: f64, size: usize) -> std::io::Result<(u64, f64)> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    let msg = vec![b'u'; size.max(1)];
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        // A batch between clock reads; a full queue (ENOBUFS) is the path pushing back.
+        for _ in 0..64 {
+            if s.send(&msg).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok((n, n as f64 / start.elapsed().as_secs_f64()))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
+    let secs = |s: &str| s.parse::<f64>().ok().filter(|x| *x > 0.0).unwrap_or(1.0);
     let result = match a.as_slice() {
         ["serve", port, secs] => serve(num(port) as u16, num(secs).max(1)).map(|_| true),
         ["check", proto, host, port, rest @ ..] if rest.len() <= 2 => {
@@ -346,18 +436,34 @@ fn main() -> ExitCode {
                     k == n
                 })
         }
-        ["connrate", host, port, secs] => addr(host, num(port) as u16).map(|to| {
-            let secs = num(secs).max(1);
+        ["connrate", host, port, t] => addr(host, num(port) as u16).map(|to| {
+            let secs = secs(t);
             let (ok, failed) = connrate(to, secs);
             println!(
                 "{:.1} connections/s ({ok} in {secs} s, {failed} failed)",
-                ok as f64 / secs as f64
+                ok as f64 / secs
             );
             ok > 0
         }),
+        ["rr", host, port, t] => addr(host, num(port) as u16)
+            .and_then(|to| rr(to, secs(t)))
+            .map(|(tps, p50, p99, n)| {
+                println!("{tps:.1} {p50:.1} {p99:.1} {n}");
+                n > 0
+            }),
+        ["udpsink", port, t] => udpsink(num(port) as u16, secs(t)).map(|(n, pps)| {
+            println!("{n} {pps:.0}");
+            n > 0
+        }),
+        ["udpflood", host, port, t, size] => addr(host, num(port) as u16)
+            .and_then(|to| udpflood(to, secs(t), num(size) as usize))
+            .map(|(n, pps)| {
+                println!("{n} {pps:.0}");
+                n > 0
+            }),
         _ => {
             eprintln!(
-                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | try udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS"
+                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | try udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS | rr ADDR PORT SECONDS | udpsink PORT SECONDS | udpflood ADDR PORT SECONDS SIZE"
             );
             return ExitCode::from(2);
         }

@@ -6,13 +6,13 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 use netpath::{
     config::{Config, Host, Mode, Peer, XdpMode},
     datapath::{self, Maps},
     pin,
 };
 use netpath_common::{Reason, map_names, prog_names};
-use netpath_tests::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 
 pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -86,15 +86,9 @@ pub fn dp_with(change: impl FnOnce(&mut Config)) -> Option<Dp> {
     if !netpath_tests::can_run_lab() {
         return None;
     }
-    let mut ebpf = datapath::load(None, netpath_common::DEFAULT_CT_SIZE).expect("load programs");
-    let mut maps = Maps::take(&mut ebpf).unwrap();
     let mut c = cfg(true);
     change(&mut c);
-    maps.write_config(&c).unwrap();
-    netpath::nat::write_ct_info(&mut maps, &c.conntrack).unwrap();
-    datapath::sync_peers(&mut maps, &c).unwrap();
-    netpath::nat::sync_publish(&mut maps, &c).unwrap();
-    netpath::policy::sync(&mut maps, &c).unwrap();
+    let (ebpf, maps) = datapath::private(&c).expect("load programs");
     Some(Dp { ebpf, maps })
 }
 
@@ -164,20 +158,7 @@ pub const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
 
 /// `inner` wrapped the way a VXLAN peer (or Linux's vxlan device) sends it to us.
 pub fn vxlan_frame(outer_src: [u8; 4], vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
-    let mut udp_payload = vec![flags, 0, 0, 0];
-    udp_payload.extend(&vni.to_be_bytes()[1..]);
-    udp_payload.push(0);
-    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 11]);
-    udp_payload.extend(&[0x02, 0x4e, 198, 18, 0, 13]);
-    udp_payload.extend(&inner[12..]);
-    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
-    udp.extend(((8 + udp_payload.len()) as u16).to_be_bytes());
-    udp.extend([0, 0]);
-    udp.extend(udp_payload);
-    let mut f = Frame::icmp(outer_src, HOST);
-    f.proto = 17;
-    f.payload = udp;
-    f.build()
+    netpath::packet::vxlan(outer_src, HOST, vni, flags, inner)
 }
 
 /// The `NP_CT` key of a flow: (address, port) of the local end and of the other end.

@@ -195,3 +195,23 @@ impl Frame {
         f
     }
 }
+
+/// `inner` (an Ethernet frame) wrapped the way a VXLAN peer at `outer_src` (or Linux's
+/// vxlan device) sends it to `outer_dst`: VXLAN `flags` and `vni`, UDP to port 4789
+/// without a checksum, inner MACs the two hosts' default VTEP MACs.
+pub fn vxlan(outer_src: [u8; 4], outer_dst: [u8; 4], vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
+    let mut udp_payload = vec![flags, 0, 0, 0];
+    udp_payload.extend(&vni.to_be_bytes()[1..]);
+    udp_payload.push(0);
+    udp_payload.extend(netpath_common::default_vtep_mac(outer_dst));
+    udp_payload.extend(netpath_common::default_vtep_mac(outer_src));
+    udp_payload.extend(&inner[12..]);
+    let mut udp = vec![0xc0, 0x01, 0x12, 0xb5];
+    udp.extend(((8 + udp_payload.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(udp_payload);
+    let mut f = Frame::icmp(outer_src, outer_dst);
+    f.proto = 17;
+    f.payload = udp;
+    f.build()
+}

@@ -1,0 +1,298 @@
+//! `netpath bench`: what each of the datapath's paths costs per packet on this machine.
+//! A private copy of the datapath (nothing attached, no map pinned) is set up with the
+//! agent's own code for a host like the lab's first one, then BPF_PROG_TEST_RUN runs
+//! each case `repeat` times; the kernel reports the mean time per run. Each case first
+//! runs once and must give the verdict of the path it is meant to measure, so a number
+//! is never that of an early drop.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::{
+    config::{self, Config, Mode, Peer, Proto, Publish},
+    datapath,
+    packet::{ETH_LEN, Frame},
+    policy::{Action, Endpoint, Rule, RuleProto},
+};
+use netpath_common::prog_names;
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+
+const HOST: [u8; 4] = [198, 18, 0, 11];
+const CONTAINER: [u8; 4] = [10, 244, 11, 2];
+const DIRECT_C: [u8; 4] = [10, 244, 12, 2];
+const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
+const VXLAN_C: [u8; 4] = [10, 244, 13, 2];
+const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
+const ACK: u8 = 0x10;
+const SYN: u8 = 0x02;
+
+/// One measured case.
+#[derive(Serialize)]
+pub struct ProgRow {
+    pub case: String,
+    pub program: &'static str,
+    pub ns_per_packet: f64,
+}
+
+/// The policy lookup at one rule count.
+#[derive(Serialize)]
+pub struct PolicyRow {
+    pub rules: usize,
+    /// Entries in the three tries.
+    pub entries: usize,
+    /// Compiling and writing the rules into a fresh datapath.
+    pub load_ms: f64,
+    /// np_from_bridge on a new flow's first packet that every rule misses, decided by the
+    /// default action (deny: nothing is recorded, so every run does the full lookup).
+    pub ns_per_packet: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub repeat: u32,
+    pub programs: Vec<ProgRow>,
+    pub policy: Vec<PolicyRow>,
+}
+
+pub fn run(rules: &[usize], repeat: u32) -> Result<Report> {
+    Ok(Report {
+        repeat,
+        programs: programs(repeat)?,
+        policy: policy(rules, repeat)?,
+    })
+}
+
+/// A host like the lab's first (198.18.0.11, 10.244.11.0/24), masquerading, publishing
+/// tcp 8080 to 10.244.11.2:80, with a direct peer (10.244.12.0/24 at 198.18.0.12) and a
+/// vxlan peer (10.244.13.0/24 at 198.18.0.13).
+fn host_config() -> Config {
+    let address = Ipv4Addr::from(HOST);
+    let peer = |name: &str, n: u8, mode| Peer {
+        name: name.into(),
+        subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).expect("/24"),
+        underlay: Ipv4Addr::new(198, 18, 0, n),
+        mode,
+        vtep_mac: None,
+    };
+    Config {
+        host: config::Host {
+            name: "bench".into(),
+            uplink: "eth0".into(),
+            uplink_ifindex: 2,
+            bridge: "br0".into(),
+            bridge_ifindex: 3,
+            subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, 11, 0), 24).expect("/24"),
+            address,
+            gateway: Some(Ipv4Addr::new(10, 244, 11, 1)),
+            vni: 42,
+            xdp: config::XdpMode::Off,
+            vxlan_port: netpath_common::VXLAN_PORT,
+            vtep_mac: netpath_common::default_vtep_mac(HOST),
+            uplink_mtu: 1500,
+            masquerade: true,
+            masquerade_ports: config::MASQUERADE_PORTS,
+        },
+        peers: vec![peer("b", 12, Mode::Direct), peer("c", 13, Mode::Vxlan)],
+        publish: vec![Publish {
+            proto: Proto::Tcp,
+            host_port: 8080,
+            container: Ipv4Addr::from(CONTAINER),
+            port: 80,
+        }],
+        conntrack: Default::default(),
+        policy: Default::default(),
+    }
+}
+
+/// BPF_PROG_TEST_RUN of program `name` (TC or XDP) on `input`, `repeat` times.
+fn test_run(
+    ebpf: &mut Ebpf,
+    name: &str,
+    input: &[u8],
+    repeat: u32,
+) -> Result<(TestRunResult, Vec<u8>)> {
+    let mut out = vec![0u8; input.len() + 512];
+    let opts = TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name}"))?;
+    let r = if name == prog_names::XDP_UPLINK {
+        let p: &mut Xdp = prog.try_into()?;
+        p.test_run(opts)?
+    } else {
+        let p: &mut SchedClassifier = prog.try_into()?;
+        p.test_run(opts)?
+    };
+    out.truncate(r.data_size_out as usize);
+    Ok((r, out))
+}
+
+/// The TCP source port of an output frame.
+fn sport(frame: &[u8]) -> u16 {
+    let at = ETH_LEN + 20;
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+/// Each program path on a packet of an established flow (NAT entries made by a first
+/// SYN), ns per packet.
+pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
+    let (mut ebpf, _maps) = datapath::private(&host_config())?;
+    let tcp = |src, dst, sport, dport, flags| Frame::tcp(src, dst, sport, dport, flags).build();
+    // Masquerade and published port: the SYN makes the entry, its output says the port.
+    let (r, out) = test_run(
+        &mut ebpf,
+        prog_names::FROM_BRIDGE,
+        &tcp(CONTAINER, OUTSIDE, 40000, 7000, SYN),
+        1,
+    )?;
+    if r.return_value != TC_ACT_REDIRECT {
+        bail!("masquerade SYN: verdict {} (want redirect)", r.return_value);
+    }
+    let masq_port = sport(&out);
+    test_run(
+        &mut ebpf,
+        prog_names::FROM_UPLINK,
+        &tcp(OUTSIDE, HOST, 50000, 8080, SYN),
+        1,
+    )?;
+    let inner = tcp(VXLAN_C, CONTAINER, 80, 40000, ACK);
+    let cases: [(&str, &'static str, Vec<u8>, u32); 8] = [
+        (
+            "forward to a direct peer",
+            prog_names::FROM_BRIDGE,
+            tcp(CONTAINER, DIRECT_C, 40000, 80, ACK),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "forward from a direct peer",
+            prog_names::FROM_UPLINK,
+            tcp(DIRECT_C, CONTAINER, 80, 40000, ACK),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "vxlan encap",
+            prog_names::FROM_BRIDGE,
+            tcp(CONTAINER, VXLAN_C, 40000, 80, ACK),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "vxlan decap (TC)",
+            prog_names::FROM_UPLINK,
+            crate::packet::vxlan(VXLAN_PEER, HOST, 42, 0x08, &inner),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "vxlan decap (XDP; TC then routes it)",
+            prog_names::XDP_UPLINK,
+            crate::packet::vxlan(VXLAN_PEER, HOST, 42, 0x08, &inner),
+            XDP_PASS,
+        ),
+        (
+            "masquerade out (SNAT)",
+            prog_names::FROM_BRIDGE,
+            tcp(CONTAINER, OUTSIDE, 40000, 7000, ACK),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "masquerade reply in (un-SNAT)",
+            prog_names::FROM_UPLINK,
+            tcp(OUTSIDE, HOST, 7000, masq_port, ACK),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "published port in (DNAT)",
+            prog_names::FROM_UPLINK,
+            tcp(OUTSIDE, HOST, 50000, 8080, ACK),
+            TC_ACT_REDIRECT,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (case, program, input, want) in cases {
+        let (r, _) = test_run(&mut ebpf, program, &input, 1)?;
+        if r.return_value != want {
+            bail!(
+                "{case}: {program} returned {} (want {want}): the case does not take the path it is named for",
+                r.return_value
+            );
+        }
+        let (r, _) = test_run(&mut ebpf, program, &input, repeat)?;
+        rows.push(ProgRow {
+            case: case.into(),
+            program,
+            ns_per_packet: r.duration.as_nanos() as f64,
+        });
+    }
+    Ok(rows)
+}
+
+/// The policy lookup with `counts` rules each, in a fresh datapath every time: the rules
+/// loaded with the agent's code, then a packet that goes through all three lookups. The
+/// rules: one /16 -> /16 rule, the rest /32 -> /32 with a port each, none matching.
+pub fn policy(counts: &[usize], repeat: u32) -> Result<Vec<PolicyRow>> {
+    let mut out = Vec::new();
+    for &n in counts {
+        let mut cfg = host_config();
+        cfg.host.masquerade = false;
+        cfg.policy.default = Action::Deny;
+        let (mut ebpf, mut maps) = datapath::private(&cfg)?;
+        cfg.policy.rules = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    return Rule {
+                        from: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
+                        to: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
+                        proto: RuleProto::Tcp,
+                        ports: Some((5, 5)),
+                        action: Action::Allow,
+                    };
+                }
+                let a = Ipv4Addr::new(10, 244, 128 + (i / 65536 % 64) as u8, (i / 256 % 256) as u8);
+                let from =
+                    Ipv4Net::new(Ipv4Addr::from(u32::from(a) | (i % 256) as u32), 32).expect("/32");
+                Rule {
+                    from: Endpoint::Cidr(from),
+                    to: Endpoint::Cidr(
+                        Ipv4Net::new(Ipv4Addr::new(10, 244, 12, (i % 250) as u8), 32).expect("/32"),
+                    ),
+                    proto: RuleProto::Tcp,
+                    ports: Some((1000 + (i % 1000) as u16, 1000 + (i % 1000) as u16)),
+                    action: Action::Allow,
+                }
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let changes = crate::policy::sync(&mut maps, &cfg)?;
+        let load_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let syn = Frame::tcp(CONTAINER, DIRECT_C, 40000, 80, SYN).build();
+        let (r, _) = test_run(&mut ebpf, prog_names::FROM_BRIDGE, &syn, 1)?;
+        if r.return_value != TC_ACT_SHOT {
+            bail!(
+                "policy with {n} rules: verdict {} (want the default deny)",
+                r.return_value
+            );
+        }
+        let (r, _) = test_run(&mut ebpf, prog_names::FROM_BRIDGE, &syn, repeat)?;
+        out.push(PolicyRow {
+            rules: n,
+            entries: changes.entries,
+            load_ms,
+            ns_per_packet: r.duration.as_nanos() as f64,
+        });
+    }
+    Ok(out)
+}
