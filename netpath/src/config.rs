@@ -770,6 +770,8 @@ fn check_policy(
         .collect();
     let (groups, mut problems) = crate::policy::check_groups(&named);
     let mut out: Vec<Rule> = Vec::new();
+    // Rule number (from 1) by what it matches.
+    let mut seen = std::collections::HashMap::new();
     for (i, r) in rules.iter().enumerate() {
         let field = format!("[[policy]] #{}", i + 1);
         match crate::policy::parse_rule(
@@ -782,12 +784,15 @@ fn check_policy(
             &groups,
         ) {
             Ok(rule) => {
-                if let Some(j) = out.iter().position(|o| o.same_match(&rule)) {
-                    problems.push(format!(
-                        "{field}: matches the same packets as [[policy]] #{} ({}): keep one of them",
-                        j + 1,
-                        out[j]
-                    ));
+                let key = (rule.from.clone(), rule.to.clone(), rule.proto, rule.ports);
+                match seen.get(&key) {
+                    Some(&j) => problems.push(format!(
+                        "{field}: matches the same packets as [[policy]] #{j} ({}): keep one of them",
+                        out.iter().find(|o| o.same_match(&rule)).expect("seen")
+                    )),
+                    None => {
+                        seen.insert(key, i + 1);
+                    }
                 }
                 out.push(rule);
             }

@@ -172,10 +172,13 @@ pub struct Rule {
 impl Rule {
     /// Whether `other` matches exactly the same packets as written (actions aside).
     pub fn same_match(&self, other: &Rule) -> bool {
-        self.from == other.from
-            && self.to == other.to
-            && self.proto == other.proto
-            && self.ports == other.ports
+        self.match_key() == other.match_key()
+    }
+
+    /// What the rule matches (actions aside), for finding rules that match the same
+    /// packets in a hash rather than pair by pair.
+    pub fn match_key(&self) -> (&Endpoint, &Endpoint, RuleProto, Option<(u16, u16)>) {
+        (&self.from, &self.to, self.proto, self.ports)
     }
 
     pub fn ports_text(&self) -> String {
@@ -817,6 +820,7 @@ pub fn sync(maps: &mut Maps, cfg: &Config) -> Result<PolicyChanges> {
     let mut used: BTreeSet<u32> = BTreeSet::new();
     let mut target: Vec<(u32, Rule, u8)> = Vec::new();
     let mut changes = PolicyChanges::default();
+    let config_matches: HashSet<_> = p.rules.iter().map(Rule::match_key).collect();
     for (id, r, origin) in &old.rules {
         if *origin != ORIGIN_CLI {
             continue;
@@ -830,7 +834,7 @@ pub fn sync(maps: &mut Maps, cfg: &Config) -> Result<PolicyChanges> {
                 }
             }
         }
-        if p.rules.iter().any(|c| c.same_match(r)) {
+        if config_matches.contains(&r.match_key()) {
             // The config now says the same: the config's rule replaces it.
             continue;
         }

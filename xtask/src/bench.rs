@@ -1,49 +1,84 @@
-//! `cargo xtask bench`: netpath's paths against the kernel's, in one run, on labs of two
-//! hosts in network namespaces. Paths are interleaved (each repetition visits every path,
-//! in a rotated order) and the figures are medians with their spread, also as ratios to
-//! the kernel path they replace: the machine is noisy, a single run says little.
+//! `cargo xtask bench`: netpath's paths against the kernel's, in one run, on labs in
+//! network namespaces (shared/notes/design.md).
 //!
-//! Paths so far: plain kernel routing and netpath direct; the kernel's vxlan device and
-//! netpath's tunnel with XDP off, generic and native; masquerade to an outside host by
-//! iptables (Docker's rules: MASQUERADE, FORWARD with conntrack) and by netpath. Measures:
-//! single-stream TCP throughput (iperf3) and ping RTT; through the masquerade paths also
-//! new TCP connections per second and how many concurrent flows it holds.
+//! Paths: the ceiling (two namespaces joined by one veth), the iptables path (routes,
+//! ip_forward, Docker's chains, MASQUERADE with a RETURN for the container range), the
+//! kernel's vxlan overlay, netpath direct, netpath vxlan with XDP off, generic and native,
+//! and masquerade to an outside host by iptables and by netpath. Measures on each: TCP
+//! throughput (iperf3, one stream), TCP request/response (1 byte each way: rate, p50,
+//! p99), small UDP packets per second delivered, new TCP connections per second. Then the
+//! scale test: request/response rate with extra FORWARD rules on the iptables path and
+//! with policy rules and peers on netpath. Then each program's ns per packet
+//! (`netpath bench`, BPF_PROG_TEST_RUN).
+//!
+//! Paths are interleaved (each repetition visits every path, in a rotated order) and the
+//! figures are medians with their spread, also as ratios to the iptables path and to the
+//! ceiling: the machine is noisy, one run says little.
 
 use std::{
     fmt::Write as _,
+    io::Read as _,
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use netpath_tests::{Lab, PeerMode, Spec, in_ns, output};
-use serde_json::json;
+use netpath_tests::{Container, Lab, PeerMode, Spec, in_ns, output};
+use serde_json::{Value, json};
 
 pub struct Options {
     pub reps: usize,
+    /// Seconds of iperf3 per measurement (whole seconds: iperf3 takes no less).
     pub secs: u32,
-    pub pings: u32,
-    /// Concurrent TCP flows opened through the masquerade paths (half per container).
+    /// Seconds of each other measure (request/response, UDP, connections).
+    pub probe_secs: f64,
+    /// Concurrent TCP flows opened through the masquerade paths.
     pub flows: usize,
+    /// Policy rule counts of the scale test (the iptables path takes those up to 10,000).
+    pub scale: Vec<usize>,
+    /// BPF_PROG_TEST_RUN runs per program case.
+    pub prog_repeat: u32,
     pub out_dir: PathBuf,
     /// Only the paths whose name contains one of these (all when empty).
     pub only: Vec<String>,
 }
 
 impl Options {
-    /// `--quick`: every path once, briefly (under a minute on the lab machine).
+    /// `--quick`: every path once, briefly; a smoke test of the benchmark itself.
     pub fn quick(out_dir: PathBuf, only: Vec<String>) -> Options {
         Options {
             reps: 1,
             secs: 1,
-            pings: 5,
-            flows: 400,
+            probe_secs: 0.5,
+            flows: 200,
+            scale: SCALE.to_vec(),
+            prog_repeat: 2000,
             out_dir,
             only,
         }
     }
 }
+
+/// The scale test's rule counts.
+pub const SCALE: &[usize] = &[0, 1000, 10_000, 100_000];
+/// The most extra FORWARD rules the iptables path is measured with.
+const IPTABLES_MAX_RULES: usize = 10_000;
+/// Peers configured besides the real one in the scale test: at most this many (every
+/// peer needs its own underlay address, and the lab's are one /24).
+const SCALE_PEERS: usize = 200;
+
+/// Echo server port (TCP and UDP) in every server namespace; UDP sink port.
+const ECHO_PORT: &str = "7000";
+const SINK_PORT: &str = "7001";
+/// UDP payload of the packets-per-second test (a 60-byte frame).
+const UDP_SIZE: &str = "18";
+
+const CEILING: &str = "ceiling (one veth)";
+const IPTABLES: &str = "iptables path";
+const IPTABLES_MASQ: &str = "iptables masquerade";
+const KERNEL_VXLAN: &str = "kernel vxlan";
+const NETPATH_DIRECT: &str = "netpath direct";
 
 /// (received/sent, average RTT in ms) of `count` pings, 10 ms apart.
 pub fn ping(ns: &str, to: &str, count: u32) -> Result<(String, f64)> {
@@ -90,7 +125,7 @@ pub fn iperf_retr(
     lab.spawn_in(server_ns, Path::new("iperf3"), &["-s", "-1"])?;
     std::thread::sleep(Duration::from_millis(300));
     let out = output(in_ns(from, &format!("iperf3 -J -t {secs} -c {to}")))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
     }
@@ -118,12 +153,16 @@ fn cpu_ticks() -> (u64, u64) {
     (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
 }
 
-/// Which lab a path runs on, and how netpath is set up there.
-#[derive(Clone, Copy)]
+/// Which lab a path runs on, and how it is set up there.
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Setup {
-    KernelRouting,
+    Ceiling,
+    /// The iptables path with this many extra FORWARD rules.
+    Iptables(usize),
     KernelVxlan,
-    Netpath(PeerMode, &'static str),
+    /// netpath between two hosts: peer mode, xdp mode, policy rules (and up to
+    /// [`SCALE_PEERS`] more peers).
+    Netpath(PeerMode, &'static str, usize),
     /// Containers to the outside host through iptables MASQUERADE.
     IptablesMasquerade,
     /// Containers to the outside host through netpath's masquerade, with these
@@ -131,90 +170,162 @@ enum Setup {
     NetpathMasquerade(&'static str),
 }
 
+impl Setup {
+    fn masquerade(self) -> bool {
+        matches!(
+            self,
+            Setup::IptablesMasquerade | Setup::NetpathMasquerade(_)
+        )
+    }
+}
+
 struct BenchPath {
     name: &'static str,
     setup: Setup,
-    /// The kernel path this one is compared with.
-    baseline: &'static str,
+    /// The kernel path this one replaces, where that is not the iptables one.
+    kernel: Option<&'static str>,
 }
 
 const PATHS: &[BenchPath] = &[
     BenchPath {
-        name: "kernel routing",
-        setup: Setup::KernelRouting,
-        baseline: "kernel routing",
+        name: CEILING,
+        setup: Setup::Ceiling,
+        kernel: None,
     },
     BenchPath {
-        name: "netpath direct",
-        setup: Setup::Netpath(PeerMode::Direct, "off"),
-        baseline: "kernel routing",
+        name: IPTABLES,
+        setup: Setup::Iptables(0),
+        kernel: None,
     },
     BenchPath {
-        name: "kernel vxlan",
+        name: KERNEL_VXLAN,
         setup: Setup::KernelVxlan,
-        baseline: "kernel vxlan",
+        kernel: None,
+    },
+    BenchPath {
+        name: NETPATH_DIRECT,
+        setup: Setup::Netpath(PeerMode::Direct, "off", 0),
+        kernel: None,
     },
     BenchPath {
         name: "netpath vxlan, xdp off",
-        setup: Setup::Netpath(PeerMode::Vxlan, "off"),
-        baseline: "kernel vxlan",
+        setup: Setup::Netpath(PeerMode::Vxlan, "off", 0),
+        kernel: Some(KERNEL_VXLAN),
     },
     BenchPath {
         name: "netpath vxlan, xdp generic",
-        setup: Setup::Netpath(PeerMode::Vxlan, "generic"),
-        baseline: "kernel vxlan",
+        setup: Setup::Netpath(PeerMode::Vxlan, "generic", 0),
+        kernel: Some(KERNEL_VXLAN),
     },
     BenchPath {
         name: "netpath vxlan, xdp native",
-        setup: Setup::Netpath(PeerMode::Vxlan, "native"),
-        baseline: "kernel vxlan",
+        setup: Setup::Netpath(PeerMode::Vxlan, "native", 0),
+        kernel: Some(KERNEL_VXLAN),
     },
     BenchPath {
-        name: "iptables masquerade",
+        name: IPTABLES_MASQ,
         setup: Setup::IptablesMasquerade,
-        baseline: "iptables masquerade",
+        kernel: None,
     },
     BenchPath {
         name: "netpath masquerade",
         setup: Setup::NetpathMasquerade(DEFAULT_PORTS),
-        baseline: "iptables masquerade",
+        kernel: None,
     },
     // MASQUERADE without --to-ports picks from 1024-65535; netpath's default range is
     // Linux's ephemeral one, half as big. This path gives netpath a range as wide.
     BenchPath {
         name: "netpath masquerade, ports 4790-65535",
         setup: Setup::NetpathMasquerade(WIDE_PORTS),
-        baseline: "iptables masquerade",
+        kernel: None,
     },
 ];
 
 const DEFAULT_PORTS: &str = "32768-60999";
 const WIDE_PORTS: &str = "4790-65535";
 
-/// Port of the echo server on the outside host.
-const ECHO_PORT: &str = "7000";
+impl BenchPath {
+    /// The iptables figure this path is compared with.
+    fn iptables(&self) -> &'static str {
+        if self.setup.masquerade() {
+            IPTABLES_MASQ
+        } else {
+            IPTABLES
+        }
+    }
+}
 
-/// One host with two containers and an outside host running an echo server, for the
+/// Where a measurement goes: client namespace, server namespace, server address.
+#[derive(Clone)]
+struct Ends {
+    client: String,
+    server: String,
+    to: String,
+}
+
+/// Starts the echo server in `ns` and lets `client` reuse ports in TIME_WAIT, so that
+/// thousands of short connections per second do not run out of them (on every path).
+fn serve(lab: &mut Lab, client: &str, ns: &str) -> Result<()> {
+    netpath_tests::sysctl(client, "net.ipv4.tcp_tw_reuse", "1")?;
+    lab.spawn_in(
+        ns,
+        &netpath_tests::probe_bin(),
+        &["serve", ECHO_PORT, "86400"],
+    )
+}
+
+/// A lab of two hosts with one container each; the echo server on the second.
+fn two_hosts() -> Result<(Lab, Ends)> {
+    let mut lab = Lab::new(Spec {
+        hosts: 2,
+        containers: 1,
+        locked_down: true,
+        outside: false,
+    })?;
+    let (a, b) = (
+        lab.hosts[0].containers[0].clone(),
+        lab.hosts[1].containers[0].clone(),
+    );
+    serve(&mut lab, &a.ns, &b.ns)?;
+    Ok((lab, ends(&a, &b)))
+}
+
+fn ends(a: &Container, b: &Container) -> Ends {
+    Ends {
+        client: a.ns.clone(),
+        server: b.ns.clone(),
+        to: b.ip.clone(),
+    }
+}
+
+/// One host with two containers and an outside host running the echo server, for the
 /// masquerade paths.
-fn masquerade_lab() -> Result<Lab> {
+fn masquerade_lab() -> Result<(Lab, Ends)> {
     let mut lab = Lab::new(Spec {
         hosts: 1,
         containers: 2,
         locked_down: true,
         outside: true,
     })?;
-    // Clients reuse ports in TIME_WAIT, so that thousands of short connections per second
-    // do not run out of them (the same for both paths).
-    for c in &lab.hosts[0].containers {
-        netpath_tests::sysctl(&c.ns, "net.ipv4.tcp_tw_reuse", "1")?;
-    }
     let out = lab.outside().ns.clone();
-    lab.spawn_in(
-        &out,
-        &netpath_tests::probe_bin(),
-        &["serve", ECHO_PORT, "86400"],
-    )?;
-    Ok(lab)
+    let clients: Vec<String> = lab.hosts[0]
+        .containers
+        .iter()
+        .map(|c| c.ns.clone())
+        .collect();
+    for c in &clients {
+        netpath_tests::sysctl(c, "net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    serve(&mut lab, &clients[0], &out)?;
+    let to = lab.outside().addr.clone();
+    Ok((
+        lab,
+        Ends {
+            client: clients[0].clone(),
+            server: out,
+            to,
+        },
+    ))
 }
 
 /// Docker's rules for its default bridge: forwarding on, FORWARD accepts what leaves the
@@ -236,141 +347,214 @@ fn iptables_masquerade(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-fn two_hosts() -> Result<Lab> {
-    Lab::new(Spec {
-        hosts: 2,
-        containers: 1,
-        locked_down: true,
-        outside: false,
-    })
+/// netpath's config for the scale test: `n` policy rules that match nothing the lab
+/// sends (the iptables path gets the same ones as FORWARD rules) and up to
+/// [`SCALE_PEERS`] more direct peers no traffic goes to.
+fn scale_config(n: usize) -> String {
+    let mut t = String::with_capacity(n * 110);
+    for k in 0..n.min(SCALE_PEERS) {
+        let _ = write!(
+            t,
+            "\n[[peer]]\nname = \"scale{k}\"\nsubnet = \"10.244.{}.0/24\"\nunderlay = \"198.18.0.{}\"\nmode = \"direct\"\n",
+            20 + k,
+            20 + k
+        );
+    }
+    for (from, port) in netpath_tests::unmatched(n) {
+        let _ = write!(
+            t,
+            "\n[[policy]]\nfrom = \"{from}\"\nto = \"10.244.192.0/19\"\nproto = \"tcp\"\nport = {port}\naction = \"deny\"\n"
+        );
+    }
+    t
 }
 
 struct Labs {
-    routing: Lab,
-    vxlan: Lab,
-    netpath: Lab,
-    masq_iptables: Lab,
-    masq_netpath: Lab,
+    ceiling: (Lab, Ends),
+    iptables: (Lab, Ends),
+    vxlan: (Lab, Ends),
+    netpath: (Lab, Ends),
+    masq_iptables: (Lab, Ends),
+    masq_netpath: (Lab, Ends),
+    /// Extra FORWARD rules the iptables path has now.
+    iptables_rules: usize,
     /// The masquerade ports netpath runs with now.
     masq_ports: &'static str,
     /// What the netpath lab runs now.
-    current: Option<(PeerMode, &'static str)>,
+    current: Option<Setup>,
 }
 
 impl Labs {
     fn new() -> Result<Labs> {
-        let routing = two_hosts()?;
-        routing.kernel_routing()?;
+        let mut ceiling = Lab::new(Spec {
+            hosts: 0,
+            containers: 0,
+            locked_down: false,
+            outside: false,
+        })?;
+        let (a, b) = ceiling.veth_pair()?;
+        serve(&mut ceiling, &a.ns, &b.ns)?;
+        let iptables = two_hosts()?;
+        iptables.0.iptables_path()?;
         let vxlan = two_hosts()?;
-        vxlan.kernel_vxlan(0)?;
-        vxlan.kernel_vxlan(1)?;
+        vxlan.0.kernel_vxlan(0)?;
+        vxlan.0.kernel_vxlan(1)?;
         let masq_iptables = masquerade_lab()?;
-        iptables_masquerade(&masq_iptables)?;
+        iptables_masquerade(&masq_iptables.0)?;
         let masq_netpath = masquerade_lab()?;
-        masq_netpath.write_configs(|_, _| PeerMode::Direct)?;
-        masq_netpath.set_host_option(0, "masquerade", "true")?;
+        masq_netpath.0.write_configs(|_, _| PeerMode::Direct)?;
+        masq_netpath.0.set_host_option(0, "masquerade", "true")?;
         Ok(Labs {
-            routing,
+            ceiling: (ceiling, ends(&a, &b)),
+            iptables,
             vxlan,
             netpath: two_hosts()?,
             masq_iptables,
             masq_netpath,
+            iptables_rules: 0,
             masq_ports: "",
             current: None,
         })
     }
 
-    fn ids(&self) -> [String; 5] {
+    fn all(&mut self) -> [&mut Lab; 6] {
         [
-            self.routing.id.clone(),
-            self.vxlan.id.clone(),
-            self.netpath.id.clone(),
-            self.masq_iptables.id.clone(),
-            self.masq_netpath.id.clone(),
+            &mut self.ceiling.0,
+            &mut self.iptables.0,
+            &mut self.vxlan.0,
+            &mut self.netpath.0,
+            &mut self.masq_iptables.0,
+            &mut self.masq_netpath.0,
         ]
     }
 
-    /// The lab for `setup`, made ready (netpath reconfigured and restarted if needed).
-    fn ready(&mut self, setup: Setup) -> Result<&mut Lab> {
+    /// The lab for `setup`, made ready (rules changed, netpath reconfigured and restarted
+    /// where needed), and where to measure on it.
+    fn ready(&mut self, setup: Setup) -> Result<(&mut Lab, Ends)> {
         match setup {
-            Setup::KernelRouting => Ok(&mut self.routing),
-            Setup::KernelVxlan => Ok(&mut self.vxlan),
-            Setup::IptablesMasquerade => Ok(&mut self.masq_iptables),
-            Setup::NetpathMasquerade(ports) => {
-                let lab = &mut self.masq_netpath;
-                if self.masq_ports != ports {
-                    // A new range needs new tables: the old flows hold ports of the old one.
-                    if !self.masq_ports.is_empty() {
-                        lab.kill_agent(0);
-                        output(lab.netpath(0, &["down"]))?;
-                    }
-                    lab.set_host_option(0, "masquerade_ports", &format!("\"{ports}\""))?;
-                    lab.start(0)?;
-                    self.masq_ports = ports;
-                }
-                Ok(lab)
+            Setup::Iptables(n) if self.iptables_rules != n => {
+                self.iptables.0.iptables_extra_rules(n)?;
+                self.iptables_rules = n;
             }
-            Setup::Netpath(mode, xdp) => {
-                if self.current != Some((mode, xdp)) {
-                    let lab = &mut self.netpath;
-                    lab.write_configs(|_, _| mode)?;
-                    for i in 0..lab.hosts.len() {
-                        lab.set_host_option(i, "xdp", &format!("\"{xdp}\""))?;
-                        lab.kill_agent(i);
-                        lab.start(i)?;
-                    }
-                    self.current = Some((mode, xdp));
+            Setup::NetpathMasquerade(ports) if self.masq_ports != ports => {
+                let lab = &mut self.masq_netpath.0;
+                // A new range needs new tables: the old flows hold ports of the old one.
+                if !self.masq_ports.is_empty() {
+                    lab.kill_agent(0);
+                    output(lab.netpath(0, &["down"]))?;
                 }
-                Ok(&mut self.netpath)
+                lab.set_host_option(0, "masquerade_ports", &format!("\"{ports}\""))?;
+                lab.start(0)?;
+                self.masq_ports = ports;
             }
+            Setup::Netpath(mode, xdp, rules) if self.current != Some(setup) => {
+                let lab = &mut self.netpath.0;
+                lab.write_configs(|_, _| mode)?;
+                let extra = scale_config(rules);
+                for i in 0..lab.hosts.len() {
+                    lab.set_host_option(i, "xdp", &format!("\"{xdp}\""))?;
+                    if rules > 0 {
+                        lab.append_config(i, &extra)?;
+                    }
+                    lab.kill_agent(i);
+                    lab.start(i)?;
+                }
+                self.current = Some(setup);
+            }
+            _ => {}
         }
+        let (lab, ends) = match setup {
+            Setup::Ceiling => &mut self.ceiling,
+            Setup::Iptables(_) => &mut self.iptables,
+            Setup::KernelVxlan => &mut self.vxlan,
+            Setup::Netpath(..) => &mut self.netpath,
+            Setup::IptablesMasquerade => &mut self.masq_iptables,
+            Setup::NetpathMasquerade(_) => &mut self.masq_netpath,
+        };
+        Ok((lab, ends.clone()))
     }
 
     fn teardown(mut self) -> Result<()> {
-        self.routing.teardown()?;
-        self.vxlan.teardown()?;
-        self.masq_iptables.teardown()?;
-        self.masq_netpath.teardown()?;
-        self.netpath.teardown()
+        let mut errors = Vec::new();
+        for lab in self.all() {
+            if let Err(e) = lab.teardown() {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if !errors.is_empty() {
+            bail!("{}", errors.join("; "));
+        }
+        Ok(())
     }
 }
 
-#[derive(Default, Clone)]
-struct Samples {
-    gbps: Vec<f64>,
-    rtt_ms: Vec<f64>,
-    retransmits: Vec<f64>,
-    /// Masquerade paths: new TCP connections per second, concurrent flows held.
-    conns_per_sec: Vec<f64>,
-    /// netpath masquerade: packets dropped for want of a free port while measuring.
-    no_port_drops: Vec<f64>,
-    flows_held: Vec<f64>,
-    /// Share of CPU time the hypervisor took while measuring (steal), in %.
-    steal_pct: Vec<f64>,
-}
-
 /// One measurement of one path.
+#[derive(Default, Clone)]
 struct Sample {
     gbps: f64,
-    rtt_ms: f64,
-    retransmits: u64,
-    steal_pct: f64,
-    conns_per_sec: Option<f64>,
+    retransmits: f64,
+    rr_tps: f64,
+    rr_p50_us: f64,
+    rr_p99_us: f64,
+    udp_pps: f64,
+    udp_sent_pps: f64,
+    conns_per_sec: f64,
+    /// Masquerade paths: concurrent flows held; netpath: drops for want of a port.
     flows_held: Option<f64>,
     no_port_drops: Option<f64>,
+    /// Share of CPU time the hypervisor took while measuring (steal), in %.
+    steal_pct: f64,
 }
+
+/// The measures, as (JSON key, heading, unit, how a figure is read off a sample, whether
+/// more is better).
+type Measure = (&'static str, &'static str, fn(&Sample) -> f64, bool);
+const MEASURES: &[Measure] = &[
+    (
+        "tcp_gbps",
+        "TCP throughput, 1 stream, Gbit/s",
+        |s| s.gbps,
+        true,
+    ),
+    (
+        "rr_per_sec",
+        "TCP request/response, transactions/s",
+        |s| s.rr_tps,
+        true,
+    ),
+    (
+        "rr_p50_us",
+        "request/response latency p50, µs",
+        |s| s.rr_p50_us,
+        false,
+    ),
+    (
+        "rr_p99_us",
+        "request/response latency p99, µs",
+        |s| s.rr_p99_us,
+        false,
+    ),
+    (
+        "udp_pps",
+        "small UDP packets delivered, packets/s",
+        |s| s.udp_pps,
+        true,
+    ),
+    (
+        "conns_per_sec",
+        "new TCP connections/s",
+        |s| s.conns_per_sec,
+        true,
+    ),
+];
 
 /// netpath's `drop-nat-no-port` count on `lab`'s first host; None where netpath does not
 /// run.
 fn no_port_drops(lab: &Lab) -> Option<f64> {
-    if !lab.hosts[0].pin_dir.exists() {
+    if lab.hosts.is_empty() || !lab.hosts[0].pin_dir.exists() {
         return None;
     }
-    let out = output(lab.netpath(0, &["dump", "counters", "--json"])).ok()?;
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).ok()?;
-    rows.iter()
-        .find(|r| r["reason"] == "drop-nat-no-port")
-        .and_then(|r| r["packets"].as_f64())
+    Some(lab.counter(0, "drop-nat-no-port") as f64)
 }
 
 /// Median, min and max.
@@ -388,32 +572,69 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
     (mid, s[0], s[s.len() - 1])
 }
 
-/// New TCP connections per second through `lab`'s host to the outside echo server: both
-/// containers open, use and close connections one after the other for `secs`, at once.
-fn conn_rate(lab: &Lab, secs: u32) -> Result<f64> {
-    let to = lab.outside().addr.clone();
-    let runs: Vec<_> = lab.hosts[0]
-        .containers
-        .iter()
-        .map(|c| {
-            let cmd = format!(
-                "{} connrate {to} {ECHO_PORT} {secs}",
-                netpath_tests::probe_bin().display()
-            );
-            let ns = c.ns.clone();
-            std::thread::spawn(move || output(in_ns(&ns, &cmd)))
-        })
+/// The first line of np-probe's output, as numbers.
+fn probe(ns: &str, args: &str) -> Result<Vec<f64>> {
+    let cmd = format!("{} {args}", netpath_tests::probe_bin().display());
+    let out = output(in_ns(ns, &cmd)).with_context(|| format!("np-probe {args}"))?;
+    numbers(&out)
+}
+
+fn numbers(out: &str) -> Result<Vec<f64>> {
+    let first = out.lines().next().unwrap_or("");
+    let v: Vec<f64> = first
+        .split_whitespace()
+        .map_while(|w| w.parse().ok())
         .collect();
-    let mut total = 0.0;
-    for r in runs {
-        let out = r.join().map_err(|_| anyhow::anyhow!("connrate thread"))??;
-        total += out
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<f64>().ok())
-            .with_context(|| format!("np-probe connrate said {out:?}"))?;
+    if v.is_empty() {
+        bail!("np-probe said {out:?}");
     }
-    Ok(total)
+    Ok(v)
+}
+
+/// Request/response on one connection: (transactions/s, p50 µs, p99 µs).
+fn rr(e: &Ends, secs: f64) -> Result<(f64, f64, f64)> {
+    let v = probe(&e.client, &format!("rr {} {ECHO_PORT} {secs}", e.to))?;
+    if v.len() < 4 || v[3] < 1.0 {
+        bail!("no request/response completed");
+    }
+    Ok((v[0], v[1], v[2]))
+}
+
+/// Small UDP datagrams for `secs`: (delivered per second, sent per second).
+fn udp_pps(e: &Ends, secs: f64) -> Result<(f64, f64)> {
+    let mut sink = Command::new("ip")
+        .args(["netns", "exec", &e.server])
+        .arg(netpath_tests::probe_bin())
+        .args(["udpsink", SINK_PORT, &format!("{}", secs + 3.0)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("np-probe udpsink")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = probe(
+        &e.client,
+        &format!("udpflood {} {SINK_PORT} {secs} {UDP_SIZE}", e.to),
+    );
+    let status = sink.wait()?;
+    let mut out = String::new();
+    sink.stdout
+        .take()
+        .context("udpsink stdout")?
+        .read_to_string(&mut out)?;
+    let sent = sent?;
+    if !status.success() {
+        bail!("no UDP datagram crossed ({} sent)", sent[0]);
+    }
+    Ok((numbers(&out)?[1], sent[1]))
+}
+
+/// New TCP connections per second from the client to the echo server, one at a time.
+fn conn_rate(e: &Ends, secs: f64) -> Result<f64> {
+    let v = probe(&e.client, &format!("connrate {} {ECHO_PORT} {secs}", e.to))?;
+    if v[0] <= 0.0 {
+        bail!("no TCP connection completed");
+    }
+    Ok(v[0])
 }
 
 /// How many of `n` concurrent TCP flows (half from each container) to the outside echo
@@ -442,60 +663,54 @@ fn flows_held(lab: &Lab, n: usize) -> Result<f64> {
     let mut held = 0.0;
     for r in runs {
         let out = r.join().map_err(|_| anyhow::anyhow!("flows thread"))??;
-        let text = String::from_utf8_lossy(&out.stdout);
-        held += text
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<f64>().ok())
-            .with_context(|| format!("np-probe flows said {text:?}"))?;
+        held += numbers(&String::from_utf8_lossy(&out.stdout))?[0];
     }
     Ok(held)
 }
 
-fn measure(lab: &mut Lab, opts: &Options, masquerade: bool) -> Result<Sample> {
-    let from = lab.hosts[0].containers[0].ns.clone();
-    let (server, to) = if masquerade {
-        (lab.outside().ns.clone(), lab.outside().addr.clone())
-    } else {
-        (
-            lab.hosts[1].containers[0].ns.clone(),
-            lab.hosts[1].containers[0].ip.clone(),
-        )
-    };
-    // Warm-up: neighbours resolved, caches filled, before anything is timed.
-    ping(&from, &to, 5)?;
-    let (got, rtt) = ping(&from, &to, opts.pings)?;
-    let sent = opts.pings.to_string();
-    if got != format!("{sent}/{sent}") {
+fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool) -> Result<Sample> {
+    // Warm-up and a check that the path works: neighbours resolved, caches filled.
+    let (got, _) = ping(&e.client, &e.to, 5)?;
+    if got != "5/5" {
         bail!("ping lost packets ({got})");
     }
     let (steal0, total0) = cpu_ticks();
-    let (gbps, retransmits) = iperf_retr(lab, &server, &from, &to, opts.secs)?;
-    let (steal1, total1) = cpu_ticks();
+    let (gbps, retransmits) = iperf_retr(lab, &e.server, &e.client, &e.to, opts.secs)?;
     if gbps <= 0.0 {
         bail!("no TCP traffic crossed (iperf3 measured 0 bit/s)");
     }
-    let steal_pct = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
-    let (conns_per_sec, flows, drops) = if masquerade {
-        let before = no_port_drops(lab);
-        let rate = conn_rate(lab, opts.secs)?;
-        if rate <= 0.0 {
-            bail!("no TCP connection crossed the NAT");
-        }
-        let held = flows_held(lab, opts.flows)?;
-        let drops = no_port_drops(lab).zip(before).map(|(a, b)| a - b);
-        (Some(rate), Some(held), drops)
+    let (rr_tps, rr_p50_us, rr_p99_us) = rr(e, opts.probe_secs).context("request/response")?;
+    let (udp_pps, udp_sent_pps) = udp_pps(e, opts.probe_secs).context("UDP packets/s")?;
+    let before = no_port_drops(lab);
+    let conns_per_sec = conn_rate(e, opts.probe_secs).context("connections/s")?;
+    let flows = if masquerade {
+        Some(flows_held(lab, opts.flows)?)
     } else {
-        (None, None, None)
+        None
     };
+    let drops = no_port_drops(lab).zip(before).map(|(a, b)| a - b);
+    let (steal1, total1) = cpu_ticks();
     Ok(Sample {
         gbps,
-        rtt_ms: rtt,
-        retransmits,
-        steal_pct,
+        retransmits: retransmits as f64,
+        rr_tps,
+        rr_p50_us,
+        rr_p99_us,
+        udp_pps,
+        udp_sent_pps,
         conns_per_sec,
         flows_held: flows,
         no_port_drops: drops,
+        steal_pct: 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64,
+    })
+}
+
+/// Runs `f` once more when it fails: on this kind of machine a measurement can fail for
+/// reasons that have nothing to do with the path (an iperf3 server slow to start).
+fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    f().or_else(|e| {
+        eprintln!("[bench] {what}: {e:#}; measuring again");
+        f().with_context(|| what.to_owned())
     })
 }
 
@@ -519,6 +734,53 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
+/// A figure with a sensible number of digits.
+fn fmt(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x.abs() >= 1000.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn ratio(x: f64, base: f64) -> String {
+    if x.is_finite() && base.is_finite() && base > 0.0 {
+        format!("{:.2}x", x / base)
+    } else {
+        "-".into()
+    }
+}
+
+/// A scale test point: the path and its rule count.
+struct Point {
+    name: &'static str,
+    rules: usize,
+    setup: Setup,
+}
+
+fn scale_points(counts: &[usize]) -> Vec<Point> {
+    let mut v = Vec::new();
+    for &n in counts {
+        if n <= IPTABLES_MAX_RULES {
+            v.push(Point {
+                name: IPTABLES,
+                rules: n,
+                setup: Setup::Iptables(n),
+            });
+        }
+        v.push(Point {
+            name: NETPATH_DIRECT,
+            rules: n,
+            setup: Setup::Netpath(PeerMode::Direct, "off", n),
+        });
+    }
+    v
+}
+
 pub fn run(opts: Options) -> Result<()> {
     let chosen: Vec<usize> = (0..PATHS.len())
         .filter(|&i| {
@@ -531,15 +793,21 @@ pub fn run(opts: Options) -> Result<()> {
             PATHS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
         );
     }
+    let points = if opts.only.is_empty() {
+        scale_points(&opts.scale)
+    } else {
+        Vec::new()
+    };
+    let steps = opts.reps * (chosen.len() + points.len());
     eprintln!(
-        "[bench] {} paths x {} repetitions, iperf3 {} s and {} pings each",
+        "[bench] {} paths and {} scale points x {} repetitions ({steps} measurements), then the programs' cost",
         chosen.len(),
+        points.len(),
         opts.reps,
-        opts.secs,
-        opts.pings
     );
+    let started = Instant::now();
     let mut labs = Labs::new()?;
-    let ids = labs.ids();
+    let ids: Vec<String> = labs.all().iter().map(|l| l.id.clone()).collect();
     ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: removing the labs");
         for id in &ids {
@@ -547,150 +815,432 @@ pub fn run(opts: Options) -> Result<()> {
         }
         std::process::exit(130);
     })?;
-    let mut samples = vec![Samples::default(); PATHS.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PATHS.len()];
+    let mut scale: Vec<Vec<(f64, f64, f64)>> = (0..points.len()).map(|_| Vec::new()).collect();
+    let mut step = 0;
+    let progress = |step: usize, what: &str| {
+        eprintln!(
+            "[bench] {step}/{steps} ({:.0} s) {what}",
+            started.elapsed().as_secs_f64()
+        );
+    };
     for rep in 0..opts.reps {
         for k in 0..chosen.len() {
             let i = chosen[(k + rep) % chosen.len()];
             let p = &PATHS[i];
-            let lab = labs.ready(p.setup)?;
-            let masq = matches!(
-                p.setup,
-                Setup::IptablesMasquerade | Setup::NetpathMasquerade(_)
+            let (lab, ends) = labs.ready(p.setup)?;
+            let m = retry(p.name, || measure(lab, &ends, &opts, p.setup.masquerade()))?;
+            step += 1;
+            progress(
+                step,
+                &format!(
+                    "{:<38} {:>6.2} Gbit/s, rr {:>6.0}/s p50 {:>5.0} µs p99 {:>6.0} µs, udp {:>7.0}/s, {:>5.0} conn/s (steal {:.0}%)",
+                    p.name,
+                    m.gbps,
+                    m.rr_tps,
+                    m.rr_p50_us,
+                    m.rr_p99_us,
+                    m.udp_pps,
+                    m.conns_per_sec,
+                    m.steal_pct
+                ),
             );
-            // One retry: on this kind of machine a measurement can fail for reasons that
-            // have nothing to do with the path (an iperf3 server slow to start).
-            let m = match measure(lab, &opts, masq) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("[bench] {}: {e:#}; measuring again", p.name);
-                    measure(lab, &opts, masq).with_context(|| p.name)?
-                }
-            };
-            eprintln!(
-                "[bench] rep {}/{} {:<28} {:>6.2} Gbit/s {:>6} retr {:>7.3} ms  (steal {:.0}%)",
-                rep + 1,
-                opts.reps,
-                p.name,
-                m.gbps,
-                m.retransmits,
-                m.rtt_ms,
-                m.steal_pct
-            );
-            let s = &mut samples[i];
-            s.gbps.push(m.gbps);
-            s.rtt_ms.push(m.rtt_ms);
-            s.retransmits.push(m.retransmits as f64);
-            s.steal_pct.push(m.steal_pct);
-            if let (Some(c), Some(f)) = (m.conns_per_sec, m.flows_held) {
+            if let Some(f) = m.flows_held {
                 eprintln!(
-                    "[bench]            {:.0} new connections/s, {f:.0} of {} concurrent flows held",
-                    c, opts.flows
+                    "[bench]     {f:.0} of {} concurrent flows held{}",
+                    opts.flows,
+                    m.no_port_drops
+                        .map(|d| format!(", {d:.0} packets dropped for want of a free port"))
+                        .unwrap_or_default()
                 );
-                s.conns_per_sec.push(c);
-                s.flows_held.push(f);
-                if let Some(d) = m.no_port_drops {
-                    eprintln!(
-                        "[bench]            netpath dropped {d:.0} packets for want of a free port"
-                    );
-                    s.no_port_drops.push(d);
-                }
             }
+            samples[i].push(m);
+        }
+        for k in 0..points.len() {
+            let i = (k + rep) % points.len();
+            let pt = &points[i];
+            let (_, ends) = labs.ready(pt.setup)?;
+            let what = format!("{} with {} rules", pt.name, pt.rules);
+            let m = retry(&what, || rr(&ends, opts.probe_secs))?;
+            step += 1;
+            progress(
+                step,
+                &format!(
+                    "scale: {what:<34} rr {:>6.0}/s p50 {:>5.0} µs p99 {:>6.0} µs",
+                    m.0, m.1, m.2
+                ),
+            );
+            scale[i].push(m);
         }
     }
     labs.teardown()?;
+    eprintln!("[bench] the programs' cost per packet (netpath bench, BPF_PROG_TEST_RUN)");
+    let programs = program_costs(&opts)?;
 
-    let base = |name: &str| {
-        let i = PATHS.iter().position(|p| p.name == name).unwrap_or(0);
-        (spread(&samples[i].gbps).0, spread(&samples[i].rtt_ms).0)
-    };
     let (machine, date) = (machine(), date());
     let mut md = format!(
-        "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max)\n\n",
+        "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max); ratios of medians\n",
         opts.reps
     );
-    md += "| path | TCP 1 stream, Gbit/s | vs baseline | TCP retransmits | ping RTT, ms | vs baseline | CPU steal |\n";
-    md += "|---|---|---|---|---|---|---|\n";
     let mut rows = Vec::new();
-    for (p, s) in PATHS
-        .iter()
-        .zip(&samples)
-        .filter(|(_, s)| !s.gbps.is_empty())
-    {
-        let (g, gmin, gmax) = spread(&s.gbps);
-        let (r, rmin, rmax) = spread(&s.rtt_ms);
-        let (retr, _, _) = spread(&s.retransmits);
-        let (steal, _, steal_max) = spread(&s.steal_pct);
-        let (bg, br) = base(p.baseline);
-        let _ = writeln!(
-            md,
-            "| {} | {g:.2} ({gmin:.2}-{gmax:.2}) | {:.2}x {} | {retr:.0} | {r:.3} ({rmin:.3}-{rmax:.3}) | {:.2}x | {steal:.0}% (max {steal_max:.0}%) |",
-            p.name,
-            g / bg,
-            p.baseline,
-            r / br
-        );
-        rows.push(json!({
-            "path": p.name,
-            "baseline": p.baseline,
-            "tcp_gbps": {"median": g, "min": gmin, "max": gmax, "samples": s.gbps},
-            "rtt_ms": {"median": r, "min": rmin, "max": rmax, "samples": s.rtt_ms},
-            "retransmits": {"median": retr, "samples": s.retransmits},
-            "steal_pct": {"median": steal, "max": steal_max, "samples": s.steal_pct},
-            "tcp_vs_baseline": g / bg,
-            "rtt_vs_baseline": r / br,
-        }));
-    }
-    let masq: Vec<(&BenchPath, &Samples)> = PATHS
-        .iter()
-        .zip(&samples)
-        .filter(|(_, s)| !s.conns_per_sec.is_empty())
-        .collect();
-    if !masq.is_empty() {
-        let _ = writeln!(
-            md,
-            "\nMasquerade to an outside host ({} concurrent TCP flows offered):\n",
-            opts.flows
-        );
-        md += "| path | new TCP connections/s | vs iptables | concurrent flows held | drop-nat-no-port (median) |\n|---|---|---|---|---|\n";
-        let bi = PATHS
-            .iter()
-            .position(|p| p.name == "iptables masquerade")
-            .unwrap_or(0);
-        let base_rate = spread(&samples[bi].conns_per_sec).0;
-        for (p, s) in masq {
-            let (c, cmin, cmax) = spread(&s.conns_per_sec);
-            let (f, fmin, _) = spread(&s.flows_held);
-            let drops = if s.no_port_drops.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{:.0}", spread(&s.no_port_drops).0)
+    md += &summary_table(&samples);
+    for &(key, heading, get, more) in MEASURES {
+        md += &measure_table(heading, &samples, get, more);
+        for (p, s) in PATHS.iter().zip(&samples).filter(|(_, s)| !s.is_empty()) {
+            let v: Vec<f64> = s.iter().map(get).collect();
+            let (m, lo, hi) = spread(&v);
+            let row = match rows.iter().position(|r: &Value| r["path"] == p.name) {
+                Some(i) => &mut rows[i],
+                None => {
+                    rows.push(json!({"path": p.name}));
+                    rows.last_mut().expect("pushed")
+                }
             };
-            let _ = writeln!(
-                md,
-                "| {} | {c:.0} ({cmin:.0}-{cmax:.0}) | {:.2}x | {f:.0} of {} (min {fmin:.0}) | {drops} |",
-                p.name,
-                c / base_rate,
-                opts.flows
-            );
-            if let Some(row) = rows.iter_mut().find(|r| r["path"] == p.name) {
-                row["conns_per_sec"] =
-                    json!({"median": c, "min": cmin, "max": cmax, "samples": s.conns_per_sec});
-                row["flows_held"] = json!({"median": f, "min": fmin, "offered": opts.flows, "samples": s.flows_held});
-            }
+            row[key] = json!({"median": m, "min": lo, "max": hi, "samples": v,
+                "vs_iptables": m / median_of(&samples, p.iptables(), get),
+                "vs_ceiling": m / median_of(&samples, CEILING, get)});
         }
     }
+    md += &masquerade_table(&samples, opts.flows, &mut rows);
+    for (p, s) in PATHS.iter().zip(&samples).filter(|(_, s)| !s.is_empty()) {
+        if let Some(row) = rows.iter_mut().find(|r| r["path"] == p.name) {
+            let steal: Vec<f64> = s.iter().map(|x| x.steal_pct).collect();
+            let sent: Vec<f64> = s.iter().map(|x| x.udp_sent_pps).collect();
+            let retr: Vec<f64> = s.iter().map(|x| x.retransmits).collect();
+            row["steal_pct"] =
+                json!({"median": spread(&steal).0, "max": spread(&steal).2, "samples": steal});
+            row["udp_sent_pps"] = json!({"median": spread(&sent).0, "samples": sent});
+            row["tcp_retransmits"] = json!({"median": spread(&retr).0, "samples": retr});
+        }
+    }
+    let (scale_md, scale_json) = scale_table(&points, &scale);
+    md += &scale_md;
+    md += &programs_table(&programs);
+    md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; for latency lower is better.\n";
+
     std::fs::create_dir_all(&opts.out_dir)?;
     let md_path = opts.out_dir.join("results.md");
     let json_path = opts.out_dir.join("results.json");
+    let png_path = opts.out_dir.join("scale.png");
+    if !points.is_empty() {
+        chart(&png_path, &points, &scale, &machine, &date)?;
+    }
     std::fs::write(&md_path, &md)?;
     let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
-        "iperf_secs": opts.secs, "pings": opts.pings, "paths": rows});
+        "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
+        "scale": scale_json, "programs": programs});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(
-        "[bench] written to {} and {}",
+        "[bench] done in {:.0} s; written to {}, {}{}",
+        started.elapsed().as_secs_f64(),
         md_path.display(),
-        json_path.display()
+        json_path.display(),
+        if points.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", png_path.display())
+        }
     );
+    Ok(())
+}
+
+fn median_of(samples: &[Vec<Sample>], name: &str, get: fn(&Sample) -> f64) -> f64 {
+    PATHS
+        .iter()
+        .position(|p| p.name == name)
+        .map(|i| spread(&samples[i].iter().map(get).collect::<Vec<_>>()).0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Every path's medians, each with its ratio to the iptables path.
+fn summary_table(samples: &[Vec<Sample>]) -> String {
+    let mut md = String::from("\n| path |");
+    for (_, heading, _, _) in MEASURES {
+        let _ = write!(md, " {heading} |");
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(MEASURES.len());
+    md += "\n";
+    for (p, s) in PATHS.iter().zip(samples).filter(|(_, s)| !s.is_empty()) {
+        let _ = write!(md, "| {} |", p.name);
+        for &(_, _, get, _) in MEASURES {
+            let m = spread(&s.iter().map(get).collect::<Vec<_>>()).0;
+            let base = median_of(samples, p.iptables(), get);
+            let _ = write!(md, " {} ({}) |", fmt(m), ratio(m, base));
+        }
+        md += "\n";
+    }
+    md + "\n(in parentheses: against the iptables path, or iptables masquerade)\n"
+}
+
+fn measure_table(
+    heading: &str,
+    samples: &[Vec<Sample>],
+    get: fn(&Sample) -> f64,
+    more: bool,
+) -> String {
+    let mut md = format!(
+        "\n### {heading} ({} is better)\n\n| path | median (min-max) | x iptables | x ceiling | x the kernel path it replaces |\n|---|---|---|---|---|\n",
+        if more { "more" } else { "less" }
+    );
+    for (p, s) in PATHS.iter().zip(samples).filter(|(_, s)| !s.is_empty()) {
+        let (m, lo, hi) = spread(&s.iter().map(get).collect::<Vec<_>>());
+        let kernel = p
+            .kernel
+            .map(|k| format!("{} {k}", ratio(m, median_of(samples, k, get))))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}-{}) | {} | {} | {kernel} |",
+            p.name,
+            fmt(m),
+            fmt(lo),
+            fmt(hi),
+            ratio(m, median_of(samples, p.iptables(), get)),
+            ratio(m, median_of(samples, CEILING, get)),
+        );
+    }
+    md
+}
+
+fn masquerade_table(samples: &[Vec<Sample>], offered: usize, rows: &mut [Value]) -> String {
+    let masq: Vec<(&BenchPath, &Vec<Sample>)> = PATHS
+        .iter()
+        .zip(samples)
+        .filter(|(p, s)| p.setup.masquerade() && !s.is_empty())
+        .collect();
+    if masq.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n### Masquerade: concurrent flows held ({offered} TCP flows offered at once)\n\n| path | flows held, median (min) | drop-nat-no-port while measuring (median) |\n|---|---|---|\n"
+    );
+    for (p, s) in masq {
+        let held: Vec<f64> = s.iter().filter_map(|x| x.flows_held).collect();
+        let drops: Vec<f64> = s.iter().filter_map(|x| x.no_port_drops).collect();
+        let (f, fmin, _) = spread(&held);
+        let d = if drops.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", spread(&drops).0)
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {f:.0} of {offered} (min {fmin:.0}) | {d} |",
+            p.name
+        );
+        if let Some(row) = rows.iter_mut().find(|r| r["path"] == p.name) {
+            row["flows_held"] =
+                json!({"median": f, "min": fmin, "offered": offered, "samples": held});
+        }
+    }
+    md
+}
+
+fn scale_table(points: &[Point], scale: &[Vec<(f64, f64, f64)>]) -> (String, Value) {
+    if points.is_empty() {
+        return (String::new(), json!([]));
+    }
+    let mut md = format!(
+        "\n### Scale: TCP request/response with N rules (iptables: extra FORWARD rules in DOCKER-USER; netpath: policy rules and min(N, {SCALE_PEERS}) more peers)\n\n| path | rules | transactions/s, median (min-max) | x same path, 0 rules | p50 µs | p99 µs |\n|---|---|---|---|---|---|\n"
+    );
+    let mut out = Vec::new();
+    for (pt, s) in points.iter().zip(scale) {
+        let tps: Vec<f64> = s.iter().map(|x| x.0).collect();
+        let (m, lo, hi) = spread(&tps);
+        let p50 = spread(&s.iter().map(|x| x.1).collect::<Vec<_>>()).0;
+        let p99 = spread(&s.iter().map(|x| x.2).collect::<Vec<_>>()).0;
+        let zero = points
+            .iter()
+            .zip(scale)
+            .find(|(q, _)| q.name == pt.name && q.rules == 0)
+            .map(|(_, s)| spread(&s.iter().map(|x| x.0).collect::<Vec<_>>()).0)
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} ({}-{}) | {} | {} | {} |",
+            pt.name,
+            pt.rules,
+            fmt(m),
+            fmt(lo),
+            fmt(hi),
+            ratio(m, zero),
+            fmt(p50),
+            fmt(p99)
+        );
+        out.push(json!({"path": pt.name, "rules": pt.rules,
+            "peers": if pt.name == NETPATH_DIRECT { 1 + pt.rules.min(SCALE_PEERS) } else { 1 },
+            "rr_per_sec": {"median": m, "min": lo, "max": hi, "samples": tps},
+            "rr_p50_us": p50, "rr_p99_us": p99, "vs_zero_rules": m / zero}));
+    }
+    (md, Value::Array(out))
+}
+
+/// `netpath bench --json` (a private datapath, BPF_PROG_TEST_RUN), up to three times;
+/// medians per case.
+fn program_costs(opts: &Options) -> Result<Value> {
+    let runs = opts.reps.clamp(1, 3);
+    let rules = opts
+        .scale
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut all: Vec<Value> = Vec::new();
+    for _ in 0..runs {
+        let out = output(Command::new(netpath_tests::netpath_bin()).args([
+            "bench",
+            "--json",
+            "--repeat",
+            &opts.prog_repeat.to_string(),
+            "--rules",
+            &rules,
+        ]))?;
+        all.push(serde_json::from_str(&out).context("netpath bench --json")?);
+    }
+    let median = |section: &str, i: usize, key: &str| {
+        spread(
+            &all.iter()
+                .filter_map(|r| r[section][i][key].as_f64())
+                .collect::<Vec<_>>(),
+        )
+        .0
+    };
+    let first = &all[0];
+    let programs: Vec<Value> = (0..first["programs"].as_array().map_or(0, |a| a.len()))
+        .map(|i| {
+            json!({"case": first["programs"][i]["case"], "program": first["programs"][i]["program"],
+                "ns_per_packet": median("programs", i, "ns_per_packet")})
+        })
+        .collect();
+    let policy: Vec<Value> = (0..first["policy"].as_array().map_or(0, |a| a.len()))
+        .map(|i| {
+            json!({"rules": first["policy"][i]["rules"], "entries": first["policy"][i]["entries"],
+                "load_ms": median("policy", i, "load_ms"),
+                "ns_per_packet": median("policy", i, "ns_per_packet")})
+        })
+        .collect();
+    Ok(json!({"runs": runs, "repeat": opts.prog_repeat, "paths": programs, "policy": policy}))
+}
+
+fn programs_table(p: &Value) -> String {
+    let mut md = format!(
+        "\n### Per-program cost (BPF_PROG_TEST_RUN, {} runs per case, median of {})\n\n| case | program | ns/packet |\n|---|---|---|\n",
+        p["repeat"], p["runs"]
+    );
+    for r in p["paths"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} |",
+            r["case"].as_str().unwrap_or("?"),
+            r["program"].as_str().unwrap_or("?"),
+            r["ns_per_packet"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    md += "\n| policy lookup, new flow: rules | trie entries | load, ms | ns/packet |\n|---|---|---|---|\n";
+    for r in p["policy"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} |",
+            r["rules"],
+            r["entries"],
+            r["load_ms"].as_f64().unwrap_or(f64::NAN),
+            r["ns_per_packet"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    md
+}
+
+/// The scale test as a PNG: request/response rate against the rule count, one line per
+/// path.
+fn chart(
+    path: &Path,
+    points: &[Point],
+    scale: &[Vec<(f64, f64, f64)>],
+    machine: &str,
+    date: &str,
+) -> Result<()> {
+    use plotters::prelude::*;
+    let font: &'static [u8] = Box::leak(
+        std::fs::read(crate::setup::FONT)
+            .with_context(|| format!("reading the chart's font {}", crate::setup::FONT))?
+            .into_boxed_slice(),
+    );
+    // Registering twice (a second run in one process) is harmless.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, font);
+    let counts: Vec<usize> = {
+        let mut c: Vec<usize> = points.iter().map(|p| p.rules).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let series: Vec<(&str, Vec<(f64, f64)>)> = [IPTABLES, NETPATH_DIRECT]
+        .iter()
+        .map(|&name| {
+            let pts = points
+                .iter()
+                .zip(scale)
+                .filter(|(p, _)| p.name == name)
+                .filter_map(|(p, s)| {
+                    let x = counts.iter().position(|&c| c == p.rules)? as f64;
+                    Some((x, spread(&s.iter().map(|v| v.0).collect::<Vec<_>>()).0))
+                })
+                .collect();
+            (name, pts)
+        })
+        .collect();
+    let ymax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .fold(0.0, f64::max)
+        * 1.15;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)
+        .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            format!("TCP request/response rate against rule count ({date})"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.3f64..(counts.len() as f64 - 0.7), 0.0..ymax.max(1.0))
+        .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    c.configure_mesh()
+        .x_labels(counts.len())
+        .x_label_formatter(&|x| {
+            let i = x.round() as usize;
+            if (x - x.round()).abs() < 0.01 && i < counts.len() {
+                counts[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(format!("rules (FORWARD rules for iptables; policy rules + up to {SCALE_PEERS} peers for netpath) — {machine}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_desc("transactions/s (median)")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    for (k, (name, pts)) in series.iter().enumerate() {
+        let color = if k == 0 { RED } else { BLUE };
+        c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(3)))
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     Ok(())
 }

@@ -46,10 +46,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Compare netpath's paths with the kernel's on labs in network namespaces
-    /// (interleaved repetitions, medians and spread); writes target/bench/results.{md,json}.
+    /// Compare netpath with the iptables path, the kernel's vxlan overlay and the ceiling
+    /// (one veth) on labs in network namespaces: throughput, request/response rate and
+    /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
+    /// each program's ns per packet. Interleaved repetitions, medians and spread; writes
+    /// target/bench/results.{md,json} and scale.png.
     Bench {
-        /// Every path once, briefly (a smoke test of the benchmark itself).
+        /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
         #[arg(long)]
         quick: bool,
         /// Repetitions of every path.
@@ -58,12 +61,19 @@ enum Cmd {
         /// Seconds of iperf3 per measurement.
         #[arg(long, default_value_t = 3)]
         secs: u32,
-        /// Only paths whose name contains this (repeatable), e.g. --only vxlan.
+        /// Seconds of each other measure (request/response, UDP, connections).
+        #[arg(long, default_value_t = 2.0)]
+        probe_secs: f64,
+        /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
+        /// scale test is skipped then.
         #[arg(long)]
         only: Vec<String>,
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
+        /// Rule counts of the scale test (iptables: those up to 10000).
+        #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
+        scale: Vec<usize>,
     },
 }
 
@@ -240,8 +250,10 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             reps,
             secs,
+            probe_secs,
             only,
             flows,
+            scale,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -256,8 +268,10 @@ fn run(cli: Cli) -> Result<()> {
                 bench::Options {
                     reps: reps.max(1),
                     secs: secs.max(1),
-                    pings: 50,
+                    probe_secs: probe_secs.max(0.1),
                     flows,
+                    scale,
+                    prog_repeat: 100_000,
                     out_dir,
                     only,
                 }

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// (command that must exist, Debian package that provides it)
+/// The font the benchmark's chart is drawn with.
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// (command, or absolute path of a file, that must exist; Debian package that provides it)
 const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
@@ -19,6 +22,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
     ("kill", "procps"),
+    (FONT, "fonts-dejavu-core"),
 ];
 
 fn step(name: &str) -> Step {
@@ -170,7 +174,13 @@ fn debian() -> Result<()> {
     let s = step("packages");
     let missing: Vec<&str> = DEBIAN
         .iter()
-        .filter(|(cmd, _)| !have(cmd))
+        .filter(|(cmd, _)| {
+            if cmd.starts_with('/') {
+                !std::path::Path::new(cmd).exists()
+            } else {
+                !have(cmd)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
