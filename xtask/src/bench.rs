@@ -747,11 +747,34 @@ fn fmt(x: f64) -> String {
     }
 }
 
-fn ratio(x: f64, base: f64) -> String {
-    if x.is_finite() && base.is_finite() && base > 0.0 {
-        format!("{:.2}x", x / base)
+fn ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}x")
     } else {
         "-".into()
+    }
+}
+
+/// The median over repetitions of a / b, each pair from the same repetition: noise that
+/// comes and goes over minutes (the hypervisor's steal) cancels out of the ratio.
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    let r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, y)| **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    spread(&r).0
+}
+
+/// `s` (a path's samples) against the path named `base`, paired by repetition.
+fn vs(samples: &[Vec<Sample>], s: &[Sample], base: &str, get: fn(&Sample) -> f64) -> f64 {
+    match PATHS.iter().position(|p| p.name == base) {
+        Some(b) => paired(
+            &s.iter().map(get).collect::<Vec<_>>(),
+            &samples[b].iter().map(get).collect::<Vec<_>>(),
+        ),
+        None => f64::NAN,
     }
 }
 
@@ -879,7 +902,7 @@ pub fn run(opts: Options) -> Result<()> {
 
     let (machine, date) = (machine(), date());
     let mut md = format!(
-        "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max); ratios of medians\n",
+        "netpath bench, {date}, {machine}; {} repetitions, interleaved; median (min-max); ratios paired by repetition\n",
         opts.reps
     );
     let mut rows = Vec::new();
@@ -897,8 +920,8 @@ pub fn run(opts: Options) -> Result<()> {
                 }
             };
             row[key] = json!({"median": m, "min": lo, "max": hi, "samples": v,
-                "vs_iptables": m / median_of(&samples, p.iptables(), get),
-                "vs_ceiling": m / median_of(&samples, CEILING, get)});
+                "vs_iptables": vs(&samples, s, p.iptables(), get),
+                "vs_ceiling": vs(&samples, s, CEILING, get)});
         }
     }
     md += &masquerade_table(&samples, opts.flows, &mut rows);
@@ -916,7 +939,7 @@ pub fn run(opts: Options) -> Result<()> {
     let (scale_md, scale_json) = scale_table(&points, &scale);
     md += &scale_md;
     md += &programs_table(&programs);
-    md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; for latency lower is better.\n";
+    md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; each the median of the ratios within one repetition (paths of a repetition run minutes apart at most, so slow swings of the machine cancel out); for latency lower is better.\n";
 
     std::fs::create_dir_all(&opts.out_dir)?;
     let md_path = opts.out_dir.join("results.md");
@@ -945,33 +968,27 @@ pub fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-fn median_of(samples: &[Vec<Sample>], name: &str, get: fn(&Sample) -> f64) -> f64 {
-    PATHS
-        .iter()
-        .position(|p| p.name == name)
-        .map(|i| spread(&samples[i].iter().map(get).collect::<Vec<_>>()).0)
-        .unwrap_or(f64::NAN)
-}
-
 /// Every path's medians, each with its ratio to the iptables path.
 fn summary_table(samples: &[Vec<Sample>]) -> String {
     let mut md = String::from("\n| path |");
     for (_, heading, _, _) in MEASURES {
         let _ = write!(md, " {heading} |");
     }
-    md += "\n|---|";
-    md += &"---|".repeat(MEASURES.len());
+    md += " CPU steal |\n|---|";
+    md += &"---|".repeat(MEASURES.len() + 1);
     md += "\n";
     for (p, s) in PATHS.iter().zip(samples).filter(|(_, s)| !s.is_empty()) {
         let _ = write!(md, "| {} |", p.name);
         for &(_, _, get, _) in MEASURES {
             let m = spread(&s.iter().map(get).collect::<Vec<_>>()).0;
-            let base = median_of(samples, p.iptables(), get);
-            let _ = write!(md, " {} ({}) |", fmt(m), ratio(m, base));
+            let r = vs(samples, s, p.iptables(), get);
+            let _ = write!(md, " {} ({}) |", fmt(m), ratio(r));
         }
-        md += "\n";
+        let steal: Vec<f64> = s.iter().map(|x| x.steal_pct).collect();
+        let (st, _, st_max) = spread(&steal);
+        let _ = writeln!(md, " {st:.0}% (max {st_max:.0}%) |");
     }
-    md + "\n(in parentheses: against the iptables path, or iptables masquerade)\n"
+    md + "\n(in parentheses: against the iptables path, or iptables masquerade; CPU steal: the share of CPU time the hypervisor took while measuring)\n"
 }
 
 fn measure_table(
@@ -988,7 +1005,7 @@ fn measure_table(
         let (m, lo, hi) = spread(&s.iter().map(get).collect::<Vec<_>>());
         let kernel = p
             .kernel
-            .map(|k| format!("{} {k}", ratio(m, median_of(samples, k, get))))
+            .map(|k| format!("{} {k}", ratio(vs(samples, s, k, get))))
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             md,
@@ -997,8 +1014,8 @@ fn measure_table(
             fmt(m),
             fmt(lo),
             fmt(hi),
-            ratio(m, median_of(samples, p.iptables(), get)),
-            ratio(m, median_of(samples, CEILING, get)),
+            ratio(vs(samples, s, p.iptables(), get)),
+            ratio(vs(samples, s, CEILING, get)),
         );
     }
     md
@@ -1055,7 +1072,7 @@ fn scale_table(points: &[Point], scale: &[Vec<(f64, f64, f64)>]) -> (String, Val
             .iter()
             .zip(scale)
             .find(|(q, _)| q.name == pt.name && q.rules == 0)
-            .map(|(_, s)| spread(&s.iter().map(|x| x.0).collect::<Vec<_>>()).0)
+            .map(|(_, z)| paired(&tps, &z.iter().map(|x| x.0).collect::<Vec<_>>()))
             .unwrap_or(f64::NAN);
         let _ = writeln!(
             md,
@@ -1065,14 +1082,14 @@ fn scale_table(points: &[Point], scale: &[Vec<(f64, f64, f64)>]) -> (String, Val
             fmt(m),
             fmt(lo),
             fmt(hi),
-            ratio(m, zero),
+            ratio(zero),
             fmt(p50),
             fmt(p99)
         );
         out.push(json!({"path": pt.name, "rules": pt.rules,
             "peers": if pt.name == NETPATH_DIRECT { 1 + pt.rules.min(SCALE_PEERS) } else { 1 },
             "rr_per_sec": {"median": m, "min": lo, "max": hi, "samples": tps},
-            "rr_p50_us": p50, "rr_p99_us": p99, "vs_zero_rules": m / zero}));
+            "rr_p50_us": p50, "rr_p99_us": p99, "vs_zero_rules": zero}));
     }
     (md, Value::Array(out))
 }

@@ -56,13 +56,13 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Repetitions of every path.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         reps: usize,
         /// Seconds of iperf3 per measurement.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 2)]
         secs: u32,
         /// Seconds of each other measure (request/response, UDP, connections).
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 1.5)]
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
         /// scale test is skipped then.
