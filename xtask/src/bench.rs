@@ -554,7 +554,11 @@ fn no_port_drops(lab: &Lab) -> Option<f64> {
     if lab.hosts.is_empty() || !lab.hosts[0].pin_dir.exists() {
         return None;
     }
-    Some(lab.counter(0, "drop-nat-no-port") as f64)
+    let out = output(lab.netpath(0, &["dump", "counters", "--json"])).ok()?;
+    let rows: Vec<Value> = serde_json::from_str(&out).ok()?;
+    rows.iter()
+        .find(|r| r["reason"] == "drop-nat-no-port")
+        .and_then(|r| r["packets"].as_f64())
 }
 
 /// Median, min and max.
