@@ -52,12 +52,19 @@ enum Cmd {
     ///
     /// Example: netpath down --pin-dir /sys/fs/bpf/netpath
     Down,
-    /// Counters by reason and per peer.
+    /// Counters by reason, per peer and per policy rule; with --watch, their rates per
+    /// second, refreshed in place (with --json: one JSON object per line and interval).
     ///
-    /// Example: netpath stats --json
+    /// Example: netpath stats --watch 1
     Stats {
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS, showing rates since the last reading; Ctrl-C stops.
+        #[arg(long, value_name = "SECONDS", value_parser = watch_secs)]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
     /// Print one map in readable form.
     ///
@@ -81,6 +88,21 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Print a shell completion script, generated from this CLI.
+    ///
+    /// Example: netpath completions bash > /etc/bash_completion.d/netpath
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this CLI; with --dir, write it and one
+    /// page per command (netpath-policy-add.1, ...) there.
+    ///
+    /// Example: netpath man --dir /usr/local/share/man/man1
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Measure what each datapath path costs per packet on this machine (forward, vxlan
     /// encap and decap, NAT both ways, the policy lookup at several rule counts): a
@@ -229,6 +251,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn watch_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.1..=3600.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?}: seconds between 0.1 and 3600")),
+    }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -267,6 +296,31 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "netpath",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            use clap::CommandFactory;
+            let cmd = Cli::command().name("netpath");
+            match dir {
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+                Some(d) => {
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                    clap_mangen::generate_to(cmd, &d)
+                        .with_context(|| format!("writing man pages to {}", d.display()))?;
+                    println!("man pages written to {}", d.display());
+                }
+            }
+            Ok(())
+        }
         Cmd::Bench {
             rules,
             repeat,
@@ -292,14 +346,34 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Stats { json } => {
+        Cmd::Stats { json, watch, count } => {
             let maps = Maps::open(&pins)?;
-            let s = report::stats(&maps)?;
-            if json {
-                print_json(&s)
-            } else {
-                Ok(print!("{}", report::stats_text(&s)))
+            let Some(secs) = watch else {
+                let s = report::stats(&maps)?;
+                return if json {
+                    print_json(&s)
+                } else {
+                    Ok(print!("{}", report::stats_text(&s)))
+                };
+            };
+            let mut last = (std::time::Instant::now(), report::stats(&maps)?);
+            let mut shown = 0u64;
+            while count.is_none_or(|c| shown < c) {
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                let now = (std::time::Instant::now(), report::stats(&maps)?);
+                let r = report::rates(&last.1, &now.1, (now.0 - last.0).as_secs_f64());
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    // Home and clear: the table is redrawn in place.
+                    print!("\x1b[H\x1b[2J{}", report::rates_text(&r));
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                last = now;
+                shown += 1;
             }
+            Ok(())
         }
         Cmd::Dump { map, json } => {
             let maps = Maps::open(&pins)?;

@@ -52,6 +52,8 @@ pub struct Stats {
     pub counters: Vec<CounterRow>,
     pub peers: Vec<PeerRow>,
     pub conntrack: crate::nat::CtSummary,
+    /// Rules with their counters, the default action's.
+    pub policy: crate::policy::PolicyReport,
 }
 
 #[derive(Serialize, Default)]
@@ -161,7 +163,170 @@ pub fn stats(maps: &Maps) -> Result<Stats> {
         counters,
         peers: peer_rows(maps)?,
         conntrack: crate::nat::summary(maps)?,
+        policy: crate::policy::report(maps)?,
     })
+}
+
+/// Per-second rates between two readings of [`stats`] (`netpath stats --watch`); only
+/// what moved.
+#[derive(Serialize)]
+pub struct Rates {
+    pub interval_s: f64,
+    pub reasons: Vec<ReasonRate>,
+    pub peers: Vec<PeerRate>,
+    pub rules: Vec<RuleRate>,
+}
+
+#[derive(Serialize)]
+pub struct ReasonRate {
+    pub reason: String,
+    pub verdict: &'static str,
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct PeerRate {
+    pub name: String,
+    pub tx_packets_per_s: f64,
+    pub tx_bytes_per_s: f64,
+    pub rx_packets_per_s: f64,
+    pub rx_bytes_per_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct RuleRate {
+    /// The rule's id; 0 is the default action.
+    pub id: u32,
+    pub rule: String,
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+pub fn rates(old: &Stats, new: &Stats, secs: f64) -> Rates {
+    let secs = secs.max(1e-3);
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let reasons = new
+        .counters
+        .iter()
+        .filter_map(|c| {
+            let o = old.counters.iter().find(|o| o.reason == c.reason);
+            let (p, b) = o.map_or((0, 0), |o| (o.packets, o.bytes));
+            (c.packets > p).then(|| ReasonRate {
+                reason: c.reason.clone(),
+                verdict: c.verdict,
+                packets_per_s: per(p, c.packets),
+                bytes_per_s: per(b, c.bytes),
+            })
+        })
+        .collect();
+    let peers = new
+        .peers
+        .iter()
+        .filter_map(|n| {
+            let o = old.peers.iter().find(|o| o.name == n.name);
+            let (tp, tb, rp, rb) = o.map_or((0, 0, 0, 0), |o| {
+                (o.tx_packets, o.tx_bytes, o.rx_packets, o.rx_bytes)
+            });
+            (n.tx_packets > tp || n.rx_packets > rp).then(|| PeerRate {
+                name: n.name.clone(),
+                tx_packets_per_s: per(tp, n.tx_packets),
+                tx_bytes_per_s: per(tb, n.tx_bytes),
+                rx_packets_per_s: per(rp, n.rx_packets),
+                rx_bytes_per_s: per(rb, n.rx_bytes),
+            })
+        })
+        .collect();
+    let mut rules: Vec<RuleRate> = new
+        .policy
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let o = old.policy.rules.iter().find(|o| o.id == r.id);
+            let (p, b) = o.map_or((0, 0), |o| (o.packets, o.bytes));
+            (r.packets > p).then(|| RuleRate {
+                id: r.id,
+                rule: format!("{} -> {} {} {} {}", r.from, r.to, r.proto, r.port, r.action),
+                packets_per_s: per(p, r.packets),
+                bytes_per_s: per(b, r.bytes),
+            })
+        })
+        .collect();
+    if new.policy.default_packets > old.policy.default_packets {
+        rules.push(RuleRate {
+            id: 0,
+            rule: format!("default {}", new.policy.default_action),
+            packets_per_s: per(old.policy.default_packets, new.policy.default_packets),
+            bytes_per_s: per(old.policy.default_bytes, new.policy.default_bytes),
+        });
+    }
+    Rates {
+        interval_s: secs,
+        reasons,
+        peers,
+        rules,
+    }
+}
+
+pub fn rates_text(r: &Rates) -> String {
+    let f = |x: f64| format!("{x:.1}");
+    let mut out = format!("rates over the last {:.1} s\n\n", r.interval_s);
+    let rows: Vec<Vec<String>> = r
+        .reasons
+        .iter()
+        .map(|c| {
+            vec![
+                c.reason.clone(),
+                c.verdict.into(),
+                f(c.packets_per_s),
+                f(c.bytes_per_s),
+            ]
+        })
+        .collect();
+    out += &table(&["reason", "verdict", "packets/s", "bytes/s"], &rows);
+    if !r.peers.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    f(p.tx_packets_per_s),
+                    f(p.tx_bytes_per_s),
+                    f(p.rx_packets_per_s),
+                    f(p.rx_bytes_per_s),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out += &table(
+            &[
+                "peer",
+                "tx packets/s",
+                "tx bytes/s",
+                "rx packets/s",
+                "rx bytes/s",
+            ],
+            &rows,
+        );
+    }
+    if !r.rules.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .rules
+            .iter()
+            .map(|x| {
+                vec![
+                    x.id.to_string(),
+                    x.rule.clone(),
+                    f(x.packets_per_s),
+                    f(x.bytes_per_s),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out += &table(&["rule", "", "packets/s", "bytes/s"], &rows);
+    }
+    out
 }
 
 /// Left-aligned text table with a header row.
@@ -281,6 +446,10 @@ pub fn stats_text(s: &Stats) -> String {
     out += &counters_table(&s.counters);
     out.push('\n');
     out += &peers_table(&s.peers);
+    if s.policy.enabled {
+        out.push('\n');
+        out += &policies_table(&s.policy);
+    }
     out
 }
 
