@@ -1265,3 +1265,36 @@ fn chart(
     root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_min_max_of_finite_figures() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0, f64::NAN, 2.0, 3.0]), (2.5, 1.0, 4.0));
+        assert!(spread(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn paired_ratios_cancel_a_slow_machine() {
+        // The machine is 8x slower in some repetitions than in others; path a is twice
+        // as fast as b within every one, whatever the medians do.
+        let a = [40.0, 5.0, 40.0, 5.0, 5.0];
+        let b = [20.0, 2.5, 20.0, 2.5, 2.5];
+        assert_eq!(paired(&a, &b), 2.0);
+        // A repetition without a baseline figure is left out, not divided by zero.
+        assert_eq!(paired(&[1.0, 3.0], &[0.0, 1.5]), 2.0);
+    }
+
+    #[test]
+    fn scale_config_is_a_config_netpath_reads() {
+        let t = scale_config(300);
+        assert_eq!(t.matches("[[peer]]").count(), SCALE_PEERS);
+        assert_eq!(t.matches("[[policy]]").count(), 300);
+        let v: toml::Value = t.parse().expect("TOML");
+        assert_eq!(v["policy"][0]["from"].as_str(), Some("10.244.224.0"));
+        assert_eq!(v["peer"][199]["underlay"].as_str(), Some("198.18.0.219"));
+    }
+}
