@@ -220,11 +220,16 @@ pub fn rates(old: &Stats, new: &Stats, secs: f64) -> Rates {
             })
         })
         .collect();
+    // Readings by key: thousands of peers and rules must not be paired one by one.
+    let old_peers: std::collections::HashMap<&str, &PeerRow> =
+        old.peers.iter().map(|p| (p.name.as_str(), p)).collect();
+    let old_rules: std::collections::HashMap<u32, &crate::policy::RuleRow> =
+        old.policy.rules.iter().map(|r| (r.id, r)).collect();
     let peers = new
         .peers
         .iter()
         .filter_map(|n| {
-            let o = old.peers.iter().find(|o| o.name == n.name);
+            let o = old_peers.get(n.name.as_str());
             let (tp, tb, rp, rb) = o.map_or((0, 0, 0, 0), |o| {
                 (o.tx_packets, o.tx_bytes, o.rx_packets, o.rx_bytes)
             });
@@ -242,7 +247,7 @@ pub fn rates(old: &Stats, new: &Stats, secs: f64) -> Rates {
         .rules
         .iter()
         .filter_map(|r| {
-            let o = old.policy.rules.iter().find(|o| o.id == r.id);
+            let o = old_rules.get(&r.id);
             let (p, b) = o.map_or((0, 0), |o| (o.packets, o.bytes));
             (r.packets > p).then(|| RuleRate {
                 id: r.id,

@@ -614,23 +614,11 @@ fn xdp_drops_what_is_not_our_tunnel_with_the_tc_reasons() {
     let plain = Frame::icmp(PEER_C, LOCAL_C).build();
     let mut arp = plain.clone();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    let before: u64 = dp
-        .maps
-        .counters()
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.packets)
-        .sum();
+    let before = dp.total();
     for f in [other, plain, arp] {
         let (action, out) = dp.run_xdp(&f);
         assert_eq!((action, &out[..]), (XDP_PASS, &f[..]));
     }
-    let after: u64 = dp
-        .maps
-        .counters()
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.packets)
-        .sum();
+    let after = dp.total();
     assert_eq!(before, after);
 }

@@ -266,12 +266,16 @@ struct Ends {
 /// Starts the echo server in `ns` and lets `client` reuse ports in TIME_WAIT, so that
 /// thousands of short connections per second do not run out of them (on every path).
 fn serve(lab: &mut Lab, client: &str, ns: &str) -> Result<()> {
-    netpath_tests::sysctl(client, "net.ipv4.tcp_tw_reuse", "1")?;
+    reuse_ports(client)?;
     lab.spawn_in(
         ns,
         &netpath_tests::probe_bin(),
         &["serve", ECHO_PORT, "86400"],
     )
+}
+
+fn reuse_ports(client: &str) -> Result<()> {
+    netpath_tests::sysctl(client, "net.ipv4.tcp_tw_reuse", "1")
 }
 
 /// A lab of two hosts with one container each; the echo server on the second.
@@ -313,9 +317,8 @@ fn masquerade_lab() -> Result<(Lab, Ends)> {
         .iter()
         .map(|c| c.ns.clone())
         .collect();
-    for c in &clients {
-        netpath_tests::sysctl(c, "net.ipv4.tcp_tw_reuse", "1")?;
-    }
+    // Both containers open connections in the flows test.
+    reuse_ports(&clients[1])?;
     serve(&mut lab, &clients[0], &out)?;
     let to = lab.outside().addr.clone();
     Ok((

@@ -136,6 +136,16 @@ impl Dp {
             .unwrap()
     }
 
+    /// Packets counted under every reason together.
+    pub fn total(&self) -> u64 {
+        self.maps
+            .counters()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.packets)
+            .sum()
+    }
+
     pub fn count(&self, r: Reason) -> u64 {
         self.maps.counters().unwrap()[r as usize].1.packets
     }
