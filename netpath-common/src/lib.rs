@@ -34,6 +34,10 @@ pub mod map_names {
     pub const POLICY_INFO: &str = "NP_POLICY_INFO_V1";
     pub const GROUPS: &str = "NP_GROUPS_V1";
     pub const REJECT_LIMIT: &str = "NP_REJECT_LIMIT_V1";
+    pub const EVENTS: &str = "NP_EVENTS_V1";
+    pub const MONITOR: &str = "NP_MONITOR_V1";
+    pub const EVENT_LIMIT: &str = "NP_EVENT_LIMIT_V1";
+    pub const BUILD: &str = "NP_BUILD_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -55,6 +59,10 @@ pub mod map_names {
         POLICY_INFO,
         GROUPS,
         REJECT_LIMIT,
+        EVENTS,
+        MONITOR,
+        EVENT_LIMIT,
+        BUILD,
     ];
 }
 
@@ -385,6 +393,76 @@ pub struct RejectLimit {
     pub _pad: u32,
 }
 
+/// Size of the drop-event ring buffer (`NP_EVENTS`), bytes: about 6,500 events.
+pub const EVENTS_SIZE: u32 = 256 * 1024;
+/// Drop events each CPU may emit per second unless the agent sets another rate.
+pub const DEFAULT_EVENT_RATE: u32 = 1000;
+
+/// A drop, as `netpath monitor` receives it from `NP_EVENTS` (ring buffer). The tuple is
+/// the packet's as it was when dropped (the outer headers of a tunnel packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DropEvent {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// [`Reason`] value.
+    pub reason: u32,
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// network byte order; 0 when the packet was not IPv4.
+    pub src: u32,
+    pub dst: u32,
+    /// network byte order; 0 for protocols without ports (ICMP: type and code).
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 1: dropped by the XDP program.
+    pub xdp: u8,
+    pub _pad: [u8; 2],
+    /// Length of the packet.
+    pub len: u32,
+    pub _pad2: u32,
+}
+
+/// The one entry of `NP_MONITOR`: how many drop events each CPU may emit per second
+/// (0: none). Unset (the entry is zero before the agent writes it) reads as none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MonitorState {
+    pub rate: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU state of the drop-event rate limit (`NP_EVENT_LIMIT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct EventLimit {
+    /// bpf_ktime_get_ns at the start of the current second.
+    pub window_ns: u64,
+    /// Events emitted in it.
+    pub sent: u32,
+    pub _pad: u32,
+    /// Drops not reported because the CPU was over its rate, since the datapath started.
+    pub suppressed: u64,
+    /// Events lost because the ring buffer was full (nobody reading, or too slowly).
+    pub lost: u64,
+    /// Events emitted, since the datapath started.
+    pub emitted: u64,
+}
+
+/// The one entry of `NP_BUILD` (userspace only): which netpath loaded the running
+/// programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BuildInfo {
+    /// NUL-padded version of the netpath that loaded the programs.
+    pub version: [u8; 32],
+    /// FNV-1a 64 of the eBPF object it loaded.
+    pub object_digest: u64,
+    /// Unix time the programs were loaded.
+    pub loaded_at: u64,
+}
+
 /// Data part of the LPM key of `NP_PEERS`: an IPv4 address in network byte order
 /// (stored as the four bytes in packet order, so `u32::from_ne_bytes(octets)`).
 pub type PeerKey = u32;
@@ -540,6 +618,10 @@ mod user {
     unsafe impl aya::Pod for super::PolicyRuleInfo {}
     unsafe impl aya::Pod for super::GroupMember {}
     unsafe impl aya::Pod for super::RejectLimit {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::MonitorState {}
+    unsafe impl aya::Pod for super::EventLimit {}
+    unsafe impl aya::Pod for super::BuildInfo {}
 }
 
 /// Converts an address to its map representation (network byte order in a u32).

@@ -12,7 +12,7 @@ use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, MODE_VXLAN, Reason, re
 
 use crate::{
     counters::{self, PeerDir, count, count_peer},
-    icmp,
+    events, icmp,
     maps::{CONFIG, CT, PEERS},
     mtu, nat, parse,
     policy::{self, Decision},
@@ -33,6 +33,11 @@ fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
         },
     };
     count(reason, ctx.len());
+    if reason.verdict() == Verdict::Drop {
+        // SAFETY: reading a field of the program's own skb.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        events::dropped(ctx, reason, ifindex, false);
+    }
     action
 }
 

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod counters;
+mod events;
 mod forward;
 mod icmp;
 mod maps;

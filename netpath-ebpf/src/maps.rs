@@ -5,10 +5,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpath_common::{
-    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
+    AgentInfo, BuildInfo, EVENTS_SIZE, EventLimit, MonitorState, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
     MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
     NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
     PolicyVerdict, PublishKey, PublishValue, RejectLimit, UnderlayValue,
@@ -94,3 +94,20 @@ pub static GROUPS: HashMap<GroupMember, u8> =
 /// Reject answers sent this second, per CPU.
 #[map(name = "NP_REJECT_LIMIT_V1")]
 pub static REJECT_LIMIT: PerCpuArray<RejectLimit> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drop events for `netpath monitor` (events.rs).
+#[map(name = "NP_EVENTS_V1")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_SIZE, 0);
+
+/// The rate of drop events the agent allows.
+#[map(name = "NP_MONITOR_V1")]
+pub static MONITOR: Array<MonitorState> = Array::with_max_entries(1, 0);
+
+/// Drop events emitted this second, suppressed and lost, per CPU.
+#[map(name = "NP_EVENT_LIMIT_V1")]
+pub static EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::with_max_entries(1, 0);
+
+#[allow(dead_code, reason = "read by the agent only")]
+/// Userspace only: which netpath loaded the programs.
+#[map(name = "NP_BUILD_V1")]
+pub static BUILD: Array<BuildInfo> = Array::with_max_entries(1, 0);

@@ -8,7 +8,7 @@
 //! counts each packet once. When the driver has no room for metadata, the packet passes
 //! whole and TC decapsulates it.
 
-use crate::{counters::count, forward, parse, vxlan};
+use crate::{counters::count, events, forward, parse, vxlan};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_xdp_adjust_meta,
@@ -41,6 +41,9 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
         Ok(id) => id,
         Err(reason) => {
             count(reason, parse::Packet::len(ctx));
+            // SAFETY: reading a field of the program's own xdp_md.
+            let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+            events::dropped(ctx, reason, ifindex, true);
             return XDP_DROP;
         }
     };

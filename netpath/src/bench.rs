@@ -111,6 +111,8 @@ fn host_config() -> Config {
         }],
         conntrack: Default::default(),
         policy: Default::default(),
+        monitor: Default::default(),
+        metrics: None,
     }
 }
 

@@ -101,6 +101,38 @@ struct File {
     groups: Vec<GroupFile>,
     #[serde(default, rename = "policy")]
     policies: Vec<PolicyFile>,
+    #[serde(default)]
+    monitor: Monitor,
+    #[serde(default)]
+    metrics: MetricsFile,
+}
+
+/// `[monitor]`: drop events for `netpath monitor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitor {
+    /// Drop events each CPU may report per second (0: none); drops past it are only
+    /// counted (as suppressed).
+    pub rate: u32,
+}
+
+impl Default for Monitor {
+    fn default() -> Monitor {
+        Monitor {
+            rate: netpath_common::DEFAULT_EVENT_RATE,
+        }
+    }
+}
+
+/// Largest `[monitor] rate`.
+pub const EVENT_RATE_MAX: u32 = 1_000_000;
+
+/// `[metrics]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    /// Address and port to serve Prometheus metrics on, e.g. "127.0.0.1:9464".
+    listen: Option<String>,
 }
 
 /// A named group as written: `[[group]]`.
@@ -320,6 +352,9 @@ pub struct Config {
     pub publish: Vec<Publish>,
     pub conntrack: Conntrack,
     pub policy: PolicyConfig,
+    pub monitor: Monitor,
+    /// Where the agent serves Prometheus metrics (`[metrics] listen`); None: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -716,6 +751,24 @@ impl Config {
             }
             problems.extend(found);
         }
+        if file.monitor.rate > EVENT_RATE_MAX {
+            problems.push(format!(
+                "monitor.rate: {} events per second is more than {EVENT_RATE_MAX}: events past a few thousand a second only load the CPU; counters count every drop anyway",
+                file.monitor.rate
+            ));
+        }
+        let metrics = match &file.metrics.listen {
+            None => None,
+            Some(l) => match l.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "metrics.listen: {l:?} is not ADDRESS:PORT: write it like \"127.0.0.1:9464\""
+                    ));
+                    None
+                }
+            },
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -752,6 +805,8 @@ impl Config {
             publish,
             conntrack: file.conntrack,
             policy: policy.expect("no problems: the policy is valid"),
+            monitor: file.monitor,
+            metrics,
         })
     }
 }

@@ -85,6 +85,13 @@ where
     Ok(prog.try_into()?)
 }
 
+/// FNV-1a 64 of the eBPF object this binary carries: tells which build's programs run.
+pub fn object_digest() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -120,6 +127,10 @@ pub struct Maps {
     pub policy_stats: PerCpuArray<MapData, Counter>,
     pub policy_info: HashMap<MapData, u32, PolicyRuleInfo>,
     pub groups: HashMap<MapData, GroupMember, u8>,
+    pub monitor: Array<MapData, netpath_common::MonitorState>,
+    pub event_limit: PerCpuArray<MapData, netpath_common::EventLimit>,
+    pub build: Array<MapData, netpath_common::BuildInfo>,
+    pub reject_limit: PerCpuArray<MapData, netpath_common::RejectLimit>,
 }
 
 impl Maps {
@@ -148,6 +159,10 @@ impl Maps {
             policy_stats: take(map_names::POLICY_STATS)?.try_into()?,
             policy_info: take(map_names::POLICY_INFO)?.try_into()?,
             groups: take(map_names::GROUPS)?.try_into()?,
+            monitor: take(map_names::MONITOR)?.try_into()?,
+            event_limit: take(map_names::EVENT_LIMIT)?.try_into()?,
+            build: take(map_names::BUILD)?.try_into()?,
+            reject_limit: take(map_names::REJECT_LIMIT)?.try_into()?,
         })
     }
 
@@ -173,6 +188,10 @@ impl Maps {
             policy_stats: pins.open(map_names::POLICY_STATS)?.try_into()?,
             policy_info: pins.open(map_names::POLICY_INFO)?.try_into()?,
             groups: pins.open(map_names::GROUPS)?.try_into()?,
+            monitor: pins.open(map_names::MONITOR)?.try_into()?,
+            event_limit: pins.open(map_names::EVENT_LIMIT)?.try_into()?,
+            build: pins.open(map_names::BUILD)?.try_into()?,
+            reject_limit: pins.open(map_names::REJECT_LIMIT)?.try_into()?,
         })
     }
 
@@ -205,6 +224,41 @@ impl Maps {
         };
         self.config.set(0, value, 0)?;
         Ok(())
+    }
+
+    /// Sets how many drop events each CPU may report per second.
+    pub fn write_monitor(&mut self, m: &config::Monitor) -> Result<()> {
+        let v = netpath_common::MonitorState {
+            rate: m.rate,
+            _pad: 0,
+        };
+        self.monitor.set(0, v, 0)?;
+        Ok(())
+    }
+
+    /// Records that this netpath loaded the programs now.
+    pub fn write_build(&mut self) -> Result<()> {
+        let v = netpath_common::BuildInfo {
+            version: name_bytes(env!("CARGO_PKG_VERSION")),
+            object_digest: object_digest(),
+            loaded_at: now(),
+        };
+        self.build.set(0, v, 0)?;
+        Ok(())
+    }
+
+    /// Drop events: emitted, suppressed by the rate limit, lost (ring buffer full);
+    /// summed over CPUs.
+    pub fn event_totals(&self) -> Result<netpath_common::EventLimit> {
+        let per_cpu: PerCpuValues<netpath_common::EventLimit> = self.event_limit.get(&0, 0)?;
+        Ok(per_cpu.iter().fold(Default::default(), |a, e| {
+            netpath_common::EventLimit {
+                suppressed: a.suppressed + e.suppressed,
+                lost: a.lost + e.lost,
+                emitted: a.emitted + e.emitted,
+                ..a
+            }
+        }))
     }
 
     /// Every peer slot in use, by id.
@@ -350,6 +404,7 @@ pub fn private(cfg: &Config) -> Result<(Ebpf, Maps)> {
     sync_peers(&mut maps, cfg)?;
     crate::nat::sync_publish(&mut maps, cfg)?;
     crate::policy::sync(&mut maps, cfg)?;
+    maps.write_monitor(&cfg.monitor)?;
     Ok((ebpf, maps))
 }
 

@@ -4,9 +4,13 @@
 pub mod bench;
 pub mod config;
 pub mod datapath;
+pub mod dump;
 pub mod iface;
+pub mod monitor;
 pub mod nat;
 pub mod packet;
 pub mod pin;
 pub mod policy;
 pub mod report;
+pub mod status;
+pub mod sys;

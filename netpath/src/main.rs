@@ -52,6 +52,15 @@ enum Cmd {
     ///
     /// Example: netpath down --pin-dir /sys/fs/bpf/netpath
     Down,
+    /// What is attached where (interface, hook, program, TCX or clsact, XDP mode), which
+    /// build runs, how full each map is, whether an agent looks after the datapath; then
+    /// what needs attention. Exits 1 when something does.
+    ///
+    /// Example: netpath status --json
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Counters by reason, per peer and per policy rule; with --watch, their rates per
     /// second, refreshed in place (with --json: one JSON object per line and interval).
     ///
@@ -65,6 +74,21 @@ enum Cmd {
         /// With --watch: stop after this many refreshes.
         #[arg(long, requires = "watch")]
         count: Option<u64>,
+    },
+    /// Drop events as they happen: reason, 5-tuple, interface, peer. The programs report
+    /// up to `[monitor] rate` drops per second and CPU (default 1000) and count the rest
+    /// as suppressed, which is shown. One monitor per host at a time.
+    ///
+    /// Example: netpath monitor --json
+    Monitor {
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many drops.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = watch_secs)]
+        duration: Option<f64>,
     },
     /// Print one map in readable form.
     ///
@@ -185,20 +209,61 @@ enum PublishCmd {
     },
 }
 
+/// What `dump` can print: every map, by a name people use or by its pinned name
+/// (NP_*_V1), which `status` lists.
 #[derive(Clone, Copy, ValueEnum)]
 enum DumpMap {
+    /// The host's datapath config: addresses, subnet, VNI, tunnel MTU, masquerade.
+    #[value(alias = "NP_CONFIG_V1")]
+    Config,
     /// Peer subnets, how they are reached, and their traffic.
+    #[value(aliases = ["NP_PEERS_V1", "NP_PEER_INFO_V1", "NP_PEER_STATS_V1"])]
     Peers,
+    /// Peers by underlay address (how tunnel packets are checked).
+    #[value(alias = "NP_UNDERLAY_V1")]
+    Underlay,
     /// Every reason with its packet and byte counts, zeros included.
+    #[value(alias = "NP_COUNTERS_V1")]
     Counters,
-    /// Translated flows (masquerade and published ports): state, age, expiry.
+    /// Who manages the datapath: agent pid, start times, interfaces, TCX or clsact, XDP.
+    #[value(alias = "NP_AGENT_V1")]
+    Agent,
+    /// Tracked flows (masquerade, published ports, flows policy allowed): state, age, expiry.
+    #[value(alias = "NP_CT_V1")]
     Conntrack,
+    /// Conntrack timeouts and what the agent's collector did.
+    #[value(alias = "NP_CT_INFO_V1")]
+    ConntrackInfo,
     /// The NAT table: which port on the host's address leads to which container.
+    #[value(alias = "NP_NAT_V1")]
     Nat,
     /// Published ports.
+    #[value(alias = "NP_PUBLISH_V1")]
     Ports,
     /// Policy rules with their hits, the default action and the groups.
+    #[value(aliases = ["NP_POLICY_INFO_V1", "NP_POLICY_STATS_V1", "NP_POLICY_STATE_V1"])]
     Policies,
+    /// Named groups, one row per CIDR.
+    #[value(alias = "NP_GROUPS_V1")]
+    Groups,
+    /// Compiled policy, first stage: source address -> source class.
+    #[value(alias = "NP_POLICY_SRC_V1")]
+    PolicySrc,
+    /// Compiled policy, second stage: source class and destination -> pair class.
+    #[value(alias = "NP_POLICY_DST_V1")]
+    PolicyDst,
+    /// Compiled policy, last stage: pair class, protocol and port -> rule and action.
+    #[value(alias = "NP_POLICY_RULES_V1")]
+    PolicyRules,
+    /// Reject answers sent per CPU in the current second.
+    #[value(alias = "NP_REJECT_LIMIT_V1")]
+    RejectLimit,
+    /// Drop events per CPU: emitted, suppressed by the rate, lost.
+    #[value(aliases = ["NP_EVENTS_V1", "NP_MONITOR_V1", "NP_EVENT_LIMIT_V1"])]
+    Events,
+    /// Which netpath loaded the running programs.
+    #[value(alias = "NP_BUILD_V1")]
+    Build,
 }
 
 #[derive(Subcommand)]
@@ -346,6 +411,23 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Monitor {
+            json,
+            count,
+            duration,
+        } => netpath::monitor::run(&pins, json, count, duration.map(Duration::from_secs_f64)),
+        Cmd::Status { json } => {
+            let s = netpath::status::status(&pins)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print!("{}", netpath::status::text(&s));
+            }
+            if !s.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Stats { json, watch, count } => {
             let maps = Maps::open(&pins)?;
             let Some(secs) = watch else {
@@ -375,48 +457,50 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Dump { map, json } => {
-            let maps = Maps::open(&pins)?;
-            match map {
-                DumpMap::Peers => {
-                    let rows = report::peer_rows(&maps)?;
-                    if json {
-                        print_json(&rows)
-                    } else {
-                        Ok(print!("{}", report::peers_table(&rows)))
-                    }
-                }
-                DumpMap::Counters => {
-                    let rows = report::counter_rows(&maps, true)?;
-                    if json {
-                        print_json(&rows)
-                    } else {
-                        Ok(print!("{}", report::counters_table(&rows)))
-                    }
-                }
-                DumpMap::Conntrack => {
-                    let rows = nat::flow_rows(&maps)?;
-                    if json {
-                        print_json(&rows)
-                    } else {
-                        Ok(print!("{}", report::flows_table(&rows)))
-                    }
-                }
-                DumpMap::Nat => {
-                    let rows = nat::nat_rows(&maps)?;
-                    if json {
-                        print_json(&rows)
-                    } else {
-                        Ok(print!("{}", report::nat_table(&rows)))
-                    }
-                }
-                DumpMap::Ports => print_ports(&maps, json),
-                DumpMap::Policies => print_policies(&maps, json),
-            }
-        }
+        Cmd::Dump { map, json } => dump(&Maps::open(&pins)?, map, json),
         Cmd::Peer { cmd } => peer(&pins, cmd),
         Cmd::Publish { cmd } => publish(&pins, cmd),
         Cmd::Policy { cmd } => policy_cmd(&pins, cmd),
+    }
+}
+
+/// Prints rows as JSON, or as a table: the map's own where it has one, else
+/// dump::auto_table.
+fn show<T: serde::Serialize>(rows: &T, json: bool, table: Option<fn(&T) -> String>) -> Result<()> {
+    if json {
+        return print_json(rows);
+    }
+    match table {
+        Some(t) => print!("{}", t(rows)),
+        None => print!("{}", netpath::dump::auto_table(rows)?),
+    }
+    Ok(())
+}
+
+fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
+    use netpath::dump;
+    match map {
+        DumpMap::Config => show(&dump::config(maps)?, json, None),
+        DumpMap::Peers => show(&report::peer_rows(maps)?, json, Some(|r| report::peers_table(r))),
+        DumpMap::Underlay => show(&dump::underlay(maps)?, json, None),
+        DumpMap::Counters => show(
+            &report::counter_rows(maps, true)?,
+            json,
+            Some(|r| report::counters_table(r)),
+        ),
+        DumpMap::Agent => show(&report::agent_row(maps)?, json, None),
+        DumpMap::Conntrack => show(&nat::flow_rows(maps)?, json, Some(|r| report::flows_table(r))),
+        DumpMap::ConntrackInfo => show(&nat::info(maps)?, json, None),
+        DumpMap::Nat => show(&nat::nat_rows(maps)?, json, Some(|r| report::nat_table(r))),
+        DumpMap::Ports => print_ports(maps, json),
+        DumpMap::Policies => print_policies(maps, json),
+        DumpMap::Groups => show(&dump::groups(maps)?, json, None),
+        DumpMap::PolicySrc => show(&dump::policy_trie(maps, "src")?, json, None),
+        DumpMap::PolicyDst => show(&dump::policy_trie(maps, "dst")?, json, None),
+        DumpMap::PolicyRules => show(&dump::policy_trie(maps, "rules")?, json, None),
+        DumpMap::RejectLimit => show(&dump::reject_limit(maps)?, json, None),
+        DumpMap::Events => show(&dump::events(maps)?, json, None),
+        DumpMap::Build => show(&dump::build(maps)?, json, None),
     }
 }
 
@@ -709,6 +793,8 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     }
     let before = maps.agent()?;
     maps.write_config(cfg)?;
+    maps.write_monitor(&cfg.monitor)?;
+    maps.write_build()?;
     nat::write_ct_info(&mut maps, &cfg.conntrack)?;
     let changes = datapath::sync_peers(&mut maps, cfg).context("updating peers")?;
     let published = nat::sync_publish(&mut maps, cfg).context("updating published ports")?;
@@ -764,4 +850,25 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
         rules.entries
     );
     Ok((ebpf, maps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_can_be_dumped_by_its_pinned_name() {
+        for name in netpath_common::map_names::ALL {
+            assert!(
+                DumpMap::from_str(name, false).is_ok(),
+                "`netpath dump {name}` is refused"
+            );
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

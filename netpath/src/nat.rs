@@ -243,6 +243,40 @@ pub fn write_ct_info(maps: &mut Maps, c: &Conntrack) -> Result<()> {
     Ok(())
 }
 
+/// `NP_CT_INFO` as operators read it (`dump conntrack-info`).
+#[derive(Serialize)]
+pub struct CtInfoDump {
+    /// The table size and the timeouts, seconds.
+    #[serde(flatten)]
+    pub config: Conntrack,
+    pub last_gc_at: u64,
+    pub ct_entries_at_last_gc: u32,
+    pub nat_entries_at_last_gc: u32,
+    pub expired_total: u64,
+    pub orphans_total: u64,
+}
+
+pub fn info(maps: &Maps) -> Result<CtInfoDump> {
+    let i = maps.ct_info.get(&0, 0)?;
+    let size = aya::maps::IterableMap::map(&maps.ct).info()?.max_entries();
+    Ok(CtInfoDump {
+        config: Conntrack {
+            size,
+            tcp_syn: i.tcp_syn,
+            tcp_established: i.tcp_established,
+            tcp_closing: i.tcp_closing,
+            udp: i.udp,
+            icmp: i.icmp,
+            gc_interval: i.gc_interval,
+        },
+        last_gc_at: i.last_gc_at,
+        ct_entries_at_last_gc: i.ct_entries,
+        nat_entries_at_last_gc: i.nat_entries,
+        expired_total: i.expired,
+        orphans_total: i.orphans,
+    })
+}
+
 /// What one collection did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gc {

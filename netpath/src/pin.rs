@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
 use netpath_common::{
-    AgentInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
+    AgentInfo, BuildInfo, EVENTS_SIZE, EventLimit, MonitorState, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
     MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
     NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
     PolicyVerdict, PublishKey, PublishValue, RejectLimit, map_names,
@@ -167,6 +167,19 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
         (
             map_names::REJECT_LIMIT,
             l(MapType::PerCpuArray, 4, size_of::<RejectLimit>(), 1),
+        ),
+        (map_names::EVENTS, l(MapType::RingBuf, 0, 0, EVENTS_SIZE)),
+        (
+            map_names::MONITOR,
+            l(MapType::Array, 4, size_of::<MonitorState>(), 1),
+        ),
+        (
+            map_names::EVENT_LIMIT,
+            l(MapType::PerCpuArray, 4, size_of::<EventLimit>(), 1),
+        ),
+        (
+            map_names::BUILD,
+            l(MapType::Array, 4, size_of::<BuildInfo>(), 1),
         ),
     ]
 }

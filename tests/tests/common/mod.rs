@@ -72,6 +72,8 @@ pub fn cfg(ready: bool) -> Config {
         publish: vec![],
         conntrack: Default::default(),
         policy: Default::default(),
+        monitor: Default::default(),
+        metrics: None,
     }
 }
 

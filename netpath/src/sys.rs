@@ -1,0 +1,154 @@
+//! The two bpf(2) calls aya 0.14 does not expose: walking the keys of any map by its
+//! size alone (fill levels and raw dumps of every map, whatever its types), and the
+//! interface of a TCX or XDP link.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use anyhow::{Result, bail};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+    // SAFETY: attr is a valid, initialised bpf_attr prefix of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Every key of a hash, LRU hash or LPM trie map, as bytes. `limit` stops the walk early
+/// (fill levels of huge maps need no more than a count).
+pub fn keys(fd: BorrowedFd<'_>, key_size: u32, limit: usize) -> Result<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut next = vec![0u8; key_size as usize];
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            key: out.last().map(|k| k.as_ptr() as u64).unwrap_or(0),
+            value_or_next: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => bail!("walking the map's keys: {e}"),
+        }
+        out.push(next.clone());
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The value stored under `key` (a per-CPU map's value is one per possible CPU, each
+/// rounded up to 8 bytes), None if there is none.
+pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_size];
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value_or_next: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => bail!("reading the map: {e}"),
+    }
+}
+
+/// What the kernel says of a link: its id, program id and interface (TCX and XDP links;
+/// 0 once the interface is gone and the link is defunct).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkFacts {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    pub ifindex: u32,
+}
+
+pub const BPF_LINK_TYPE_XDP: u32 = 6;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
+
+pub fn link_facts(fd: BorrowedFd<'_>) -> Result<LinkFacts> {
+    // struct bpf_link_info: type, id, prog_id, then a union at offset 16 whose tcx and
+    // xdp members start with the ifindex.
+    let mut info = [0u32; 16];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .map_err(|e| anyhow::anyhow!("reading the link's info: {e}"))?;
+    Ok(LinkFacts {
+        link_type: info[0],
+        id: info[1],
+        prog_id: info[2],
+        ifindex: info[4],
+    })
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned object (a link, here) without touching its pin.
+pub fn obj_get(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut attr as *mut ObjGetAttr as *mut libc::c_void,
+            std::mem::size_of::<ObjGetAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        bail!("opening {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
