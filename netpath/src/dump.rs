@@ -256,14 +256,9 @@ pub struct CpuRow {
     pub emitted: Option<u64>,
 }
 
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
 
 fn age(window_ns: u64) -> Option<f64> {
-    (window_ns != 0).then(|| (monotonic_ns().saturating_sub(window_ns) / 1_000_000) as f64 / 1e3)
+    (window_ns != 0).then(|| (crate::nat::monotonic_ns().saturating_sub(window_ns) / 1_000_000) as f64 / 1e3)
 }
 
 /// NP_REJECT_LIMIT: reject answers sent per CPU in the current second.

@@ -4,8 +4,10 @@
 pub mod bench;
 pub mod config;
 pub mod datapath;
+pub mod doctor;
 pub mod dump;
 pub mod iface;
+pub mod metrics;
 pub mod monitor;
 pub mod nat;
 pub mod packet;
@@ -14,3 +16,4 @@ pub mod policy;
 pub mod report;
 pub mod status;
 pub mod sys;
+pub mod trace;

@@ -90,6 +90,42 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS", value_parser = watch_secs)]
         duration: Option<f64>,
     },
+    /// Explain, step by step, what this host's datapath would do with a packet: where it
+    /// enters, which peer or local container, policy rule and verdict, conntrack, NAT,
+    /// which interface it leaves by. The packet goes through the loaded programs with
+    /// the live maps (BPF_PROG_TEST_RUN); nothing is sent and no counter or flow changes.
+    ///
+    /// Example: netpath trace --from 10.244.11.2 --to 10.244.12.3 --proto tcp --port 5432
+    Trace {
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        /// icmp (an echo request), tcp (a SYN) or udp.
+        #[arg(long, value_enum, default_value = "icmp")]
+        proto: TraceProto,
+        /// Destination port (tcp and udp).
+        #[arg(long, required_if_eq_any = [("proto", "tcp"), ("proto", "udp")])]
+        port: Option<u16>,
+        /// Source port (tcp and udp), or the echo identifier (icmp).
+        #[arg(long, default_value_t = 40000)]
+        sport: u16,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host for what breaks container networking: kernel features, bpffs,
+    /// sysctls, rp_filter, MTU of uplink, bridge and tunnel, netfilter rules that still see
+    /// container traffic, conntrack pressure, peers whose underlay does not answer. Each
+    /// finding says what to do. Exits 1 when a check fails or warns.
+    ///
+    /// Example: netpath doctor
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the peers' answers.
+        #[arg(long, default_value_t = 1.0, value_parser = watch_secs)]
+        wait: f64,
+    },
     /// Print one map in readable form.
     ///
     /// Example: netpath dump peers --json
@@ -207,6 +243,13 @@ enum PublishCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum TraceProto {
+    Icmp,
+    Tcp,
+    Udp,
 }
 
 /// What `dump` can print: every map, by a name people use or by its pinned name
@@ -416,6 +459,40 @@ fn run(cli: Cli) -> Result<()> {
             count,
             duration,
         } => netpath::monitor::run(&pins, json, count, duration.map(Duration::from_secs_f64)),
+        Cmd::Trace {
+            from,
+            to,
+            proto,
+            port,
+            sport,
+            json,
+        } => {
+            let q = netpath::trace::Query {
+                from,
+                to,
+                proto: match proto {
+                    TraceProto::Icmp => None,
+                    TraceProto::Tcp => Some(Proto::Tcp),
+                    TraceProto::Udp => Some(Proto::Udp),
+                },
+                sport,
+                dport: port.unwrap_or(0),
+            };
+            let t = netpath::trace::trace(&pins, &q)?;
+            show(&t, json, Some(netpath::trace::text))
+        }
+        Cmd::Doctor { json, wait } => {
+            let f = netpath::doctor::run(&pins, Duration::from_secs_f64(wait))?;
+            if json {
+                print_json(&f)?;
+            } else {
+                print!("{}", netpath::doctor::text(&f));
+            }
+            if f.iter().any(|x| x.level != netpath::doctor::Level::Ok) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Status { json } => {
             let s = netpath::status::status(&pins)?;
             if json {
@@ -674,6 +751,7 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             );
         }
     }
+    let metrics = cfg.metrics.map(netpath::metrics::bind).transpose()?;
     let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted) {
         Ok(x) => x,
         Err(e) => {
@@ -705,6 +783,14 @@ async fn agent(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
     )
     .await;
     drop(lock);
+    if let Some(l) = metrics {
+        let pins = pins.clone();
+        tokio::spawn(async move {
+            if let Err(e) = netpath::metrics::serve(l, pins).await {
+                log::error!("metrics: {e:#}");
+            }
+        });
+    }
 
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;

@@ -74,15 +74,10 @@ impl Peers {
     }
 }
 
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
 
 pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -> Drop {
     let (src, dst) = (addr_of(ev.src), addr_of(ev.dst));
-    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(ev.ts_ns));
+    let ago = Duration::from_nanos(crate::nat::monotonic_ns().saturating_sub(ev.ts_ns));
     let at = std::time::SystemTime::now() - ago;
     let ports = matches!(ev.proto, IPPROTO_TCP | IPPROTO_UDP);
     // ICMP: type and code where the ports would be.

@@ -318,7 +318,7 @@ fn attachments(
     Ok(rows)
 }
 
-fn map_rows(pins: &PinDir, maps: &Maps) -> Result<Vec<MapRow>> {
+pub fn map_rows(pins: &PinDir, maps: &Maps) -> Result<Vec<MapRow>> {
     let peers = maps.peer_infos()?.len() as u64;
     let rules = maps.policy_info.keys().count() as u64;
     let mut rows = Vec::new();

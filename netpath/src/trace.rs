@@ -1,0 +1,558 @@
+//! `netpath trace`: what the datapath would do with a packet, explained step by step.
+//!
+//! Nothing here re-implements the datapath's decisions. A crafted packet goes through
+//! the loaded programs themselves (BPF_PROG_TEST_RUN) in a trace instance of the object
+//! whose lookup maps ARE the live ones (config, peers, underlay index, published ports,
+//! policy tries, opened through their pins) and whose state maps are private copies
+//! (conntrack and NAT copied from the live ones; counters, per-peer and per-rule
+//! counters, rate limits fresh). What the programs counted, recorded and wrote into the
+//! packet is then read back and explained. Nothing is sent and no live counter or flow
+//! changes.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use netpath_common::{
+    Counter, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REASONS, NatKey,
+    NatValue, PeerStats, Reason, map_names, prog_names, reason::Verdict,
+};
+use serde::Serialize;
+
+use crate::{
+    config::Proto,
+    datapath::{self, Maps, addr_of},
+    packet::{ETH_LEN, Frame},
+    pin::PinDir,
+    report,
+};
+
+/// Maps the programs only read: the trace instance uses the live ones.
+const SHARED: &[&str] = &[
+    map_names::CONFIG,
+    map_names::PEERS,
+    map_names::UNDERLAY,
+    map_names::PUBLISH,
+    map_names::POLICY_STATE,
+    map_names::POLICY_SRC,
+    map_names::POLICY_DST,
+    map_names::POLICY_RULES,
+];
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+const TC_ACT_UNSPEC: i32 = -1;
+
+/// The packet to trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    /// None: ICMP echo.
+    pub proto: Option<Proto>,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Trace {
+    pub host: String,
+    pub packet: String,
+    /// The program that sees the packet first, and where.
+    pub program: String,
+    pub interface: String,
+    pub steps: Vec<Step>,
+    pub reason: String,
+    pub verdict: String,
+    /// forward, pass (to the host stack) or drop.
+    pub outcome: &'static str,
+    /// Interface the packet leaves by (forwarded, or answered), if it does.
+    pub leaves_by: Option<String>,
+    /// Policy rule that decided (0: the default action), if policy is on.
+    pub rule: Option<u32>,
+    pub peer: Option<String>,
+    /// The packet as it leaves the program (after NAT, encapsulation, TTL).
+    pub out_packet: Option<String>,
+    /// A new conntrack entry the packet would create.
+    pub new_flow: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Step {
+    pub what: &'static str,
+    pub detail: String,
+}
+
+fn step(what: &'static str, detail: impl Into<String>) -> Step {
+    Step {
+        what,
+        detail: detail.into(),
+    }
+}
+
+fn proto_text(q: &Query) -> String {
+    match q.proto {
+        None => format!("icmp echo {} -> {}", q.from, q.to),
+        Some(p) => format!("{p} {}:{} -> {}:{}", q.from, q.sport, q.to, q.dport),
+    }
+}
+
+/// Loads the trace instance: live lookup maps, private state maps of the live sizes.
+fn instance(pins: &PinDir, ct_size: u32) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::CT, ct_size)
+        .map_max_entries(map_names::NAT, ct_size);
+    for name in SHARED {
+        loader.map_pin_path(name, pins.map_path(name));
+    }
+    let mut ebpf = loader
+        .load(datapath::OBJECT)
+        .context("loading a trace instance of the programs")?;
+    for name in [
+        prog_names::FROM_BRIDGE,
+        prog_names::FROM_UPLINK,
+        prog_names::FROM_CONTAINER,
+    ] {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("loading {name} for the trace"))?;
+    }
+    Ok(ebpf)
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    Ok(ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name}"))?
+        .try_into()?)
+}
+
+/// Parses what a program made of the frame, for people: outer headers of a tunnel
+/// packet, then the IP packet with its ports.
+pub fn describe_frame(f: &[u8]) -> String {
+    let ip = |at: usize| -> Option<String> {
+        let h = f.get(at..at + 20)?;
+        let (src, dst) = (
+            Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        );
+        let ihl = (h[0] & 0xf) as usize * 4;
+        let l4 = f.get(at + ihl..at + ihl + 4);
+        let port = |i: usize| l4.map(|p| u16::from_be_bytes([p[i], p[i + 1]]));
+        Some(match h[9] {
+            IPPROTO_TCP => format!(
+                "tcp {src}:{} -> {dst}:{} ttl {}",
+                port(0)?,
+                port(2)?,
+                h[8]
+            ),
+            IPPROTO_UDP => format!(
+                "udp {src}:{} -> {dst}:{} ttl {}",
+                port(0)?,
+                port(2)?,
+                h[8]
+            ),
+            IPPROTO_ICMP => format!(
+                "icmp {src} -> {dst} type {} code {} ttl {}",
+                l4?[0], l4?[1], h[8]
+            ),
+            p => format!("proto {p} {src} -> {dst} ttl {}", h[8]),
+        })
+    };
+    let Some(outer) = ip(ETH_LEN) else {
+        return format!("{} bytes, not IPv4", f.len());
+    };
+    // A VXLAN packet: UDP whose payload is VXLAN (8 bytes) and an inner Ethernet frame.
+    let udp_at = ETH_LEN + 20;
+    if f.get(ETH_LEN + 9) == Some(&IPPROTO_UDP) && f.len() > udp_at + 8 + 8 + ETH_LEN + 20 {
+        let vx = &f[udp_at + 8..udp_at + 16];
+        if vx[0] & 0x08 != 0 {
+            let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+            if let Some(inner) = ip(udp_at + 16 + ETH_LEN) {
+                return format!("vxlan [{outer}] vni {vni}: {inner}");
+            }
+        }
+    }
+    outer
+}
+
+/// Where a packet counted under `reason` goes, as the program's code routes it (see
+/// forward.rs): out of the uplink, into the bridge, or back where it came from.
+fn leaves_by(reason: Reason, uplink: &str, bridge: &str, ingress: &str) -> Option<String> {
+    use Reason::*;
+    Some(match reason {
+        FwdDirect | FwdVxlanEncap | FwdMasquerade | FwdPublishedReply => uplink.to_owned(),
+        FwdDeliver | FwdVxlanDecap | FwdVxlanDecapXdp | FwdMasqueradeReply | FwdPublished
+        | FwdNatIcmpError => format!("{bridge} (to the container)"),
+        FwdSameHost => format!("{bridge} (bridged to the container)"),
+        DropPolicyReject | DropDefaultReject | DropFragNeeded => {
+            format!("{ingress} (the answer, back to the sender)")
+        }
+        _ => return None,
+    })
+}
+
+fn per_cpu_sum(v: &PerCpuValues<Counter>) -> u64 {
+    v.iter().map(|c| c.packets).sum()
+}
+
+pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
+    let live = Maps::open(pins)?;
+    let cfg = live.config()?;
+    let agent = report::agent_row(&live)?;
+    let subnet = ipnet::Ipv4Net::with_netmask(addr_of(cfg.subnet_addr), addr_of(cfg.subnet_mask))
+        .context("the datapath's subnet")?;
+    let host_addr = addr_of(cfg.host_addr);
+    let gateway = addr_of(cfg.gateway_addr);
+    let peers = report::peer_rows(&live)?;
+    let peer_of = |a: Ipv4Addr| {
+        peers
+            .iter()
+            .find(|p| p.subnet.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.contains(&a)))
+    };
+    let mut steps = Vec::new();
+    if q.proto.is_some() && q.dport == 0 {
+        bail!("--port is needed for tcp and udp");
+    }
+
+    // Where the packet enters netpath.
+    let local = |a: Ipv4Addr| subnet.contains(&a) && a != gateway && a != subnet.broadcast();
+    let (program, iface) = if local(q.from) && local(q.to) {
+        steps.push(step(
+            "enters",
+            format!(
+                "np_from_container on the sender's veth: {} and {} are both containers of this host ({subnet}), bridged by {}",
+                q.from, q.to, agent.bridge
+            ),
+        ));
+        (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
+    } else if local(q.from) {
+        steps.push(step(
+            "enters",
+            format!(
+                "np_from_bridge on {}: {} is a container of this host ({subnet}) sending to its gateway",
+                agent.bridge, q.from
+            ),
+        ));
+        (prog_names::FROM_BRIDGE, agent.bridge.clone())
+    } else {
+        let how = match peer_of(q.from) {
+            Some(p) => format!("from peer {} ({}, {} mode, underlay {})", p.name, p.subnet, p.mode, p.underlay),
+            None => format!("{} is neither this host's container nor a peer's: from outside", q.from),
+        };
+        steps.push(step(
+            "enters",
+            format!("np_from_uplink on {}: {how}", agent.uplink),
+        ));
+        (prog_names::FROM_UPLINK, agent.uplink.clone())
+    };
+    if q.to == host_addr {
+        steps.push(step("destination", format!("{} is this host's own address", q.to)));
+    } else if local(q.to) {
+        steps.push(step("destination", format!("{} is a container of this host ({subnet})", q.to)));
+    } else if let Some(p) = peer_of(q.to) {
+        steps.push(step(
+            "destination",
+            format!(
+                "{} is in peer {}'s subnet {} ({}, underlay {})",
+                q.to, p.name, p.subnet, p.mode, p.underlay
+            ),
+        ));
+    } else {
+        steps.push(step(
+            "destination",
+            format!("{} is in no container subnet netpath knows: the outside", q.to),
+        ));
+    }
+
+    // The packet, as it would arrive.
+    let (src, dst) = (q.from.octets(), q.to.octets());
+    let frame = match q.proto {
+        None => Frame::icmp(src, dst).ports(q.sport, 0),
+        Some(Proto::Tcp) => Frame::tcp(src, dst, q.sport, q.dport, 0x02),
+        Some(Proto::Udp) => Frame::udp(src, dst, q.sport, q.dport, b"netpath trace", true),
+    }
+    .build();
+    let tunnel_peer = peer_of(q.from).filter(|p| p.mode == "vxlan" && program == prog_names::FROM_UPLINK);
+    let input = match tunnel_peer {
+        Some(p) => {
+            let underlay: Ipv4Addr = p.underlay.parse()?;
+            let mut f = crate::packet::vxlan(underlay.octets(), cfg.host_addr.to_ne_bytes(), cfg.vni, 0x08, &frame);
+            // This host's tunnel port and VTEP MAC, as a peer would send them.
+            let udp = ETH_LEN + 20;
+            f[udp + 2..udp + 4].copy_from_slice(&u16::from_be(cfg.vxlan_port).to_be_bytes());
+            f[udp + 16..udp + 22].copy_from_slice(&cfg.vtep_mac);
+            steps.push(step(
+                "tunnel",
+                format!(
+                    "arrives in VXLAN from {} (vni {}, port {}), as peer {} sends it",
+                    p.underlay, cfg.vni, u16::from_be(cfg.vxlan_port), p.name
+                ),
+            ));
+            f
+        }
+        None => frame,
+    };
+
+    // Known flow? (Read from the live table, both ways round.)
+    let proto_num = match q.proto {
+        None => IPPROTO_ICMP,
+        Some(Proto::Tcp) => IPPROTO_TCP,
+        Some(Proto::Udp) => IPPROTO_UDP,
+    };
+    let key = |a: Ipv4Addr, b: Ipv4Addr, pa: u16, pb: u16| CtKey {
+        container: u32::from_ne_bytes(a.octets()),
+        remote: u32::from_ne_bytes(b.octets()),
+        container_port: pa.to_be(),
+        remote_port: pb.to_be(),
+        proto: proto_num,
+        _pad: [0; 3],
+    };
+    let (dp, sp) = if q.proto.is_none() { (0, q.sport) } else { (q.dport, q.sport) };
+    let known = [key(q.from, q.to, sp, dp), key(q.to, q.from, dp, sp)]
+        .iter()
+        .find_map(|k| live.ct.get(k, 0).ok());
+
+    // Run it through the programs.
+    let ct_size = aya::maps::IterableMap::map(&live.ct).info()?.max_entries();
+    let mut ebpf = instance(pins, ct_size)?;
+    let mut ct: HashMap<MapData, CtKey, CtEntry> = take(&mut ebpf, map_names::CT)?;
+    let mut nat: HashMap<MapData, NatKey, NatValue> = take(&mut ebpf, map_names::NAT)?;
+    for item in live.ct.iter() {
+        let (k, v) = item?;
+        let _ = ct.insert(k, v, 0);
+    }
+    for item in live.nat.iter() {
+        let (k, v) = item?;
+        let _ = nat.insert(k, v, 0);
+    }
+    let before: HashSet<CtKey> = ct.keys().flatten().collect();
+    let mut out = vec![0u8; input.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(&input),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..Default::default()
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .with_context(|| format!("program {program}"))?
+        .try_into()?;
+    let r = prog.test_run(opts).context("running the packet through the program")?;
+    out.truncate(r.data_size_out as usize);
+
+    let counters: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::COUNTERS)?;
+    let mut reason = None;
+    for i in 0..MAX_REASONS {
+        if per_cpu_sum(&counters.get(&i, 0)?) > 0 {
+            reason = Reason::from_u32(i);
+        }
+    }
+    let rule_stats: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::POLICY_STATS)?;
+    let policy_on = live.policy_state.get(&0, 0)?.enabled != 0;
+    let mut rule = None;
+    if policy_on {
+        for (id, ..) in policy_rules(&live)? {
+            if per_cpu_sum(&rule_stats.get(&id, 0)?) > 0 {
+                rule = Some(id);
+            }
+        }
+    }
+    let peer_stats: PerCpuArray<MapData, PeerStats> = take(&mut ebpf, map_names::PEER_STATS)?;
+    let mut peer = None;
+    for p in &peers {
+        let s: PerCpuValues<PeerStats> = peer_stats.get(&p.id, 0)?;
+        let (tx, rx) = s.iter().fold((0, 0), |a, s| (a.0 + s.tx.packets, a.1 + s.rx.packets));
+        if tx + rx > 0 {
+            peer = Some((p.name.clone(), if tx > 0 { "to" } else { "from" }));
+        }
+    }
+    let new_flow = ct
+        .keys()
+        .flatten()
+        .find(|k| !before.contains(k))
+        .and_then(|k| Some((k, ct.get(&k, 0).ok()?)));
+
+    // Explain.
+    let Some(reason) = reason else {
+        // np_from_container leaves all but same-host traffic to the bridge program.
+        bail!(
+            "the program counted nothing for this packet (verdict {}): netpath does not handle it",
+            r.return_value
+        );
+    };
+    match known {
+        Some(e) => steps.push(step(
+            "conntrack",
+            format!(
+                "part of a known flow ({}, rule {}): policy is not consulted again",
+                ct_kind(e.kind),
+                e.rule
+            ),
+        )),
+        None => steps.push(step("conntrack", "no entry: the first packet of a new flow")),
+    }
+    if !policy_on {
+        steps.push(step("policy", "off (no rules, default allow): not consulted"));
+    } else if known.is_none() {
+        match rule {
+            Some(0) => steps.push(step(
+                "policy",
+                format!(
+                    "no rule matches: the default action ({}) decides",
+                    report_default(&live)?
+                ),
+            )),
+            Some(id) => steps.push(step("policy", format!("decided by {}", rule_text(&live, id)?))),
+            None if matches!(reason, Reason::DropPolicyDeny | Reason::DropPolicyReject | Reason::DropDefaultDeny | Reason::DropDefaultReject) => {}
+            None => steps.push(step("policy", "not consulted on this path")),
+        }
+    }
+    if let Some((k, e)) = &new_flow {
+        steps.push(step(
+            "conntrack",
+            format!(
+                "records the flow: {} ({}, rule {}{})",
+                flow_text(k),
+                ct_kind(e.kind),
+                e.rule,
+                if e.nat_port != 0 {
+                    format!(", host port {}", u16::from_be(e.nat_port))
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+    if let Some((name, dir)) = &peer {
+        steps.push(step("peer", format!("counted as traffic {dir} peer {name}")));
+    }
+    let outcome = match reason.verdict() {
+        Verdict::Forward => "forward",
+        Verdict::Pass => "pass",
+        Verdict::Drop => "drop",
+    };
+    let out_packet = (!out.is_empty() && r.return_value as i32 != TC_ACT_SHOT).then(|| describe_frame(&out));
+    let in_packet = describe_frame(&input);
+    if let Some(o) = &out_packet {
+        if outcome == "drop" {
+            steps.push(step("answers", format!("with {o}")));
+        } else if *o != in_packet {
+            steps.push(step("rewrites", format!("{in_packet}  =>  {o}")));
+        }
+    }
+    let leaves = leaves_by(reason, &agent.uplink, &agent.bridge, &iface);
+    let verdict = match r.return_value as i32 {
+        TC_ACT_REDIRECT => "redirect".to_owned(),
+        TC_ACT_SHOT => "drop".to_owned(),
+        TC_ACT_OK | TC_ACT_UNSPEC => "continue".to_owned(),
+        v => format!("tc action {v}"),
+    };
+    steps.push(step(
+        "result",
+        format!(
+            "{} ({outcome}): {}{}",
+            reason.name(),
+            reason.description().trim(),
+            match &leaves {
+                Some(l) => format!(" Leaves by {l}."),
+                None if outcome == "pass" => " The host's own stack handles it.".to_owned(),
+                None => String::new(),
+            }
+        ),
+    ));
+    Ok(Trace {
+        host: agent.host,
+        packet: proto_text(q),
+        program: program.to_owned(),
+        interface: iface,
+        steps,
+        reason: reason.name().to_owned(),
+        verdict,
+        outcome,
+        leaves_by: leaves,
+        rule: if policy_on { rule } else { None },
+        peer: peer.map(|p| p.0),
+        out_packet,
+        new_flow: new_flow.map(|(k, e)| format!("{} ({})", flow_text(&k), ct_kind(e.kind))),
+    })
+}
+
+/// A conntrack key as people write a flow.
+fn flow_text(k: &CtKey) -> String {
+    format!(
+        "{} {}:{} <-> {}:{}",
+        proto_name(k.proto),
+        addr_of(k.container),
+        u16::from_be(k.container_port),
+        addr_of(k.remote),
+        u16::from_be(k.remote_port)
+    )
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        _ => "ip",
+    }
+}
+
+fn ct_kind(k: u8) -> &'static str {
+    match k {
+        netpath_common::CT_KIND_MASQUERADE => "masquerade",
+        netpath_common::CT_KIND_PUBLISHED => "published port",
+        netpath_common::CT_KIND_POLICY => "allowed by policy",
+        _ => "unknown kind",
+    }
+}
+
+/// Rule ids in use, and 0 for the default action.
+fn policy_rules(maps: &Maps) -> Result<Vec<(u32,)>> {
+    let mut ids: Vec<(u32,)> = maps.policy_info.keys().flatten().map(|k| (k,)).collect();
+    ids.push((0,));
+    Ok(ids)
+}
+
+fn report_default(maps: &Maps) -> Result<String> {
+    Ok(crate::policy::report(maps)?.default_action)
+}
+
+fn rule_text(maps: &Maps, id: u32) -> Result<String> {
+    let r = crate::policy::report(maps)?;
+    Ok(r.rules
+        .iter()
+        .find(|x| x.id == id)
+        .map(|x| {
+            format!(
+                "rule {id}: {} -> {} {} {} ({})",
+                x.from, x.to, x.proto, x.port, x.action
+            )
+        })
+        .unwrap_or_else(|| format!("rule {id}")))
+}
+
+pub fn text(t: &Trace) -> String {
+    let mut o = format!(
+        "trace {} on host {} (through the loaded programs and the live maps; nothing is sent)\n",
+        t.packet, t.host
+    );
+    for (i, s) in t.steps.iter().enumerate() {
+        o += &format!("{:>2}. {:<12} {}\n", i + 1, s.what, s.detail);
+    }
+    o += &format!("verdict: {} ({})\n", t.outcome, t.reason);
+    o
+}
