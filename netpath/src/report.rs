@@ -94,7 +94,7 @@ pub fn counter_rows(maps: &Maps, all: bool) -> Result<Vec<CounterRow>> {
                 verdict: verdict_name(r.verdict()),
                 packets: c.packets,
                 bytes: c.bytes,
-                description: r.description(),
+                description: r.description().trim(),
             });
         }
     }
