@@ -167,6 +167,22 @@ pub fn run() -> Result<()> {
     let (vx_rtt, vx_gbps) = traffic(&mut lab)?;
     title(&format!("netpath stats on {}", lab.hosts[0].name));
     eprint!("{}", output(lab.netpath(0, &["stats"]))?);
+    title(&format!("netpath status on {}", lab.hosts[0].name));
+    // Exit 1 would only mean a problem it lists: show it either way.
+    let st = lab.netpath(0, &["status"]).output()?;
+    eprint!("{}", String::from_utf8_lossy(&st.stdout));
+    let (from, to) = (
+        lab.hosts[0].containers[0].ip.clone(),
+        lab.hosts[1].containers[0].ip.clone(),
+    );
+    title(&format!("netpath trace on {}: tcp {from} -> {to}:80", lab.hosts[0].name));
+    eprint!(
+        "{}",
+        output(lab.netpath(
+            0,
+            &["trace", "--from", &from, "--to", &to, "--proto", "tcp", "--port", "80"]
+        ))?
+    );
 
     title("the same lab with plain kernel routing (ip_forward, static routes), netpath down");
     for i in 0..lab.hosts.len() {
