@@ -364,7 +364,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let policy_on = live.policy_state.get(&0, 0)?.enabled != 0;
     let mut rule = None;
     if policy_on {
-        for (id, ..) in policy_rules(&live)? {
+        for id in rule_ids(&live) {
             if per_cpu_sum(&rule_stats.get(&id, 0)?) > 0 {
                 rule = Some(id);
             }
@@ -521,10 +521,10 @@ fn ct_kind(k: u8) -> &'static str {
 }
 
 /// Rule ids in use, and 0 for the default action.
-fn policy_rules(maps: &Maps) -> Result<Vec<(u32,)>> {
-    let mut ids: Vec<(u32,)> = maps.policy_info.keys().flatten().map(|k| (k,)).collect();
-    ids.push((0,));
-    Ok(ids)
+fn rule_ids(maps: &Maps) -> Vec<u32> {
+    let mut ids: Vec<u32> = maps.policy_info.keys().flatten().collect();
+    ids.push(0);
+    ids
 }
 
 fn report_default(maps: &Maps) -> Result<String> {

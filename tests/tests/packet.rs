@@ -203,7 +203,8 @@ fn object_maps_match_common_names_and_layouts() {
             | aya::maps::Map::LpmTrie(m)
             | aya::maps::Map::PerCpuArray(m)
             | aya::maps::Map::HashMap(m)
-            | aya::maps::Map::LruHashMap(m) => m,
+            | aya::maps::Map::LruHashMap(m)
+            | aya::maps::Map::RingBuf(m) => m,
             _ => panic!("{name}: unexpected map kind"),
         };
         let info = fd.info().unwrap();
