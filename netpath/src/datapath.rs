@@ -43,13 +43,20 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// created and pinned; without one (packet tests), they are private to this process.
 /// `ct_size` sizes the conntrack and NAT tables it creates (pinned ones keep their size).
 pub fn load(pins: Option<&PinDir>, ct_size: u32) -> Result<Ebpf> {
+    load_with(|name| pins.map(|p| p.map_path(name)), ct_size)
+}
+
+/// Loads the object, each map `pin` gives a path for opened from (or pinned at) that
+/// path, the others private to this process (`netpath trace` shares only the maps the
+/// programs read).
+pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_names::CT, ct_size)
         .map_max_entries(map_names::NAT, ct_size);
-    if let Some(p) = pins {
-        for name in map_names::ALL {
-            loader.map_pin_path(name, p.map_path(name));
+    for name in map_names::ALL {
+        if let Some(path) = pin(name) {
+            loader.map_pin_path(name, path);
         }
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;

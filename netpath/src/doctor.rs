@@ -77,7 +77,8 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
             return Ok(f);
         }
     };
-    match status::status(pins) {
+    let st = status::status(pins);
+    match &st {
         Ok(s) if s.problems.is_empty() => f.push(ok(
             "datapath",
             format!(
@@ -88,8 +89,8 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
             ),
         )),
         Ok(s) => {
-            for p in s.problems {
-                f.push(bad("datapath", Level::Fail, p, "see `netpath status`"));
+            for p in &s.problems {
+                f.push(bad("datapath", Level::Fail, p.clone(), "see `netpath status`"));
             }
         }
         Err(e) => f.push(bad("datapath", Level::Fail, format!("{e:#}"), "see `netpath status`")),
@@ -98,7 +99,7 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
     sysctls(&agent.uplink, &agent.bridge, &mut f);
     mtu(&maps, &agent.uplink, &agent.bridge, &mut f)?;
     netfilter(&mut f);
-    conntrack(pins, &maps, &mut f)?;
+    conntrack(st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]), &mut f);
     peers(&maps, probe_wait, &mut f)?;
     Ok(f)
 }
@@ -348,8 +349,9 @@ fn netfilter(f: &mut Vec<Finding>) {
     }
 }
 
-fn conntrack(pins: &PinDir, maps: &Maps, f: &mut Vec<Finding>) -> Result<()> {
-    for m in status::map_rows(pins, maps)? {
+/// `maps`: the rows `status` read (its fill levels), not read again.
+fn conntrack(maps: &[status::MapRow], f: &mut Vec<Finding>) {
+    for m in maps {
         if m.name != netpath_common::map_names::CT {
             continue;
         }
@@ -381,7 +383,6 @@ fn conntrack(pins: &PinDir, maps: &Maps, f: &mut Vec<Finding>) -> Result<()> {
             ok("conntrack", format!("the kernel's conntrack table: {n} of {max}"))
         });
     }
-    Ok(())
 }
 
 /// Sends one ICMP echo to every peer's underlay address and waits up to `wait` for

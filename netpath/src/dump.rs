@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::maps::PerCpuValues;
 use netpath_common::{
-    CONFIG_F_MASQUERADE, CONFIG_F_READY, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, POLICY_GEN_BITS,
+    CONFIG_F_MASQUERADE, CONFIG_F_READY, POLICY_GEN_BITS,
     RejectLimit, name_str,
 };
 use serde::Serialize;
@@ -145,14 +145,6 @@ pub struct TrieRow {
     pub value: String,
 }
 
-fn proto_name(p: u8) -> String {
-    match p {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        p => p.to_string(),
-    }
-}
 
 /// The three policy tries as rows (`which`: "src", "dst" or "rules").
 pub fn policy_trie(maps: &Maps, which: &str) -> Result<Vec<TrieRow>> {
@@ -214,7 +206,7 @@ pub fn policy_trie(maps: &Maps, which: &str) -> Result<Vec<TrieRow>> {
                     class: Some(u32::from_be_bytes([d[1], d[2], d[3], d[4]])),
                     cidr: None,
                     proto: Some(if plen >= 48 {
-                        proto_name(d[5])
+                        crate::nat::proto_name(d[5])
                     } else {
                         "any".into()
                     }),

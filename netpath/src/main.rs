@@ -508,12 +508,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats { json, watch, count } => {
             let maps = Maps::open(&pins)?;
             let Some(secs) = watch else {
-                let s = report::stats(&maps)?;
-                return if json {
-                    print_json(&s)
-                } else {
-                    Ok(print!("{}", report::stats_text(&s)))
-                };
+                return show(&report::stats(&maps)?, json, Some(report::stats_text));
             };
             let mut last = (std::time::Instant::now(), report::stats(&maps)?);
             let mut shown = 0u64;
@@ -582,12 +577,7 @@ fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
 }
 
 fn print_policies(maps: &Maps, json: bool) -> Result<()> {
-    let r = policy::report(maps)?;
-    if json {
-        print_json(&r)
-    } else {
-        Ok(print!("{}", report::policies_table(&r)))
-    }
+    show(&policy::report(maps)?, json, Some(report::policies_table))
 }
 
 fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
@@ -676,25 +666,12 @@ fn peer(pins: &PinDir, cmd: PeerCmd) -> Result<()> {
             println!("removed peer {name}");
             Ok(())
         }
-        PeerCmd::List { json } => {
-            let maps = Maps::open(pins)?;
-            let rows = report::peer_rows(&maps)?;
-            if json {
-                print_json(&rows)
-            } else {
-                Ok(print!("{}", report::peers_table(&rows)))
-            }
-        }
+        PeerCmd::List { json } => dump(&Maps::open(pins)?, DumpMap::Peers, json),
     }
 }
 
 fn print_ports(maps: &Maps, json: bool) -> Result<()> {
-    let rows = nat::port_rows(maps)?;
-    if json {
-        print_json(&rows)
-    } else {
-        Ok(print!("{}", report::ports_table(&rows)))
-    }
+    show(&nat::port_rows(maps)?, json, Some(|r| report::ports_table(r)))
 }
 
 fn publish(pins: &PinDir, cmd: PublishCmd) -> Result<()> {

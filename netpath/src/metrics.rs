@@ -38,7 +38,12 @@ fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Ga
 /// The metrics of the datapath pinned at `pins`, in Prometheus text format.
 pub fn render(pins: &PinDir) -> Result<String> {
     let maps = Maps::open(pins)?;
-    let s = report::stats(&maps)?;
+    // Each map read once: counters with zeros, peers, rules, the agent record.
+    let (peers, policy, a) = (
+        report::peer_rows(&maps)?,
+        crate::policy::report(&maps)?,
+        report::agent_row(&maps)?,
+    );
     let mut reg = Registry::default();
 
     let packets = counter_family(
@@ -59,7 +64,7 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "Packets sent to (tx) and received from (rx) each peer",
     );
     let peer_bytes = counter_family(&mut reg, "netpath_peer_bytes", "Bytes per peer and direction");
-    for p in &s.peers {
+    for p in &peers {
         for (dir, pk, by) in [
             ("tx", p.tx_packets, p.tx_bytes),
             ("rx", p.rx_packets, p.rx_bytes),
@@ -76,18 +81,16 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "Packets decided by each policy rule (rule=\"0\": the default action)",
     );
     let rule_bytes = counter_family(&mut reg, "netpath_policy_rule_bytes", "Bytes per policy rule");
-    if s.policy.enabled {
-        for r in &s.policy.rules {
+    if policy.enabled {
+        for r in &policy.rules {
             let id = r.id.to_string();
             let l = labels(&[("rule", &id), ("action", &r.action)]);
             rule_packets.get_or_create(&l).inc_by(r.packets);
             rule_bytes.get_or_create(&l).inc_by(r.bytes);
         }
-        let l = labels(&[("rule", "0"), ("action", &s.policy.default_action)]);
-        rule_packets
-            .get_or_create(&l)
-            .inc_by(s.policy.default_packets);
-        rule_bytes.get_or_create(&l).inc_by(s.policy.default_bytes);
+        let l = labels(&[("rule", "0"), ("action", &policy.default_action)]);
+        rule_packets.get_or_create(&l).inc_by(policy.default_packets);
+        rule_bytes.get_or_create(&l).inc_by(policy.default_bytes);
     }
 
     let ev = maps.event_totals()?;
@@ -110,7 +113,7 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "Entries in use in each map (hash maps, tries, and the arrays indexed by peer or rule)",
     );
     let max = gauge_family(&mut reg, "netpath_map_max_entries", "Capacity of each map.");
-    for m in status::map_rows(pins, &maps)? {
+    for m in status::map_rows(pins)? {
         let l = labels(&[("map", &m.name)]);
         if m.fill_pct.is_some() {
             entries
@@ -120,7 +123,6 @@ pub fn render(pins: &PinDir) -> Result<String> {
         }
     }
 
-    let a = &s.agent;
     let b = maps.build.get(&0, 0)?;
     reg.register(
         "netpath_agent",

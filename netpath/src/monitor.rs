@@ -11,7 +11,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::RingBuf;
-use ipnet::Ipv4Net;
 use netpath_common::{DropEvent, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason, map_names};
 use serde::Serialize;
 
@@ -22,7 +21,7 @@ use crate::{
 };
 
 #[derive(Serialize, Debug, Clone)]
-pub struct Drop {
+pub struct DropReport {
     pub event: &'static str,
     /// Wall-clock time of the drop, RFC 3339 with milliseconds.
     pub time: String,
@@ -54,48 +53,22 @@ pub struct Suppressed {
     pub rate_per_cpu: u32,
 }
 
-struct Peers(Vec<(String, Ipv4Net, Ipv4Addr)>);
-
-impl Peers {
-    fn read(maps: &Maps) -> Result<Peers> {
-        Ok(Peers(
-            report::peer_rows(maps)?
-                .into_iter()
-                .filter_map(|p| Some((p.name, p.subnet.parse().ok()?, p.underlay.parse().ok()?)))
-                .collect(),
-        ))
-    }
-
-    fn of(&self, a: Ipv4Addr) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(_, net, underlay)| net.contains(&a) || *underlay == a)
-            .map(|(n, _, _)| n.as_str())
-    }
-}
-
-
-pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -> Drop {
+pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -> DropReport {
     let (src, dst) = (addr_of(ev.src), addr_of(ev.dst));
     let ago = Duration::from_nanos(crate::nat::monotonic_ns().saturating_sub(ev.ts_ns));
     let at = std::time::SystemTime::now() - ago;
     let ports = matches!(ev.proto, IPPROTO_TCP | IPPROTO_UDP);
     // ICMP: type and code where the ports would be.
     let icmp_tc = ev.sport.to_ne_bytes();
-    Drop {
+    DropReport {
         event: "drop",
         time: humantime::format_rfc3339_millis(at).to_string(),
         reason: Reason::from_u32(ev.reason)
             .map(|r| r.name().to_owned())
             .unwrap_or_else(|| format!("reason-{}", ev.reason)),
-        interface: crate::status::ifname(ev.ifindex).unwrap_or_else(|| ev.ifindex.to_string()),
+        interface: crate::iface::name_of(ev.ifindex).unwrap_or_else(|| ev.ifindex.to_string()),
         ifindex: ev.ifindex,
-        proto: match ev.proto {
-            IPPROTO_TCP => "tcp".into(),
-            IPPROTO_UDP => "udp".into(),
-            IPPROTO_ICMP => "icmp".into(),
-            p => p.to_string(),
-        },
+        proto: crate::nat::proto_name(ev.proto),
         src: src.to_string(),
         dst: dst.to_string(),
         sport: ports.then(|| u16::from_be(ev.sport)),
@@ -107,7 +80,7 @@ pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -
     }
 }
 
-pub fn drop_text(d: &Drop) -> String {
+pub fn drop_text(d: &DropReport) -> String {
     let ep = |a: &str, p: Option<u16>| match p {
         Some(p) => format!("{a}:{p}"),
         None => a.to_owned(),
@@ -157,7 +130,7 @@ pub fn run(
             pins.root.display()
         );
     }
-    let mut peers = Peers::read(&maps)?;
+    let mut peers = report::peer_rows(&maps)?;
     let mut peers_read = Instant::now();
     let mut last = maps.event_totals()?;
     let start = Instant::now();
@@ -180,14 +153,14 @@ pub fn run(
             Err(e) => return Err(e).context("waiting for drop events"),
         }
         if peers_read.elapsed() > Duration::from_secs(5) {
-            peers = Peers::read(&maps)?;
+            peers = report::peer_rows(&maps)?;
             peers_read = Instant::now();
         }
         while let Some(item) = ring.next() {
             let Some(ev) = bytemuck::try_pod_read_unaligned::<DropEvent>(&item).ok() else {
                 continue;
             };
-            let d = describe(&ev, |a| peers.of(a).map(str::to_owned));
+            let d = describe(&ev, |a| report::peer_of(&peers, a, true).map(|p| p.name.clone()));
             if json {
                 println!("{}", serde_json::to_string(&d)?);
             } else {

@@ -350,7 +350,8 @@ pub fn gc(maps: &mut Maps) -> Result<Gc> {
     Ok(g)
 }
 
-fn proto_name(p: u8) -> String {
+/// An IP protocol as people write it (its number when it has no name here).
+pub fn proto_name(p: u8) -> String {
     match p {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),

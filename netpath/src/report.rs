@@ -63,7 +63,7 @@ pub struct Totals {
     pub dropped: u64,
 }
 
-fn verdict_name(v: Verdict) -> &'static str {
+pub fn verdict_name(v: Verdict) -> &'static str {
     match v {
         Verdict::Forward => "forward",
         Verdict::Pass => "pass",
@@ -125,6 +125,15 @@ pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
+}
+
+/// The peer whose container subnet holds `a` (or, with `underlay`, whose underlay
+/// address `a` is).
+pub fn peer_of(rows: &[PeerRow], a: std::net::Ipv4Addr, underlay: bool) -> Option<&PeerRow> {
+    rows.iter().find(|p| {
+        p.subnet.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.contains(&a))
+            || (underlay && p.underlay.parse() == Ok(a))
+    })
 }
 
 pub fn agent_row(maps: &Maps) -> Result<AgentRow> {

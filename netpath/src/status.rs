@@ -137,7 +137,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         ));
     }
     let attachments = attachments(pins, &maps, &mut problems)?;
-    let maps_rows = map_rows(pins, &maps)?;
+    let maps_rows = map_rows(pins)?;
     for m in &maps_rows {
         if let Some(f) = m.fill_pct.filter(|f| *f >= FILL_WARN_PCT) {
             problems.push(format!(
@@ -178,18 +178,6 @@ fn full_advice(name: &str) -> &'static str {
     } else {
         "remove entries that are no longer needed"
     }
-}
-
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the kernel wrote a NUL-terminated name into buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// Tags of loaded programs by id.
@@ -237,7 +225,7 @@ fn attachments(
         match facts {
             Ok(f) => AttachmentRow {
                 program: prog.to_owned(),
-                interface: ifname(f.ifindex).unwrap_or_else(|| "-".into()),
+                interface: crate::iface::name_of(f.ifindex).unwrap_or_else(|| "-".into()),
                 ifindex: f.ifindex,
                 hook,
                 how,
@@ -318,26 +306,33 @@ fn attachments(
     Ok(rows)
 }
 
-pub fn map_rows(pins: &PinDir, maps: &Maps) -> Result<Vec<MapRow>> {
-    let peers = maps.peer_infos()?.len() as u64;
-    let rules = maps.policy_info.keys().count() as u64;
-    let mut rows = Vec::new();
+/// Every pinned map with its entries and capacity. Hash maps and tries are counted by
+/// walking their keys; the arrays indexed by peer or rule id take the count of the map
+/// that holds one entry per peer (NP_PEERS) or rule (NP_POLICY_INFO).
+pub fn map_rows(pins: &PinDir) -> Result<Vec<MapRow>> {
+    let mut maps = Vec::new();
+    let mut counted = std::collections::HashMap::new();
     for name in map_names::ALL {
         let path = pins.map_path(name);
         let info =
             MapInfo::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let kind = info.map_type().ok();
+        if let Some(MapType::Hash | MapType::LruHash | MapType::LpmTrie) = kind {
+            counted.insert(*name, sys::count_keys(info.fd()?.as_fd(), info.key_size())?);
+        }
+        maps.push((*name, kind, info));
+    }
+    let peers = counted.get(map_names::PEERS).copied().unwrap_or(0);
+    let rules = counted.get(map_names::POLICY_INFO).copied().unwrap_or(0);
+    let mut rows = Vec::new();
+    for (name, kind, info) in maps {
         let max = info.max_entries();
         // Fill levels where entries come and go: hash maps, tries, and the arrays
         // indexed by peer or rule id. Fixed arrays (one entry, one per reason) have none.
-        let (entries, fills) = match kind {
-            Some(MapType::Hash | MapType::LruHash | MapType::LpmTrie) => {
-                let fd = info.fd()?;
-                let n = sys::keys(fd.as_fd(), info.key_size(), usize::MAX)?.len() as u64;
-                (Some(n), true)
-            }
-            Some(MapType::RingBuf) => (None, false),
-            _ => match *name {
+        let (entries, fills) = match (counted.get(name), kind) {
+            (Some(n), _) => (Some(*n), true),
+            (None, Some(MapType::RingBuf)) => (None, false),
+            (None, _) => match name {
                 map_names::PEER_INFO | map_names::PEER_STATS => (Some(peers), true),
                 // Rule ids plus the default action's slot 0.
                 map_names::POLICY_STATS => (Some(rules + 1), true),

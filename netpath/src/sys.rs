@@ -1,12 +1,11 @@
-//! The two bpf(2) calls aya 0.14 does not expose: walking the keys of any map by its
-//! size alone (fill levels and raw dumps of every map, whatever its types), and the
-//! interface of a TCX or XDP link.
+//! The bpf(2) calls aya 0.14 does not expose: counting the entries of any map by its
+//! key size alone (fill levels of every map, whatever its types), opening a pinned link
+//! without touching its pin, and the interface of a TCX or XDP link.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Result, bail};
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -45,45 +44,26 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
     }
 }
 
-/// Every key of a hash, LRU hash or LPM trie map, as bytes. `limit` stops the walk early
-/// (fill levels of huge maps need no more than a count).
-pub fn keys(fd: BorrowedFd<'_>, key_size: u32, limit: usize) -> Result<Vec<Vec<u8>>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut next = vec![0u8; key_size as usize];
+/// How many entries a hash, LRU hash or LPM trie map holds, by walking its keys (no
+/// value is read; two key buffers, whatever the count).
+pub fn count_keys(fd: BorrowedFd<'_>, key_size: u32) -> Result<u64> {
+    let (mut key, mut next) = (vec![0u8; key_size as usize], vec![0u8; key_size as usize]);
+    let mut n = 0u64;
     loop {
         let mut attr = ElemAttr {
             map_fd: fd.as_raw_fd() as u32,
-            key: out.last().map(|k| k.as_ptr() as u64).unwrap_or(0),
+            // The first call has no key: the kernel starts from the first entry.
+            key: if n == 0 { 0 } else { key.as_ptr() as u64 },
             value_or_next: next.as_mut_ptr() as u64,
             ..Default::default()
         };
         match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
             Err(e) => bail!("walking the map's keys: {e}"),
         }
-        out.push(next.clone());
-        if out.len() >= limit {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// The value stored under `key` (a per-CPU map's value is one per possible CPU, each
-/// rounded up to 8 bytes), None if there is none.
-pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> Result<Option<Vec<u8>>> {
-    let mut value = vec![0u8; value_size];
-    let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value_or_next: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(()) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => bail!("reading the map: {e}"),
+        std::mem::swap(&mut key, &mut next);
+        n += 1;
     }
 }
 
@@ -91,14 +71,10 @@ pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> Result<Optio
 /// 0 once the interface is gone and the link is defunct).
 #[derive(Debug, Clone, Copy)]
 pub struct LinkFacts {
-    pub link_type: u32,
     pub id: u32,
     pub prog_id: u32,
     pub ifindex: u32,
 }
-
-pub const BPF_LINK_TYPE_XDP: u32 = 6;
-pub const BPF_LINK_TYPE_TCX: u32 = 11;
 
 pub fn link_facts(fd: BorrowedFd<'_>) -> Result<LinkFacts> {
     // struct bpf_link_info: type, id, prog_id, then a union at offset 16 whose tcx and
@@ -112,7 +88,6 @@ pub fn link_facts(fd: BorrowedFd<'_>) -> Result<LinkFacts> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
         .map_err(|e| anyhow::anyhow!("reading the link's info: {e}"))?;
     Ok(LinkFacts {
-        link_type: info[0],
         id: info[1],
         prog_id: info[2],
         ifindex: info[4],

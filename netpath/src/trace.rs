@@ -13,13 +13,13 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use netpath_common::{
     Counter, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REASONS, NatKey,
-    NatValue, PeerStats, Reason, map_names, prog_names, reason::Verdict,
+    NatValue, PeerStats, Reason, map_names, prog_names,
 };
 use serde::Serialize;
 
@@ -100,33 +100,6 @@ fn proto_text(q: &Query) -> String {
         None => format!("icmp echo {} -> {}", q.from, q.to),
         Some(p) => format!("{p} {}:{} -> {}:{}", q.from, q.sport, q.to, q.dport),
     }
-}
-
-/// Loads the trace instance: live lookup maps, private state maps of the live sizes.
-fn instance(pins: &PinDir, ct_size: u32) -> Result<Ebpf> {
-    let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(map_names::CT, ct_size)
-        .map_max_entries(map_names::NAT, ct_size);
-    for name in SHARED {
-        loader.map_pin_path(name, pins.map_path(name));
-    }
-    let mut ebpf = loader
-        .load(datapath::OBJECT)
-        .context("loading a trace instance of the programs")?;
-    for name in [
-        prog_names::FROM_BRIDGE,
-        prog_names::FROM_UPLINK,
-        prog_names::FROM_CONTAINER,
-    ] {
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name}"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("loading {name} for the trace"))?;
-    }
-    Ok(ebpf)
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -217,11 +190,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let host_addr = addr_of(cfg.host_addr);
     let gateway = addr_of(cfg.gateway_addr);
     let peers = report::peer_rows(&live)?;
-    let peer_of = |a: Ipv4Addr| {
-        peers
-            .iter()
-            .find(|p| p.subnet.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.contains(&a)))
-    };
+    let peer_of = |a: Ipv4Addr| report::peer_of(&peers, a, false);
     let mut steps = Vec::new();
     if q.proto.is_some() && q.dport == 0 {
         bail!("--port is needed for tcp and udp");
@@ -327,7 +296,9 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
 
     // Run it through the programs.
     let ct_size = aya::maps::IterableMap::map(&live.ct).info()?.max_entries();
-    let mut ebpf = instance(pins, ct_size)?;
+    // The trace instance: live lookup maps, private state maps of the live sizes.
+    let mut ebpf = datapath::load_with(|n| SHARED.contains(&n).then(|| pins.map_path(n)), ct_size)
+        .context("loading a trace instance of the programs")?;
     let mut ct: HashMap<MapData, CtKey, CtEntry> = take(&mut ebpf, map_names::CT)?;
     let mut nat: HashMap<MapData, NatKey, NatValue> = take(&mut ebpf, map_names::NAT)?;
     for item in live.ct.iter() {
@@ -361,10 +332,12 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         }
     }
     let rule_stats: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::POLICY_STATS)?;
-    let policy_on = live.policy_state.get(&0, 0)?.enabled != 0;
+    // The rules as installed, read once: their ids, their text, the default action.
+    let policy = crate::policy::report(&live)?;
+    let policy_on = policy.enabled;
     let mut rule = None;
     if policy_on {
-        for id in rule_ids(&live) {
+        for id in policy.rules.iter().map(|r| r.id).chain([0]) {
             if per_cpu_sum(&rule_stats.get(&id, 0)?) > 0 {
                 rule = Some(id);
             }
@@ -412,10 +385,10 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                 "policy",
                 format!(
                     "no rule matches: the default action ({}) decides",
-                    report_default(&live)?
+                    policy.default_action
                 ),
             )),
-            Some(id) => steps.push(step("policy", format!("decided by {}", rule_text(&live, id)?))),
+            Some(id) => steps.push(step("policy", format!("decided by {}", rule_text(&policy, id)))),
             None if matches!(reason, Reason::DropPolicyDeny | Reason::DropPolicyReject | Reason::DropDefaultDeny | Reason::DropDefaultReject) => {}
             None => steps.push(step("policy", "not consulted on this path")),
         }
@@ -439,11 +412,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     if let Some((name, dir)) = &peer {
         steps.push(step("peer", format!("counted as traffic {dir} peer {name}")));
     }
-    let outcome = match reason.verdict() {
-        Verdict::Forward => "forward",
-        Verdict::Pass => "pass",
-        Verdict::Drop => "drop",
-    };
+    let outcome = report::verdict_name(reason.verdict());
     let out_packet = (!out.is_empty() && r.return_value as i32 != TC_ACT_SHOT).then(|| describe_frame(&out));
     let in_packet = describe_frame(&input);
     if let Some(o) = &out_packet {
@@ -494,7 +463,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
 fn flow_text(k: &CtKey) -> String {
     format!(
         "{} {}:{} <-> {}:{}",
-        proto_name(k.proto),
+        crate::nat::proto_name(k.proto),
         addr_of(k.container),
         u16::from_be(k.container_port),
         addr_of(k.remote),
@@ -502,14 +471,6 @@ fn flow_text(k: &CtKey) -> String {
     )
 }
 
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        IPPROTO_ICMP => "icmp",
-        _ => "ip",
-    }
-}
 
 fn ct_kind(k: u8) -> &'static str {
     match k {
@@ -520,20 +481,8 @@ fn ct_kind(k: u8) -> &'static str {
     }
 }
 
-/// Rule ids in use, and 0 for the default action.
-fn rule_ids(maps: &Maps) -> Vec<u32> {
-    let mut ids: Vec<u32> = maps.policy_info.keys().flatten().collect();
-    ids.push(0);
-    ids
-}
-
-fn report_default(maps: &Maps) -> Result<String> {
-    Ok(crate::policy::report(maps)?.default_action)
-}
-
-fn rule_text(maps: &Maps, id: u32) -> Result<String> {
-    let r = crate::policy::report(maps)?;
-    Ok(r.rules
+fn rule_text(r: &crate::policy::PolicyReport, id: u32) -> String {
+    r.rules
         .iter()
         .find(|x| x.id == id)
         .map(|x| {
@@ -542,7 +491,7 @@ fn rule_text(maps: &Maps, id: u32) -> Result<String> {
                 x.from, x.to, x.proto, x.port, x.action
             )
         })
-        .unwrap_or_else(|| format!("rule {id}")))
+        .unwrap_or_else(|| format!("rule {id}"))
 }
 
 pub fn text(t: &Trace) -> String {
