@@ -8,12 +8,12 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netpath_common::{CONFIG_F_READY, Config, MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
+use netpath_common::{MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
 
 use crate::{
     counters::{self, PeerDir, count, count_peer},
-    events, icmp,
-    maps::{CONFIG, CT, PEERS},
+    ct, events, icmp,
+    maps::{self, CT, PEERS},
     mtu, nat, parse,
     policy::{self, Decision},
     vxlan, xdp,
@@ -41,14 +41,6 @@ fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
     action
 }
 
-#[inline(always)]
-pub fn config() -> Result<&'static Config, Reason> {
-    match CONFIG.get(0) {
-        Some(c) if c.flags & CONFIG_F_READY != 0 => Ok(c),
-        _ => Err(Reason::PassNoConfig),
-    }
-}
-
 pub fn from_bridge(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_bridge(ctx))
 }
@@ -62,15 +54,15 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 /// decided by policy (policy.rs) before anything is recorded or allocated for it.
 #[inline(always)]
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
-    let cfg = config()?;
+    let cfg = maps::config()?;
     let ip = parse::ipv4(ctx)?;
     if ip.dst & cfg.subnet_mask == cfg.subnet_addr || ip.dst == cfg.host_addr {
         return Err(Reason::PassLocal);
     }
     let peer = PEERS.get(Key::new(32, ip.dst));
     let l4 = parse::l4(ctx, &ip)?;
-    let key = nat::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
-    let known = if nat::trackable(&l4) {
+    let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
+    let known = if ct::trackable(&l4) {
         CT.get_ptr_mut(&key)
     } else {
         None
@@ -169,7 +161,7 @@ fn refuse(
     let action = match back {
         Back::Out(ifindex) => bounce(ifindex),
         Back::Tunnel => {
-            let cfg = config()?;
+            let cfg = maps::config()?;
             let ip = parse::ipv4(ctx).map_err(|_| Reason::DropRejectUnanswered)?;
             let peer = PEERS
                 .get(Key::new(32, ip.dst))
@@ -194,10 +186,10 @@ fn admit(ctx: &TcContext, ip: &parse::Ipv4, back: Back) -> Result<Option<(i32, R
         return Ok(None);
     };
     let l4 = parse::l4(ctx, ip)?;
-    let key = nat::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto);
-    if nat::trackable(&l4) {
+    let key = ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto);
+    if ct::trackable(&l4) {
         if let Some(e) = CT.get_ptr_mut(&key) {
-            nat::touch(e, &l4, false);
+            ct::touch(e, &l4, false);
             // SAFETY: a value of an LRU hash map; any value of the field is valid.
             counters::count_rule(unsafe { (*e).rule }, ctx.len());
             return Ok(None);
@@ -224,7 +216,7 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
 /// dropped: from outside, containers are reached through published ports only.
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
-    let cfg = config()?;
+    let cfg = maps::config()?;
     if let Some(peer_id) = xdp::decapped(ctx) {
         // XDP checked and decapsulated it (xdp.rs).
         let mut inner = parse::ipv4(ctx)?;
@@ -299,7 +291,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 /// packet goes on to the bridge unchanged (`None` for everything else).
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> {
-    let cfg = config().ok()?;
+    let cfg = maps::config().ok()?;
     let ip = parse::ipv4(ctx).ok()?;
     let broadcast = cfg.subnet_addr | !cfg.subnet_mask;
     if ip.dst & cfg.subnet_mask != cfg.subnet_addr
@@ -324,13 +316,13 @@ fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason>
     // directions find the same entry.
     let first = u32::from_be(ip.src) < u32::from_be(ip.dst);
     let key = if first {
-        nat::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto)
+        ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto)
     } else {
-        nat::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
+        ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
     };
-    if nat::trackable(&l4) {
+    if ct::trackable(&l4) {
         if let Some(e) = CT.get_ptr_mut(&key) {
-            nat::touch(e, &l4, first);
+            ct::touch(e, &l4, first);
             // SAFETY: a value of an LRU hash map; any value of the field is valid.
             counters::count_rule(unsafe { (*e).rule }, ctx.len());
             return allowed;

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod counters;
+mod ct;
 mod events;
 mod forward;
 mod icmp;

@@ -8,10 +8,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpath_common::{
-    AgentInfo, BuildInfo, EVENTS_SIZE, EventLimit, MonitorState, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
-    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
-    NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
-    PolicyVerdict, PublishKey, PublishValue, RejectLimit, UnderlayValue,
+    AgentInfo, BuildInfo, CONFIG_F_READY, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE,
+    EVENTS_SIZE, EventLimit, GroupMember, MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES,
+    MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS, MonitorState, NatKey, NatValue, PeerInfo, PeerKey,
+    PeerStats, PeerValue, PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey, PublishValue,
+    Reason, RejectLimit, UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V1")]
@@ -111,3 +112,12 @@ pub static EVENT_LIMIT: PerCpuArray<EventLimit> = PerCpuArray::with_max_entries(
 /// Userspace only: which netpath loaded the programs.
 #[map(name = "NP_BUILD_V1")]
 pub static BUILD: Array<BuildInfo> = Array::with_max_entries(1, 0);
+
+/// The host's config, once the agent has written it (`CONFIG_F_READY`).
+#[inline(always)]
+pub fn config() -> Result<&'static Config, Reason> {
+    match CONFIG.get(0) {
+        Some(c) if c.flags & CONFIG_F_READY != 0 => Ok(c),
+        _ => Err(Reason::PassNoConfig),
+    }
+}

@@ -26,18 +26,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    CONFIG_F_MASQUERADE, CT_F_FIN_CONTAINER, CT_F_FIN_REMOTE, CT_F_RST, CT_F_SEEN_CONTAINER,
-    CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE, CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, NatKey, NatValue, PublishKey, Reason,
+    CONFIG_F_MASQUERADE, CT_F_SEEN_CONTAINER, CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE,
+    CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey,
+    NatValue, PublishKey, Reason,
 };
 
 use crate::{
     counters,
+    ct::{ct_key, touch},
     maps::{CT, NAT, PUBLISH},
-    parse::{
-        self, ETH_LEN, ICMP_ECHO, ICMP_ECHO_REPLY, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-        csum_replace2, csum_replace4,
-    },
+    parse::{self, ETH_LEN, ICMP_ECHO, ICMP_ECHO_REPLY, Ipv4, L4, csum_replace2, csum_replace4},
     policy::{self, Decision},
 };
 
@@ -45,9 +43,6 @@ const EEXIST: i32 = 17;
 /// Ports tried for a new masqueraded flow after its own: consecutive ones from a random
 /// start, so that in a range of up to this many every port is tried.
 const PORT_TRIES: u32 = 32;
-/// `last_seen_ns` is rewritten at most this often (every packet would bounce the entry's
-/// cache line between CPUs); timeouts are in seconds.
-const REFRESH_NS: u64 = 1_000_000_000;
 
 /// Offsets of the IPv4 header fields rewritten here.
 const IP_CHECK: usize = ETH_LEN + 10;
@@ -95,72 +90,6 @@ fn translatable(l4: &L4, echo_type: u8) -> bool {
         }
 }
 
-/// The `NP_CT` key of a packet from local container `container` to `remote`, whose
-/// own port is `container_port` (ICMP: the echo identifier, and the remote port is 0).
-#[inline(always)]
-pub fn ct_key(
-    container: u32,
-    remote: u32,
-    container_port: u16,
-    remote_port: u16,
-    proto: u8,
-) -> CtKey {
-    CtKey {
-        container,
-        remote,
-        container_port,
-        remote_port: if proto == IPPROTO_ICMP {
-            0
-        } else {
-            remote_port
-        },
-        proto,
-        _pad: [0; 3],
-    }
-}
-
-/// Records a packet of the flow `e`: what it saw (`seen`: `CT_F_SEEN_*`) and the TCP
-/// flags that move it towards closing. A SYN on a closing flow is a new connection on the
-/// same tuple (the client reused its port): the flow starts again.
-#[inline(always)]
-pub fn touch(e: *mut CtEntry, l4: &L4, from_container: bool) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a value of an LRU hash map; concurrent writers race only on these plain
-    // fields, and any of their values is valid.
-    unsafe {
-        let old = (*e).flags;
-        let mut flags = old
-            | if from_container {
-                CT_F_SEEN_CONTAINER
-            } else {
-                CT_F_SEEN_REMOTE
-            };
-        if l4.proto == IPPROTO_TCP {
-            let f = l4.tcp_flags;
-            if f & TCP_SYN != 0
-                && f & TCP_ACK == 0
-                && flags & (CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE | CT_F_RST) != 0
-            {
-                flags &= !(CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE | CT_F_RST);
-            }
-            if f & TCP_RST != 0 {
-                flags |= CT_F_RST;
-            }
-            if f & TCP_FIN != 0 {
-                flags |= if from_container {
-                    CT_F_FIN_CONTAINER
-                } else {
-                    CT_F_FIN_REMOTE
-                };
-            }
-        }
-        if flags != old || now.wrapping_sub((*e).last_seen_ns) > REFRESH_NS {
-            (*e).flags = flags;
-            (*e).last_seen_ns = now;
-        }
-    }
-}
-
 /// Rewrites one address and the matching port of the packet (`src`: the source, else the
 /// destination) with every checksum that covers them. An error leaves the packet half
 /// rewritten: the caller drops it.
@@ -196,12 +125,6 @@ fn rewrite(
         ctx.store(l4.port_off(src), &port.1, 0).map_err(fail)?;
     }
     Ok(())
-}
-
-/// Whether a packet can belong to a flow of `CT`: TCP, UDP or ICMP echo, not fragmented.
-#[inline(always)]
-pub fn trackable(l4: &L4) -> bool {
-    !l4.fragment && (l4.proto == IPPROTO_TCP || l4.proto == IPPROTO_UDP || l4.is_echo())
 }
 
 /// A packet that a local container sends in a known flow `e` (its `CT` entry by the

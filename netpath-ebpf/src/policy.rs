@@ -31,9 +31,8 @@ use netpath_common::{
 };
 
 use crate::{
-    counters,
+    counters, ct,
     maps::{CT, POLICY_DST, POLICY_RULES, POLICY_SRC, POLICY_STATE, REJECT_LIMIT},
-    nat,
     parse::{self, ETH_LEN, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -165,20 +164,20 @@ fn related(ctx: &TcContext, l4: &L4) -> Option<u32> {
         _ => return None,
     };
     // The quoted packet went from src to dst: either end may be the container.
-    let a = nat::ct_key(src, dst, sport, dport, proto);
-    let b = nat::ct_key(dst, src, dport, sport, proto);
+    let a = ct::ct_key(src, dst, sport, dport, proto);
+    let b = ct::ct_key(dst, src, dport, sport, proto);
     // SAFETY: read once; a concurrent update yields another valid value.
     let e = unsafe { CT.get(&a).or_else(|| CT.get(&b)) }?;
     Some(e.rule)
 }
 
 /// Records an allowed flow (`key`, its local end first) so its later packets and replies
-/// pass. Only what the programs look flows up for is recorded (nat::trackable: no
+/// pass. Only what the programs look flows up for is recorded (ct::trackable: no
 /// fragment, no ICMP error); the rest is decided packet by packet. Another CPU recording
 /// the same flow first is no error.
 #[inline(always)]
 pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<(), Reason> {
-    if !nat::trackable(l4) {
+    if !ct::trackable(l4) {
         return Ok(());
     }
     // SAFETY: helper without arguments.

@@ -8,7 +8,7 @@
 //! counts each packet once. When the driver has no room for metadata, the packet passes
 //! whole and TC decapsulates it.
 
-use crate::{counters::count, events, forward, parse, vxlan};
+use crate::{counters::count, events, maps, parse, vxlan};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_xdp_adjust_meta,
@@ -27,7 +27,7 @@ const MAGIC: u32 = 0x4e50_5844;
 const META_LEN: i32 = core::mem::size_of::<Meta>() as i32;
 
 pub fn from_uplink(ctx: &XdpContext) -> u32 {
-    let Ok(cfg) = forward::config() else {
+    let Ok(cfg) = maps::config() else {
         return XDP_PASS;
     };
     let Ok(ip) = parse::ipv4(ctx) else {
