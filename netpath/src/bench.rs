@@ -16,10 +16,13 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::{
-    config::{self, Config, Mode, Peer, Proto, Publish},
-    datapath,
     packet::{ETH_LEN, Frame},
-    policy::{Action, Endpoint, Rule, RuleProto},
+    reconcile,
+    sources::{self, file::Config},
+    state::{
+        self as config, Mode, Peer, Proto, Publish,
+        policy::{Action, Endpoint, Rule, RuleProto},
+    },
 };
 use netpath_common::prog_names;
 
@@ -153,7 +156,7 @@ fn sport(frame: &[u8]) -> u16 {
 /// Each program path on a packet of an established flow (NAT entries made by a first
 /// SYN), ns per packet.
 pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
-    let (mut ebpf, _maps) = datapath::private(&host_config())?;
+    let (mut ebpf, _maps) = reconcile::private(&sources::from_config(&host_config()))?;
     let tcp = |src, dst, sport, dport, flags| Frame::tcp(src, dst, sport, dport, flags).build();
     // Masquerade and published port: the SYN makes the entry, its output says the port.
     let (r, out) = test_run(
@@ -251,7 +254,7 @@ pub fn policy(counts: &[usize], repeat: u32) -> Result<Vec<PolicyRow>> {
         let mut cfg = host_config();
         cfg.host.masquerade = false;
         cfg.policy.default = Action::Deny;
-        let (mut ebpf, mut maps) = datapath::private(&cfg)?;
+        let (mut ebpf, mut maps) = reconcile::private(&sources::from_config(&cfg))?;
         cfg.policy.rules = (0..n)
             .map(|i| {
                 if i == 0 {
@@ -278,7 +281,7 @@ pub fn policy(counts: &[usize], repeat: u32) -> Result<Vec<PolicyRow>> {
             })
             .collect();
         let start = std::time::Instant::now();
-        let changes = crate::policy::sync(&mut maps, &cfg)?;
+        let changes = reconcile::policy::reconcile(&mut maps, &sources::from_config(&cfg).policy)?;
         let load_ms = start.elapsed().as_secs_f64() * 1000.0;
         let syn = Frame::tcp(CONTAINER, DIRECT_C, 40000, 80, SYN).build();
         let (r, _) = test_run(&mut ebpf, prog_names::FROM_BRIDGE, &syn, 1)?;

@@ -15,10 +15,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
 use netpath_common::{
-    AgentInfo, BuildInfo, EVENTS_SIZE, EventLimit, MonitorState, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, GroupMember,
-    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
-    NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
-    PolicyVerdict, PublishKey, PublishValue, RejectLimit, map_names,
+    AgentInfo, BuildInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, EVENTS_SIZE,
+    EventLimit, GroupMember, MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES,
+    MAX_PUBLISH, MAX_REASONS, MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats,
+    PeerValue, PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey, PublishValue, RejectLimit,
+    map_names,
 };
 
 /// Maps whose size comes from the config: any size is the right layout.

@@ -122,7 +122,11 @@ pub fn obj_get(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
         )
     };
     if fd < 0 {
-        bail!("opening {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "opening {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use netpath::config::{Proto, Publish};
 use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok, l4_checksum_ok};
+use netpath::state::{Proto, Publish};
 use netpath_common::{IPPROTO_TCP, IPPROTO_UDP, Reason, prog_names};
 
 const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
@@ -25,7 +25,7 @@ fn masq(ports: (u16, u16)) -> Option<Dp> {
 }
 
 fn masq_default() -> Option<Dp> {
-    masq(netpath::config::MASQUERADE_PORTS)
+    masq(netpath::state::MASQUERADE_PORTS)
 }
 
 fn from_bridge(dp: &mut Dp, f: &Frame) -> (i32, Vec<u8>) {
@@ -91,7 +91,7 @@ fn masquerade_tcp_rewrites_the_source_and_replies_come_back() {
             .build()
     );
     assert_eq!(dp.count(Reason::FwdMasqueradeReply), 1);
-    let rows = netpath::nat::flow_rows(&dp.maps).unwrap();
+    let rows = netpath::inspect::flows::flow_rows(&dp.maps).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
         (
@@ -104,7 +104,7 @@ fn masquerade_tcp_rewrites_the_source_and_replies_come_back() {
     // A FIN moves it to closing.
     from_bridge(&mut dp, &Frame::tcp(LOCAL_C, OUTSIDE, 40001, 80, 0x11));
     assert_eq!(
-        netpath::nat::flow_rows(&dp.maps).unwrap()[0].state,
+        netpath::inspect::flows::flow_rows(&dp.maps).unwrap()[0].state,
         "closing"
     );
 }
@@ -200,8 +200,8 @@ fn port_exhaustion_drops_and_counts_and_leaves_existing_flows_alone() {
     }
     ports.sort();
     assert_eq!(ports, vec![40000, 40001, 40002, 40003]);
-    let nat_before = netpath::nat::nat_rows(&dp.maps).unwrap();
-    let snapshot = |rows: &[netpath::nat::NatRow]| -> Vec<String> {
+    let nat_before = netpath::inspect::flows::nat_rows(&dp.maps).unwrap();
+    let snapshot = |rows: &[netpath::inspect::flows::NatRow]| -> Vec<String> {
         rows.iter()
             .map(|r| format!("{} {} {} {}", r.proto, r.remote, r.host_port, r.container))
             .collect()
@@ -211,11 +211,14 @@ fn port_exhaustion_drops_and_counts_and_leaves_existing_flows_alone() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(dp.count(Reason::DropNatNoPort), 1);
     assert_eq!(
-        snapshot(&netpath::nat::nat_rows(&dp.maps).unwrap()),
+        snapshot(&netpath::inspect::flows::nat_rows(&dp.maps).unwrap()),
         snapshot(&nat_before),
         "no existing flow was touched"
     );
-    assert_eq!(netpath::nat::flow_rows(&dp.maps).unwrap().len(), 4);
+    assert_eq!(
+        netpath::inspect::flows::flow_rows(&dp.maps).unwrap().len(),
+        4
+    );
     // The ports are taken only towards that server and port.
     let (verdict, _) = from_bridge(&mut dp, &Frame::tcp(LOCAL_C, OUTSIDE2, 1004, 80, SYN));
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -389,7 +392,9 @@ fn published_ports_lead_to_their_container_and_replies_go_back() {
     assert_eq!(dp.count(Reason::PassUnknownDst), 1);
 
     // Unpublishing cuts the flows through the port.
-    let cut = netpath::nat::del_publish(&mut dp.maps, Proto::Tcp, 8080).unwrap();
+    let cut = netpath::reconcile::publish::del(&mut dp.maps, Proto::Tcp, 8080)
+        .unwrap()
+        .flows_cut;
     assert_eq!(cut, 1);
     let again = Frame::tcp(OUTSIDE, HOST, 5555, 8080, 0x10).build();
     assert_eq!(dp.run(prog_names::FROM_UPLINK, &again).0, TC_ACT_UNSPEC);
@@ -433,7 +438,11 @@ fn what_masquerade_cannot_translate_goes_to_the_stack_unchanged() {
         dp.run(prog_names::FROM_BRIDGE, &ttl1),
         (TC_ACT_UNSPEC, ttl1.clone())
     );
-    assert!(netpath::nat::flow_rows(&dp.maps).unwrap().is_empty());
+    assert!(
+        netpath::inspect::flows::flow_rows(&dp.maps)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -447,7 +456,7 @@ fn the_collector_expires_idle_flows_and_removes_orphaned_halves() {
         &mut dp,
         &Frame::udp(LOCAL_C, OUTSIDE, 40002, 53, b"q", true),
     );
-    let g = netpath::nat::gc(&mut dp.maps).unwrap();
+    let g = netpath::agent::collector::gc(&mut dp.maps).unwrap();
     assert_eq!(
         (g.expired, g.orphans, g.ct_entries, g.nat_entries),
         (0, 0, 2, 2)
@@ -461,18 +470,22 @@ fn the_collector_expires_idle_flows_and_removes_orphaned_halves() {
         _pad: [0; 3],
     };
     dp.maps.nat.remove(&nk).unwrap();
-    let g = netpath::nat::gc(&mut dp.maps).unwrap();
+    let g = netpath::agent::collector::gc(&mut dp.maps).unwrap();
     assert_eq!((g.orphans, g.ct_entries, g.nat_entries), (1, 1, 1));
     // With a 1 s UDP timeout the other expires.
-    let c = netpath::config::Conntrack {
+    let c = netpath::state::Conntrack {
         udp: 1,
         ..Default::default()
     };
-    netpath::nat::write_ct_info(&mut dp.maps, &c).unwrap();
+    netpath::reconcile::host::conntrack(&mut dp.maps, &c).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let g = netpath::nat::gc(&mut dp.maps).unwrap();
+    let g = netpath::agent::collector::gc(&mut dp.maps).unwrap();
     assert_eq!((g.expired, g.ct_entries, g.nat_entries), (1, 0, 0));
-    assert!(netpath::nat::nat_rows(&dp.maps).unwrap().is_empty());
-    let s = netpath::nat::summary(&dp.maps).unwrap();
+    assert!(
+        netpath::inspect::flows::nat_rows(&dp.maps)
+            .unwrap()
+            .is_empty()
+    );
+    let s = netpath::inspect::flows::summary(&dp.maps).unwrap();
     assert_eq!((s.expired_total, s.orphans_total), (1, 1));
 }

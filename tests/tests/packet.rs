@@ -7,9 +7,10 @@ mod common;
 use common::*;
 use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 use netpath::{
-    config::{Mode, Peer},
-    datapath::{self, Maps},
-    pin,
+    datapath,
+    maps::Maps,
+    pin, reconcile,
+    state::{Mode, Peer},
 };
 use netpath_common::{Reason, map_names, prog_names};
 
@@ -422,7 +423,9 @@ fn peers_swapping_subnets_and_underlays_keep_every_entry() {
     c.peers[0].underlay = cc.underlay;
     c.peers[1].subnet = b.subnet;
     c.peers[1].underlay = b.underlay;
-    let changes = datapath::sync_peers(&mut dp.maps, &c).unwrap();
+    let changes =
+        reconcile::peers::reconcile(&mut dp.maps, &netpath::sources::from_config(&c).peers)
+            .unwrap();
     assert_eq!(changes.updated, vec!["b", "c"]);
     let owner = |dp: &Dp, addr: [u8; 4]| {
         dp.maps
@@ -454,7 +457,7 @@ fn peers_swapping_subnets_and_underlays_keep_every_entry() {
     assert_eq!(dp.count(Reason::FwdVxlanEncap), 1);
 
     // Deleting c removes its route and its tunnel end: its traffic is refused after.
-    datapath::del_peer(&mut dp.maps, "c").unwrap();
+    reconcile::peers::del(&mut dp.maps, "c").unwrap();
     assert_eq!(owner(&dp, [198, 18, 0, 12]), None);
     let inner = Frame::icmp(PEER_C, LOCAL_C).build();
     let (verdict, _) = dp.run(
@@ -481,7 +484,7 @@ fn peer_add_refuses_this_hosts_own_address() {
         mode: Mode::Direct,
         vtep_mac: None,
     };
-    let err = datapath::add_peer(&mut dp.maps, &p)
+    let err = reconcile::peers::add(&mut dp.maps, &p)
         .unwrap_err()
         .to_string();
     assert!(

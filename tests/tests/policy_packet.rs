@@ -7,8 +7,12 @@ mod common;
 use common::*;
 use netpath::packet::{ETH_LEN, Frame, checksum, ipv4_checksum_ok, l4_checksum_ok};
 use netpath::{
-    config::{Config, Proto, Publish},
-    policy::{self, Action, Endpoint, Rule, RuleProto},
+    reconcile::policy,
+    sources::file::Config,
+    state::{
+        Proto, Publish,
+        policy::{Action, Endpoint, Rule, RuleProto},
+    },
 };
 use netpath_common::{CT_KIND_POLICY, IPPROTO_TCP, Reason, prog_names};
 
@@ -48,8 +52,7 @@ fn with(rules: Vec<Rule>, default: Action, change: impl FnOnce(&mut Config)) -> 
 
 /// `netpath policy add` on the test's datapath.
 fn add_rule(dp: &mut Dp, r: &Rule) -> anyhow::Result<u32> {
-    let old = policy::installed(&dp.maps)?;
-    policy::add(&mut dp.maps, &old, r)
+    policy::add(&mut dp.maps, r)
 }
 
 fn hits(dp: &Dp, id: u32) -> u64 {
@@ -157,7 +160,7 @@ fn policy_off_by_default_records_nothing() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     dp.only(Reason::FwdDirect);
     assert_eq!(
-        netpath::nat::flows(&dp.maps).unwrap().len(),
+        netpath::maps::flows::flows(&dp.maps).unwrap().len(),
         0,
         "no conntrack without policy"
     );
@@ -532,7 +535,7 @@ fn published_port_rejects_from_the_host_address() {
     assert_eq!(out, rst_frame(&syn, 8080, 41000, 0, 1009, RST | ACK));
     dp.only(Reason::DropPolicyReject);
     assert_eq!(
-        netpath::nat::nat_rows(&dp.maps).unwrap().len(),
+        netpath::inspect::flows::nat_rows(&dp.maps).unwrap().len(),
         0,
         "no NAT entry for it"
     );
@@ -566,7 +569,10 @@ fn masquerade_denied_before_a_port_is_taken() {
     );
     assert_eq!(verdict, TC_ACT_SHOT);
     dp.only(Reason::DropPolicyDeny);
-    assert_eq!(netpath::nat::nat_rows(&dp.maps).unwrap().len(), 0);
+    assert_eq!(
+        netpath::inspect::flows::nat_rows(&dp.maps).unwrap().len(),
+        0
+    );
     let (verdict, _) = dp.run(
         prog_names::FROM_BRIDGE,
         &Frame::tcp(LOCAL_C2, OUTSIDE, 40000, 80, SYN).build(),
@@ -690,6 +696,6 @@ fn a_rule_added_live_decides_new_flows_and_spares_allowed_ones() {
         TC_ACT_REDIRECT,
         "deleted: allowed again"
     );
-    let r = policy::report(&dp.maps).unwrap();
+    let r = netpath::inspect::policy::report(&dp.maps).unwrap();
     assert_eq!(r.rules.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1]);
 }

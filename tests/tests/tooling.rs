@@ -205,7 +205,12 @@ fn status_shows_attachments_versions_fill_and_the_agent() {
     assert!(s["problems"].as_array().unwrap().is_empty(), "{s}");
     let (ok, text) = on_host(&lab, 0, &["status"]);
     assert!(ok, "{text}");
-    for want in ["agent: running", "np_from_bridge", "NP_CT_V1", "problems: none"] {
+    for want in [
+        "agent: running",
+        "np_from_bridge",
+        "NP_CT_V1",
+        "problems: none",
+    ] {
         assert!(text.contains(want), "{want}: {text}");
     }
     // Without its agent the datapath goes on, and status says so (exit 1).
@@ -226,8 +231,18 @@ fn every_map_dumps_as_a_table_and_as_json() {
     output(lab.netpath(
         0,
         &[
-            "policy", "add", "--from", &peer_net, "--to", &c0, "--proto", "tcp", "--port",
-            "5000-5001", "--action", "deny",
+            "policy",
+            "add",
+            "--from",
+            &peer_net,
+            "--to",
+            &c0,
+            "--proto",
+            "tcp",
+            "--port",
+            "5000-5001",
+            "--action",
+            "deny",
         ],
     ))
     .unwrap();
@@ -269,7 +284,10 @@ fn every_map_dumps_as_a_table_and_as_json() {
     assert_eq!(u[0]["underlay"], lab.hosts[1].underlay.as_str());
     assert_eq!(u[0]["peer"], lab.hosts[1].name.as_str());
     let (_, rules) = on_host(&lab, 0, &["dump", "policy-rules"]);
-    assert!(rules.contains("tcp") && rules.contains("5000-5001"), "{rules}");
+    assert!(
+        rules.contains("tcp") && rules.contains("5000-5001"),
+        "{rules}"
+    );
     assert!(rules.contains("rule 1 deny"), "{rules}");
     let (_, dst) = on_host(&lab, 0, &["dump", "policy-dst"]);
     assert!(dst.contains(&format!("{c0}/32")), "{dst}");
@@ -286,7 +304,10 @@ fn route_outside_to(lab: &Lab, i: usize) -> String {
     let out = lab.outside().ns.clone();
     run(ip(
         &out,
-        &format!("route add {} via {}", lab.hosts[i].subnet, lab.hosts[i].underlay),
+        &format!(
+            "route add {} via {}",
+            lab.hosts[i].subnet, lab.hosts[i].underlay
+        ),
     ))
     .unwrap();
     out
@@ -304,7 +325,10 @@ fn monitor_sees_a_drop_caused_on_purpose() {
     let out = route_outside_to(&lab, 0);
     let target = lab.hosts[0].containers[0].ip.clone();
     let mon = lab
-        .netpath(0, &["monitor", "--json", "--count", "2", "--duration", "20"])
+        .netpath(
+            0,
+            &["monitor", "--json", "--count", "2", "--duration", "20"],
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -362,13 +386,19 @@ fn monitor_rate_limit_suppresses_a_flood_and_counts_every_drop() {
         .sum();
     let cpus = std::thread::available_parallelism().unwrap().get() as u64;
     // At most 2 a second per CPU over ~4 s (windows may straddle the edges).
-    assert!(drops >= 1 && drops <= 2 * cpus * 6, "{drops} events: {text}");
+    assert!(
+        drops >= 1 && drops <= 2 * cpus * 6,
+        "{drops} events: {text}"
+    );
     assert!(suppressed > 100, "suppressed {suppressed}: {text}");
     assert!(events.iter().any(|e| e["rate_per_cpu"] == 2), "{text}");
     // Every drop is counted whatever the monitor shows.
     let counted = lab.counter(0, "drop-not-published") - before;
     assert!(counted >= 200, "counted {counted}");
-    assert!(drops + suppressed <= counted, "{drops} + {suppressed} > {counted}");
+    assert!(
+        drops + suppressed <= counted,
+        "{drops} + {suppressed} > {counted}"
+    );
 }
 
 #[test]
@@ -394,7 +424,10 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
     assert_eq!(t["outcome"], "forward");
     assert_eq!(t["peer"], b.name.as_str());
     assert_eq!(t["leaves_by"], "eth0");
-    assert_eq!(t["rule"], 0, "policy is on, no rule matches pings: the default");
+    assert_eq!(
+        t["rule"], 0,
+        "policy is on, no rule matches pings: the default"
+    );
     assert!(t["out_packet"].as_str().unwrap().contains("ttl 63"), "{t}");
     // Tracing changed no live counter (of this path, of the peer, of the rules) and
     // recorded no flow. (Other counters move with the lab's own ARP and IPv6 traffic.)
@@ -421,8 +454,7 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
     let t = lab.netpath_json(
         0,
         &[
-            "trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5000",
-            "--json",
+            "trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5000", "--json",
         ],
     );
     assert_eq!(t["program"], "np_from_uplink");
@@ -437,16 +469,20 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
     let (deny, hits) = (lab.counter(0, "drop-policy-deny"), rule_hits(&lab));
     let connect = format!("echo > /dev/tcp/{}/5000", a1.ip);
     let _ = Command::new("ip")
-        .args(["netns", "exec", &b1.ns, "timeout", "2", "bash", "-c", &connect])
+        .args([
+            "netns", "exec", &b1.ns, "timeout", "2", "bash", "-c", &connect,
+        ])
         .output();
-    assert!(lab.counter(0, "drop-policy-deny") > deny, "the SYN was denied");
+    assert!(
+        lab.counter(0, "drop-policy-deny") > deny,
+        "the SYN was denied"
+    );
     assert!(rule_hits(&lab) > hits, "under rule 1");
     // Port 5001 is not covered: the trace says the default allows it.
     let t = lab.netpath_json(
         0,
         &[
-            "trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5001",
-            "--json",
+            "trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5001", "--json",
         ],
     );
     assert_eq!(t["reason"], "fwd-deliver", "{t}");
@@ -454,18 +490,26 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
     let (ok, text) = on_host(
         &lab,
         0,
-        &["trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5000"],
+        &[
+            "trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp", "--port", "5000",
+        ],
     );
     assert!(ok, "{text}");
     assert!(text.contains("decided by rule 1"), "{text}");
     assert!(text.contains("verdict: drop (drop-policy-deny)"), "{text}");
     // tcp without a port is refused with the reason.
     let o = lab
-        .netpath(0, &["trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp"])
+        .netpath(
+            0,
+            &["trace", "--from", &b1.ip, "--to", &a1.ip, "--proto", "tcp"],
+        )
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--port"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--port"),
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -475,13 +519,30 @@ fn doctor_passes_a_healthy_host_and_names_a_silent_peer() {
     };
     let (ok, text) = on_host(&lab, 0, &["doctor", "--wait", "2"]);
     assert!(ok, "a healthy lab host: {text}");
-    for check in ["kernel", "bpffs", "datapath", "rp_filter", "mtu", "netfilter", "conntrack", "peers"] {
+    for check in [
+        "kernel",
+        "bpffs",
+        "datapath",
+        "rp_filter",
+        "mtu",
+        "netfilter",
+        "conntrack",
+        "peers",
+    ] {
         assert!(text.contains(check), "{check}: {text}");
     }
     // A peer whose underlay address nobody holds.
     output(lab.netpath(
         0,
-        &["peer", "add", "ghost", "--subnet", "10.244.99.0/24", "--underlay", "198.18.0.99"],
+        &[
+            "peer",
+            "add",
+            "ghost",
+            "--subnet",
+            "10.244.99.0/24",
+            "--underlay",
+            "198.18.0.99",
+        ],
     ))
     .unwrap();
     // Strict rp_filter on the uplink.
@@ -498,8 +559,20 @@ fn doctor_passes_a_healthy_host_and_names_a_silent_peer() {
             .unwrap_or_else(|| panic!("no {check} finding: {f:?}"))
     };
     let peers = of("peers");
-    assert!(peers["detail"].as_str().unwrap().contains("ghost (198.18.0.99)"), "{peers}");
-    assert!(!peers["detail"].as_str().unwrap().contains(&lab.hosts[1].name), "{peers}");
+    assert!(
+        peers["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ghost (198.18.0.99)"),
+        "{peers}"
+    );
+    assert!(
+        !peers["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&lab.hosts[1].name),
+        "{peers}"
+    );
     let rp = of("rp_filter");
     assert!(rp["fix"].as_str().unwrap().contains("rp_filter=2"), "{rp}");
 }
@@ -546,8 +619,11 @@ fn metrics_endpoint_serves_prometheus_text() {
     let (status, body) = http_get(&ns, 9464, "/metrics");
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("# TYPE netpath_packets counter"), "{body}");
-    let fwd = sample(&body, r#"netpath_packets_total{reason="fwd-direct",verdict="forward"}"#)
-        .unwrap_or_else(|| panic!("no fwd-direct: {body}"));
+    let fwd = sample(
+        &body,
+        r#"netpath_packets_total{reason="fwd-direct",verdict="forward"}"#,
+    )
+    .unwrap_or_else(|| panic!("no fwd-direct: {body}"));
     assert!(fwd >= 3.0, "{fwd}");
     let peer = format!(
         r#"netpath_peer_packets_total{{peer="{}",mode="direct",direction="tx"}}"#,
@@ -569,7 +645,10 @@ fn metrics_endpoint_serves_prometheus_text() {
             && l.ends_with(" 1")),
         "{body}"
     );
-    assert!(body.contains("netpath_drop_events_total{result=\"suppressed\"}"), "{body}");
+    assert!(
+        body.contains("netpath_drop_events_total{result=\"suppressed\"}"),
+        "{body}"
+    );
     // Per-rule counters once a rule exists; the scrape follows the maps.
     output(lab.netpath(
         0,
@@ -580,8 +659,11 @@ fn metrics_endpoint_serves_prometheus_text() {
     .unwrap();
     ping(&a1.ns, &b1.ip, 2, "0.2").unwrap();
     let (_, body) = http_get(&ns, 9464, "/metrics");
-    let hits = sample(&body, r#"netpath_policy_rule_packets_total{rule="1",action="allow"}"#)
-        .unwrap_or_else(|| panic!("no rule 1: {body}"));
+    let hits = sample(
+        &body,
+        r#"netpath_policy_rule_packets_total{rule="1",action="allow"}"#,
+    )
+    .unwrap_or_else(|| panic!("no rule 1: {body}"));
     assert!(hits >= 2.0, "{body}");
     let (status, _) = http_get(&ns, 9464, "/");
     assert!(status.contains("404"), "{status}");
@@ -594,12 +676,21 @@ fn bad_monitor_and_metrics_settings_are_refused_before_anything_starts() {
     }
     let lab = Lab::new(Spec::default()).expect("lab");
     lab.write_configs(|_, _| PeerMode::Direct).unwrap();
-    lab.append_config(0, "[metrics]\nlisten = \"localhost\"\n\n[monitor]\nrate = 2000000\n")
-        .unwrap();
+    lab.append_config(
+        0,
+        "[metrics]\nlisten = \"localhost\"\n\n[monitor]\nrate = 2000000\n",
+    )
+    .unwrap();
     let cfg = lab.hosts[0].config.to_str().unwrap().to_owned();
-    let o = lab.netpath(0, &["check", "--config", &cfg]).output().unwrap();
+    let o = lab
+        .netpath(0, &["check", "--config", &cfg])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("metrics.listen") && err.contains("127.0.0.1:9464"), "{err}");
+    assert!(
+        err.contains("metrics.listen") && err.contains("127.0.0.1:9464"),
+        "{err}"
+    );
     assert!(err.contains("monitor.rate"), "{err}");
 }

@@ -175,12 +175,17 @@ pub fn run() -> Result<()> {
         lab.hosts[0].containers[0].ip.clone(),
         lab.hosts[1].containers[0].ip.clone(),
     );
-    title(&format!("netpath trace on {}: tcp {from} -> {to}:80", lab.hosts[0].name));
+    title(&format!(
+        "netpath trace on {}: tcp {from} -> {to}:80",
+        lab.hosts[0].name
+    ));
     eprint!(
         "{}",
         output(lab.netpath(
             0,
-            &["trace", "--from", &from, "--to", &to, "--proto", "tcp", "--port", "80"]
+            &[
+                "trace", "--from", &from, "--to", &to, "--proto", "tcp", "--port", "80"
+            ]
         ))?
     );
 

@@ -8,9 +8,11 @@ use aya::{
 };
 use netpath::packet::{ETH_LEN, Frame, ipv4_checksum_ok};
 use netpath::{
-    config::{Config, Host, Mode, Peer, XdpMode},
-    datapath::{self, Maps},
-    pin,
+    datapath,
+    maps::Maps,
+    pin, reconcile,
+    sources::file::Config,
+    state::{Host, Mode, Peer, XdpMode},
 };
 use netpath_common::{Reason, map_names, prog_names};
 
@@ -47,7 +49,7 @@ pub fn cfg(ready: bool) -> Config {
             vtep_mac: netpath_common::default_vtep_mac(HOST),
             uplink_mtu: 1500,
             masquerade: false,
-            masquerade_ports: netpath::config::MASQUERADE_PORTS,
+            masquerade_ports: netpath::state::MASQUERADE_PORTS,
         },
         peers: if ready {
             vec![
@@ -90,7 +92,8 @@ pub fn dp_with(change: impl FnOnce(&mut Config)) -> Option<Dp> {
     }
     let mut c = cfg(true);
     change(&mut c);
-    let (ebpf, maps) = datapath::private(&c).expect("load programs");
+    let (ebpf, maps) =
+        reconcile::private(&netpath::sources::from_config(&c)).expect("load programs");
     Some(Dp { ebpf, maps })
 }
 
@@ -130,8 +133,8 @@ impl Dp {
     }
 
     /// The peer named `name`, with its counters.
-    pub fn peer(&self, name: &str) -> netpath::report::PeerRow {
-        netpath::report::peer_rows(&self.maps)
+    pub fn peer(&self, name: &str) -> netpath::inspect::report::PeerRow {
+        netpath::inspect::report::peer_rows(&self.maps)
             .unwrap()
             .into_iter()
             .find(|p| p.name == name)

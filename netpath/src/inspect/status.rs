@@ -9,11 +9,7 @@ use aya::maps::{MapInfo, MapType};
 use netpath_common::{AGENT_F_TCX, LAYOUT_VERSION, Reason, map_names, name_str, prog_names};
 use serde::Serialize;
 
-use crate::{
-    datapath::{self, Maps},
-    pin::PinDir,
-    report, sys,
-};
+use crate::{datapath, inspect::report, maps::Maps, pin::PinDir, sys};
 
 /// A map this full gets a finding.
 pub const FILL_WARN_PCT: f64 = 90.0;
@@ -107,7 +103,7 @@ pub fn map_type_name(t: Option<MapType>) -> &'static str {
 pub fn status(pins: &PinDir) -> Result<Status> {
     let maps = Maps::open(pins)?;
     let a = report::agent_row(&maps)?;
-    let now = datapath::now();
+    let now = crate::maps::now();
     let mut problems = Vec::new();
     if !a.agent_running {
         problems.push(format!(
@@ -196,7 +192,7 @@ fn attachments(
     let agent = maps.agent()?;
     let tags = program_tags();
     let mut rows = Vec::new();
-    let xdp = datapath::xdp_mode(agent.flags);
+    let xdp = datapath::attach::xdp_mode(agent.flags);
     let tcx = agent.flags & AGENT_F_TCX != 0;
     let mut expected: Vec<(&str, String, u32, &'static str)> = vec![
         (
@@ -212,7 +208,7 @@ fn attachments(
             "tc ingress",
         ),
     ];
-    if xdp != crate::config::XdpMode::Off {
+    if xdp != crate::state::XdpMode::Off {
         expected.push((
             prog_names::XDP_UPLINK,
             name_str(&agent.uplink).to_owned(),
@@ -357,12 +353,7 @@ pub fn map_rows(pins: &PinDir) -> Result<Vec<MapRow>> {
 
 /// "3d 4h", "5m 2s": a duration as people read it.
 pub fn ago(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m {s}s"),
@@ -421,13 +412,24 @@ pub fn text(s: &Status) -> String {
         utc(v.programs_loaded_at),
         v.cli,
         v.cli_object,
-        if v.same_build { ", the same build" } else { ", ANOTHER build" },
+        if v.same_build {
+            ", the same build"
+        } else {
+            ", ANOTHER build"
+        },
         v.map_layout
     );
     let _ = writeln!(o, "\nattachments");
     o.push_str(&report::table(
         &[
-            "PROGRAM", "INTERFACE", "IFINDEX", "HOOK", "HOW", "PROG ID", "TAG", "STATE",
+            "PROGRAM",
+            "INTERFACE",
+            "IFINDEX",
+            "HOOK",
+            "HOW",
+            "PROG ID",
+            "TAG",
+            "STATE",
         ],
         &s.attachments
             .iter()
@@ -456,9 +458,7 @@ pub fn text(s: &Status) -> String {
                     m.kind.clone(),
                     m.entries.map(|e| e.to_string()).unwrap_or("-".into()),
                     m.max_entries.to_string(),
-                    m.fill_pct
-                        .map(|f| format!("{f:.1}%"))
-                        .unwrap_or("-".into()),
+                    m.fill_pct.map(|f| format!("{f:.1}%")).unwrap_or("-".into()),
                 ]
             })
             .collect::<Vec<_>>(),

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-
 use anyhow::{Context, Result};
 use prometheus_client::{
     encoding::text::encode,
@@ -12,7 +11,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{datapath::Maps, pin::PinDir, report, status};
+use crate::{
+    inspect::{report, status},
+    maps::Maps,
+    pin::PinDir,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -41,7 +44,7 @@ pub fn render(pins: &PinDir) -> Result<String> {
     // Each map read once: counters with zeros, peers, rules, the agent record.
     let (peers, policy, a) = (
         report::peer_rows(&maps)?,
-        crate::policy::report(&maps)?,
+        crate::inspect::policy::report(&maps)?,
         report::agent_row(&maps)?,
     );
     let mut reg = Registry::default();
@@ -63,7 +66,11 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "netpath_peer_packets",
         "Packets sent to (tx) and received from (rx) each peer",
     );
-    let peer_bytes = counter_family(&mut reg, "netpath_peer_bytes", "Bytes per peer and direction");
+    let peer_bytes = counter_family(
+        &mut reg,
+        "netpath_peer_bytes",
+        "Bytes per peer and direction",
+    );
     for p in &peers {
         for (dir, pk, by) in [
             ("tx", p.tx_packets, p.tx_bytes),
@@ -80,7 +87,11 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "netpath_policy_rule_packets",
         "Packets decided by each policy rule (rule=\"0\": the default action)",
     );
-    let rule_bytes = counter_family(&mut reg, "netpath_policy_rule_bytes", "Bytes per policy rule");
+    let rule_bytes = counter_family(
+        &mut reg,
+        "netpath_policy_rule_bytes",
+        "Bytes per policy rule",
+    );
     if policy.enabled {
         for r in &policy.rules {
             let id = r.id.to_string();
@@ -89,7 +100,9 @@ pub fn render(pins: &PinDir) -> Result<String> {
             rule_bytes.get_or_create(&l).inc_by(r.bytes);
         }
         let l = labels(&[("rule", "0"), ("action", &policy.default_action)]);
-        rule_packets.get_or_create(&l).inc_by(policy.default_packets);
+        rule_packets
+            .get_or_create(&l)
+            .inc_by(policy.default_packets);
         rule_bytes.get_or_create(&l).inc_by(policy.default_bytes);
     }
 
@@ -116,9 +129,7 @@ pub fn render(pins: &PinDir) -> Result<String> {
     for m in status::map_rows(pins)? {
         let l = labels(&[("map", &m.name)]);
         if m.fill_pct.is_some() {
-            entries
-                .get_or_create(&l)
-                .set(m.entries.unwrap_or(0) as i64);
+            entries.get_or_create(&l).set(m.entries.unwrap_or(0) as i64);
             max.get_or_create(&l).set(m.max_entries as i64);
         }
     }

@@ -8,16 +8,13 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::PerCpuValues;
-use netpath_common::{
-    CONFIG_F_MASQUERADE, CONFIG_F_READY, POLICY_GEN_BITS,
-    RejectLimit, name_str,
-};
+use netpath_common::{CONFIG_F_MASQUERADE, CONFIG_F_READY, POLICY_GEN_BITS, RejectLimit, name_str};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    datapath::{Maps, addr_of},
-    policy::Action,
+    maps::{Maps, addr_of},
+    state::policy::Action,
 };
 
 pub fn mac(m: [u8; 6]) -> String {
@@ -89,7 +86,7 @@ pub fn underlay(maps: &Maps) -> Result<Vec<UnderlayRow>> {
             underlay: addr_of(addr),
             peer_id: v.id,
             peer: name_str(&info.name).to_owned(),
-            mode: crate::config::Mode::from_map(v.mode)
+            mode: crate::state::Mode::from_map(v.mode)
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| format!("mode-{}", v.mode)),
             vtep_mac: mac(v.vtep_mac),
@@ -144,7 +141,6 @@ pub struct TrieRow {
     /// What the entry leads to: a source class, a pair class, or rule and action.
     pub value: String,
 }
-
 
 /// The three policy tries as rows (`which`: "src", "dst" or "rules").
 pub fn policy_trie(maps: &Maps, which: &str) -> Result<Vec<TrieRow>> {
@@ -206,7 +202,7 @@ pub fn policy_trie(maps: &Maps, which: &str) -> Result<Vec<TrieRow>> {
                     class: Some(u32::from_be_bytes([d[1], d[2], d[3], d[4]])),
                     cidr: None,
                     proto: Some(if plen >= 48 {
-                        crate::nat::proto_name(d[5])
+                        crate::inspect::flows::proto_name(d[5])
                     } else {
                         "any".into()
                     }),
@@ -226,9 +222,8 @@ pub fn policy_trie(maps: &Maps, which: &str) -> Result<Vec<TrieRow>> {
         }
     }
     rows.sort_by(|a, b| {
-        (b.live, a.class, &a.cidr, &a.proto, &a.ports).cmp(&(
-            a.live, b.class, &b.cidr, &b.proto, &b.ports,
-        ))
+        (b.live, a.class, &a.cidr, &a.proto, &a.ports)
+            .cmp(&(a.live, b.class, &b.cidr, &b.proto, &b.ports))
     });
     Ok(rows)
 }
@@ -248,9 +243,10 @@ pub struct CpuRow {
     pub emitted: Option<u64>,
 }
 
-
 fn age(window_ns: u64) -> Option<f64> {
-    (window_ns != 0).then(|| (crate::nat::monotonic_ns().saturating_sub(window_ns) / 1_000_000) as f64 / 1e3)
+    (window_ns != 0).then(|| {
+        (crate::maps::flows::monotonic_ns().saturating_sub(window_ns) / 1_000_000) as f64 / 1e3
+    })
 }
 
 /// NP_REJECT_LIMIT: reject answers sent per CPU in the current second.
@@ -309,7 +305,7 @@ fn cell(key: &str, v: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         Value::Number(n) if key.ends_with("_at") => {
-            crate::status::utc(n.as_u64().unwrap_or(0))
+            crate::inspect::status::utc(n.as_u64().unwrap_or(0))
         }
         Value::Array(a) => a.iter().map(|v| cell(key, v)).collect::<Vec<_>>().join(","),
         v => v.to_string(),
@@ -331,7 +327,7 @@ pub fn auto_table<T: Serialize>(v: &T) -> Result<String> {
                 .map(|r| first.keys().map(|k| cell(k, &r[k])).collect())
                 .collect();
             let h: Vec<&str> = header.iter().map(String::as_str).collect();
-            crate::report::table(&h, &cells)
+            crate::inspect::report::table(&h, &cells)
         }
         Value::Object(o) => {
             let w = o.keys().map(|k| k.len()).max().unwrap_or(0);

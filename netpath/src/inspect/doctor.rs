@@ -14,7 +14,11 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{datapath::Maps, pin::PinDir, report, status};
+use crate::{
+    inspect::{report, status},
+    maps::Maps,
+    pin::PinDir,
+};
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -42,7 +46,12 @@ fn ok(check: &'static str, detail: impl Into<String>) -> Finding {
     }
 }
 
-fn bad(check: &'static str, level: Level, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+fn bad(
+    check: &'static str,
+    level: Level,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Finding {
     Finding {
         check,
         level,
@@ -52,7 +61,9 @@ fn bad(check: &'static str, level: Level, detail: impl Into<String>, fix: impl I
 }
 
 fn read(path: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 fn sysctl(key: &str) -> Option<String> {
@@ -90,16 +101,29 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
         )),
         Ok(s) => {
             for p in &s.problems {
-                f.push(bad("datapath", Level::Fail, p.clone(), "see `netpath status`"));
+                f.push(bad(
+                    "datapath",
+                    Level::Fail,
+                    p.clone(),
+                    "see `netpath status`",
+                ));
             }
         }
-        Err(e) => f.push(bad("datapath", Level::Fail, format!("{e:#}"), "see `netpath status`")),
+        Err(e) => f.push(bad(
+            "datapath",
+            Level::Fail,
+            format!("{e:#}"),
+            "see `netpath status`",
+        )),
     }
     let agent = report::agent_row(&maps)?;
     sysctls(&agent.uplink, &agent.bridge, &mut f);
     mtu(&maps, &agent.uplink, &agent.bridge, &mut f)?;
     netfilter(&mut f);
-    conntrack(st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]), &mut f);
+    conntrack(
+        st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]),
+        &mut f,
+    );
     peers(&maps, probe_wait, &mut f)?;
     Ok(f)
 }
@@ -113,7 +137,10 @@ fn kernel(f: &mut Vec<Finding>) {
         .filter_map(|n| n.parse::<u32>().ok());
     let v = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     f.push(if v >= (6, 6) {
-        ok("kernel", format!("Linux {release}: TCX, XDP links, ring buffers, BPF_PROG_TEST_RUN"))
+        ok(
+            "kernel",
+            format!("Linux {release}: TCX, XDP links, ring buffers, BPF_PROG_TEST_RUN"),
+        )
     } else if v >= (5, 10) {
         bad(
             "kernel",
@@ -170,7 +197,9 @@ fn bpffs(pins: &PinDir, f: &mut Vec<Finding>) {
 fn sysctls(uplink: &str, bridge: &str, f: &mut Vec<Finding>) {
     // Reverse-path filtering: strict mode drops packets that netpath leaves to the stack
     // when the host would route the reply another way (container subnets of peers).
-    let rp = |i: &str| sysctl(&format!("net.ipv4.conf.{i}.rp_filter")).and_then(|v| v.parse::<u32>().ok());
+    let rp = |i: &str| {
+        sysctl(&format!("net.ipv4.conf.{i}.rp_filter")).and_then(|v| v.parse::<u32>().ok())
+    };
     let all = rp("all").unwrap_or(0);
     let mut strict = Vec::new();
     for i in [uplink, bridge] {
@@ -245,7 +274,9 @@ fn mtu(maps: &Maps, uplink: &str, bridge: &str, f: &mut Vec<Finding>) -> Result<
         f.push(bad(
             "mtu",
             Level::Fail,
-            format!("cannot read the MTU of {uplink} or {bridge}: is this the host's network namespace?"),
+            format!(
+                "cannot read the MTU of {uplink} or {bridge}: is this the host's network namespace?"
+            ),
             "run netpath doctor where the agent runs",
         ));
         return Ok(());
@@ -284,7 +315,11 @@ fn mtu(maps: &Maps, uplink: &str, bridge: &str, f: &mut Vec<Finding>) -> Result<
             "mtu",
             format!(
                 "uplink {uplink} {up}, bridge {bridge} {br}{}, largest container port {biggest}",
-                if vxlan { format!(", tunnel {tunnel}") } else { String::new() }
+                if vxlan {
+                    format!(", tunnel {tunnel}")
+                } else {
+                    String::new()
+                }
             ),
         ));
     }
@@ -304,8 +339,10 @@ fn netfilter(f: &mut Vec<Finding>) {
     let brnf = sysctl("net.bridge.bridge-nf-call-iptables");
     let rules = command("iptables-save", &[]);
     let forward_drop = rules.as_deref().is_some_and(|r| {
-        r.lines()
-            .any(|l| l.starts_with(":FORWARD DROP") || (l.starts_with("-A FORWARD") && l.ends_with("-j DROP")))
+        r.lines().any(|l| {
+            l.starts_with(":FORWARD DROP")
+                || (l.starts_with("-A FORWARD") && l.ends_with("-j DROP"))
+        })
     });
     match (brnf.as_deref(), forward_drop) {
         (Some("1"), true) => f.push(bad(
@@ -393,17 +430,29 @@ fn peers(maps: &Maps, wait: Duration, f: &mut Vec<Finding>) -> Result<()> {
         f.push(ok("peers", "no peers configured"));
         return Ok(());
     }
-    let targets: Vec<Ipv4Addr> = rows.iter().filter_map(|p| p.underlay.parse().ok()).collect();
+    let targets: Vec<Ipv4Addr> = rows
+        .iter()
+        .filter_map(|p| p.underlay.parse().ok())
+        .collect();
     let answered = match echo(&targets, wait) {
         Ok(a) => a,
         Err(e) => {
-            f.push(bad("peers", Level::Warn, format!("cannot probe the peers: {e:#}"), "run netpath doctor as root"));
+            f.push(bad(
+                "peers",
+                Level::Warn,
+                format!("cannot probe the peers: {e:#}"),
+                "run netpath doctor as root",
+            ));
             return Ok(());
         }
     };
     let silent: Vec<String> = rows
         .iter()
-        .filter(|p| p.underlay.parse().is_ok_and(|a: Ipv4Addr| !answered.contains(&a)))
+        .filter(|p| {
+            p.underlay
+                .parse()
+                .is_ok_and(|a: Ipv4Addr| !answered.contains(&a))
+        })
         .map(|p| format!("{} ({})", p.name, p.underlay))
         .collect();
     f.push(if silent.is_empty() {
@@ -449,7 +498,10 @@ fn echo(targets: &[Ipv4Addr], wait: Duration) -> Result<std::collections::HashSe
         let Some(left) = wait.checked_sub(start.elapsed()) else {
             break;
         };
-        let mut fds = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            sock.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let t = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
         if nix::poll::poll(&mut fds, t).unwrap_or(0) == 0 {
             continue;

@@ -18,17 +18,18 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use netpath_common::{
-    Counter, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REASONS, NatKey,
-    NatValue, PeerStats, Reason, map_names, prog_names,
+    Counter, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REASONS, NatKey, NatValue,
+    PeerStats, Reason, map_names, prog_names,
 };
 use serde::Serialize;
 
 use crate::{
-    config::Proto,
-    datapath::{self, Maps, addr_of},
+    datapath,
+    inspect::report,
+    maps::{Maps, addr_of},
     packet::{ETH_LEN, Frame},
     pin::PinDir,
-    report,
+    state::Proto,
 };
 
 /// Maps the programs only read: the trace instance uses the live ones.
@@ -125,18 +126,8 @@ pub fn describe_frame(f: &[u8]) -> String {
         let l4 = f.get(at + ihl..at + ihl + 4);
         let port = |i: usize| l4.map(|p| u16::from_be_bytes([p[i], p[i + 1]]));
         Some(match h[9] {
-            IPPROTO_TCP => format!(
-                "tcp {src}:{} -> {dst}:{} ttl {}",
-                port(0)?,
-                port(2)?,
-                h[8]
-            ),
-            IPPROTO_UDP => format!(
-                "udp {src}:{} -> {dst}:{} ttl {}",
-                port(0)?,
-                port(2)?,
-                h[8]
-            ),
+            IPPROTO_TCP => format!("tcp {src}:{} -> {dst}:{} ttl {}", port(0)?, port(2)?, h[8]),
+            IPPROTO_UDP => format!("udp {src}:{} -> {dst}:{} ttl {}", port(0)?, port(2)?, h[8]),
             IPPROTO_ICMP => format!(
                 "icmp {src} -> {dst} type {} code {} ttl {}",
                 l4?[0], l4?[1], h[8]
@@ -218,8 +209,14 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         (prog_names::FROM_BRIDGE, agent.bridge.clone())
     } else {
         let how = match peer_of(q.from) {
-            Some(p) => format!("from peer {} ({}, {} mode, underlay {})", p.name, p.subnet, p.mode, p.underlay),
-            None => format!("{} is neither this host's container nor a peer's: from outside", q.from),
+            Some(p) => format!(
+                "from peer {} ({}, {} mode, underlay {})",
+                p.name, p.subnet, p.mode, p.underlay
+            ),
+            None => format!(
+                "{} is neither this host's container nor a peer's: from outside",
+                q.from
+            ),
         };
         steps.push(step(
             "enters",
@@ -228,9 +225,15 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         (prog_names::FROM_UPLINK, agent.uplink.clone())
     };
     if q.to == host_addr {
-        steps.push(step("destination", format!("{} is this host's own address", q.to)));
+        steps.push(step(
+            "destination",
+            format!("{} is this host's own address", q.to),
+        ));
     } else if local(q.to) {
-        steps.push(step("destination", format!("{} is a container of this host ({subnet})", q.to)));
+        steps.push(step(
+            "destination",
+            format!("{} is a container of this host ({subnet})", q.to),
+        ));
     } else if let Some(p) = peer_of(q.to) {
         steps.push(step(
             "destination",
@@ -242,7 +245,10 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     } else {
         steps.push(step(
             "destination",
-            format!("{} is in no container subnet netpath knows: the outside", q.to),
+            format!(
+                "{} is in no container subnet netpath knows: the outside",
+                q.to
+            ),
         ));
     }
 
@@ -254,11 +260,18 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         Some(Proto::Udp) => Frame::udp(src, dst, q.sport, q.dport, b"netpath trace", true),
     }
     .build();
-    let tunnel_peer = peer_of(q.from).filter(|p| p.mode == "vxlan" && program == prog_names::FROM_UPLINK);
+    let tunnel_peer =
+        peer_of(q.from).filter(|p| p.mode == "vxlan" && program == prog_names::FROM_UPLINK);
     let input = match tunnel_peer {
         Some(p) => {
             let underlay: Ipv4Addr = p.underlay.parse()?;
-            let mut f = crate::packet::vxlan(underlay.octets(), cfg.host_addr.to_ne_bytes(), cfg.vni, 0x08, &frame);
+            let mut f = crate::packet::vxlan(
+                underlay.octets(),
+                cfg.host_addr.to_ne_bytes(),
+                cfg.vni,
+                0x08,
+                &frame,
+            );
             // This host's tunnel port and VTEP MAC, as a peer would send them.
             let udp = ETH_LEN + 20;
             f[udp + 2..udp + 4].copy_from_slice(&u16::from_be(cfg.vxlan_port).to_be_bytes());
@@ -267,7 +280,10 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                 "tunnel",
                 format!(
                     "arrives in VXLAN from {} (vni {}, port {}), as peer {} sends it",
-                    p.underlay, cfg.vni, u16::from_be(cfg.vxlan_port), p.name
+                    p.underlay,
+                    cfg.vni,
+                    u16::from_be(cfg.vxlan_port),
+                    p.name
                 ),
             ));
             f
@@ -289,7 +305,11 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         proto: proto_num,
         _pad: [0; 3],
     };
-    let (dp, sp) = if q.proto.is_none() { (0, q.sport) } else { (q.dport, q.sport) };
+    let (dp, sp) = if q.proto.is_none() {
+        (0, q.sport)
+    } else {
+        (q.dport, q.sport)
+    };
     let known = [key(q.from, q.to, sp, dp), key(q.to, q.from, dp, sp)]
         .iter()
         .find_map(|k| live.ct.get(k, 0).ok());
@@ -321,7 +341,9 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         .program_mut(program)
         .with_context(|| format!("program {program}"))?
         .try_into()?;
-    let r = prog.test_run(opts).context("running the packet through the program")?;
+    let r = prog
+        .test_run(opts)
+        .context("running the packet through the program")?;
     out.truncate(r.data_size_out as usize);
 
     let counters: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::COUNTERS)?;
@@ -333,7 +355,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     }
     let rule_stats: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::POLICY_STATS)?;
     // The rules as installed, read once: their ids, their text, the default action.
-    let policy = crate::policy::report(&live)?;
+    let policy = crate::inspect::policy::report(&live)?;
     let policy_on = policy.enabled;
     let mut rule = None;
     if policy_on {
@@ -347,7 +369,9 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let mut peer = None;
     for p in &peers {
         let s: PerCpuValues<PeerStats> = peer_stats.get(&p.id, 0)?;
-        let (tx, rx) = s.iter().fold((0, 0), |a, s| (a.0 + s.tx.packets, a.1 + s.rx.packets));
+        let (tx, rx) = s
+            .iter()
+            .fold((0, 0), |a, s| (a.0 + s.tx.packets, a.1 + s.rx.packets));
         if tx + rx > 0 {
             peer = Some((p.name.clone(), if tx > 0 { "to" } else { "from" }));
         }
@@ -375,10 +399,16 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                 e.rule
             ),
         )),
-        None => steps.push(step("conntrack", "no entry: the first packet of a new flow")),
+        None => steps.push(step(
+            "conntrack",
+            "no entry: the first packet of a new flow",
+        )),
     }
     if !policy_on {
-        steps.push(step("policy", "off (no rules, default allow): not consulted"));
+        steps.push(step(
+            "policy",
+            "off (no rules, default allow): not consulted",
+        ));
     } else if known.is_none() {
         match rule {
             Some(0) => steps.push(step(
@@ -388,8 +418,17 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                     policy.default_action
                 ),
             )),
-            Some(id) => steps.push(step("policy", format!("decided by {}", rule_text(&policy, id)))),
-            None if matches!(reason, Reason::DropPolicyDeny | Reason::DropPolicyReject | Reason::DropDefaultDeny | Reason::DropDefaultReject) => {}
+            Some(id) => steps.push(step(
+                "policy",
+                format!("decided by {}", rule_text(&policy, id)),
+            )),
+            None if matches!(
+                reason,
+                Reason::DropPolicyDeny
+                    | Reason::DropPolicyReject
+                    | Reason::DropDefaultDeny
+                    | Reason::DropDefaultReject
+            ) => {}
             None => steps.push(step("policy", "not consulted on this path")),
         }
     }
@@ -410,10 +449,14 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         ));
     }
     if let Some((name, dir)) = &peer {
-        steps.push(step("peer", format!("counted as traffic {dir} peer {name}")));
+        steps.push(step(
+            "peer",
+            format!("counted as traffic {dir} peer {name}"),
+        ));
     }
     let outcome = report::verdict_name(reason.verdict());
-    let out_packet = (!out.is_empty() && r.return_value as i32 != TC_ACT_SHOT).then(|| describe_frame(&out));
+    let out_packet =
+        (!out.is_empty() && r.return_value as i32 != TC_ACT_SHOT).then(|| describe_frame(&out));
     let in_packet = describe_frame(&input);
     if let Some(o) = &out_packet {
         if outcome == "drop" {
@@ -463,14 +506,13 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
 fn flow_text(k: &CtKey) -> String {
     format!(
         "{} {}:{} <-> {}:{}",
-        crate::nat::proto_name(k.proto),
+        crate::inspect::flows::proto_name(k.proto),
         addr_of(k.container),
         u16::from_be(k.container_port),
         addr_of(k.remote),
         u16::from_be(k.remote_port)
     )
 }
-
 
 fn ct_kind(k: u8) -> &'static str {
     match k {
@@ -481,7 +523,7 @@ fn ct_kind(k: u8) -> &'static str {
     }
 }
 
-fn rule_text(r: &crate::policy::PolicyReport, id: u32) -> String {
+fn rule_text(r: &crate::inspect::policy::PolicyReport, id: u32) -> String {
     r.rules
         .iter()
         .find(|x| x.id == id)

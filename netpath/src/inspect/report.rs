@@ -5,7 +5,7 @@ use anyhow::Result;
 use netpath_common::{Reason, name_str, reason::Verdict};
 use serde::Serialize;
 
-use crate::datapath::{self, Maps};
+use crate::{datapath, maps::Maps};
 
 #[derive(Serialize)]
 pub struct CounterRow {
@@ -51,9 +51,9 @@ pub struct Stats {
     pub totals: Totals,
     pub counters: Vec<CounterRow>,
     pub peers: Vec<PeerRow>,
-    pub conntrack: crate::nat::CtSummary,
+    pub conntrack: crate::inspect::flows::CtSummary,
     /// Rules with their counters, the default action's.
-    pub policy: crate::policy::PolicyReport,
+    pub policy: crate::inspect::policy::PolicyReport,
 }
 
 #[derive(Serialize, Default)]
@@ -104,7 +104,7 @@ pub fn counter_rows(maps: &Maps, all: bool) -> Result<Vec<CounterRow>> {
 pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
     let mut rows = Vec::new();
     for (id, info) in maps.peer_infos()? {
-        let p = datapath::peer_from_info(&info);
+        let p = crate::reconcile::peers::peer_from_info(&info);
         let s = maps.peer_stats(id)?;
         rows.push(PeerRow {
             id,
@@ -131,7 +131,9 @@ pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
 /// address `a` is).
 pub fn peer_of(rows: &[PeerRow], a: std::net::Ipv4Addr, underlay: bool) -> Option<&PeerRow> {
     rows.iter().find(|p| {
-        p.subnet.parse::<ipnet::Ipv4Net>().is_ok_and(|n| n.contains(&a))
+        p.subnet
+            .parse::<ipnet::Ipv4Net>()
+            .is_ok_and(|n| n.contains(&a))
             || (underlay && p.underlay.parse() == Ok(a))
     })
 }
@@ -143,7 +145,7 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
         uplink: name_str(&a.uplink).to_owned(),
         bridge: name_str(&a.bridge).to_owned(),
         agent_pid: a.agent_pid,
-        agent_running: datapath::agent_alive(a.agent_pid),
+        agent_running: datapath::down::agent_alive(a.agent_pid),
         agent_started_at: a.agent_started_at,
         attached_at: a.attached_at,
         generation: a.generation,
@@ -152,7 +154,7 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
         } else {
             "netlink"
         },
-        xdp: datapath::xdp_mode(a.flags).as_str(),
+        xdp: datapath::attach::xdp_mode(a.flags).as_str(),
     })
 }
 
@@ -171,8 +173,8 @@ pub fn stats(maps: &Maps) -> Result<Stats> {
         totals,
         counters,
         peers: peer_rows(maps)?,
-        conntrack: crate::nat::summary(maps)?,
-        policy: crate::policy::report(maps)?,
+        conntrack: crate::inspect::flows::summary(maps)?,
+        policy: crate::inspect::policy::report(maps)?,
     })
 }
 
@@ -232,7 +234,7 @@ pub fn rates(old: &Stats, new: &Stats, secs: f64) -> Rates {
     // Readings by key: thousands of peers and rules must not be paired one by one.
     let old_peers: std::collections::HashMap<&str, &PeerRow> =
         old.peers.iter().map(|p| (p.name.as_str(), p)).collect();
-    let old_rules: std::collections::HashMap<u32, &crate::policy::RuleRow> =
+    let old_rules: std::collections::HashMap<u32, &crate::inspect::policy::RuleRow> =
         old.policy.rules.iter().map(|r| (r.id, r)).collect();
     let peers = new
         .peers
@@ -413,7 +415,7 @@ pub fn peers_table(rows: &[PeerRow]) -> String {
 }
 
 pub fn ago(t: u64) -> String {
-    let s = datapath::now().saturating_sub(t);
+    let s = crate::maps::now().saturating_sub(t);
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{}s", s / 60, s % 60),
@@ -467,7 +469,7 @@ pub fn stats_text(s: &Stats) -> String {
     out
 }
 
-pub fn flows_table(rows: &[crate::nat::FlowRow]) -> String {
+pub fn flows_table(rows: &[crate::inspect::flows::FlowRow]) -> String {
     table(
         &[
             "PROTO",
@@ -505,7 +507,7 @@ pub fn flows_table(rows: &[crate::nat::FlowRow]) -> String {
     )
 }
 
-pub fn nat_table(rows: &[crate::nat::NatRow]) -> String {
+pub fn nat_table(rows: &[crate::inspect::flows::NatRow]) -> String {
     table(
         &["PROTO", "REMOTE", "HOST PORT", "CONTAINER"],
         &rows
@@ -522,7 +524,7 @@ pub fn nat_table(rows: &[crate::nat::NatRow]) -> String {
     )
 }
 
-pub fn ports_table(rows: &[crate::nat::PortRow]) -> String {
+pub fn ports_table(rows: &[crate::inspect::flows::PortRow]) -> String {
     table(
         &["PROTO", "HOST PORT", "CONTAINER", "ORIGIN", "FLOWS"],
         &rows
@@ -540,7 +542,7 @@ pub fn ports_table(rows: &[crate::nat::PortRow]) -> String {
     )
 }
 
-pub fn policies_table(r: &crate::policy::PolicyReport) -> String {
+pub fn policies_table(r: &crate::inspect::policy::PolicyReport) -> String {
     let mut rows: Vec<Vec<String>> = r
         .rules
         .iter()

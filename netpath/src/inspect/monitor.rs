@@ -15,9 +15,9 @@ use netpath_common::{DropEvent, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason, 
 use serde::Serialize;
 
 use crate::{
-    datapath::{Maps, addr_of},
+    inspect::report,
+    maps::{Maps, addr_of},
     pin::PinDir,
-    report,
 };
 
 #[derive(Serialize, Debug, Clone)]
@@ -55,7 +55,7 @@ pub struct Suppressed {
 
 pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -> DropReport {
     let (src, dst) = (addr_of(ev.src), addr_of(ev.dst));
-    let ago = Duration::from_nanos(crate::nat::monotonic_ns().saturating_sub(ev.ts_ns));
+    let ago = Duration::from_nanos(crate::maps::flows::monotonic_ns().saturating_sub(ev.ts_ns));
     let at = std::time::SystemTime::now() - ago;
     let ports = matches!(ev.proto, IPPROTO_TCP | IPPROTO_UDP);
     // ICMP: type and code where the ports would be.
@@ -68,7 +68,7 @@ pub fn describe(ev: &DropEvent, peers_of: impl Fn(Ipv4Addr) -> Option<String>) -
             .unwrap_or_else(|| format!("reason-{}", ev.reason)),
         interface: crate::iface::name_of(ev.ifindex).unwrap_or_else(|| ev.ifindex.to_string()),
         ifindex: ev.ifindex,
-        proto: crate::nat::proto_name(ev.proto),
+        proto: crate::inspect::flows::proto_name(ev.proto),
         src: src.to_string(),
         dst: dst.to_string(),
         sport: ports.then(|| u16::from_be(ev.sport)),
@@ -148,7 +148,10 @@ pub fn run(
             ring.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(wait).unwrap_or(nix::poll::PollTimeout::MAX)) {
+        match nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(wait).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("waiting for drop events"),
         }
@@ -160,7 +163,9 @@ pub fn run(
             let Some(ev) = bytemuck::try_pod_read_unaligned::<DropEvent>(&item).ok() else {
                 continue;
             };
-            let d = describe(&ev, |a| report::peer_of(&peers, a, true).map(|p| p.name.clone()));
+            let d = describe(&ev, |a| {
+                report::peer_of(&peers, a, true).map(|p| p.name.clone())
+            });
             if json {
                 println!("{}", serde_json::to_string(&d)?);
             } else {

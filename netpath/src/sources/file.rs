@@ -1,90 +1,21 @@
-//! The TOML config and its validation. Everything is checked before anything is attached
+//! The config file: TOML, validated. Everything is checked before anything is attached
 //! or any map is touched; every problem found is reported at once, each naming the field
-//! and the fix.
+//! and the fix. The file is one source of the desired state (see sources/).
 
-use std::{collections::HashMap, fmt, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::{
     iface,
-    policy::{Action, Groups, PortSpec, Rule, RuleProto},
+    state::{
+        Conntrack, EVENT_RATE_MAX, Host, MASQUERADE_PORTS, Mode, Monitor, Peer, Proto, Publish,
+        VNI_MAX, XdpMode, check_conntrack, check_name, check_peer, check_publish, parse_addr,
+        parse_mac, parse_port_range, parse_subnet,
+        policy::{Action, Groups, PortSpec, Rule, RuleProto},
+    },
 };
-
-/// Largest VXLAN network identifier (24 bits).
-pub const VNI_MAX: u32 = (1 << 24) - 1;
-/// Peer names are stored NUL-padded in 32 bytes.
-pub const NAME_MAX: usize = 31;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Direct,
-    Vxlan,
-}
-
-impl Mode {
-    pub fn to_map(self) -> u8 {
-        match self {
-            Mode::Direct => netpath_common::MODE_DIRECT,
-            Mode::Vxlan => netpath_common::MODE_VXLAN,
-        }
-    }
-
-    pub fn from_map(m: u8) -> Option<Mode> {
-        match m {
-            netpath_common::MODE_DIRECT => Some(Mode::Direct),
-            netpath_common::MODE_VXLAN => Some(Mode::Vxlan),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Direct => "direct",
-            Mode::Vxlan => "vxlan",
-        })
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "direct" => Ok(Mode::Direct),
-            "vxlan" => Ok(Mode::Vxlan),
-            _ => Err(format!("unknown mode {s:?}: use \"direct\" or \"vxlan\"")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    Off,
-    Generic,
-    Native,
-}
-
-impl XdpMode {
-    /// The name used in the config file and in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdpMode::Off => "off",
-            XdpMode::Generic => "generic",
-            XdpMode::Native => "native",
-        }
-    }
-}
-
-impl std::fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The file as written. Unknown keys are refused (a typo must not be silently ignored).
 #[derive(Debug, Deserialize)]
@@ -106,26 +37,6 @@ struct File {
     #[serde(default)]
     metrics: MetricsFile,
 }
-
-/// `[monitor]`: drop events for `netpath monitor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Monitor {
-    /// Drop events each CPU may report per second (0: none); drops past it are only
-    /// counted (as suppressed).
-    pub rate: u32,
-}
-
-impl Default for Monitor {
-    fn default() -> Monitor {
-        Monitor {
-            rate: netpath_common::DEFAULT_EVENT_RATE,
-        }
-    }
-}
-
-/// Largest `[monitor] rate`.
-pub const EVENT_RATE_MAX: u32 = 1_000_000;
 
 /// `[metrics]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -177,7 +88,7 @@ impl Default for PolicyConfig {
             groups: Groups::new(),
             rules: Vec::new(),
             default: Action::Allow,
-            reject_rate: crate::policy::REJECT_RATE,
+            reject_rate: crate::state::policy::REJECT_RATE,
         }
     }
 }
@@ -191,99 +102,6 @@ struct PublishFile {
     container: String,
     port: u16,
 }
-
-/// Protocols a port can be published for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => netpath_common::IPPROTO_TCP,
-            Proto::Udp => netpath_common::IPPROTO_UDP,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Proto> {
-        match n {
-            netpath_common::IPPROTO_TCP => Some(Proto::Tcp),
-            netpath_common::IPPROTO_UDP => Some(Proto::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-impl std::str::FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            _ => Err(format!("unknown protocol {s:?}: use \"tcp\" or \"udp\"")),
-        }
-    }
-}
-
-/// A published port: `host_port` on the host's underlay address leads to
-/// `container:port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Publish {
-    pub proto: Proto,
-    pub host_port: u16,
-    pub container: Ipv4Addr,
-    pub port: u16,
-}
-
-/// `[conntrack]`: the size of the flow tables and the idle timeouts (seconds) after
-/// which the agent removes a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Conntrack {
-    /// Entries of the conntrack table and of the NAT table (each).
-    pub size: u32,
-    /// A TCP flow that has not been answered yet.
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    /// A TCP flow after a FIN or RST.
-    pub tcp_closing: u32,
-    pub udp: u32,
-    pub icmp: u32,
-    /// Seconds between two collections of expired flows.
-    pub gc_interval: u32,
-}
-
-impl Default for Conntrack {
-    fn default() -> Conntrack {
-        Conntrack {
-            size: netpath_common::DEFAULT_CT_SIZE,
-            tcp_syn: 60,
-            tcp_established: 21600,
-            tcp_closing: 10,
-            udp: 60,
-            icmp: 30,
-            gc_interval: 10,
-        }
-    }
-}
-
-/// Smallest and largest conntrack table.
-pub const CT_SIZE_MIN: u32 = 1024;
-pub const CT_SIZE_MAX: u32 = 1 << 24;
-/// Default masquerade ports: Linux's default ephemeral range.
-pub const MASQUERADE_PORTS: (u16, u16) = (32768, 60999);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,7 +135,7 @@ fn default_action() -> Action {
 }
 
 fn default_reject_rate() -> u32 {
-    crate::policy::REJECT_RATE
+    crate::state::policy::REJECT_RATE
 }
 
 fn default_vxlan_port() -> u16 {
@@ -357,266 +175,12 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Host {
-    pub name: String,
-    pub uplink: String,
-    pub uplink_ifindex: u32,
-    pub bridge: String,
-    pub bridge_ifindex: u32,
-    pub subnet: Ipv4Net,
-    pub address: Ipv4Addr,
-    /// The bridge's own address inside `subnet`, if it has one.
-    pub gateway: Option<Ipv4Addr>,
-    pub vni: u32,
-    pub xdp: XdpMode,
-    pub vxlan_port: u16,
-    pub vtep_mac: [u8; 6],
-    /// MTU of the uplink (read at start).
-    pub uplink_mtu: u32,
-    /// Masquerade container traffic to the outside.
-    pub masquerade: bool,
-    /// First and last port masqueraded flows get.
-    pub masquerade_ports: (u16, u16),
-}
-
-impl Host {
-    /// Largest IPv4 packet the tunnel carries without fragmenting.
-    pub fn tunnel_mtu(&self) -> u32 {
-        self.uplink_mtu
-            .saturating_sub(netpath_common::VXLAN_OVERHEAD)
-    }
-
-    /// Largest TCP MSS that fits the tunnel (20 bytes of IPv4, 20 of TCP).
-    pub fn tunnel_mss(&self) -> u16 {
-        self.tunnel_mtu().saturating_sub(40).min(u16::MAX as u32) as u16
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub name: String,
-    pub subnet: Ipv4Net,
-    pub underlay: Ipv4Addr,
-    pub mode: Mode,
-    /// Configured VTEP MAC, if any (see [`Peer::vtep_mac`]).
-    pub vtep_mac: Option<[u8; 6]>,
-}
-
-impl Peer {
-    /// The inner destination MAC of what is encapsulated to this peer.
-    pub fn vtep_mac(&self) -> [u8; 6] {
-        self.vtep_mac
-            .unwrap_or_else(|| netpath_common::default_vtep_mac(self.underlay.octets()))
-    }
-}
-
-/// Parses a MAC written as six hex pairs separated by colons.
-pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], String> {
-    let err =
-        || format!("{field} = {s:?} is not a MAC address: write it like \"02:4e:c6:12:00:0b\"");
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(err());
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return Err(err());
-        }
-        mac[i] = u8::from_str_radix(p, 16).map_err(|_| err())?;
-    }
-    if mac[0] & 1 != 0 || mac == [0; 6] {
-        return Err(format!("{field} = {s:?} is not a unicast MAC address"));
-    }
-    Ok(mac)
-}
-
 /// Every problem found in a config, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config {path}:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigError {
     pub path: String,
     pub problems: Vec<String>,
-}
-
-/// Parses a CIDR; the address must be the network address (10.244.1.0/24, not .5/24).
-pub fn parse_subnet(field: &str, s: &str) -> Result<Ipv4Net, String> {
-    let net: Ipv4Net = s.parse().map_err(|_| {
-        format!("{field} = {s:?} is not an IPv4 CIDR: write it like \"10.244.1.0/24\"")
-    })?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{field} = {s:?} has host bits set: did you mean \"{}\"?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
-
-pub fn parse_addr(field: &str, s: &str) -> Result<Ipv4Addr, String> {
-    s.parse().map_err(|_| {
-        format!("{field} = {s:?} is not an IPv4 address: write it like \"198.18.0.11\"")
-    })
-}
-
-pub fn check_name(field: &str, s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > NAME_MAX || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{field} = {s:?}: use 1 to {NAME_MAX} printable ASCII characters without spaces"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a peer against the host (its subnet `local`, its underlay address `host`) and
-/// the other peers; `others` are already valid. Shared by the config and `peer add`.
-pub fn check_peer(
-    field: &str,
-    p: &Peer,
-    local: Ipv4Net,
-    host: Ipv4Addr,
-    others: &[Peer],
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if p.underlay == host {
-        problems.push(format!(
-            "{field}.underlay = \"{}\" is this host's own address: a peer is another host",
-            p.underlay
-        ));
-    }
-    if overlaps(p.subnet, local) {
-        problems.push(format!(
-            "{field}.subnet = \"{}\" overlaps the local subnet [host].subnet = \"{local}\": give each host its own subnet",
-            p.subnet
-        ));
-    }
-    for o in others {
-        if o.name == p.name {
-            problems.push(format!(
-                "{field}.name = {:?} is used by another peer: peer names must be unique",
-                p.name
-            ));
-        }
-        if overlaps(o.subnet, p.subnet) {
-            problems.push(format!(
-                "{field}.subnet = \"{}\" overlaps peer {:?} (\"{}\"): peer subnets must not overlap",
-                p.subnet, o.name, o.subnet
-            ));
-        }
-        if o.underlay == p.underlay {
-            problems.push(format!(
-                "{field}.underlay = \"{}\" is also peer {:?}'s: one peer per host, with one subnet",
-                p.underlay, o.name
-            ));
-        }
-    }
-    if p.underlay.is_unspecified() || p.underlay.is_broadcast() || p.underlay.is_multicast() {
-        problems.push(format!(
-            "{field}.underlay = \"{}\" is not a unicast address",
-            p.underlay
-        ));
-    }
-    problems
-}
-
-/// Parses a port range written "FIRST-LAST" (1 to 65535, FIRST <= LAST).
-pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), String> {
-    let err = || format!("{field} = {s:?} is not a port range: write it like \"32768-60999\"");
-    let (a, b) = s.split_once('-').ok_or_else(err)?;
-    let a: u16 = a.trim().parse().map_err(|_| err())?;
-    let b: u16 = b.trim().parse().map_err(|_| err())?;
-    if a == 0 || a > b {
-        return Err(format!(
-            "{field} = {s:?}: the first port must be at least 1 and not above the last"
-        ));
-    }
-    Ok((a, b))
-}
-
-/// Checks the `[conntrack]` section.
-pub fn check_conntrack(c: &Conntrack) -> Vec<String> {
-    let mut problems = Vec::new();
-    if !(CT_SIZE_MIN..=CT_SIZE_MAX).contains(&c.size) {
-        problems.push(format!(
-            "[conntrack].size = {}: use {CT_SIZE_MIN} to {CT_SIZE_MAX} entries",
-            c.size
-        ));
-    }
-    for (name, v) in [
-        ("tcp_syn", c.tcp_syn),
-        ("tcp_established", c.tcp_established),
-        ("tcp_closing", c.tcp_closing),
-        ("udp", c.udp),
-        ("icmp", c.icmp),
-        ("gc_interval", c.gc_interval),
-    ] {
-        if v == 0 {
-            problems.push(format!(
-                "[conntrack].{name} = 0: timeouts and the collection interval are seconds, at least 1"
-            ));
-        }
-    }
-    problems
-}
-
-/// Checks a published port against the host's subnet (the container must be in it and be
-/// neither the gateway nor the network or broadcast address) and the ports already
-/// published (`others`, valid). Shared by the config and `publish add`.
-pub fn check_publish(
-    field: &str,
-    p: &Publish,
-    subnet: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-    vxlan_port: u16,
-    others: &[Publish],
-) -> Vec<String> {
-    let mut problems = Vec::new();
-    if p.host_port == 0 {
-        problems.push(format!("{field}.host_port = 0: use a port from 1 to 65535"));
-    }
-    if p.port == 0 {
-        problems.push(format!("{field}.port = 0: use a port from 1 to 65535"));
-    }
-    if p.proto == Proto::Udp && p.host_port == vxlan_port {
-        problems.push(format!(
-            "{field}.host_port = {} is the VXLAN port: publish another one",
-            p.host_port
-        ));
-    }
-    if !subnet.contains(&p.container)
-        || p.container == subnet.network()
-        || p.container == subnet.broadcast()
-        || Some(p.container) == gateway
-    {
-        problems.push(format!(
-            "{field}.container = \"{}\" is not a container address of this host: use one in [host].subnet = \"{subnet}\" (not its gateway, network or broadcast address)",
-            p.container
-        ));
-    }
-    if let Some(o) = others
-        .iter()
-        .find(|o| o.proto == p.proto && o.host_port == p.host_port)
-    {
-        problems.push(format!(
-            "{field}: {}/{} is already published (to {}:{}): one container per host port",
-            p.proto, p.host_port, o.container, o.port
-        ));
-    }
-    problems
-}
-
-/// `items` joined with ", " for an error message, or "none".
-pub fn listed(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
-    }
-}
-
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 impl Config {
@@ -823,13 +387,13 @@ fn check_policy(
         .iter()
         .map(|g| (g.name.clone(), g.cidrs.clone()))
         .collect();
-    let (groups, mut problems) = crate::policy::check_groups(&named);
+    let (groups, mut problems) = crate::state::policy::check_groups(&named);
     let mut out: Vec<Rule> = Vec::new();
     // Rule number (from 1) by what it matches.
     let mut seen = std::collections::HashMap::new();
     for (i, r) in rules.iter().enumerate() {
         let field = format!("[[policy]] #{}", i + 1);
-        match crate::policy::parse_rule(
+        match crate::state::policy::parse_rule(
             &|k| format!("{field}.{k}"),
             &r.from,
             &r.to,

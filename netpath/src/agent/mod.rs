@@ -1,0 +1,285 @@
+//! The agent (`netpath run`): loads the programs, builds the desired state from its
+//! sources, reconciles the maps, attaches, then stays in the foreground: container
+//! programs on new bridge ports, the conntrack collector, metrics, periodic reports.
+
+pub mod collector;
+
+use std::{collections::HashSet, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use netpath_common::{AGENT_F_TCX, AgentInfo, name_bytes, prog_names};
+
+use crate::{
+    datapath::{
+        self,
+        attach::{self, Attached},
+    },
+    inspect::{metrics, report},
+    maps::{Maps, now},
+    pin::PinDir,
+    reconcile::{self, fault},
+    sources::{self, file::Config},
+};
+
+/// Runs the agent until SIGINT/SIGTERM; the config is valid (checked before this). The
+/// datapath is attached or adopted, and stays when the agent exits.
+pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
+    fault::from_env()?;
+    pins.prepare()?;
+    let lock = pins.lock()?;
+    pins.check_layouts()?;
+    let adopted = pins.exists();
+    if adopted {
+        let maps = Maps::open(&pins)?;
+        let a = report::agent_row(&maps)?;
+        if a.agent_running && a.agent_pid != std::process::id() {
+            bail!(
+                "an agent (pid {}) already manages {}: stop it first, or use another --pin-dir",
+                a.agent_pid,
+                pins.root.display()
+            );
+        }
+    }
+    let metrics = cfg.metrics.map(metrics::bind).transpose()?;
+    let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted) {
+        Ok(x) => x,
+        Err(e) => {
+            if !adopted {
+                // Nothing was running before: leave nothing behind.
+                let _ = datapath::down::down(&pins);
+            }
+            return Err(e);
+        }
+    };
+    // The container programs: on every port of the bridge now, and on each one that
+    // appears later (rtnetlink link events; the collector's tick rescans too).
+    let (mut conn, handle, mut events) =
+        rtnetlink::new_connection().context("opening rtnetlink")?;
+    rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut())
+        .bind(&rtnetlink::sys::SocketAddr::new(
+            0,
+            rtnetlink::constants::RTMGRP_LINK,
+        ))
+        .context("subscribing to link events")?;
+    tokio::spawn(conn);
+    let bridge = cfg.host.bridge_ifindex;
+    let mut ports_done = HashSet::new();
+    sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+    drop(lock);
+    if let Some(l) = metrics {
+        let pins = pins.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, pins).await {
+                log::error!("metrics: {e:#}");
+            }
+        });
+    }
+
+    let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
+    tick.tick().await;
+    let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            Some(_) = futures::StreamExt::next(&mut events) => {
+                // Coalesce a burst (a container start is several events).
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
+                sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+            }
+            _ = gc.tick() => {
+                sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+                match collector::gc(&mut maps) {
+                    Ok(g) if g.expired + g.orphans > 0 => log::debug!(
+                        "conntrack: {} expired, {} evicted halves removed, {} flows",
+                        g.expired, g.orphans, g.ct_entries
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("conntrack collection failed: {e:#}"),
+                }
+            }
+            _ = tick.tick(), if report_every > 0 => {
+                if let Ok(s) = report::stats(&maps) {
+                    log::info!(
+                        "forwarded {} passed {} dropped {}",
+                        s.totals.forwarded, s.totals.passed, s.totals.dropped
+                    );
+                }
+            }
+        }
+    }
+    log::info!(
+        "agent exiting; the datapath stays attached (remove it with `netpath down --pin-dir {}`)",
+        pins.root.display()
+    );
+    Ok(())
+}
+
+/// Puts np_from_container on the bridge's ports that lack it (see
+/// attach::sync_container_links), logging what changed.
+async fn sync_ports(
+    ebpf: &mut aya::Ebpf,
+    pins: &PinDir,
+    handle: &rtnetlink::Handle,
+    bridge: u32,
+    done: &mut HashSet<u32>,
+) {
+    let ports = match attach::bridge_ports(handle, bridge).await {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("listing the bridge's ports: {e:#}");
+            return;
+        }
+    };
+    let (changes, errors) = attach::sync_container_links(ebpf, pins, &ports, done);
+    if !changes.attached.is_empty() || changes.adopted > 0 || changes.removed > 0 {
+        log::info!(
+            "{} on container ports: attached to {:?}, {} adopted, {} gone",
+            prog_names::FROM_CONTAINER,
+            changes.attached,
+            changes.adopted,
+            changes.removed
+        );
+    }
+    for e in errors {
+        log::warn!("attaching {} to {e}", prog_names::FROM_CONTAINER);
+    }
+}
+
+/// Loads the programs (adopting pinned maps), reconciles every map family with the
+/// desired state, attaches the programs. Logs what changed.
+fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)> {
+    let mut ebpf = datapath::load(Some(pins), cfg.conntrack.size)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    let size = aya::maps::IterableMap::map(&maps.ct).info()?.max_entries();
+    if size != cfg.conntrack.size {
+        log::warn!(
+            "[conntrack].size = {} but the pinned tables hold {size} entries: they keep their flows and their size until `netpath down`",
+            cfg.conntrack.size
+        );
+    }
+    let before = maps.agent()?;
+    write_build(&mut maps)?;
+    let started = std::time::Instant::now();
+    let cli = sources::cli::live(&maps).context("reading the entries added with the CLI")?;
+    let (desired, merge) = sources::desired(cfg, &cli)?;
+    let changes = reconcile::all(&mut maps, &desired)?;
+    let took = started.elapsed();
+    let mut tcx = true;
+    for a in attach::attachments(cfg, &before) {
+        let how = attach::attach(&mut ebpf, pins, &a)?;
+        tcx &= how != Attached::Netlink;
+        log::info!("{} on {} ingress: {how:?}", a.prog, a.iface);
+    }
+    if let Some(how) = attach::attach_xdp(&mut ebpf, pins, cfg, &before)? {
+        log::info!(
+            "{} on {} ({} mode): {how:?}",
+            prog_names::XDP_UPLINK,
+            cfg.host.uplink,
+            cfg.host.xdp
+        );
+    }
+    let info = write_agent(&mut maps, cfg, tcx, adopted)?;
+    let c = &changes;
+    log::info!(
+        "reconciled in {:.0} ms: host settings {}; peers: {} added, {} updated, {} removed, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
+        took.as_secs_f64() * 1e3,
+        if c.host.any() { "written" } else { "unchanged" },
+        c.peers.added.len(),
+        c.peers.updated.len(),
+        c.peers.removed.len(),
+        c.peers.orphans,
+        c.publish.added.len(),
+        c.publish.updated.len(),
+        c.publish.removed.len(),
+        c.publish.flows_cut,
+        if c.policy.applied {
+            "compiled and made live"
+        } else {
+            "unchanged"
+        },
+    );
+    for (what, names) in [
+        ("peers added", &c.peers.added),
+        ("peers updated", &c.peers.updated),
+        ("peers removed", &c.peers.removed),
+        ("ports added", &c.publish.added),
+        ("ports updated", &c.publish.updated),
+        ("ports removed", &c.publish.removed),
+    ] {
+        if !names.is_empty() {
+            log::debug!("{what}: {}", names.join(", "));
+        }
+    }
+    log::info!(
+        "host {}: {} datapath at {} (generation {}), subnet {}, underlay {}, masquerade {}, {} peers ({} kept from `peer add`), {} published ports ({} kept from `publish add`)",
+        cfg.host.name,
+        if adopted {
+            "adopted the"
+        } else {
+            "attached a new"
+        },
+        pins.root.display(),
+        info.generation,
+        cfg.host.subnet,
+        cfg.host.address,
+        if cfg.host.masquerade {
+            format!(
+                "on (ports {}-{})",
+                cfg.host.masquerade_ports.0, cfg.host.masquerade_ports.1
+            )
+        } else {
+            "off".to_owned()
+        },
+        desired.peers.len(),
+        merge.kept_cli.peers,
+        desired.publish.len(),
+        merge.kept_cli.publish,
+    );
+    log::info!(
+        "policy: {} rules ({} kept from `policy add`), default {}, {} lookup entries",
+        c.policy.rules,
+        merge.kept_cli.rules,
+        cfg.policy.default,
+        c.policy.entries
+    );
+    Ok((ebpf, maps))
+}
+
+/// Records that this netpath loaded the programs now.
+fn write_build(maps: &mut Maps) -> Result<()> {
+    let v = netpath_common::BuildInfo {
+        version: name_bytes(env!("CARGO_PKG_VERSION")),
+        object_digest: datapath::object_digest(),
+        loaded_at: now(),
+    };
+    maps.build.set(0, v, 0)?;
+    Ok(())
+}
+
+/// Records who manages the datapath (status, down, restarts).
+fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> Result<AgentInfo> {
+    let xdp = attach::xdp_flag(cfg.host.xdp);
+    let old = maps.agent()?;
+    let now = now();
+    let info = AgentInfo {
+        attached_at: if adopted && old.attached_at != 0 {
+            old.attached_at
+        } else {
+            now
+        },
+        agent_started_at: now,
+        agent_pid: std::process::id(),
+        uplink_ifindex: cfg.host.uplink_ifindex,
+        bridge_ifindex: cfg.host.bridge_ifindex,
+        generation: old.generation + 1,
+        host_name: name_bytes(&cfg.host.name),
+        uplink: name_bytes(&cfg.host.uplink),
+        bridge: name_bytes(&cfg.host.bridge),
+        flags: if tcx { AGENT_F_TCX } else { 0 } | xdp,
+        _pad: 0,
+    };
+    maps.agent.set(0, info, 0)?;
+    Ok(info)
+}

@@ -1,0 +1,83 @@
+//! Loading the datapath's programs (maps opened from their pins or created), attaching
+//! and adopting them (attach), and removing everything (down).
+//!
+//! The datapath outlives the agent: maps are pinned under `<pin-dir>/maps`, TCX links
+//! under `<pin-dir>/links`. An agent that starts where a datapath is already pinned
+//! reuses the maps (aya opens pinned maps by name) and swaps its freshly loaded programs
+//! into the existing links with BPF_LINK_UPDATE, which is atomic: no packet is ever
+//! without a program.
+
+pub mod attach;
+pub mod down;
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, Xdp},
+};
+use netpath_common::{map_names, prog_names};
+
+use crate::pin::PinDir;
+
+/// The compiled programs, built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
+
+/// Loads the object. With a pin dir, maps are opened from it when pinned there, or
+/// created and pinned; without one (packet tests), they are private to this process.
+/// `ct_size` sizes the conntrack and NAT tables it creates (pinned ones keep their size).
+pub fn load(pins: Option<&PinDir>, ct_size: u32) -> Result<Ebpf> {
+    load_with(|name| pins.map(|p| p.map_path(name)), ct_size)
+}
+
+/// Loads the object, each map `pin` gives a path for opened from (or pinned at) that
+/// path, the others private to this process (`netpath trace` shares only the maps the
+/// programs read).
+pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_names::CT, ct_size)
+        .map_max_entries(map_names::NAT, ct_size);
+    for name in map_names::ALL {
+        if let Some(path) = pin(name) {
+            loader.map_pin_path(name, path);
+        }
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    // XDP is loaded even with `xdp = "off"`: a config change needs no other object.
+    for name in [
+        prog_names::FROM_BRIDGE,
+        prog_names::FROM_UPLINK,
+        prog_names::FROM_CONTAINER,
+    ] {
+        program::<SchedClassifier>(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
+    }
+    program::<Xdp>(&mut ebpf, prog_names::XDP_UPLINK)?
+        .load()
+        .with_context(|| {
+            format!(
+                "loading program {} (the verifier's log says why)",
+                prog_names::XDP_UPLINK
+            )
+        })?;
+    Ok(ebpf)
+}
+
+/// The program `name` of the object, as its type.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(prog.try_into()?)
+}
+
+/// FNV-1a 64 of the eBPF object this binary carries: tells which build's programs run.
+pub fn object_digest() -> u64 {
+    OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

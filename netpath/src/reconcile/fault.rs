@@ -1,0 +1,56 @@
+//! Fault injection for tests: makes the N-th map write of the reconcilers fail, or kills
+//! the process there as `kill -9` would. Off unless a test turns it on, in-process with
+//! [`set`] or for an agent with `NETPATH_TEST_FAULT=fail-after:N` or `abort-after:N`
+//! (read once, by `netpath run`). Costs one atomic decrement per write when off.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use anyhow::{Result, bail};
+
+/// Writes left before the fault; negative: off.
+static LEFT: AtomicI64 = AtomicI64::new(-1);
+/// What the fault does: abort the process (true) or fail the write.
+static ABORT: AtomicBool = AtomicBool::new(false);
+
+/// The environment variable `netpath run` reads.
+pub const ENV: &str = "NETPATH_TEST_FAULT";
+
+/// Arms the fault: the write after `after` more writes fails (or aborts); None disarms.
+pub fn set(after: Option<u64>, abort: bool) {
+    ABORT.store(abort, Ordering::SeqCst);
+    LEFT.store(after.map_or(-1, |n| n as i64), Ordering::SeqCst);
+}
+
+/// Arms the fault from [`ENV`], if set. A malformed value is an error (a test that means
+/// to inject a fault must not silently run without one).
+pub fn from_env() -> Result<()> {
+    let Ok(v) = std::env::var(ENV) else {
+        return Ok(());
+    };
+    let parsed = v
+        .split_once(':')
+        .and_then(|(kind, n)| Some((kind, n.parse::<u64>().ok()?)));
+    match parsed {
+        Some(("fail-after", n)) => set(Some(n), false),
+        Some(("abort-after", n)) => set(Some(n), true),
+        _ => bail!("{ENV}={v:?}: use fail-after:N or abort-after:N"),
+    }
+    log::warn!("{ENV}={v}: a test fault is armed");
+    Ok(())
+}
+
+/// Called before each map write of a reconciler.
+pub fn write() -> Result<()> {
+    if LEFT.load(Ordering::Relaxed) < 0 {
+        return Ok(());
+    }
+    if LEFT.fetch_sub(1, Ordering::SeqCst) == 0 {
+        if ABORT.load(Ordering::SeqCst) {
+            // As abrupt as kill -9: no destructor, no flush.
+            std::process::abort();
+        }
+        LEFT.store(-1, Ordering::SeqCst);
+        bail!("injected fault ({ENV})");
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Reconcilers: one per map family, each making the pinned maps say what the desired
+//! state (state::Desired) says and returning what it changed.
+//!
+//! Every reconciler
+//! - compares the desired state with what the maps hold now (not with what it wrote last
+//!   time), so it is idempotent (a second run changes nothing) and a run after a crash
+//!   halfway finishes the change;
+//! - checks and computes everything before its first write;
+//! - undoes its own writes when one fails, so the previous state stays whole (the policy
+//!   needs no undo for the datapath: a new policy becomes live in one write).
+//!
+//! - [`host`]: `NP_CONFIG`, `NP_MONITOR`, `NP_CT_INFO`, `NP_BUILD`;
+//! - [`peers`]: `NP_PEER_INFO`, `NP_UNDERLAY`, `NP_PEERS`;
+//! - [`publish`]: `NP_PUBLISH` (and the flows of ports that go);
+//! - [`policy`]: `NP_POLICY_INFO`, `NP_GROUPS`, the tries and `NP_POLICY_STATE`.
+
+pub mod fault;
+pub mod host;
+pub mod peers;
+pub mod policy;
+pub mod publish;
+
+use anyhow::{Context, Result};
+use aya::{Ebpf, maps::lpm_trie::Key};
+use netpath_common::{GroupMember, PeerInfo, PeerValue, PolicyRuleInfo, PublishKey, PublishValue};
+
+use crate::{datapath, maps::Maps, state::Desired};
+
+/// What reconciling a whole desired state changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub host: host::HostChanges,
+    pub peers: peers::PeerChanges,
+    pub publish: publish::PublishChanges,
+    pub policy: policy::PolicyChanges,
+}
+
+impl Changes {
+    /// Whether nothing at all was written.
+    pub fn is_empty(&self) -> bool {
+        !self.host.any() && self.peers.is_empty() && self.publish.is_empty() && !self.policy.applied
+    }
+}
+
+/// Makes every map family say what `d` says: host settings first (the programs act on
+/// nothing before `NP_CONFIG` is ready), then peers, published ports and policy. A family
+/// that fails leaves its maps as they were and stops the rest; a rerun goes on from there.
+pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
+    Ok(Changes {
+        host: host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?,
+        peers: peers::reconcile(maps, &d.peers)?,
+        publish: publish::reconcile(maps, &d.publish)?,
+        policy: policy::reconcile(maps, &d.policy)?,
+    })
+}
+
+/// A private copy of the datapath (nothing attached, no map pinned) set up from `d` with
+/// the agent's own reconcilers: for packet tests and `netpath bench`.
+pub fn private(d: &Desired) -> Result<(Ebpf, Maps)> {
+    let mut ebpf = datapath::load(None, netpath_common::DEFAULT_CT_SIZE)?;
+    let mut maps = Maps::take(&mut ebpf)?;
+    all(&mut maps, d)?;
+    Ok((ebpf, maps))
+}
+
+/// Writes made by a reconcile so far, each with the value it replaced, undone in reverse
+/// when a later write fails.
+#[derive(Default)]
+pub(crate) struct Undo(Vec<Step>);
+
+enum Step {
+    PeerInfo(u32, PeerInfo),
+    Route(Key<u32>, Option<PeerValue>),
+    Underlay(u32, Option<PeerValue>),
+    Publish(PublishKey, Option<PublishValue>),
+    PolicyInfo(u32, Option<PolicyRuleInfo>),
+    Group(GroupMember, Option<u8>),
+}
+
+impl Undo {
+    pub(crate) fn peer_info(&mut self, id: u32, old: PeerInfo) {
+        self.0.push(Step::PeerInfo(id, old));
+    }
+    pub(crate) fn route(&mut self, key: Key<u32>, old: Option<PeerValue>) {
+        self.0.push(Step::Route(key, old));
+    }
+    pub(crate) fn underlay(&mut self, key: u32, old: Option<PeerValue>) {
+        self.0.push(Step::Underlay(key, old));
+    }
+    pub(crate) fn publish(&mut self, key: PublishKey, old: Option<PublishValue>) {
+        self.0.push(Step::Publish(key, old));
+    }
+    pub(crate) fn policy_info(&mut self, id: u32, old: Option<PolicyRuleInfo>) {
+        self.0.push(Step::PolicyInfo(id, old));
+    }
+    pub(crate) fn group(&mut self, key: GroupMember, old: Option<u8>) {
+        self.0.push(Step::Group(key, old));
+    }
+
+    /// Puts every value back, latest first. Best effort: the write that failed may fail
+    /// again, and what cannot be put back is logged.
+    pub(crate) fn run(self, maps: &mut Maps) {
+        for step in self.0.into_iter().rev() {
+            let r: Result<(), aya::maps::MapError> = match step {
+                Step::PeerInfo(id, v) => maps.peer_info.set(id, v, 0),
+                Step::Route(k, Some(v)) => maps.peers.insert(&k, v, 0),
+                Step::Route(k, None) => maps.peers.remove(&k).or(Ok(())),
+                Step::Underlay(k, Some(v)) => maps.underlay.insert(k, v, 0),
+                Step::Underlay(k, None) => maps.underlay.remove(&k).or(Ok(())),
+                Step::Publish(k, Some(v)) => maps.publish.insert(k, v, 0),
+                Step::Publish(k, None) => maps.publish.remove(&k).or(Ok(())),
+                Step::PolicyInfo(k, Some(v)) => maps.policy_info.insert(k, v, 0),
+                Step::PolicyInfo(k, None) => maps.policy_info.remove(&k).or(Ok(())),
+                Step::Group(k, Some(v)) => maps.groups.insert(k, v, 0),
+                Step::Group(k, None) => maps.groups.remove(&k).or(Ok(())),
+            };
+            if let Err(e) = r {
+                log::error!("undoing a write after a failed change: {e}");
+            }
+        }
+    }
+}
+
+/// What `peer add` and `publish add` are checked against: the running host's subnet,
+/// underlay address, gateway and VXLAN port, from `NP_CONFIG`.
+pub(crate) struct RunningHost {
+    pub(crate) subnet: ipnet::Ipv4Net,
+    pub(crate) address: std::net::Ipv4Addr,
+    pub(crate) gateway: Option<std::net::Ipv4Addr>,
+    pub(crate) vxlan_port: u16,
+}
+
+pub(crate) fn running_host(maps: &Maps) -> Result<RunningHost> {
+    use crate::maps::addr_of;
+    let c = maps.config()?;
+    Ok(RunningHost {
+        subnet: ipnet::Ipv4Net::with_netmask(addr_of(c.subnet_addr), addr_of(c.subnet_mask))
+            .context("local subnet in NP_CONFIG")?,
+        address: addr_of(c.host_addr),
+        gateway: (c.gateway_addr != 0).then(|| addr_of(c.gateway_addr)),
+        vxlan_port: u16::from_be(c.vxlan_port),
+    })
+}

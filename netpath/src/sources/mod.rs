@@ -1,0 +1,205 @@
+//! Sources of the desired state. Each produces its part of one state::Desired:
+//! - [`file`]: the config file (the host, and its peers, ports and policy);
+//! - [`cli`]: what `netpath peer|publish|policy add` added to the running datapath,
+//!   read back from the pinned maps, where each entry carries its origin.
+//!
+//! [`desired`] merges them. Where two sources say something of the same thing, the rule
+//! is this, and only here:
+//! - **the config file wins** over a CLI entry of the same identity: a peer of the same
+//!   name, a port of the same protocol and number, a rule that matches the same packets.
+//!   The CLI entry is replaced (counted in [`Merge::replaced_cli`]);
+//! - a CLI entry that does not fit beside the config otherwise (a peer whose subnet or
+//!   underlay another peer now has, a port whose container left the subnet, a rule naming
+//!   a group the config no longer defines) is an error that names the entry and how to
+//!   remove it: nothing is changed until the operator decides.
+
+pub mod cli;
+pub mod file;
+
+use std::collections::HashSet;
+
+use anyhow::{Result, bail};
+
+use crate::state::{
+    Desired, DesiredPolicy, DesiredRule, Origin, Owned, Peer, Publish, check_peer, check_publish,
+    policy::{Endpoint, Rule},
+};
+use file::Config;
+
+/// What a source says: peers, published ports, policy rules (with the id each must keep,
+/// where it has one).
+#[derive(Debug, Default, Clone)]
+pub struct Part {
+    pub peers: Vec<Peer>,
+    pub publish: Vec<Publish>,
+    pub rules: Vec<(Option<u32>, Rule)>,
+}
+
+/// Counts of peers, ports and rules.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub peers: usize,
+    pub publish: usize,
+    pub rules: usize,
+}
+
+/// How the CLI's entries fared in a merge, for the agent's log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merge {
+    /// CLI entries in the desired state.
+    pub kept_cli: Counts,
+    /// CLI entries the config now defines (the config's replace them).
+    pub replaced_cli: Counts,
+}
+
+/// The desired state: the config file `cfg` with the live CLI entries `cli` (see the
+/// module's precedence rule).
+pub fn desired(cfg: &Config, cli: &Part) -> Result<(Desired, Merge)> {
+    let mut merge = Merge::default();
+    let mut problems = Vec::new();
+    let h = &cfg.host;
+
+    let mut peers: Vec<Peer> = cfg.peers.clone();
+    let mut cli_peers = Vec::new();
+    for p in &cli.peers {
+        if cfg.peers.iter().any(|c| c.name == p.name) {
+            merge.replaced_cli.peers += 1;
+            continue;
+        }
+        let found = check_peer(
+            &format!("peer {:?} (added with `netpath peer add`)", p.name),
+            p,
+            h.subnet,
+            h.address,
+            &peers,
+        );
+        if found.is_empty() {
+            peers.push(p.clone());
+            cli_peers.push(p.clone());
+        } else {
+            problems.push(format!(
+                "{}\nremove it with `netpath peer del {}` or change the config",
+                found.join("\n"),
+                p.name
+            ));
+        }
+    }
+
+    let mut publish: Vec<Publish> = cfg.publish.clone();
+    let mut cli_publish = Vec::new();
+    for p in &cli.publish {
+        if cfg
+            .publish
+            .iter()
+            .any(|c| c.proto == p.proto && c.host_port == p.host_port)
+        {
+            merge.replaced_cli.publish += 1;
+            continue;
+        }
+        let field = format!(
+            "port {}/{} (added with `netpath publish add`)",
+            p.proto, p.host_port
+        );
+        let found = check_publish(&field, p, h.subnet, h.gateway, h.vxlan_port, &publish);
+        if found.is_empty() {
+            publish.push(*p);
+            cli_publish.push(*p);
+        } else {
+            problems.push(format!(
+                "{}\nremove it with `netpath publish del {} {}` or change the config",
+                found.join("\n"),
+                p.proto,
+                p.host_port
+            ));
+        }
+    }
+
+    let p = &cfg.policy;
+    let config_matches: HashSet<_> = p.rules.iter().map(Rule::match_key).collect();
+    let mut rules: Vec<DesiredRule> = Vec::new();
+    for (id, r) in &cli.rules {
+        let undefined: Vec<&String> = [&r.from, &r.to]
+            .into_iter()
+            .filter_map(|e| match e {
+                Endpoint::Group(g) if !p.groups.contains_key(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let name = id.map_or("a rule".to_owned(), |i| format!("policy rule {i}"));
+        if let Some(g) = undefined.first() {
+            problems.push(format!(
+                "{name} ({r}, added with `netpath policy add`) names group {g:?}, which the config no longer defines: define it again, or remove the rule with `netpath policy del {}`",
+                id.unwrap_or(0)
+            ));
+            continue;
+        }
+        if config_matches.contains(&r.match_key()) {
+            merge.replaced_cli.rules += 1;
+            continue;
+        }
+        rules.push(DesiredRule {
+            rule: r.clone(),
+            origin: Origin::Cli,
+            id: *id,
+        });
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    merge.kept_cli = Counts {
+        peers: cli_peers.len(),
+        publish: cli_publish.len(),
+        rules: rules.len(),
+    };
+    rules.extend(p.rules.iter().map(|r| DesiredRule {
+        rule: r.clone(),
+        origin: Origin::Config,
+        id: None,
+    }));
+    let owned = |items: &[Peer], origin| {
+        items
+            .iter()
+            .map(|item| Owned {
+                item: item.clone(),
+                origin,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut desired_peers = owned(&cfg.peers, Origin::Config);
+    desired_peers.extend(owned(&cli_peers, Origin::Cli));
+    let mut desired_publish: Vec<Owned<Publish>> = cfg
+        .publish
+        .iter()
+        .map(|&item| Owned {
+            item,
+            origin: Origin::Config,
+        })
+        .collect();
+    desired_publish.extend(cli_publish.into_iter().map(|item| Owned {
+        item,
+        origin: Origin::Cli,
+    }));
+    Ok((
+        Desired {
+            host: cfg.host.clone(),
+            conntrack: cfg.conntrack,
+            monitor: cfg.monitor,
+            peers: desired_peers,
+            publish: desired_publish,
+            policy: DesiredPolicy {
+                groups: p.groups.clone(),
+                rules,
+                default: p.default,
+                reject_rate: p.reject_rate,
+            },
+        },
+        merge,
+    ))
+}
+
+/// The desired state of a fresh datapath (no CLI entry yet): the config alone.
+pub fn from_config(cfg: &Config) -> Desired {
+    desired(cfg, &Part::default())
+        .expect("a valid config merges with no CLI entry")
+        .0
+}
