@@ -3,7 +3,8 @@
 //! One toolchain for everything: the eBPF crate needs `-Z build-std=core`, which stable
 //! accepts with RUSTC_BOOTSTRAP=1. It is set here, for the nested cargo only, so the
 //! userspace crates are never rebuilt because of it. `cargo xtask` installs rust-src and
-//! bpf-linker first; without them this fails with the compiler's own message.
+//! bpf-linker first; without them this fails with the compiler's own message. The
+//! nested build is quiet: its output shows only when the compiler has something to say.
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -19,6 +20,11 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../netpath-common/src");
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build relays every line the nested cargo prints on stderr as a cargo warning
+    // (about 50 "Compiling ..." lines). Quiet, it prints nothing but what the compiler
+    // says, which aya-build still relays: warnings and errors of the eBPF crate only.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "netpath-ebpf",

@@ -60,19 +60,97 @@ pub struct PolicyRow {
     pub ns_per_packet: f64,
 }
 
+/// One step of the agent's reconcile, timed.
+#[derive(Serialize)]
+pub struct AgentRow {
+    pub case: &'static str,
+    pub peers: usize,
+    pub rules: usize,
+    pub ms: f64,
+    /// Map entries written (counted by the fault hook's write counter).
+    pub writes: u64,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub repeat: u32,
     pub programs: Vec<ProgRow>,
     pub policy: Vec<PolicyRow>,
+    pub agent: Vec<AgentRow>,
 }
 
-pub fn run(rules: &[usize], repeat: u32) -> Result<Report> {
+pub fn run(rules: &[usize], repeat: u32, agent: (usize, usize)) -> Result<Report> {
     Ok(Report {
         repeat,
         programs: programs(repeat)?,
         policy: policy(rules, repeat)?,
+        agent: agent_reconcile(agent.0, agent.1)?,
     })
+}
+
+/// The agent's reconcile of a host with `peers` peers and `rules` rules, on a private
+/// datapath: from a cold start (empty maps), a restart with nothing changed, a restart
+/// with one peer more, and a live `peer add`. The peers are map entries only (no packet
+/// is sent): /28 subnets in 10.244.0.0/16, underlays in the benchmarking range
+/// 198.18.0.0/15.
+pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
+    if peers > 3800 {
+        bail!("--agent-peers {peers}: at most 3800 (/28 subnets of 10.244.0.0/16)");
+    }
+    let mut cfg = host_config();
+    let peer = |i: usize| Peer {
+        name: format!("p{i}"),
+        subnet: Ipv4Net::new(
+            Ipv4Addr::new(10, 244, 16 + (i / 16) as u8, (i % 16 * 16) as u8),
+            28,
+        )
+        .expect("/28"),
+        underlay: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32),
+        mode: if i % 2 == 0 {
+            Mode::Direct
+        } else {
+            Mode::Vxlan
+        },
+        vtep_mac: None,
+    };
+    cfg.peers.extend((0..peers).map(peer));
+    cfg.policy.rules = scale_rules(rules);
+    let mut ebpf = crate::datapath::load(None, netpath_common::DEFAULT_CT_SIZE)?;
+    let mut maps = crate::maps::Maps::take(&mut ebpf)?;
+    let mut out = Vec::new();
+    let mut step = |case, d: &crate::state::Desired, maps: &mut crate::maps::Maps| -> Result<()> {
+        reconcile::fault::take_writes();
+        let start = std::time::Instant::now();
+        reconcile::all(maps, d)?;
+        out.push(AgentRow {
+            case,
+            peers: d.peers.len(),
+            rules: d.policy.rules.len(),
+            ms: start.elapsed().as_secs_f64() * 1e3,
+            writes: reconcile::fault::take_writes(),
+        });
+        Ok(())
+    };
+    let d = sources::from_config(&cfg);
+    step("cold start", &d, &mut maps)?;
+    step("restart, nothing changed", &d, &mut maps)?;
+    cfg.peers.push(peer(peers));
+    step(
+        "restart, one peer more",
+        &sources::from_config(&cfg),
+        &mut maps,
+    )?;
+    reconcile::fault::take_writes();
+    let start = std::time::Instant::now();
+    reconcile::peers::add(&mut maps, &peer(peers + 1))?;
+    out.push(AgentRow {
+        case: "peer add (live)",
+        peers: peers + 2,
+        rules,
+        ms: start.elapsed().as_secs_f64() * 1e3,
+        writes: reconcile::fault::take_writes(),
+    });
+    Ok(out)
 }
 
 /// A host like the lab's first (198.18.0.11, 10.244.11.0/24), masquerading, publishing
@@ -255,31 +333,7 @@ pub fn policy(counts: &[usize], repeat: u32) -> Result<Vec<PolicyRow>> {
         cfg.host.masquerade = false;
         cfg.policy.default = Action::Deny;
         let (mut ebpf, mut maps) = reconcile::private(&sources::from_config(&cfg))?;
-        cfg.policy.rules = (0..n)
-            .map(|i| {
-                if i == 0 {
-                    return Rule {
-                        from: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
-                        to: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
-                        proto: RuleProto::Tcp,
-                        ports: Some((5, 5)),
-                        action: Action::Allow,
-                    };
-                }
-                let a = Ipv4Addr::new(10, 244, 128 + (i / 65536 % 64) as u8, (i / 256 % 256) as u8);
-                let from =
-                    Ipv4Net::new(Ipv4Addr::from(u32::from(a) | (i % 256) as u32), 32).expect("/32");
-                Rule {
-                    from: Endpoint::Cidr(from),
-                    to: Endpoint::Cidr(
-                        Ipv4Net::new(Ipv4Addr::new(10, 244, 12, (i % 250) as u8), 32).expect("/32"),
-                    ),
-                    proto: RuleProto::Tcp,
-                    ports: Some((1000 + (i % 1000) as u16, 1000 + (i % 1000) as u16)),
-                    action: Action::Allow,
-                }
-            })
-            .collect();
+        cfg.policy.rules = scale_rules(n);
         let start = std::time::Instant::now();
         let changes = reconcile::policy::reconcile(&mut maps, &sources::from_config(&cfg).policy)?;
         let load_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -300,4 +354,34 @@ pub fn policy(counts: &[usize], repeat: u32) -> Result<Vec<PolicyRow>> {
         });
     }
     Ok(out)
+}
+
+/// `n` rules like the scale test's: one /16 -> /16 rule, the rest /32 -> /32 with a port
+/// each, none matching the benchmark's packets.
+fn scale_rules(n: usize) -> Vec<Rule> {
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                return Rule {
+                    from: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
+                    to: Endpoint::Cidr("10.244.0.0/16".parse().expect("cidr")),
+                    proto: RuleProto::Tcp,
+                    ports: Some((5, 5)),
+                    action: Action::Allow,
+                };
+            }
+            let a = Ipv4Addr::new(10, 244, 128 + (i / 65536 % 64) as u8, (i / 256 % 256) as u8);
+            let from =
+                Ipv4Net::new(Ipv4Addr::from(u32::from(a) | (i % 256) as u32), 32).expect("/32");
+            Rule {
+                from: Endpoint::Cidr(from),
+                to: Endpoint::Cidr(
+                    Ipv4Net::new(Ipv4Addr::new(10, 244, 12, (i % 250) as u8), 32).expect("/32"),
+                ),
+                proto: RuleProto::Tcp,
+                ports: Some((1000 + (i % 1000) as u16, 1000 + (i % 1000) as u16)),
+                action: Action::Allow,
+            }
+        })
+        .collect()
 }

@@ -1145,7 +1145,16 @@ fn program_costs(opts: &Options) -> Result<Value> {
                 "ns_per_packet": median("policy", i, "ns_per_packet")})
         })
         .collect();
-    Ok(json!({"runs": runs, "repeat": opts.prog_repeat, "paths": programs, "policy": policy}))
+    let agent: Vec<Value> = (0..first["agent"].as_array().map_or(0, |a| a.len()))
+        .map(|i| {
+            json!({"case": first["agent"][i]["case"], "peers": first["agent"][i]["peers"],
+                "rules": first["agent"][i]["rules"], "writes": first["agent"][i]["writes"],
+                "ms": median("agent", i, "ms")})
+        })
+        .collect();
+    Ok(
+        json!({"runs": runs, "repeat": opts.prog_repeat, "paths": programs, "policy": policy, "agent": agent}),
+    )
 }
 
 fn programs_table(p: &Value) -> String {
@@ -1171,6 +1180,18 @@ fn programs_table(p: &Value) -> String {
             r["entries"],
             r["load_ms"].as_f64().unwrap_or(f64::NAN),
             r["ns_per_packet"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    md += "\n| agent reconcile (private datapath) | peers | rules | ms | map writes |\n|---|---|---|---|---|\n";
+    for r in p["agent"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {} |",
+            r["case"].as_str().unwrap_or("?"),
+            r["peers"],
+            r["rules"],
+            r["ms"].as_f64().unwrap_or(f64::NAN),
+            r["writes"]
         );
     }
     md

@@ -167,12 +167,12 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     let changes = reconcile::all(&mut maps, &desired)?;
     let took = started.elapsed();
     let mut tcx = true;
-    for a in attach::attachments(cfg, &before) {
+    for a in attach::attachments(&cfg.host, &before) {
         let how = attach::attach(&mut ebpf, pins, &a)?;
         tcx &= how != Attached::Netlink;
         log::info!("{} on {} ingress: {how:?}", a.prog, a.iface);
     }
-    if let Some(how) = attach::attach_xdp(&mut ebpf, pins, cfg, &before)? {
+    if let Some(how) = attach::attach_xdp(&mut ebpf, pins, &cfg.host, &before)? {
         log::info!(
             "{} on {} ({} mode): {how:?}",
             prog_names::XDP_UPLINK,

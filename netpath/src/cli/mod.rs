@@ -184,6 +184,13 @@ enum Cmd {
         /// Runs per case (the kernel reports their mean).
         #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
+        /// Peers of the host whose agent reconcile is timed (cold start, restart, one
+        /// peer more, a live `peer add`); at most 3800.
+        #[arg(long, default_value_t = 1000)]
+        agent_peers: usize,
+        /// Policy rules of that host.
+        #[arg(long, default_value_t = 100000)]
+        agent_rules: usize,
         #[arg(long)]
         json: bool,
     },
@@ -284,9 +291,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             rules,
             repeat,
+            agent_peers,
+            agent_rules,
             json,
         } => {
-            let r = crate::bench::run(&rules, repeat)?;
+            let r = crate::bench::run(&rules, repeat, (agent_peers, agent_rules))?;
             if json {
                 return print_json(&r);
             }
@@ -302,6 +311,16 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{:>8} {:>10} {:>10.0} {:>10.0}",
                     p.rules, p.entries, p.load_ms, p.ns_per_packet
+                );
+            }
+            println!(
+                "\n{:<28} {:>7} {:>8} {:>10} {:>9}",
+                "agent reconcile", "peers", "rules", "ms", "writes"
+            );
+            for a in &r.agent {
+                println!(
+                    "{:<28} {:>7} {:>8} {:>10.1} {:>9}",
+                    a.case, a.peers, a.rules, a.ms, a.writes
                 );
             }
             Ok(())

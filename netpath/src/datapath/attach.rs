@@ -14,7 +14,10 @@ use aya::{
 use netpath_common::{AGENT_F_XDP_GENERIC, AGENT_F_XDP_NATIVE, AgentInfo, prog_names};
 
 use super::program;
-use crate::{pin::PinDir, sources::file::Config, state as config};
+use crate::{
+    pin::PinDir,
+    state::{self as config, Host},
+};
 
 /// Where a TC program goes.
 pub struct Attachment {
@@ -29,8 +32,7 @@ pub struct Attachment {
 
 /// The programs and their interfaces; `before` is the `NP_AGENT` record of the datapath
 /// being adopted (zeroed for a new one, whose ifindexes never match).
-pub fn attachments(cfg: &Config, before: &AgentInfo) -> Vec<Attachment> {
-    let h = &cfg.host;
+pub fn attachments(h: &Host, before: &AgentInfo) -> Vec<Attachment> {
     vec![
         Attachment {
             prog: prog_names::FROM_BRIDGE,
@@ -235,10 +237,9 @@ pub fn xdp_mode(flags: u32) -> config::XdpMode {
 pub fn attach_xdp(
     ebpf: &mut Ebpf,
     pins: &PinDir,
-    cfg: &Config,
+    h: &Host,
     before: &AgentInfo,
 ) -> Result<Option<Attached>> {
-    let h = &cfg.host;
     let name = prog_names::XDP_UPLINK;
     let pin = pins.link_path(name);
     let had = xdp_mode(before.flags);

@@ -1,14 +1,17 @@
 //! Fault injection for tests: makes the N-th map write of the reconcilers fail, or kills
 //! the process there as `kill -9` would. Off unless a test turns it on, in-process with
 //! [`set`] or for an agent with `NETPATH_TEST_FAULT=fail-after:N` or `abort-after:N`
-//! (read once, by `netpath run`). Costs one atomic decrement per write when off.
+//! (read once, by `netpath run`). Costs two relaxed atomic operations per write when off;
+//! the same hook counts the writes for `netpath bench`.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use anyhow::{Result, bail};
 
 /// Writes left before the fault; negative: off.
 static LEFT: AtomicI64 = AtomicI64::new(-1);
+/// Writes since the last [`take_writes`] (what `netpath bench` reports).
+static WRITES: AtomicU64 = AtomicU64::new(0);
 /// What the fault does: abort the process (true) or fail the write.
 static ABORT: AtomicBool = AtomicBool::new(false);
 
@@ -41,6 +44,7 @@ pub fn from_env() -> Result<()> {
 
 /// Called before each map write of a reconciler.
 pub fn write() -> Result<()> {
+    WRITES.fetch_add(1, Ordering::Relaxed);
     if LEFT.load(Ordering::Relaxed) < 0 {
         return Ok(());
     }
@@ -53,4 +57,9 @@ pub fn write() -> Result<()> {
         bail!("injected fault ({ENV})");
     }
     Ok(())
+}
+
+/// The reconcilers' map writes since the last call.
+pub fn take_writes() -> u64 {
+    WRITES.swap(0, Ordering::Relaxed)
 }
