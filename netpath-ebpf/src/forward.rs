@@ -28,7 +28,7 @@ fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
     let (action, reason) = match outcome {
         Ok(done) => done,
         Err(reason) => match reason.verdict() {
-            Verdict::Drop => (TC_ACT_SHOT as i32, reason),
+            Verdict::Drop => (TC_ACT_SHOT, reason),
             _ => (TC_ACT_UNSPEC, reason),
         },
     };
@@ -63,7 +63,7 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let l4 = parse::l4(ctx, &ip)?;
     let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
     let known = if ct::trackable(&l4) {
-        CT.get_ptr_mut(&key)
+        CT.get_ptr_mut(key)
     } else {
         None
     };
@@ -187,13 +187,13 @@ fn admit(ctx: &TcContext, ip: &parse::Ipv4, back: Back) -> Result<Option<(i32, R
     };
     let l4 = parse::l4(ctx, ip)?;
     let key = ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto);
-    if ct::trackable(&l4) {
-        if let Some(e) = CT.get_ptr_mut(&key) {
-            ct::touch(e, &l4, false);
-            // SAFETY: a value of an LRU hash map; any value of the field is valid.
-            counters::count_rule(unsafe { (*e).rule }, ctx.len());
-            return Ok(None);
-        }
+    if ct::trackable(&l4)
+        && let Some(e) = CT.get_ptr_mut(key)
+    {
+        ct::touch(e, &l4, false);
+        // SAFETY: a value of an LRU hash map; any value of the field is valid.
+        counters::count_rule(unsafe { (*e).rule }, ctx.len());
+        return Ok(None);
     }
     match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
         Decision::Allow(rule) => {
@@ -320,13 +320,13 @@ fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason>
     } else {
         ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
     };
-    if ct::trackable(&l4) {
-        if let Some(e) = CT.get_ptr_mut(&key) {
-            ct::touch(e, &l4, first);
-            // SAFETY: a value of an LRU hash map; any value of the field is valid.
-            counters::count_rule(unsafe { (*e).rule }, ctx.len());
-            return allowed;
-        }
+    if ct::trackable(&l4)
+        && let Some(e) = CT.get_ptr_mut(key)
+    {
+        ct::touch(e, &l4, first);
+        // SAFETY: a value of an LRU hash map; any value of the field is valid.
+        counters::count_rule(unsafe { (*e).rule }, ctx.len());
+        return allowed;
     }
     match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
         Decision::Allow(rule) => {

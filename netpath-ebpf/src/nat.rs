@@ -245,7 +245,7 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
             min + (start + i) % range
         };
         nat.nat_port = (p as u16).to_be();
-        match NAT.insert(&nat, &value, BPF_NOEXIST as u64) {
+        match NAT.insert(nat, value, BPF_NOEXIST as u64) {
             Ok(()) => {
                 port = nat.nat_port;
                 break;
@@ -267,10 +267,10 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
         flags: CT_F_SEEN_CONTAINER,
         rule,
     };
-    if CT.insert(key, &entry, BPF_NOEXIST as u64).is_err() {
+    if CT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU recorded the same flow first (its first packets raced), or the
         // table refused: give the port back. The next packet finds that CPU's entry.
-        let _ = NAT.remove(&nat);
+        let _ = NAT.remove(nat);
         return Err(Reason::DropCtInsertFailed);
     }
     Ok(port)
@@ -312,7 +312,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Ingress, Reas
         _pad: [0; 3],
     };
     // SAFETY: read once into a copy; a concurrent update yields another valid value.
-    let (value, created) = match unsafe { NAT.get(&nat) } {
+    let (value, created) = match unsafe { NAT.get(nat) } {
         Some(v) => (*v, false),
         None => (published(&nat)?, true),
     };
@@ -354,17 +354,17 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Ingress, Reas
             flags: CT_F_SEEN_REMOTE,
             rule,
         };
-        if NAT.insert(&nat, &value, BPF_NOEXIST as u64).is_err() {
+        if NAT.insert(nat, value, BPF_NOEXIST as u64).is_err() {
             return Err(Reason::DropCtInsertFailed);
         }
-        if CT.insert(&key, &entry, BPF_NOEXIST as u64).is_err() {
-            let _ = NAT.remove(&nat);
+        if CT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+            let _ = NAT.remove(nat);
             return Err(Reason::DropCtInsertFailed);
         }
         Reason::FwdPublished
     } else {
         // The NAT half without its CT half (evicted): not a flow any more.
-        let e = CT.get_ptr_mut(&key).ok_or(Reason::PassNotForUs)?;
+        let e = CT.get_ptr_mut(key).ok_or(Reason::PassNotForUs)?;
         touch(e, &l4, false);
         // SAFETY: as in `touch`.
         let (kind, rule) = unsafe { ((*e).kind, (*e).rule) };
@@ -400,7 +400,7 @@ fn published(nat: &NatKey) -> Result<NatValue, Reason> {
         _pad: 0,
     };
     // SAFETY: read once into a copy.
-    let p = unsafe { PUBLISH.get(&key) }.ok_or(Reason::PassNotForUs)?;
+    let p = unsafe { PUBLISH.get(key) }.ok_or(Reason::PassNotForUs)?;
     Ok(NatValue {
         container: p.container,
         container_port: p.container_port,
@@ -459,7 +459,7 @@ fn icmp_error(ctx: &TcContext, cfg: &Config, ip: &Ipv4, icmp: usize) -> Result<R
         _pad: [0; 3],
     };
     // SAFETY: read once into a copy.
-    let v = *unsafe { NAT.get(&nat) }.ok_or(Reason::PassNotForUs)?;
+    let v = *unsafe { NAT.get(nat) }.ok_or(Reason::PassNotForUs)?;
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
@@ -471,18 +471,18 @@ fn icmp_error(ctx: &TcContext, cfg: &Config, ip: &Ipv4, icmp: usize) -> Result<R
             .map_err(fail)
     };
     // The quoted L4 checksum, when the quote holds it (a UDP checksum of 0 means none).
-    if let Ok(old) = ctx.load::<u16>(check_off) {
-        if !(proto == IPPROTO_UDP && old == 0) {
-            let mut new = csum_replace2(old, nat_port, v.container_port);
-            if proto != IPPROTO_ICMP {
-                new = csum_replace4(new, src, v.container);
-                if proto == IPPROTO_UDP && new == 0 {
-                    new = 0xffff;
-                }
+    if let Ok(old) = ctx.load::<u16>(check_off)
+        && !(proto == IPPROTO_UDP && old == 0)
+    {
+        let mut new = csum_replace2(old, nat_port, v.container_port);
+        if proto != IPPROTO_ICMP {
+            new = csum_replace4(new, src, v.container);
+            if proto == IPPROTO_UDP && new == 0 {
+                new = 0xffff;
             }
-            ctx.store(check_off, &new, 0).map_err(fail)?;
-            patch(old, new)?;
         }
+        ctx.store(check_off, &new, 0).map_err(fail)?;
+        patch(old, new)?;
     }
     ctx.store(port_off, &v.container_port, 0).map_err(fail)?;
     patch(nat_port, v.container_port)?;

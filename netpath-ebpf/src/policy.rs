@@ -85,11 +85,11 @@ pub enum Decision {
 #[inline(always)]
 pub fn decide(ctx: &TcContext, st: &PolicyState, src: u32, dst: u32, l4: &L4) -> Decision {
     let bytes = ctx.len();
-    if l4.is_icmp_error() {
-        if let Some(rule) = related(ctx, l4) {
-            counters::count_rule(rule, bytes);
-            return Decision::Allow(rule);
-        }
+    if l4.is_icmp_error()
+        && let Some(rule) = related(ctx, l4)
+    {
+        counters::count_rule(rule, bytes);
+        return Decision::Allow(rule);
     }
     let port = match l4.proto {
         IPPROTO_TCP | IPPROTO_UDP => l4.dport,
@@ -167,7 +167,7 @@ fn related(ctx: &TcContext, l4: &L4) -> Option<u32> {
     let a = ct::ct_key(src, dst, sport, dport, proto);
     let b = ct::ct_key(dst, src, dport, sport, proto);
     // SAFETY: read once; a concurrent update yields another valid value.
-    let e = unsafe { CT.get(&a).or_else(|| CT.get(&b)) }?;
+    let e = unsafe { CT.get(a).or_else(|| CT.get(b)) }?;
     Some(e.rule)
 }
 
@@ -194,7 +194,7 @@ pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<()
         },
         rule,
     };
-    match CT.insert(key, &entry, BPF_NOEXIST as u64) {
+    match CT.insert(key, entry, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(e) if e == -17 => Ok(()),
         Err(_) => Err(Reason::DropCtInsertFailed),

@@ -145,7 +145,7 @@ pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u3
     if vx[0] & VXLAN_I == 0 || vni != cfg.vni {
         return Err(Reason::DropVxlanWrongVni);
     }
-    let peer = match UNDERLAY.get_ptr(&src) {
+    let peer = match UNDERLAY.get_ptr(src) {
         // SAFETY: map value pointer, valid for this program run.
         Some(p) if unsafe { (*p).mode } == MODE_VXLAN => unsafe { &*p },
         _ => return Err(Reason::DropVxlanUnknownPeer),

@@ -106,7 +106,7 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
         )
         .expect("/28"),
         underlay: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32),
-        mode: if i % 2 == 0 {
+        mode: if i.is_multiple_of(2) {
             Mode::Direct
         } else {
             Mode::Vxlan
@@ -370,13 +370,14 @@ fn scale_rules(n: usize) -> Vec<Rule> {
                     action: Action::Allow,
                 };
             }
-            let a = Ipv4Addr::new(10, 244, 128 + (i / 65536 % 64) as u8, (i / 256 % 256) as u8);
+            // Distinct (from, to) pairs: 32768 sources in 10.244.128.0/17, a destination
+            // for each block of them.
             let from =
-                Ipv4Net::new(Ipv4Addr::from(u32::from(a) | (i % 256) as u32), 32).expect("/32");
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 128, 0)) + (i % 32768) as u32);
             Rule {
-                from: Endpoint::Cidr(from),
+                from: Endpoint::Cidr(Ipv4Net::new(from, 32).expect("/32")),
                 to: Endpoint::Cidr(
-                    Ipv4Net::new(Ipv4Addr::new(10, 244, 12, (i % 250) as u8), 32).expect("/32"),
+                    Ipv4Net::new(Ipv4Addr::new(10, 244, 12, (i / 32768) as u8), 32).expect("/32"),
                 ),
                 proto: RuleProto::Tcp,
                 ports: Some((1000 + (i % 1000) as u16, 1000 + (i % 1000) as u16)),

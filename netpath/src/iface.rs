@@ -1,7 +1,5 @@
 //! Interface facts (ifindex, IPv4 addresses) of the current network namespace.
 
-use std::net::Ipv4Addr;
-
 use ipnet::Ipv4Net;
 
 /// What config validation needs to know about interfaces; faked in unit tests.
@@ -57,7 +55,7 @@ impl Interfaces for System {
                 let addr = a.address?.as_sockaddr_in()?.ip();
                 let mask = a.netmask?.as_sockaddr_in()?.ip();
                 let prefix = u32::from(mask).leading_ones() as u8;
-                Ipv4Net::new(Ipv4Addr::from(addr), prefix).ok()
+                Ipv4Net::new(addr, prefix).ok()
             })
             .collect()
     }

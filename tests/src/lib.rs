@@ -595,10 +595,10 @@ impl Lab {
         for i in 0..self.hosts.len() {
             self.kill_agent(i);
             let h = &self.hosts[i];
-            if h.pin_dir.exists() {
-                if let Err(e) = netpath_down(&h.pin_dir) {
-                    errors.push(format!("netpath down on {}: {e:#}", h.name));
-                }
+            if h.pin_dir.exists()
+                && let Err(e) = netpath_down(&h.pin_dir)
+            {
+                errors.push(format!("netpath down on {}: {e:#}", h.name));
             }
         }
         for ns in self.namespaces.drain(..).rev() {

@@ -131,10 +131,10 @@ pub async fn bridge_ports(handle: &rtnetlink::Handle, bridge: u32) -> Result<Vec
                 _ => {}
             }
         }
-        if let (Some(c), Some(n)) = (controller, name) {
-            if c == bridge {
-                out.push((msg.header.index, n));
-            }
+        if let (Some(c), Some(n)) = (controller, name)
+            && c == bridge
+        {
+            out.push((msg.header.index, n));
         }
     }
     Ok(out)

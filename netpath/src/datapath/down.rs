@@ -19,21 +19,21 @@ pub fn down(pins: &PinDir) -> Result<Vec<String>> {
         return Ok(done);
     }
     // Netlink filters (no TCX) are not pinned: find them through the agent record.
-    if let Ok(maps) = Maps::open(pins) {
-        if let Ok(agent) = maps.agent() {
-            if agent.flags & AGENT_F_TCX == 0 && agent.agent_pid != 0 {
-                for (iface, prog) in [
-                    (name_str(&agent.bridge), prog_names::FROM_BRIDGE),
-                    (name_str(&agent.uplink), prog_names::FROM_UPLINK),
-                ] {
-                    match tc::qdisc_detach_program(iface, TcAttachType::Ingress, prog) {
-                        Ok(()) => done.push(format!("detached {prog} from {iface} (netlink)")),
-                        Err(e) => errors.push(format!("detaching {prog} from {iface}: {e}")),
-                    }
+    if let Ok(maps) = Maps::open(pins)
+        && let Ok(agent) = maps.agent()
+    {
+        if agent.flags & AGENT_F_TCX == 0 && agent.agent_pid != 0 {
+            for (iface, prog) in [
+                (name_str(&agent.bridge), prog_names::FROM_BRIDGE),
+                (name_str(&agent.uplink), prog_names::FROM_UPLINK),
+            ] {
+                match tc::qdisc_detach_program(iface, TcAttachType::Ingress, prog) {
+                    Ok(()) => done.push(format!("detached {prog} from {iface} (netlink)")),
+                    Err(e) => errors.push(format!("detaching {prog} from {iface}: {e}")),
                 }
             }
-            stop_agent(agent.agent_pid, &mut done);
         }
+        stop_agent(agent.agent_pid, &mut done);
     }
     if let Ok(entries) = std::fs::read_dir(pins.links()) {
         for e in entries.flatten() {
@@ -64,10 +64,10 @@ pub fn down(pins: &PinDir) -> Result<Vec<String>> {
         }
     }
     for dir in [pins.links(), pins.maps(), pins.root.clone()] {
-        if let Err(err) = std::fs::remove_dir(&dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                errors.push(format!("{}: {err}", dir.display()));
-            }
+        if let Err(err) = std::fs::remove_dir(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("{}: {err}", dir.display()));
         }
     }
     if errors.is_empty() {

@@ -59,8 +59,11 @@ fn value_of(id: u32, info: &PeerInfo) -> PeerValue {
 
 /// The installed peers with their slots and origins, by slot.
 pub fn observe(maps: &Maps) -> Result<Vec<(u32, Owned<Peer>)>> {
-    Ok(maps
-        .peer_infos()?
+    Ok(owned(&maps.peer_infos()?))
+}
+
+fn owned(infos: &[(u32, PeerInfo)]) -> Vec<(u32, Owned<Peer>)> {
+    infos
         .iter()
         .map(|(id, i)| {
             (
@@ -71,7 +74,7 @@ pub fn observe(maps: &Maps) -> Result<Vec<(u32, Owned<Peer>)>> {
                 },
             )
         })
-        .collect())
+        .collect()
 }
 
 /// What a reconcile changed, by peer name.
@@ -98,6 +101,16 @@ impl PeerChanges {
 /// has changed.
 pub fn reconcile(maps: &mut Maps, desired: &[Owned<Peer>]) -> Result<PeerChanges> {
     let infos = maps.peer_infos()?;
+    reconcile_from(maps, desired, infos)
+}
+
+/// [`reconcile`] with the slots in use already read (`Maps::peer_infos`, under the same
+/// lock): a live edit reads the 65,536 slots once, not twice.
+fn reconcile_from(
+    maps: &mut Maps,
+    desired: &[Owned<Peer>],
+    infos: Vec<(u32, PeerInfo)>,
+) -> Result<PeerChanges> {
     let by_name: HashMap<&str, (u32, &PeerInfo)> = infos
         .iter()
         .map(|(id, i)| (name_str(&i.name), (*id, i)))
@@ -262,7 +275,8 @@ pub fn with_change(
 /// config peer against the running host and the installed peers.
 pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
     let host = super::running_host(maps)?;
-    let installed = observe(maps)?;
+    let infos = maps.peer_infos()?;
+    let installed = owned(&infos);
     let others: Vec<Peer> = installed.iter().map(|(_, o)| o.item.clone()).collect();
     let problems = crate::state::check_peer(
         &format!("peer {:?}", p.name),
@@ -278,13 +292,14 @@ pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
         item: p.clone(),
         origin: Origin::Cli,
     };
-    reconcile(maps, &with_change(&installed, Some(add), None))
+    reconcile_from(maps, &with_change(&installed, Some(add), None), infos)
 }
 
 /// `netpath peer del`: removes the peer `name`; an error names the known peers. A config
 /// peer comes back at the next agent start (a warning says so).
 pub fn del(maps: &mut Maps, name: &str) -> Result<PeerChanges> {
-    let installed = observe(maps)?;
+    let infos = maps.peer_infos()?;
+    let installed = owned(&infos);
     let Some((_, p)) = installed.iter().find(|(_, p)| p.item.name == name) else {
         let known: Vec<&str> = installed
             .iter()
@@ -295,5 +310,5 @@ pub fn del(maps: &mut Maps, name: &str) -> Result<PeerChanges> {
     if p.origin == Origin::Config {
         log::warn!("peer {name:?} comes from the config: the next agent start will add it again");
     }
-    reconcile(maps, &with_change(&installed, None, Some(name)))
+    reconcile_from(maps, &with_change(&installed, None, Some(name)), infos)
 }

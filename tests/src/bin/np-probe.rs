@@ -289,10 +289,10 @@ fn flows(proto: &str, to: SocketAddr, n: usize) -> std::io::Result<usize> {
             // every connection is open, all at once.
             let mut conns = HashMap::new();
             for i in 0..n {
-                if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
-                    if s.write_all(&tag(i)).is_ok() {
-                        conns.insert(i, s);
-                    }
+                if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                    && s.write_all(&tag(i)).is_ok()
+                {
+                    conns.insert(i, s);
                 }
             }
             let mut ok = 0;

@@ -362,10 +362,10 @@ mod tests {
             if r.proto != RuleProto::Any && r.proto.number() != proto {
                 continue;
             }
-            if let Some((a, b)) = r.ports {
-                if !(a..=b).contains(&port) {
-                    continue;
-                }
+            if let Some((a, b)) = r.ports
+                && !(a..=b).contains(&port)
+            {
+                continue;
             }
             for f in nets(&r.from, groups).unwrap() {
                 for t in nets(&r.to, groups).unwrap() {

@@ -225,9 +225,13 @@ pub struct PolicyChanges {
     pub removed: Vec<u32>,
 }
 
+/// Rules with their ids and origins, by id.
+type Numbered = Vec<(u32, Rule, Origin)>;
+
 /// The desired policy with ids: a rule keeps the id it asks for, else the id of the same
-/// installed rule of the same origin, else the lowest free one. Sorted by id.
-fn with_ids(old: &Installed, d: &DesiredPolicy) -> Result<(Vec<(u32, Rule, Origin)>, Vec<u32>)> {
+/// installed rule of the same origin, else the lowest free one. Sorted by id; with the ids
+/// newly handed out.
+fn with_ids(old: &Installed, d: &DesiredPolicy) -> Result<(Numbered, Vec<u32>)> {
     let mut used: BTreeSet<u32> = d.rules.iter().filter_map(|r| r.id).collect();
     let mut reuse: HashMap<(&Rule, u8), u32> = old
         .rules
