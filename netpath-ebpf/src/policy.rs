@@ -117,7 +117,7 @@ pub fn decide(ctx: &TcContext, st: &PolicyState, src: u32, dst: u32, l4: &L4) ->
             // a fragment (its first part was answered, or will be).
             let answerable = !l4.fragment
                 && !l4.is_icmp_error()
-                && !(l4.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST != 0);
+                && (l4.proto != IPPROTO_TCP || l4.tcp_flags & TCP_RST == 0);
             if !answerable || !within_rate(st) {
                 return Decision::Refuse(Reason::DropRejectUnanswered, false);
             }
@@ -196,7 +196,7 @@ pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<()
     };
     match CT.insert(key, entry, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
-        Err(e) if e == -17 => Ok(()),
+        Err(-17) => Ok(()),
         Err(_) => Err(Reason::DropCtInsertFailed),
     }
 }
