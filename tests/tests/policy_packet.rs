@@ -52,7 +52,8 @@ fn with(rules: Vec<Rule>, default: Action, change: impl FnOnce(&mut Config)) -> 
 
 /// `netpath policy add` on the test's datapath.
 fn add_rule(dp: &mut Dp, r: &Rule) -> anyhow::Result<u32> {
-    policy::add(&mut dp.maps, r)
+    let old = policy::installed(&dp.maps)?;
+    policy::add(&mut dp.maps, &old, r)
 }
 
 fn hits(dp: &Dp, id: u32) -> u64 {

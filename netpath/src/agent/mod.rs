@@ -162,9 +162,9 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     let before = maps.agent()?;
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
-    let cli = sources::cli::live(&maps).context("reading the entries added with the CLI")?;
-    let (desired, merge) = sources::desired(cfg, &cli)?;
-    let changes = reconcile::all(&mut maps, &desired)?;
+    let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
+    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed))?;
+    let changes = reconcile::all_from(&mut maps, observed, &desired)?;
     let took = started.elapsed();
     let mut tcx = true;
     for a in attach::attachments(&cfg.host, &before) {

@@ -139,7 +139,7 @@ pub fn policy_cmd(pins: &PinDir, cmd: PolicyCmd) -> Result<()> {
                 &old.groups,
             )
             .map_err(|p| anyhow::anyhow!("{}", p.join("\n")))?;
-            let id = reconcile::policy::add(&mut maps, &rule)?;
+            let id = reconcile::policy::add(&mut maps, &old, &rule)?;
             println!("added rule {id}: {rule}");
             Ok(())
         }

@@ -24,7 +24,11 @@ use anyhow::{Context, Result};
 use aya::{Ebpf, maps::lpm_trie::Key};
 use netpath_common::{GroupMember, PeerInfo, PeerValue, PolicyRuleInfo, PublishKey, PublishValue};
 
-use crate::{datapath, maps::Maps, state::Desired};
+use crate::{
+    datapath,
+    maps::Maps,
+    state::{Desired, Owned, Peer, Publish},
+};
 
 /// What reconciling a whole desired state changed.
 #[derive(Debug, Default)]
@@ -42,15 +46,53 @@ impl Changes {
     }
 }
 
-/// Makes every map family say what `d` says: host settings first (the programs act on
-/// nothing before `NP_CONFIG` is ready), then peers, published ports and policy. A family
-/// that fails leaves its maps as they were and stops the rest; a rerun goes on from there.
+/// What the pinned maps the reconcilers own hold now, read once: the CLI's source
+/// (sources::cli) and every reconciler start from the same reading.
+pub struct Observed {
+    /// `NP_PEER_INFO` slots in use.
+    pub(crate) peers: Vec<(u32, PeerInfo)>,
+    pub(crate) publish: publish::Entries,
+    pub policy: policy::Installed,
+}
+
+/// Reads what the reconcilers compare against (routes and underlay entries are read by
+/// the peers reconciler itself).
+pub fn observe(maps: &Maps) -> Result<Observed> {
+    Ok(Observed {
+        peers: maps.peer_infos()?,
+        publish: publish::entries(maps)?,
+        policy: policy::installed(maps)?,
+    })
+}
+
+impl Observed {
+    /// The installed peers with their slots and origins.
+    pub fn peers(&self) -> Vec<(u32, Owned<Peer>)> {
+        peers::owned(&self.peers)
+    }
+
+    /// The published ports with their origins.
+    pub fn publish(&self) -> Vec<Owned<Publish>> {
+        publish::owned(&self.publish)
+    }
+}
+
+/// Makes every map family say what `d` says (see [`all_from`]).
 pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
+    let o = observe(maps)?;
+    all_from(maps, o, d)
+}
+
+/// Makes every map family say what `d` says, starting from `o` (read under the same
+/// lock): host settings first (the programs act on nothing before `NP_CONFIG` is ready),
+/// then peers, published ports and policy. A family that fails leaves its maps as they
+/// were and stops the rest; a rerun goes on from there.
+pub fn all_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
     Ok(Changes {
         host: host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?,
-        peers: peers::reconcile(maps, &d.peers)?,
-        publish: publish::reconcile(maps, &d.publish)?,
-        policy: policy::reconcile(maps, &d.policy)?,
+        peers: peers::reconcile_from(maps, &d.peers, o.peers)?,
+        publish: publish::reconcile_from(maps, &d.publish, &o.publish)?,
+        policy: policy::reconcile_from(maps, &o.policy, &d.policy)?,
     })
 }
 

@@ -62,7 +62,7 @@ pub fn observe(maps: &Maps) -> Result<Vec<(u32, Owned<Peer>)>> {
     Ok(owned(&maps.peer_infos()?))
 }
 
-fn owned(infos: &[(u32, PeerInfo)]) -> Vec<(u32, Owned<Peer>)> {
+pub(crate) fn owned(infos: &[(u32, PeerInfo)]) -> Vec<(u32, Owned<Peer>)> {
     infos
         .iter()
         .map(|(id, i)| {
@@ -105,8 +105,8 @@ pub fn reconcile(maps: &mut Maps, desired: &[Owned<Peer>]) -> Result<PeerChanges
 }
 
 /// [`reconcile`] with the slots in use already read (`Maps::peer_infos`, under the same
-/// lock): a live edit reads the 65,536 slots once, not twice.
-fn reconcile_from(
+/// lock): the 65,536 slots are read once per change, by whoever observes first.
+pub(crate) fn reconcile_from(
     maps: &mut Maps,
     desired: &[Owned<Peer>],
     infos: Vec<(u32, PeerInfo)>,
@@ -115,6 +115,17 @@ fn reconcile_from(
         .iter()
         .map(|(id, i)| (name_str(&i.name), (*id, i)))
         .collect();
+    // The routes and underlay entries as they are, read once.
+    let mut routes_now: HashMap<(u32, u32), PeerValue> = HashMap::new();
+    for k in maps.peers.keys() {
+        let k = k?;
+        routes_now.insert((k.prefix_len(), k.data()), maps.peers.get(&k, 0)?);
+    }
+    let mut underlay_now: HashMap<u32, PeerValue> = HashMap::new();
+    for k in maps.underlay.keys() {
+        let k = k?;
+        underlay_now.insert(k, maps.underlay.get(&k, 0)?);
+    }
     let mut used: HashSet<u32> = infos.iter().map(|(id, _)| *id).collect();
     let mut next = 0;
     let mut changes = PeerChanges::default();
@@ -125,10 +136,13 @@ fn reconcile_from(
         let info = info_of(&d.item, d.origin);
         match by_name.get(d.item.name.as_str()) {
             Some((id, old)) => {
+                let v = value_of(*id, &info);
+                let in_place = routes_now.get(&(info.prefix_len as u32, info.subnet)) == Some(&v)
+                    && underlay_now.get(&info.underlay) == Some(&v);
                 if **old != info {
                     changes.updated.push(d.item.name.clone());
                     puts.push((*id, info, false));
-                } else if !keys_in_place(maps, *id, &info) {
+                } else if !in_place {
                     // Its info is right but a route or underlay entry is missing or
                     // another's: a change was cut short.
                     puts.push((*id, info, false));
@@ -157,43 +171,44 @@ fn reconcile_from(
     changes
         .removed
         .extend(gone.iter().map(|(_, i)| name_str(&i.name).to_owned()));
-    // Every route and underlay entry that must exist once the change is done.
-    let routes: HashMap<(u32, u32), PeerValue> = want
+    // Keys that no desired peer has once the puts are done (each put leaves its keys as
+    // `want` says): the removed peers' and strays of earlier, interrupted changes.
+    let route_keys: HashSet<(u32, u32)> = want
+        .values()
+        .map(|i| (i.prefix_len as u32, i.subnet))
+        .collect();
+    let underlay_keys: HashSet<u32> = want.values().map(|i| i.underlay).collect();
+    let stale_routes: Vec<((u32, u32), PeerValue)> = routes_now
         .iter()
-        .map(|(id, i)| ((i.prefix_len as u32, i.subnet), value_of(*id, i)))
+        .filter(|(k, _)| !route_keys.contains(k))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let stale_underlay: Vec<(u32, PeerValue)> = underlay_now
+        .iter()
+        .filter(|(k, _)| !underlay_keys.contains(k))
+        .map(|(k, v)| (*k, *v))
         .collect();
     let gone_ids: HashSet<u32> = gone.iter().map(|(id, _)| *id).collect();
-    let underlay: HashMap<u32, PeerValue> = want
-        .iter()
-        .map(|(id, i)| (i.underlay, value_of(*id, i)))
-        .collect();
+    let stray = |v: &PeerValue| !gone_ids.contains(&v.id);
+    changes.orphans = stale_routes.iter().filter(|(_, v)| stray(v)).count()
+        + stale_underlay.iter().filter(|(_, v)| stray(v)).count();
 
     let mut undo = Undo::default();
     let result = (|| -> Result<()> {
         for (id, info, fresh) in &puts {
             put(maps, &mut undo, *id, info, *fresh)?;
         }
-        // Then everything no desired peer owns: the removed peers' keys first, their
-        // infos last; stray keys of earlier, interrupted changes with them.
-        for (key, old) in stale_routes(maps, &routes)? {
+        // Then what no desired peer owns: keys first, the removed peers' infos last.
+        for ((len, net), old) in &stale_routes {
+            let key = Key::new(*len, *net);
             fault::write()?;
-            undo.route(key, Some(old));
+            undo.route(key, Some(*old));
             maps.peers.remove(&key)?;
-            changes.orphans += !gone_ids.contains(&old.id) as usize;
         }
-        let mut stale_underlay = Vec::new();
-        for k in maps.underlay.keys() {
-            let k = k?;
-            let v = maps.underlay.get(&k, 0)?;
-            if underlay.get(&k) != Some(&v) {
-                stale_underlay.push((k, v));
-            }
-        }
-        for (k, old) in stale_underlay {
+        for (k, old) in &stale_underlay {
             fault::write()?;
-            undo.underlay(k, Some(old));
-            maps.underlay.remove(&k)?;
-            changes.orphans += !gone_ids.contains(&old.id) as usize;
+            undo.underlay(*k, Some(*old));
+            maps.underlay.remove(k)?;
         }
         for (id, old) in &gone {
             fault::write()?;
@@ -208,31 +223,6 @@ fn reconcile_from(
         return Err(e.context("updating the peers (the previous peers are restored)"));
     }
     Ok(changes)
-}
-
-/// Whether the route and the underlay entry of the peer in slot `id` are in the maps as
-/// `info` says.
-fn keys_in_place(maps: &Maps, id: u32, info: &PeerInfo) -> bool {
-    let v = value_of(id, info);
-    let key = Key::new(info.prefix_len as u32, info.subnet);
-    maps.peers.get(&key, 0).ok() == Some(v) && maps.underlay.get(&info.underlay, 0).ok() == Some(v)
-}
-
-/// Routes in `NP_PEERS` that are not in `want` (by prefix length and network) as they
-/// are there.
-fn stale_routes(
-    maps: &Maps,
-    want: &HashMap<(u32, u32), PeerValue>,
-) -> Result<Vec<(Key<u32>, PeerValue)>> {
-    let mut out = Vec::new();
-    for k in maps.peers.keys() {
-        let k = k?;
-        let v = maps.peers.get(&k, 0)?;
-        if want.get(&(k.prefix_len(), k.data())) != Some(&v) {
-            out.push((k, v));
-        }
-    }
-    Ok(out)
 }
 
 /// Installs one peer in slot `id`: counters (for a new peer), info, underlay entry, route.

@@ -46,15 +46,36 @@ fn value_of(p: &Owned<Publish>) -> PublishValue {
     }
 }
 
-/// Every published port with its origin, by protocol and port.
-pub fn observe(maps: &Maps) -> Result<Vec<Owned<Publish>>> {
-    let mut out = Vec::new();
+/// `NP_PUBLISH` as it is.
+pub(crate) type Entries = HashMap<PublishKey, PublishValue>;
+
+pub(crate) fn entries(maps: &Maps) -> Result<Entries> {
+    let mut out = Entries::new();
     for item in maps.publish.iter() {
         let (k, v) = item?;
-        out.extend(publish_from(&k, &v));
+        out.insert(k, v);
     }
-    out.sort_by_key(|p| (p.item.proto.number(), p.item.host_port));
     Ok(out)
+}
+
+/// Every published port with its origin, by protocol and port.
+pub fn observe(maps: &Maps) -> Result<Vec<Owned<Publish>>> {
+    Ok(owned(&entries(maps)?))
+}
+
+pub(crate) fn owned(e: &Entries) -> Vec<Owned<Publish>> {
+    let mut out: Vec<Owned<Publish>> = e.iter().filter_map(|(k, v)| publish_from(k, v)).collect();
+    out.sort_by_key(|p| (p.item.proto.number(), p.item.host_port));
+    out
+}
+
+/// A port as the changes and errors name it: "tcp/8080".
+fn port_name(k: &PublishKey) -> String {
+    format!(
+        "{}/{}",
+        Proto::from_number(k.proto).map_or_else(|| k.proto.to_string(), |p| p.to_string()),
+        u16::from_be(k.host_port)
+    )
 }
 
 /// What a reconcile changed, as "tcp/8080".
@@ -76,11 +97,16 @@ impl PublishChanges {
 /// Makes `NP_PUBLISH` say exactly `desired` (one entry per protocol and port; sources/
 /// checks that). On an error nothing has changed.
 pub fn reconcile(maps: &mut Maps, desired: &[Owned<Publish>]) -> Result<PublishChanges> {
-    let mut have: HashMap<PublishKey, PublishValue> = HashMap::new();
-    for item in maps.publish.iter() {
-        let (k, v) = item?;
-        have.insert(k, v);
-    }
+    let have = entries(maps)?;
+    reconcile_from(maps, desired, &have)
+}
+
+/// [`reconcile`] with `NP_PUBLISH` already read (under the same lock).
+pub(crate) fn reconcile_from(
+    maps: &mut Maps,
+    desired: &[Owned<Publish>],
+    have: &Entries,
+) -> Result<PublishChanges> {
     let mut changes = PublishChanges::default();
     let mut puts = Vec::new();
     let mut want = std::collections::HashSet::new();
@@ -88,7 +114,7 @@ pub fn reconcile(maps: &mut Maps, desired: &[Owned<Publish>]) -> Result<PublishC
         let key = publish_key(p.item.proto, p.item.host_port);
         let value = value_of(p);
         want.insert(key);
-        let name = format!("{}/{}", p.item.proto, p.item.host_port);
+        let name = port_name(&key);
         match have.get(&key) {
             Some(v) if *v == value => {}
             Some(v) => {
@@ -124,13 +150,7 @@ pub fn reconcile(maps: &mut Maps, desired: &[Owned<Publish>]) -> Result<PublishC
         undo.run(maps);
         return Err(e.context("updating the published ports (the previous ports are restored)"));
     }
-    for (k, _) in &gone {
-        changes.removed.push(format!(
-            "{}/{}",
-            Proto::from_number(k.proto).map_or("?".into(), |p| p.to_string()),
-            u16::from_be(k.host_port)
-        ));
-    }
+    changes.removed = gone.iter().map(|(k, _)| port_name(k)).collect();
     // The ports are as desired; now the flows of those that went are cut.
     let cut: Vec<PublishKey> = gone.iter().map(|(k, _)| *k).collect();
     if !cut.is_empty() {
@@ -159,7 +179,8 @@ fn cut_flows(maps: &mut Maps, ports: &[PublishKey]) -> Result<usize> {
 /// against the running host's subnet and the ports already published.
 pub fn add(maps: &mut Maps, p: &Publish) -> Result<PublishChanges> {
     let host = super::running_host(maps)?;
-    let mut desired = observe(maps)?;
+    let have = entries(maps)?;
+    let mut desired = owned(&have);
     let others: Vec<Publish> = desired.iter().map(|o| o.item).collect();
     let problems = crate::state::check_publish(
         "publish",
@@ -176,17 +197,18 @@ pub fn add(maps: &mut Maps, p: &Publish) -> Result<PublishChanges> {
         item: *p,
         origin: Origin::Cli,
     });
-    reconcile(maps, &desired)
+    reconcile_from(maps, &desired, &have)
 }
 
 /// `netpath publish del`: unpublishes a port and cuts its flows.
 pub fn del(maps: &mut Maps, proto: Proto, host_port: u16) -> Result<PublishChanges> {
-    let installed = observe(maps)?;
+    let have = entries(maps)?;
+    let installed = owned(&have);
     let is = |p: &Owned<Publish>| p.item.proto == proto && p.item.host_port == host_port;
     if !installed.iter().any(is) {
         let known: Vec<String> = installed
             .iter()
-            .map(|p| format!("{}/{}", p.item.proto, p.item.host_port))
+            .map(|p| port_name(&publish_key(p.item.proto, p.item.host_port)))
             .collect();
         anyhow::bail!(
             "{proto}/{host_port} is not published; published: {}",
@@ -194,5 +216,5 @@ pub fn del(maps: &mut Maps, proto: Proto, host_port: u16) -> Result<PublishChang
         );
     }
     let desired: Vec<Owned<Publish>> = installed.into_iter().filter(|p| !is(p)).collect();
-    reconcile(maps, &desired)
+    reconcile_from(maps, &desired, &have)
 }

@@ -2,32 +2,33 @@
 //! datapath. They live in the pinned maps with origin `cli`, so they outlive the agent and
 //! come back into the desired state at its next start.
 
-use anyhow::Result;
-
 use super::Part;
-use crate::{maps::Maps, reconcile, state::Origin};
+use crate::{reconcile::Observed, state::Origin};
 
-/// The CLI's entries in the pinned maps.
-pub fn live(maps: &Maps) -> Result<Part> {
-    let peers = reconcile::peers::observe(maps)?
+/// The CLI's entries in the pinned maps, from what the agent observed of them.
+pub fn live(o: &Observed) -> Part {
+    let peers = o
+        .peers()
         .into_iter()
         .filter(|(_, p)| p.origin == Origin::Cli)
         .map(|(_, p)| p.item)
         .collect();
-    let publish = reconcile::publish::observe(maps)?
+    let publish = o
+        .publish()
         .into_iter()
         .filter(|p| p.origin == Origin::Cli)
         .map(|p| p.item)
         .collect();
-    let rules = reconcile::policy::installed(maps)?
+    let rules = o
+        .policy
         .rules
-        .into_iter()
-        .filter(|(_, _, o)| Origin::from_map(*o) == Origin::Cli)
-        .map(|(id, r, _)| (Some(id), r))
+        .iter()
+        .filter(|(_, _, origin)| Origin::from_map(*origin) == Origin::Cli)
+        .map(|(id, r, _)| (Some(*id), r.clone()))
         .collect();
-    Ok(Part {
+    Part {
         peers,
         publish,
         rules,
-    })
+    }
 }

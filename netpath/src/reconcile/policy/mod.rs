@@ -36,6 +36,10 @@ pub struct Installed {
     pub rules: Vec<(u32, Rule, u8)>,
     pub groups: Groups,
     pub state: PolicyState,
+    /// `NP_POLICY_INFO` as read (`rules` are the records that decode), so that a change
+    /// writes only the records that differ and removes every other, without reading
+    /// them again.
+    pub(crate) infos: HashMap<u32, PolicyRuleInfo>,
 }
 
 fn endpoint_from(bytes: &[u8; 32]) -> Endpoint {
@@ -80,11 +84,13 @@ fn rule_from(i: &PolicyRuleInfo) -> Option<Rule> {
 /// Reads the installed rules (sorted by id), groups and state.
 pub fn installed(maps: &Maps) -> Result<Installed> {
     let mut rules = Vec::new();
+    let mut infos = HashMap::new();
     for item in maps.policy_info.iter() {
         let (id, info) = item?;
         if let Some(r) = rule_from(&info) {
             rules.push((id, r, info.origin));
         }
+        infos.insert(id, info);
     }
     rules.sort_by_key(|(id, _, _)| *id);
     let mut groups = Groups::new();
@@ -103,6 +109,7 @@ pub fn installed(maps: &Maps) -> Result<Installed> {
         rules,
         groups,
         state: maps.policy_state.get(&0, 0)?,
+        infos,
     })
 }
 
@@ -266,7 +273,16 @@ fn with_ids(old: &Installed, d: &DesiredPolicy) -> Result<(Numbered, Vec<u32>)> 
 /// matches unique: sources/ checks that). On an error the live policy is unchanged.
 pub fn reconcile(maps: &mut Maps, d: &DesiredPolicy) -> Result<PolicyChanges> {
     let old = installed(maps)?;
-    let (target, fresh) = with_ids(&old, d)?;
+    reconcile_from(maps, &old, d)
+}
+
+/// [`reconcile`] with the installed policy already read (under the same lock).
+pub(crate) fn reconcile_from(
+    maps: &mut Maps,
+    old: &Installed,
+    d: &DesiredPolicy,
+) -> Result<PolicyChanges> {
+    let (target, fresh) = with_ids(old, d)?;
     let same = old.rules.len() == target.len()
         && old
             .rules
@@ -306,8 +322,7 @@ pub fn reconcile(maps: &mut Maps, d: &DesiredPolicy) -> Result<PolicyChanges> {
     let mut undo = Undo::default();
     let wanted: HashSet<u32> = target.iter().map(|(id, _, _)| *id).collect();
     let result = (|| -> Result<Vec<u32>> {
-        let have: HashMap<u32, PolicyRuleInfo> =
-            maps.policy_info.iter().filter_map(|kv| kv.ok()).collect();
+        let have = &old.infos;
         for (id, r, origin) in &target {
             let info = rule_info(r, origin.to_map());
             if have.get(id) != Some(&info) {
@@ -318,7 +333,7 @@ pub fn reconcile(maps: &mut Maps, d: &DesiredPolicy) -> Result<PolicyChanges> {
         }
         sync_groups(maps, &mut undo, &d.groups)?;
         let mut removed = Vec::new();
-        for (id, info) in &have {
+        for (id, info) in have {
             if !wanted.contains(id) {
                 fault::write()?;
                 undo.policy_info(*id, Some(*info));
@@ -402,16 +417,16 @@ pub fn with_change(old: &Installed, add: Option<Rule>, remove: Option<u32>) -> D
     }
 }
 
-/// `netpath policy add`: adds `r` (origin `cli`, parsed with the installed groups);
-/// returns its id. A rule that matches the same packets as another is refused.
-pub fn add(maps: &mut Maps, r: &Rule) -> Result<u32> {
-    let old = installed(maps)?;
+/// `netpath policy add`: adds `r` (origin `cli`, parsed with the groups of `old`, what
+/// [`installed`] read under the same lock); returns its id. A rule that matches the same
+/// packets as another is refused.
+pub fn add(maps: &mut Maps, old: &Installed, r: &Rule) -> Result<u32> {
     if let Some((id, other, _)) = old.rules.iter().find(|(_, o, _)| o.same_match(r)) {
         anyhow::bail!(
             "rule {id} already matches the same packets ({other}): remove it first with `netpath policy del {id}`"
         );
     }
-    let changes = reconcile(maps, &with_change(&old, Some(r.clone()), None))?;
+    let changes = reconcile_from(maps, old, &with_change(old, Some(r.clone()), None))?;
     changes
         .added
         .first()
@@ -432,6 +447,6 @@ pub fn del(maps: &mut Maps, id: u32) -> Result<Rule> {
     if Origin::from_map(*origin) == Origin::Config {
         log::warn!("rule {id} comes from the config: the next agent start will add it again");
     }
-    reconcile(maps, &with_change(&old, None, Some(id)))?;
+    reconcile_from(maps, &old, &with_change(&old, None, Some(id)))?;
     Ok(rule.clone())
 }
