@@ -314,3 +314,108 @@ fn peers_added_live_work_and_survive_a_restart() {
         String::from_utf8_lossy(&missing.stderr).contains("no peer named \"h9\"; known peers: h2")
     );
 }
+
+#[test]
+fn agent_killed_in_the_middle_of_a_large_change_finishes_it_after_restart() {
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
+    // A large change for host 0: 120 more peers (/28s, map entries only) and 5,000 rules
+    // that match none of the test's traffic.
+    let mut extra = String::new();
+    for i in 0..120 {
+        extra += &format!(
+            "[[peer]]\nname = \"x{i}\"\nsubnet = \"10.244.{}.{}/28\"\nunderlay = \"198.18.0.{}\"\nmode = \"{}\"\n\n",
+            100 + i / 16,
+            i % 16 * 16,
+            100 + i,
+            if i % 2 == 0 { "direct" } else { "vxlan" }
+        );
+    }
+    for i in 0..5000 {
+        extra += &format!(
+            "[[policy]]\nfrom = \"10.244.{}.{}\"\nto = \"10.244.0.0/16\"\nproto = \"tcp\"\nport = 5432\naction = \"deny\"\n\n",
+            200 + i / 256,
+            i % 256
+        );
+    }
+    lab.append_config(0, &extra).unwrap();
+    let pinger = {
+        let (from, to) = (from.clone(), to.clone());
+        thread::spawn(move || ping(&from, &to, 1000, "0.01").unwrap())
+    };
+    lab.kill_agent(0);
+    // The agent is killed (SIGKILL) at its 300th map write: inside the peers.
+    let cut = lab
+        .netpath(
+            0,
+            &["run", "--config", lab.hosts[0].config.to_str().unwrap()],
+        )
+        .env("NETPATH_TEST_FAULT", "abort-after:300")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        cut.status.signal(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let peers = |lab: &Lab| lab.netpath_json(0, &["dump", "peers", "--json"]);
+    let rules = |lab: &Lab| lab.netpath_json(0, &["policy", "list", "--json"])["rules"].clone();
+    let half = peers(&lab).as_array().unwrap().len();
+    assert!(
+        half > 1 && half < 121,
+        "{half} peers: the change was not cut halfway"
+    );
+    assert_eq!(
+        rules(&lab).as_array().unwrap().len(),
+        0,
+        "the policy came later"
+    );
+
+    // A normal start finishes it: every peer and rule as the config says, nothing more.
+    lab.start(0).unwrap();
+    let all = peers(&lab);
+    let names: std::collections::BTreeSet<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let want: std::collections::BTreeSet<String> = (0..120)
+        .map(|i| format!("x{i}"))
+        .chain([lab.hosts[1].name.clone()])
+        .collect();
+    assert_eq!(
+        names,
+        want.iter().map(String::as_str).collect(),
+        "peers after the restart"
+    );
+    assert_eq!(rules(&lab).as_array().unwrap().len(), 5000);
+    let status = lab.netpath_json(0, &["status", "--json"]);
+    let routes = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "NP_PEERS_V1")
+        .unwrap()["entries"]
+        .clone();
+    assert_eq!(routes, 121, "one route per peer: {status}");
+    // A second restart finds nothing to do.
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    let last = log.lines().rfind(|l| l.contains("reconciled in")).unwrap();
+    assert!(
+        last.contains("peers: 0 added, 0 updated, 0 removed, 0 stray entries removed")
+            && last.contains("policy unchanged"),
+        "{last}"
+    );
+    let (sent, got, _) = pinger.join().unwrap();
+    assert_eq!(
+        (sent, got),
+        (1000, 1000),
+        "packets lost while the change was cut and redone"
+    );
+}

@@ -1,5 +1,5 @@
 //! Fault injection for tests: makes the N-th map write of the reconcilers fail, or kills
-//! the process there as `kill -9` would. Off unless a test turns it on, in-process with
+//! the process there with SIGKILL. Off unless a test turns it on, in-process with
 //! [`set`] or for an agent with `NETPATH_TEST_FAULT=fail-after:N` or `abort-after:N`
 //! (read once, by `netpath run`). Costs two relaxed atomic operations per write when off;
 //! the same hook counts the writes for `netpath bench`.
@@ -50,7 +50,8 @@ pub fn write() -> Result<()> {
     }
     if LEFT.fetch_sub(1, Ordering::SeqCst) == 0 {
         if ABORT.load(Ordering::SeqCst) {
-            // As abrupt as kill -9: no destructor, no flush.
+            // kill -9 itself: no destructor, no flush, no core file.
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             std::process::abort();
         }
         LEFT.store(-1, Ordering::SeqCst);
