@@ -353,13 +353,9 @@ pub(crate) fn reconcile_from(
             removed,
         }),
         Err(e) => {
-            // The new policy is live but its records are not: put the records back and
-            // mark the state so that the next reconcile applies the policy again.
+            // The new policy is live but its records are not: put the records back. They
+            // then differ from the desired policy, so the next reconcile applies it again.
             undo.run(maps);
-            if let Ok(mut st) = maps.policy_state.get(&0, 0) {
-                st.changed_at = 0;
-                let _ = maps.policy_state.set(0, st, 0);
-            }
             Err(e.context("recording the policy's rules (the next agent start applies it again)"))
         }
     }
