@@ -7,15 +7,17 @@ pub mod reason;
 
 pub use reason::Reason;
 
-/// Layout version of every map below. Bump it whenever a key or value changes: it is part
-/// of every pinned map's name, so an agent never reuses a pinned map of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Layout version of the set of maps below: bumped whenever one map's key or value changes
+/// (and that map's own `_V<n>` suffix with it), so an agent never reuses a pinned map of
+/// another layout.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps, as they appear in the eBPF object and as the files pinned under the
-/// pin dir. The `_V1` suffix is [`LAYOUT_VERSION`]; `netpath-ebpf` spells them out (its
-/// `#[map]` attribute needs a literal) and a test checks that both sides agree.
+/// pin dir. The `_V<n>` suffix is the version of that map's layout; `netpath-ebpf` spells
+/// them out (its `#[map]` attribute needs a literal) and a test checks that both sides
+/// agree.
 pub mod map_names {
-    pub const CONFIG: &str = "NP_CONFIG_V1";
+    pub const CONFIG: &str = "NP_CONFIG_V2";
     pub const PEERS: &str = "NP_PEERS_V1";
     pub const COUNTERS: &str = "NP_COUNTERS_V1";
     pub const PEER_STATS: &str = "NP_PEER_STATS_V1";
@@ -38,6 +40,7 @@ pub mod map_names {
     pub const MONITOR: &str = "NP_MONITOR_V1";
     pub const EVENT_LIMIT: &str = "NP_EVENT_LIMIT_V1";
     pub const BUILD: &str = "NP_BUILD_V1";
+    pub const ENDPOINTS: &str = "NP_ENDPOINTS_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -63,6 +66,7 @@ pub mod map_names {
         MONITOR,
         EVENT_LIMIT,
         BUILD,
+        ENDPOINTS,
     ];
 }
 
@@ -123,12 +127,31 @@ pub struct Config {
     /// outside may be given on the host's address.
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// The bridge's MAC: the source MAC of what netpath delivers straight into a
+    /// container (as the bridge, the containers' gateway, would have sent it).
+    pub bridge_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Set once the agent has filled the config.
 pub const CONFIG_F_READY: u32 = 1;
 /// `masquerade = true`: container traffic to the outside leaves with the host's address.
 pub const CONFIG_F_MASQUERADE: u32 = 2;
+
+/// Capacity of `NP_ENDPOINTS`: one entry per local container address.
+pub const MAX_ENDPOINTS: u32 = 65536;
+
+/// Value of `NP_ENDPOINTS` (hash; key: the container's IPv4 address, network byte order):
+/// where netpath delivers a local container's packets with `bpf_redirect_peer`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Endpoint {
+    /// ifindex of the container's host-side veth (a port of the bridge).
+    pub ifindex: u32,
+    /// The container's MAC: the destination MAC of what is delivered to it.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
 
 /// Default size of the conntrack and NAT tables (LRU hashes, entries).
 pub const DEFAULT_CT_SIZE: u32 = 65536;
@@ -603,6 +626,7 @@ mod user {
     // SAFETY: all of these are #[repr(C)], Copy, and bytemuck::Pod (no padding, any bit
     // pattern valid), which is what aya::Pod requires.
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::PeerValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerStats {}

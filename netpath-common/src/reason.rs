@@ -110,7 +110,7 @@ reasons! {
     PassNatUnsupported = 28, "pass-nat-unsupported", Pass;
     /// On the uplink, for a container but neither from a direct peer nor through a published port: dropped (as Docker 28's raw-table rules do).
     DropNotPublished = 29, "drop-not-published", Drop;
-    /// Between two containers of this host, allowed by policy: left to the bridge.
+    /// Between two containers of this host (allowed by policy when there is one): delivered straight into the destination container.
     FwdSameHost = 30, "fwd-same-host", Forward;
     /// A new flow that a deny rule matches: dropped silently.
     DropPolicyDeny = 31, "drop-policy-deny", Drop;
@@ -122,6 +122,8 @@ reasons! {
     DropDefaultReject = 34, "drop-default-reject", Drop;
     /// Rejected but not answered: an ICMP error or a fragment (never answered), or over the reject rate limit: dropped.
     DropRejectUnanswered = 35, "drop-reject-unanswered", Drop;
+    /// For a local container whose endpoint (veth, MAC) netpath has not learned yet: delivered through the bridge instead of straight into the container.
+    FwdViaBridge = 36, "fwd-via-bridge", Forward;
 }
 
 #[cfg(test)]

@@ -4,16 +4,16 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::{bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netpath_common::{MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
+use netpath_common::{Config, MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
 
 use crate::{
     counters::{self, PeerDir, count, count_peer},
     ct, events, icmp,
-    maps::{self, CT, PEERS},
+    maps::{self, CT, ENDPOINTS, PEERS},
     mtu, nat, parse,
     policy::{self, Decision},
     vxlan, xdp,
@@ -59,6 +59,18 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if ip.dst & cfg.subnet_mask == cfg.subnet_addr || ip.dst == cfg.host_addr {
         return Err(Reason::PassLocal);
     }
+    route(ctx, cfg, ip, cfg.bridge_ifindex)
+}
+
+/// Routes a container's packet for anything but this host and its own subnet (see
+/// `try_from_bridge`). `came_in` is the interface it came in on, where answers to it go.
+#[inline(always)]
+fn route(
+    ctx: &TcContext,
+    cfg: &Config,
+    ip: parse::Ipv4,
+    came_in: u32,
+) -> Result<(i32, Reason), Reason> {
     let peer = PEERS.get(Key::new(32, ip.dst));
     let l4 = parse::l4(ctx, &ip)?;
     let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
@@ -84,14 +96,7 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
                         rule
                     }
                     Decision::Refuse(reason, answer) => {
-                        return refuse(
-                            ctx,
-                            &ip,
-                            &l4,
-                            reason,
-                            answer,
-                            Back::Out(cfg.bridge_ifindex),
-                        );
+                        return refuse(ctx, &ip, &l4, reason, answer, Back::Out(came_in));
                     }
                 },
             };
@@ -121,7 +126,7 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         // A router answers DF packets with the MTU and fragments the others; netpath
         // answers both (Linux lowers its path MTU on either and fragments from then on).
         icmp::frag_needed(ctx, cfg, &ip)?;
-        return Ok((bounce(cfg.bridge_ifindex), Reason::DropFragNeeded));
+        return Ok((bounce(came_in), Reason::DropFragNeeded));
     }
     let mut ip = ip;
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
@@ -225,7 +230,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         }
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
-        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecapXdp));
+        return deliver(ctx, cfg, inner.dst, Reason::FwdVxlanDecapXdp);
     }
     let ip = parse::ipv4(ctx)?;
     let ip = if ip.hdr.proto == netpath_common::IPPROTO_UDP
@@ -245,7 +250,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         // The other end may be a Linux vxlan host that clamps nothing.
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
-        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdVxlanDecap));
+        return deliver(ctx, cfg, inner.dst, Reason::FwdVxlanDecap);
     }
     if ip.dst == cfg.host_addr {
         let reason = match nat::ingress(ctx, cfg, &ip)? {
@@ -257,7 +262,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         };
         let mut ip = parse::ipv4(ctx)?;
         decrement_ttl(&mut ip)?;
-        return Ok((redirect(cfg.bridge_ifindex, None), reason));
+        return deliver(ctx, cfg, ip.dst, reason);
     }
     if ip.dst & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.gateway_addr {
         return Err(Reason::PassNotForUs);
@@ -274,70 +279,118 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     }
     let mut ip = parse::ipv4(ctx)?;
     hop(ctx, &mut ip, peer.id, PeerDir::Rx)?;
-    Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdDeliver))
+    deliver(ctx, cfg, ip.dst, Reason::FwdDeliver)
+}
+
+/// Delivers a routed packet to the local container `dst` (network byte order): straight
+/// into its namespace (bpf_redirect_peer from TC ingress, skipping the bridge), its MACs
+/// written as the bridge, its gateway, would have sent it. A container whose endpoint
+/// the agent has not learned yet is reached through the bridge, counted as
+/// `fwd-via-bridge` instead of `reason`.
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    cfg: &Config,
+    dst: u32,
+    reason: Reason,
+) -> Result<(i32, Reason), Reason> {
+    // SAFETY: a value of a hash map; it is copied out at once.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&dst) }).copied() else {
+        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdViaBridge));
+    };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&ep.mac);
+    macs[6..].copy_from_slice(&cfg.bridge_mac);
+    ctx.store(0, &macs, 0).map_err(|_| Reason::DropMalformed)?;
+    Ok((peer(ep.ifindex), reason))
+}
+
+/// Sends the packet into the namespace of the veth `ifindex`'s peer: it is received
+/// there as if it had come in on that device, without a pass through the host's stack
+/// or a backlog. Only valid from TC ingress.
+#[inline(always)]
+fn peer(ifindex: u32) -> i32 {
+    // SAFETY: helper call with scalar arguments (flags must be 0).
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }
 
 pub fn from_container(ctx: &TcContext) -> i32 {
     match try_from_container(ctx) {
         Some(outcome) => finish(ctx, outcome),
-        // Not between two local containers: the bridge program decides and counts it.
+        // The host's own, or nothing netpath routes: the bridge (and its program, which
+        // counts it) sees it as before.
         None => TC_ACT_UNSPEC,
     }
 }
 
-/// A packet a container sends, seen on its veth before the bridge. Only traffic to
-/// another container of this host is handled here: the bridge forwards it at layer 2, so
-/// no other program sees it. Policy decides its new flows, as between hosts; an allowed
-/// packet goes on to the bridge unchanged (`None` for everything else).
+/// A packet a container sends, seen on its veth before the bridge. Traffic to another
+/// container of this host is decided by policy (the bridge would forward it at layer 2,
+/// where no other program sees it) and delivered straight into that container. Traffic
+/// that netpath routes (to peers, masqueraded to the outside, replies on published
+/// ports) is routed here, so the bridge and the host's netfilter are not on its path. The
+/// rest (`None`: for the host, not from the container's subnet, a TTL that expires, what
+/// netpath leaves to the stack) goes on to the bridge unchanged and uncounted.
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> {
     let cfg = maps::config().ok()?;
     let ip = parse::ipv4(ctx).ok()?;
-    let broadcast = cfg.subnet_addr | !cfg.subnet_mask;
-    if ip.dst & cfg.subnet_mask != cfg.subnet_addr
-        || ip.src & cfg.subnet_mask != cfg.subnet_addr
-        || ip.dst == cfg.gateway_addr
-        || ip.dst == broadcast
-        || ip.src == ip.dst
-    {
+    if ip.src & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.host_addr {
         return None;
     }
-    Some(same_host(ctx, &ip))
+    if ip.dst & cfg.subnet_mask == cfg.subnet_addr {
+        let broadcast = cfg.subnet_addr | !cfg.subnet_mask;
+        if ip.dst == cfg.gateway_addr || ip.dst == broadcast || ip.src == ip.dst {
+            return None;
+        }
+        return Some(same_host(ctx, &ip));
+    }
+    if ip.hdr.ttl <= 1 {
+        // The stack answers with time-exceeded, from the gateway's address.
+        return None;
+    }
+    // SAFETY: reading a field of the program's own skb.
+    let came_in = unsafe { (*ctx.skb.skb).ifindex };
+    match route(ctx, cfg, ip, came_in) {
+        // Nothing was changed: the bridge program sees it and decides it again.
+        Err(reason) if reason.verdict() == Verdict::Pass => None,
+        outcome => Some(outcome),
+    }
 }
 
 #[inline(always)]
 fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason> {
-    let allowed = Ok((TC_ACT_UNSPEC, Reason::FwdSameHost));
-    let Some(st) = policy::live() else {
-        return allowed;
-    };
-    let l4 = parse::l4(ctx, ip)?;
-    // Both ends are local: the lower address is the "container" end of the key, so both
-    // directions find the same entry.
-    let first = u32::from_be(ip.src) < u32::from_be(ip.dst);
-    let key = if first {
-        ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto)
-    } else {
-        ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
-    };
-    if ct::trackable(&l4)
-        && let Some(e) = CT.get_ptr_mut(key)
-    {
-        ct::touch(e, &l4, first);
-        // SAFETY: a value of an LRU hash map; any value of the field is valid.
-        counters::count_rule(unsafe { (*e).rule }, ctx.len());
-        return allowed;
+    if let Some(st) = policy::live() {
+        let l4 = parse::l4(ctx, ip)?;
+        // Both ends are local: the lower address is the "container" end of the key, so both
+        // directions find the same entry.
+        let first = u32::from_be(ip.src) < u32::from_be(ip.dst);
+        let key = if first {
+            ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto)
+        } else {
+            ct::ct_key(ip.dst, ip.src, l4.dport, l4.sport, l4.proto)
+        };
+        if ct::trackable(&l4)
+            && let Some(e) = CT.get_ptr_mut(key)
+        {
+            ct::touch(e, &l4, first);
+            // SAFETY: a value of an LRU hash map; any value of the field is valid.
+            counters::count_rule(unsafe { (*e).rule }, ctx.len());
+        } else {
+            match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
+                Decision::Allow(rule) => policy::track(&key, &l4, rule, first)?,
+                Decision::Refuse(reason, answer) => {
+                    // SAFETY: reading a field of the program's own skb.
+                    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+                    return refuse(ctx, ip, &l4, reason, answer, Back::Out(ifindex));
+                }
+            }
+        }
     }
-    match policy::decide(ctx, st, ip.src, ip.dst, &l4) {
-        Decision::Allow(rule) => {
-            policy::track(&key, &l4, rule, first)?;
-            allowed
-        }
-        Decision::Refuse(reason, answer) => {
-            // SAFETY: reading a field of the program's own skb.
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            refuse(ctx, ip, &l4, reason, answer, Back::Out(ifindex))
-        }
+    // Bridged, not routed: the frame already carries both containers' MACs and its TTL.
+    // SAFETY: a value of a hash map; it is copied out at once.
+    match (unsafe { ENDPOINTS.get(&ip.dst) }).copied() {
+        Some(ep) => Ok((peer(ep.ifindex), Reason::FwdSameHost)),
+        None => Ok((TC_ACT_UNSPEC, Reason::FwdViaBridge)),
     }
 }
 

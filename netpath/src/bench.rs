@@ -180,6 +180,7 @@ fn host_config() -> Config {
             vxlan_port: netpath_common::VXLAN_PORT,
             vtep_mac: netpath_common::default_vtep_mac(HOST),
             uplink_mtu: 1500,
+            bridge_mac: [2, 0, 0, 0, 0, 1],
             masquerade: true,
             masquerade_ports: config::MASQUERADE_PORTS,
         },

@@ -8,6 +8,8 @@ pub trait Interfaces {
     fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net>;
     /// The interface's MTU; 1500 when it cannot be read.
     fn mtu(&self, name: &str) -> u32;
+    /// The interface's MAC address, if it has one.
+    fn mac(&self, name: &str) -> Option<[u8; 6]>;
 }
 
 /// The real interfaces of the calling thread's network namespace.
@@ -43,6 +45,13 @@ impl Interfaces for System {
 
     fn ifindex(&self, name: &str) -> std::io::Result<u32> {
         nix::net::if_::if_nametoindex(name).map_err(std::io::Error::from)
+    }
+
+    fn mac(&self, name: &str) -> Option<[u8; 6]> {
+        nix::ifaddrs::getifaddrs()
+            .ok()?
+            .filter(|a| a.interface_name == name)
+            .find_map(|a| a.address?.as_link_addr()?.addr())
     }
 
     fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net> {
@@ -108,6 +117,10 @@ pub mod fake {
     impl Interfaces for Fake {
         fn mtu(&self, _name: &str) -> u32 {
             self.1
+        }
+
+        fn mac(&self, name: &str) -> Option<[u8; 6]> {
+            self.ifindex(name).ok().map(|i| [2, 0, 0, 0, 0, i as u8])
         }
 
         fn ifindex(&self, name: &str) -> std::io::Result<u32> {

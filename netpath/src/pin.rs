@@ -16,10 +16,10 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
 use netpath_common::{
     AgentInfo, BuildInfo, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE, EVENTS_SIZE,
-    EventLimit, GroupMember, MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES,
-    MAX_PUBLISH, MAX_REASONS, MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats,
-    PeerValue, PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey, PublishValue, RejectLimit,
-    map_names,
+    Endpoint, EventLimit, GroupMember, MAX_ENDPOINTS, MAX_GROUP_MEMBERS, MAX_PEERS,
+    MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS, MonitorState, NatKey, NatValue,
+    PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState, PolicyVerdict,
+    PublishKey, PublishValue, RejectLimit, map_names,
 };
 
 /// Maps whose size comes from the config: any size is the right layout.
@@ -181,6 +181,10 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
         (
             map_names::BUILD,
             l(MapType::Array, 4, size_of::<BuildInfo>(), 1),
+        ),
+        (
+            map_names::ENDPOINTS,
+            l(MapType::Hash, 4, size_of::<Endpoint>(), MAX_ENDPOINTS),
         ),
     ]
 }

@@ -52,19 +52,19 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
         }
     };
     // The container programs: on every port of the bridge now, and on each one that
-    // appears later (rtnetlink link events; the collector's tick rescans too).
+    // appears later; the endpoints from the bridge's neighbours (rtnetlink link and
+    // neighbour events; the collector's tick rescans too).
     let (mut conn, handle, mut events) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
     rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut())
         .bind(&rtnetlink::sys::SocketAddr::new(
             0,
-            rtnetlink::constants::RTMGRP_LINK,
+            rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
         ))
-        .context("subscribing to link events")?;
+        .context("subscribing to link and neighbour events")?;
     tokio::spawn(conn);
-    let bridge = cfg.host.bridge_ifindex;
     let mut ports_done = HashSet::new();
-    sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+    sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
     drop(lock);
     if let Some(l) = metrics {
         let pins = pins.clone();
@@ -86,10 +86,10 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             Some(_) = futures::StreamExt::next(&mut events) => {
                 // Coalesce a burst (a container start is several events).
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
-                sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
             }
             _ = gc.tick() => {
-                sync_ports(&mut ebpf, &pins, &handle, bridge, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
                 match collector::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -116,15 +116,19 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
     Ok(())
 }
 
-/// Puts np_from_container on the bridge's ports that lack it (see
-/// attach::sync_container_links), logging what changed.
-async fn sync_ports(
+/// Follows the bridge's ports and neighbours: np_from_container on the ports that lack it
+/// (see attach::sync_container_links), `NP_ENDPOINTS` made to say what the kernel's
+/// neighbours say (sources::neigh). Logs what changed; a failure is logged and the next
+/// event or tick tries again.
+async fn sync(
     ebpf: &mut aya::Ebpf,
+    maps: &mut Maps,
     pins: &PinDir,
     handle: &rtnetlink::Handle,
-    bridge: u32,
+    cfg: &Config,
     done: &mut HashSet<u32>,
 ) {
+    let bridge = cfg.host.bridge_ifindex;
     let ports = match attach::bridge_ports(handle, bridge).await {
         Ok(p) => p,
         Err(e) => {
@@ -144,6 +148,26 @@ async fn sync_ports(
     }
     for e in errors {
         log::warn!("attaching {} to {e}", prog_names::FROM_CONTAINER);
+    }
+    let ports = ports.into_iter().map(|(i, _)| i).collect();
+    let result = async {
+        let kernel = sources::neigh::read(handle, bridge, ports).await?;
+        let installed = reconcile::endpoints::observe(maps)?;
+        let desired = sources::neigh::endpoints(&cfg.host, &kernel, &installed);
+        reconcile::endpoints::reconcile(maps, &installed, &desired)
+    };
+    match result.await {
+        Ok(c) if !c.is_empty() => log::info!(
+            "endpoints: {} added {:?}, {} updated {:?}, {} removed {:?}",
+            c.added.len(),
+            c.added,
+            c.updated.len(),
+            c.updated,
+            c.removed.len(),
+            c.removed
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("updating the endpoints: {e:#}"),
     }
 }
 

@@ -62,6 +62,7 @@ pub struct Maps {
     pub event_limit: PerCpuArray<MapData, netpath_common::EventLimit>,
     pub build: Array<MapData, netpath_common::BuildInfo>,
     pub reject_limit: PerCpuArray<MapData, netpath_common::RejectLimit>,
+    pub endpoints: HashMap<MapData, u32, netpath_common::Endpoint>,
 }
 
 impl Maps {
@@ -94,6 +95,7 @@ impl Maps {
             event_limit: take(map_names::EVENT_LIMIT)?.try_into()?,
             build: take(map_names::BUILD)?.try_into()?,
             reject_limit: take(map_names::REJECT_LIMIT)?.try_into()?,
+            endpoints: take(map_names::ENDPOINTS)?.try_into()?,
         })
     }
 
@@ -123,6 +125,7 @@ impl Maps {
             event_limit: pins.open(map_names::EVENT_LIMIT)?.try_into()?,
             build: pins.open(map_names::BUILD)?.try_into()?,
             reject_limit: pins.open(map_names::REJECT_LIMIT)?.try_into()?,
+            endpoints: pins.open(map_names::ENDPOINTS)?.try_into()?,
         })
     }
 

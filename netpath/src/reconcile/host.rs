@@ -42,6 +42,8 @@ pub fn config_value(h: &Host) -> netpath_common::Config {
         tunnel_mtu: h.tunnel_mtu().min(u16::MAX as u32) as u16,
         nat_port_min: h.masquerade_ports.0,
         nat_port_max: h.masquerade_ports.1,
+        bridge_mac: h.bridge_mac,
+        _pad: [0; 2],
     }
 }
 

@@ -12,8 +12,11 @@
 //! - [`host`]: `NP_CONFIG`, `NP_MONITOR`, `NP_CT_INFO`, `NP_BUILD`;
 //! - [`peers`]: `NP_PEER_INFO`, `NP_UNDERLAY`, `NP_PEERS`;
 //! - [`publish`]: `NP_PUBLISH` (and the flows of ports that go);
-//! - [`policy`]: `NP_POLICY_INFO`, `NP_GROUPS`, the tries and `NP_POLICY_STATE`.
+//! - [`policy`]: `NP_POLICY_INFO`, `NP_GROUPS`, the tries and `NP_POLICY_STATE`;
+//! - [`endpoints`]: `NP_ENDPOINTS` (its desired state is the kernel's neighbours, not the
+//!   config: the agent reconciles it on neighbour and link events).
 
+pub mod endpoints;
 pub mod fault;
 pub mod host;
 pub mod peers;
@@ -117,6 +120,7 @@ enum Step {
     Publish(PublishKey, Option<PublishValue>),
     PolicyInfo(u32, Option<PolicyRuleInfo>),
     Group(GroupMember, Option<u8>),
+    Endpoint(u32, Option<netpath_common::Endpoint>),
 }
 
 impl Undo {
@@ -138,6 +142,9 @@ impl Undo {
     pub(crate) fn group(&mut self, key: GroupMember, old: Option<u8>) {
         self.0.push(Step::Group(key, old));
     }
+    pub(crate) fn endpoint(&mut self, key: u32, old: Option<netpath_common::Endpoint>) {
+        self.0.push(Step::Endpoint(key, old));
+    }
 
     /// Puts every value back, latest first. Best effort: the write that failed may fail
     /// again, and what cannot be put back is logged.
@@ -155,6 +162,8 @@ impl Undo {
                 Step::PolicyInfo(k, None) => maps.policy_info.remove(&k).or(Ok(())),
                 Step::Group(k, Some(v)) => maps.groups.insert(k, v, 0),
                 Step::Group(k, None) => maps.groups.remove(&k).or(Ok(())),
+                Step::Endpoint(k, Some(v)) => maps.endpoints.insert(k, v, 0),
+                Step::Endpoint(k, None) => maps.endpoints.remove(&k).or(Ok(())),
             };
             if let Err(e) = r {
                 log::error!("undoing a write after a failed change: {e}");

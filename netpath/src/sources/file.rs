@@ -337,6 +337,7 @@ impl Config {
             return Err(problems);
         }
         let uplink_mtu = sys.mtu(&h.uplink);
+        let bridge_mac = sys.mac(&h.bridge).unwrap_or_default();
         let min = 68 + netpath_common::VXLAN_OVERHEAD;
         if uplink_mtu < min && peers.iter().any(|p| p.mode == Mode::Vxlan) {
             return Err(vec![format!(
@@ -362,6 +363,7 @@ impl Config {
                 vtep_mac: host_mac
                     .unwrap_or_else(|| netpath_common::default_vtep_mac(address.octets())),
                 uplink_mtu,
+                bridge_mac,
                 masquerade: h.masquerade,
                 masquerade_ports,
             },

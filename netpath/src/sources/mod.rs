@@ -1,5 +1,6 @@
 //! Sources of the desired state. Each produces its part of one state::Desired:
 //! - [`file`]: the config file (the host, and its peers, ports and policy);
+//! - [`neigh`]: the local containers (endpoints), from the bridge's neighbours;
 //! - [`cli`]: what `netpath peer|publish|policy add` added to the running datapath,
 //!   read back from the pinned maps, where each entry carries its origin.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod file;
+pub mod neigh;
 
 use std::collections::HashSet;
 

@@ -298,6 +298,8 @@ pub struct Host {
     pub vtep_mac: [u8; 6],
     /// MTU of the uplink (read at start).
     pub uplink_mtu: u32,
+    /// MAC of the bridge (read at start): the source MAC of deliveries into containers.
+    pub bridge_mac: [u8; 6],
     /// Masquerade container traffic to the outside.
     pub masquerade: bool,
     /// First and last port masqueraded flows get.
@@ -533,4 +535,13 @@ pub fn listed(items: &[String]) -> String {
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A local container as netpath delivers to it: its address, the host-side veth (a port
+/// of the bridge) and its MAC. Learned from the bridge's neighbours (sources::neigh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
 }

@@ -48,6 +48,7 @@ pub fn cfg(ready: bool) -> Config {
             vxlan_port: 4789,
             vtep_mac: netpath_common::default_vtep_mac(HOST),
             uplink_mtu: 1500,
+            bridge_mac: [2, 0, 0, 0, 0, 1],
             masquerade: false,
             masquerade_ports: netpath::state::MASQUERADE_PORTS,
         },
