@@ -408,6 +408,36 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
+    /// The endpoints host `i`'s datapath delivers to straight: address -> veth ifindex.
+    pub fn endpoints(&self, i: usize) -> std::collections::BTreeMap<String, u64> {
+        self.netpath_json(i, &["dump", "endpoints", "--json"])
+            .as_array()
+            .expect("an array of endpoints")
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap_or("").to_owned(),
+                    e["ifindex"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Has container `c` of host `i` send one ping to its gateway (the ARP for it is how
+    /// the host learns a container) and waits up to 5 s for the agent to list it as an
+    /// endpoint.
+    pub fn learn(&self, i: usize, c: &Container) -> Result<()> {
+        let _ = ping(&c.ns, &self.hosts[i].gateway, 1, "0.2");
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.endpoints(i).contains_key(&c.ip) {
+            if std::time::Instant::now() > until {
+                bail!("host {i} did not learn the endpoint {}", c.ip);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Packets counted under `reason` on host `i`.
     pub fn counter(&self, i: usize, reason: &str) -> u64 {
         self.netpath_json(i, &["dump", "counters", "--json"])

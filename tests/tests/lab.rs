@@ -419,3 +419,70 @@ fn agent_killed_in_the_middle_of_a_large_change_finishes_it_after_restart() {
         "packets lost while the change was cut and redone"
     );
 }
+
+#[test]
+fn endpoints_are_learned_from_the_bridge_and_follow_the_containers() {
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
+    // The first container of each host pinged: each host learned its own.
+    let a1 = lab.hosts[0].containers[0].clone();
+    lab.learn(0, &a1).unwrap();
+    let veth = output(in_ns(&a1.ns, "cat /sys/class/net/eth0/iflink")).unwrap();
+    let mac = output(in_ns(&a1.ns, "cat /sys/class/net/eth0/address")).unwrap();
+    let rows = lab.netpath_json(0, &["dump", "endpoints", "--json"]);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == a1.ip.as_str())
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert_eq!(row["ifindex"].to_string(), veth.trim(), "{row}");
+    assert_eq!(row["mac"], mac.trim(), "{row}");
+    assert_eq!(row["interface"], "v1", "{row}");
+
+    // A new container nobody has heard from: a peer's first packets to it go through the
+    // bridge (whose ARP for it teaches the host), the rest straight into it.
+    let fresh = lab.add_container(0).unwrap();
+    assert!(!lab.endpoints(0).contains_key(&fresh.ip));
+    let via_bridge = lab.counter(0, "fwd-via-bridge");
+    let delivered = lab.counter(0, "fwd-deliver");
+    let b1 = lab.hosts[1].containers[0].clone();
+    let (sent, got, _) = ping(&b1.ns, &fresh.ip, 10, "0.1").unwrap();
+    assert_eq!((sent, got), (10, 10));
+    assert!(lab.endpoints(0).contains_key(&fresh.ip));
+    let fallbacks = lab.counter(0, "fwd-via-bridge") - via_bridge;
+    assert!(
+        (1..=3).contains(&fallbacks),
+        "{fallbacks} through the bridge"
+    );
+    assert!(lab.counter(0, "fwd-deliver") - delivered >= 8);
+
+    // Kept across an agent's death (pinned) and restart; traffic flows meanwhile.
+    let before = lab.endpoints(0);
+    lab.kill_agent(0);
+    assert_eq!(lab.endpoints(0), before);
+    assert_eq!(ping(&from, &to, 3, "0.1").unwrap().1, 3);
+    lab.start(0).unwrap();
+    assert_eq!(lab.endpoints(0), before);
+
+    // A container that goes (its veth with it) is forgotten.
+    output(ip(&lab.hosts[0].ns, "link del v2")).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while lab.endpoints(0).contains_key(&fresh.ip) {
+        assert!(
+            std::time::Instant::now() < until,
+            "endpoint of a removed container kept"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab.endpoints(0).contains_key(&a1.ip));
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "endpoints: 0 added, 0 updated, 1 removed ({})",
+            fresh.ip
+        )),
+        "{log}"
+    );
+}

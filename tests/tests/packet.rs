@@ -626,3 +626,90 @@ fn xdp_drops_what_is_not_our_tunnel_with_the_tc_reasons() {
     let after = dp.total();
     assert_eq!(before, after);
 }
+
+/// `f` with MACs that are neither a container's nor the bridge's.
+fn foreign_macs(mut f: Frame) -> Frame {
+    f.dst_mac = [2, 0xaa, 0, 0, 0, 1];
+    f.src_mac = [2, 0xbb, 0, 0, 0, 2];
+    f
+}
+
+#[test]
+fn delivery_goes_straight_into_the_container_with_the_bridges_macs() {
+    let Some(mut dp) = dp() else { return };
+    let direct = foreign_macs(Frame::icmp(PEER_C, LOCAL_C)).build();
+    let tunnel = vxlan_frame(
+        VXLAN_PEER,
+        42,
+        0x08,
+        &foreign_macs(Frame::icmp(VXLAN_PEER_C, LOCAL_C)).build(),
+    );
+    for (input, reason) in [
+        (&direct, Reason::FwdDeliver),
+        (&tunnel, Reason::FwdVxlanDecap),
+    ] {
+        let (verdict, out) = dp.run(prog_names::FROM_UPLINK, input);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{}", reason.name());
+        assert_eq!(dp.count(reason), 1);
+        // As the bridge, the container's gateway, would have sent it.
+        assert_eq!(
+            &out[..6],
+            &CONTAINER_MAC,
+            "{}: destination MAC",
+            reason.name()
+        );
+        assert_eq!(&out[6..12], &BRIDGE_MAC, "{}: source MAC", reason.name());
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        assert!(ipv4_checksum_ok(&out));
+    }
+    assert_eq!(dp.count(Reason::FwdViaBridge), 0);
+
+    // Before the agent has learned the container: through the bridge (the kernel fills
+    // the MACs there), counted under its own reason.
+    dp.forget_endpoints();
+    let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &direct);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed(&direct, &out);
+    let (verdict, _) = dp.run(prog_names::FROM_UPLINK, &tunnel);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(dp.count(Reason::FwdViaBridge), 2);
+    assert_eq!(
+        (
+            dp.count(Reason::FwdDeliver),
+            dp.count(Reason::FwdVxlanDecap)
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn the_container_program_routes_what_containers_send() {
+    let Some(mut dp) = dp() else { return };
+    // To a direct peer: routed from the veth, the bridge is not on the path.
+    let input = Frame::icmp(LOCAL_C, PEER_C).build();
+    let (verdict, out) = dp.run(prog_names::FROM_CONTAINER, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_routed(&input, &out);
+    dp.only(Reason::FwdDirect);
+    assert_eq!(dp.peer("b").tx_packets, 1);
+    // To a vxlan peer: encapsulated there.
+    let input = Frame::icmp(LOCAL_C, VXLAN_PEER_C).build();
+    let (verdict, out) = dp.run(prog_names::FROM_CONTAINER, &input);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), input.len() + 50);
+    assert_eq!(dp.count(Reason::FwdVxlanEncap), 1);
+    // What netpath leaves to the stack goes on to the bridge unchanged and uncounted:
+    // the bridge program decides and counts it.
+    let total = dp.total();
+    for input in [
+        Frame::icmp(LOCAL_C, HOST).build(),
+        Frame::icmp(LOCAL_C, GATEWAY).build(),
+        Frame::icmp(LOCAL_C, NOWHERE).build(),
+        Frame::icmp(LOCAL_C, PEER_C).ttl(1).build(),
+        Frame::icmp(NOWHERE, PEER_C).build(),
+    ] {
+        let (verdict, out) = dp.run(prog_names::FROM_CONTAINER, &input);
+        assert_eq!((verdict, &out), (TC_ACT_UNSPEC, &input));
+    }
+    assert_eq!(dp.total(), total, "nothing counted twice");
+}

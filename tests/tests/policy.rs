@@ -156,7 +156,10 @@ fn policies_hold(mode: PeerMode) {
     // The replies of the allowed flow passed host 1's default deny, counted under its rule.
     assert!(rule_packets(&lab, 1, "7000", "tcp") >= 4);
 
-    // Same host: the veth programs decide what the bridge would forward.
+    // Same host: the veth programs decide what the bridge would forward, and deliver it
+    // straight into the other container once the host knows both.
+    lab.learn(0, &a1).unwrap();
+    lab.learn(0, &a2).unwrap();
     expect(&a1.ns, "tcp", &a2.ip, 9, "refused"); // allowed; no server there: its stack's RST
     expect(&a2.ns, "tcp", &a1.ip, 7000, "timeout");
     // a2 -> a1: the /32 deny is more specific than the /24 reject of port 7003.

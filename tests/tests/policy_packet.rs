@@ -596,35 +596,46 @@ fn same_host_traffic_is_decided_on_the_container_program() {
     ) else {
         return;
     };
-    let run = |dp: &mut Dp, f: Frame| dp.run(prog_names::FROM_CONTAINER, &f.build()).0;
+    let run = |dp: &mut Dp, f: Frame| dp.run(prog_names::FROM_CONTAINER, &f.build());
+    let syn = Frame::tcp(LOCAL_C, LOCAL_C2, 40000, 80, SYN);
     assert_eq!(
-        run(&mut dp, Frame::tcp(LOCAL_C, LOCAL_C2, 40000, 80, SYN)),
-        TC_ACT_UNSPEC,
-        "allowed: on to the bridge"
+        run(&mut dp, syn.clone()),
+        (TC_ACT_REDIRECT, syn.build()),
+        "allowed: straight into the other container, the frame as the bridge forwards it"
     );
     assert_eq!(
-        run(&mut dp, Frame::tcp(LOCAL_C2, LOCAL_C, 80, 40000, SYN_ACK)),
-        TC_ACT_UNSPEC,
+        run(&mut dp, Frame::tcp(LOCAL_C2, LOCAL_C, 80, 40000, SYN_ACK)).0,
+        TC_ACT_REDIRECT,
         "its reply"
     );
     assert_eq!(dp.count(Reason::FwdSameHost), 2);
     assert_eq!(
-        run(&mut dp, Frame::tcp(LOCAL_C2, LOCAL_C, 40000, 80, SYN)),
+        run(&mut dp, Frame::tcp(LOCAL_C2, LOCAL_C, 40000, 80, SYN)).0,
         TC_ACT_SHOT,
         "the other way"
     );
     assert_eq!(dp.count(Reason::DropDefaultDeny), 1);
-    // Not between two local containers: the bridge program's, not counted here.
+    // An endpoint not learned yet: the bridge forwards it, counted as such.
+    dp.forget_endpoints();
     assert_eq!(
-        run(&mut dp, Frame::tcp(LOCAL_C, PEER_C, 40000, 80, SYN)),
+        run(&mut dp, Frame::tcp(LOCAL_C, LOCAL_C2, 40000, 80, ACK)).0,
         TC_ACT_UNSPEC
     );
-    assert_eq!(
-        run(&mut dp, Frame::tcp(LOCAL_C, GATEWAY, 40000, 80, SYN)),
-        TC_ACT_UNSPEC
-    );
-    assert_eq!(dp.count(Reason::DropDefaultDeny), 1);
+    assert_eq!(dp.count(Reason::FwdViaBridge), 1);
     assert_eq!(dp.count(Reason::FwdSameHost), 2);
+    // To a peer: routed here too (the bridge is not on its path), so decided here.
+    assert_eq!(
+        run(&mut dp, Frame::tcp(LOCAL_C, PEER_C, 40000, 80, SYN)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(dp.count(Reason::DropDefaultDeny), 2);
+    // For the host itself: the bridge program's, not counted here.
+    let before = dp.total();
+    assert_eq!(
+        run(&mut dp, Frame::tcp(LOCAL_C, GATEWAY, 40000, 80, SYN)).0,
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(dp.total(), before);
 }
 
 #[test]

@@ -201,7 +201,11 @@ fn status_shows_attachments_versions_fill_and_the_agent() {
     assert_eq!(peers["entries"], 1);
     assert_eq!(peers["max_entries"], 65536);
     assert_eq!(peers["type"], "lpm trie");
-    assert_eq!(s["maps"].as_array().unwrap().len(), 23, "every map listed");
+    assert_eq!(
+        s["maps"].as_array().unwrap().len(),
+        netpath_common::map_names::ALL.len(),
+        "every map listed"
+    );
     assert!(s["problems"].as_array().unwrap().is_empty(), "{s}");
     let (ok, text) = on_host(&lab, 0, &["status"]);
     assert!(ok, "{text}");
@@ -419,7 +423,7 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
 
     // A container of host 0 pings one of host 1.
     let t = lab.netpath_json(0, &["trace", "--from", &a1.ip, "--to", &b1.ip, "--json"]);
-    assert_eq!(t["program"], "np_from_bridge");
+    assert_eq!(t["program"], "np_from_container", "routed from its veth");
     assert_eq!(t["reason"], "fwd-direct", "{t}");
     assert_eq!(t["outcome"], "forward");
     assert_eq!(t["peer"], b.name.as_str());
@@ -487,6 +491,28 @@ fn trace_agrees_with_what_packets_really_do_and_changes_nothing() {
     );
     assert_eq!(t["reason"], "fwd-deliver", "{t}");
     assert_eq!(t["rule"], 0);
+    // a1 pinged above: the host knows it, the packet goes straight into it.
+    let veth = lab.endpoints(0)[&a1.ip];
+    assert!(
+        t["leaves_by"]
+            .as_str()
+            .unwrap()
+            .contains("straight into the container"),
+        "{t}"
+    );
+    let step = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["what"] == "endpoint")
+        .unwrap_or_else(|| panic!("no endpoint step: {t}"));
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(ifindex {veth})")),
+        "{t}"
+    );
     let (ok, text) = on_host(
         &lab,
         0,

@@ -158,17 +158,29 @@ async fn sync(
     };
     match result.await {
         Ok(c) if !c.is_empty() => log::info!(
-            "endpoints: {} added {:?}, {} updated {:?}, {} removed {:?}",
-            c.added.len(),
-            c.added,
-            c.updated.len(),
-            c.updated,
-            c.removed.len(),
-            c.removed
+            "endpoints: {}, {}, {}",
+            addrs("added", &c.added),
+            addrs("updated", &c.updated),
+            addrs("removed", &c.removed)
         ),
         Ok(_) => {}
         Err(e) => log::warn!("updating the endpoints: {e:#}"),
     }
+}
+
+/// "3 added (a, b, c)": a count and the first few addresses.
+fn addrs(what: &str, v: &[std::net::Ipv4Addr]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = format!("{} {what}", v.len());
+    if !v.is_empty() {
+        let list: Vec<String> = v.iter().take(SHOWN).map(|a| a.to_string()).collect();
+        s += &format!(" ({}", list.join(", "));
+        if v.len() > SHOWN {
+            s += &format!(" and {} more", v.len() - SHOWN);
+        }
+        s += ")";
+    }
+    s
 }
 
 /// Loads the programs (adopting pinned maps), reconciles every map family with the

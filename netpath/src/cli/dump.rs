@@ -14,7 +14,7 @@ use crate::{
 #[derive(Clone, Copy, ValueEnum)]
 pub enum DumpMap {
     /// The host's datapath config: addresses, subnet, VNI, tunnel MTU, masquerade.
-    #[value(alias = "NP_CONFIG_V1")]
+    #[value(aliases = ["NP_CONFIG_V2", "NP_CONFIG_V1"])]
     Config,
     /// Peer subnets, how they are reached, and their traffic.
     #[value(aliases = ["NP_PEERS_V1", "NP_PEER_INFO_V1", "NP_PEER_STATS_V1"])]
@@ -64,6 +64,10 @@ pub enum DumpMap {
     /// Which netpath loaded the running programs.
     #[value(alias = "NP_BUILD_V1")]
     Build,
+    /// Local containers that netpath delivers to straight (bpf_redirect_peer): address,
+    /// MAC, host-side veth. Learned from the bridge's neighbours.
+    #[value(alias = "NP_ENDPOINTS_V1")]
+    Endpoints,
 }
 
 pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
@@ -102,6 +106,7 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         DumpMap::RejectLimit => show(&dump::reject_limit(maps)?, json, None),
         DumpMap::Events => show(&dump::events(maps)?, json, None),
         DumpMap::Build => show(&dump::build(maps)?, json, None),
+        DumpMap::Endpoints => show(&dump::endpoints(maps)?, json, None),
     }
 }
 

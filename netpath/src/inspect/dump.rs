@@ -39,6 +39,7 @@ pub struct ConfigDump {
     pub vni: u32,
     pub vxlan_port: u16,
     pub vtep_mac: String,
+    pub bridge_mac: String,
     pub tunnel_mtu: u16,
     pub tunnel_mss: u16,
     pub masquerade: bool,
@@ -61,6 +62,7 @@ pub fn config(maps: &Maps) -> Result<ConfigDump> {
         vni: c.vni,
         vxlan_port: u16::from_be(c.vxlan_port),
         vtep_mac: mac(c.vtep_mac),
+        bridge_mac: mac(c.bridge_mac),
         tunnel_mtu: c.tunnel_mtu,
         tunnel_mss: c.tunnel_mss,
         masquerade: c.flags & CONFIG_F_MASQUERADE != 0,
@@ -93,6 +95,32 @@ pub fn underlay(maps: &Maps) -> Result<Vec<UnderlayRow>> {
         });
     }
     rows.sort_by_key(|r| u32::from(r.underlay));
+    Ok(rows)
+}
+
+/// A local container netpath delivers to straight.
+#[derive(Serialize)]
+pub struct EndpointRow {
+    pub address: Ipv4Addr,
+    pub mac: String,
+    /// The container's host-side veth.
+    pub ifindex: u32,
+    /// Its name, when the caller's network namespace has it.
+    pub interface: Option<String>,
+}
+
+pub fn endpoints(maps: &Maps) -> Result<Vec<EndpointRow>> {
+    let mut rows = Vec::new();
+    for item in maps.endpoints.iter() {
+        let (addr, e) = item?;
+        rows.push(EndpointRow {
+            address: addr_of(addr),
+            mac: mac(e.mac),
+            ifindex: e.ifindex,
+            interface: crate::iface::name_of(e.ifindex),
+        });
+    }
+    rows.sort_by_key(|r| u32::from(r.address));
     Ok(rows)
 }
 

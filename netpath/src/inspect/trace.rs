@@ -35,6 +35,7 @@ use crate::{
 /// Maps the programs only read: the trace instance uses the live ones.
 const SHARED: &[&str] = &[
     map_names::CONFIG,
+    map_names::ENDPOINTS,
     map_names::PEERS,
     map_names::UNDERLAY,
     map_names::PUBLISH,
@@ -153,14 +154,25 @@ pub fn describe_frame(f: &[u8]) -> String {
 }
 
 /// Where a packet counted under `reason` goes, as the program's code routes it (see
-/// forward.rs): out of the uplink, into the bridge, or back where it came from.
-fn leaves_by(reason: Reason, uplink: &str, bridge: &str, ingress: &str) -> Option<String> {
+/// forward.rs): out of the uplink, straight into a container (`endpoint`: its veth,
+/// when netpath knows it), through the bridge, or back where it came from.
+fn leaves_by(
+    reason: Reason,
+    uplink: &str,
+    bridge: &str,
+    ingress: &str,
+    endpoint: Option<&str>,
+) -> Option<String> {
     use Reason::*;
+    let straight = || match endpoint {
+        Some(veth) => format!("{veth}'s peer, straight into the container (bpf_redirect_peer)"),
+        None => format!("{bridge} (to the container)"),
+    };
     Some(match reason {
         FwdDirect | FwdVxlanEncap | FwdMasquerade | FwdPublishedReply => uplink.to_owned(),
         FwdDeliver | FwdVxlanDecap | FwdVxlanDecapXdp | FwdMasqueradeReply | FwdPublished
-        | FwdNatIcmpError => format!("{bridge} (to the container)"),
-        FwdSameHost => format!("{bridge} (bridged to the container)"),
+        | FwdNatIcmpError | FwdSameHost => straight(),
+        FwdViaBridge => format!("{bridge} (to the container, whose endpoint is not learned yet)"),
         DropPolicyReject | DropDefaultReject | DropFragNeeded => {
             format!("{ingress} (the answer, back to the sender)")
         }
@@ -182,6 +194,9 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let gateway = addr_of(cfg.gateway_addr);
     let peers = report::peer_rows(&live)?;
     let peer_of = |a: Ipv4Addr| report::peer_of(&peers, a, false);
+    let endpoint = crate::inspect::dump::endpoints(&live)?
+        .into_iter()
+        .find(|e| e.address == q.to);
     let mut steps = Vec::new();
     if q.proto.is_some() && q.dport == 0 {
         bail!("--port is needed for tcp and udp");
@@ -195,6 +210,15 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
             format!(
                 "np_from_container on the sender's veth: {} and {} are both containers of this host ({subnet}), bridged by {}",
                 q.from, q.to, agent.bridge
+            ),
+        ));
+        (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
+    } else if local(q.from) && q.to != host_addr {
+        steps.push(step(
+            "enters",
+            format!(
+                "np_from_container on the sender's veth: {} is a container of this host ({subnet}) sending to its gateway; netpath routes it there, the bridge is not on its path",
+                q.from
             ),
         ));
         (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
@@ -233,6 +257,23 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         steps.push(step(
             "destination",
             format!("{} is a container of this host ({subnet})", q.to),
+        ));
+        steps.push(step(
+            "endpoint",
+            match &endpoint {
+                Some(e) => format!(
+                    "{} is at {} (ifindex {}), MAC {}: learned from {}'s neighbours",
+                    q.to,
+                    e.interface.as_deref().unwrap_or("an interface of another namespace"),
+                    e.ifindex,
+                    e.mac,
+                    agent.bridge
+                ),
+                None => format!(
+                    "{} is not in the endpoints (not learned yet from {}'s neighbours): reached through the bridge",
+                    q.to, agent.bridge
+                ),
+            },
         ));
     } else if let Some(p) = peer_of(q.to) {
         steps.push(step(
@@ -330,28 +371,46 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         let _ = nat.insert(k, v, 0);
     }
     let before: HashSet<CtKey> = ct.keys().flatten().collect();
-    let mut out = vec![0u8; input.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(&input),
-        data_out: Some(&mut out),
-        repeat: 1,
-        ..Default::default()
-    };
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(program)
-        .with_context(|| format!("program {program}"))?
-        .try_into()?;
-    let r = prog
-        .test_run(opts)
-        .context("running the packet through the program")?;
-    out.truncate(r.data_size_out as usize);
-
     let counters: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::COUNTERS)?;
-    let mut reason = None;
-    for i in 0..MAX_REASONS {
-        if per_cpu_sum(&counters.get(&i, 0)?) > 0 {
-            reason = Reason::from_u32(i);
-        }
+    let mut run =
+        |program: &str| -> Result<(aya::programs::TestRunResult, Vec<u8>, Option<Reason>)> {
+            let mut out = vec![0u8; input.len() + 256];
+            let opts = TestRunOptions {
+                data_in: Some(&input),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            };
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program}"))?
+                .try_into()?;
+            let r = prog
+                .test_run(opts)
+                .context("running the packet through the program")?;
+            out.truncate(r.data_size_out as usize);
+            let mut reason = None;
+            for i in 0..MAX_REASONS {
+                if per_cpu_sum(&counters.get(&i, 0)?) > 0 {
+                    reason = Reason::from_u32(i);
+                }
+            }
+            Ok((r, out, reason))
+        };
+    let (mut r, mut out, mut reason) = run(program)?;
+    let (mut program, mut iface) = (program, iface);
+    if reason.is_none() && program == prog_names::FROM_CONTAINER && !local(q.to) {
+        // What netpath leaves to the stack goes on to the bridge, unchanged: the bridge
+        // program sees it there.
+        steps.push(step(
+            "enters",
+            format!(
+                "np_from_bridge on {}: np_from_container leaves it to the bridge",
+                agent.bridge
+            ),
+        ));
+        (program, iface) = (prog_names::FROM_BRIDGE, agent.bridge.clone());
+        (r, out, reason) = run(program)?;
     }
     let rule_stats: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::POLICY_STATS)?;
     // The rules as installed, read once: their ids, their text, the default action.
@@ -465,7 +524,18 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
             steps.push(step("rewrites", format!("{in_packet}  =>  {o}")));
         }
     }
-    let leaves = leaves_by(reason, &agent.uplink, &agent.bridge, &iface);
+    let veth = endpoint.as_ref().map(|e| {
+        e.interface
+            .clone()
+            .unwrap_or_else(|| format!("ifindex {}", e.ifindex))
+    });
+    let leaves = leaves_by(
+        reason,
+        &agent.uplink,
+        &agent.bridge,
+        &iface,
+        veth.as_deref(),
+    );
     let verdict = match r.return_value as i32 {
         TC_ACT_REDIRECT => "redirect".to_owned(),
         TC_ACT_SHOT => "drop".to_owned(),

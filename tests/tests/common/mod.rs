@@ -48,7 +48,7 @@ pub fn cfg(ready: bool) -> Config {
             vxlan_port: 4789,
             vtep_mac: netpath_common::default_vtep_mac(HOST),
             uplink_mtu: 1500,
-            bridge_mac: [2, 0, 0, 0, 0, 1],
+            bridge_mac: BRIDGE_MAC,
             masquerade: false,
             masquerade_ports: netpath::state::MASQUERADE_PORTS,
         },
@@ -93,9 +93,38 @@ pub fn dp_with(change: impl FnOnce(&mut Config)) -> Option<Dp> {
     }
     let mut c = cfg(true);
     change(&mut c);
-    let (ebpf, maps) =
+    let (ebpf, mut maps) =
         reconcile::private(&netpath::sources::from_config(&c)).expect("load programs");
+    reconcile::endpoints::reconcile(&mut maps, &Default::default(), &endpoints())
+        .expect("endpoints");
     Some(Dp { ebpf, maps })
+}
+
+/// The MAC of the test's containers (as their endpoints have it) and of the bridge: the
+/// MACs [`Frame`] gives a packet by default, so what is delivered straight into a
+/// container has the frame's own MACs.
+pub const CONTAINER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// The local containers the packet tests send to (10.244.11.2 and .3), as the agent
+/// learns them: on veths 40 and 41.
+pub fn endpoints() -> Vec<netpath::state::Endpoint> {
+    [(LOCAL_C, 40), ([10, 244, 11, 3], 41)]
+        .into_iter()
+        .map(|(addr, ifindex)| netpath::state::Endpoint {
+            addr: addr.into(),
+            ifindex,
+            mac: CONTAINER_MAC,
+        })
+        .collect()
+}
+
+impl Dp {
+    /// Forgets every endpoint, as before the agent has learned any.
+    pub fn forget_endpoints(&mut self) {
+        let installed = reconcile::endpoints::observe(&self.maps).unwrap();
+        reconcile::endpoints::reconcile(&mut self.maps, &installed, &[]).unwrap();
+    }
 }
 
 /// BPF_PROG_TEST_RUN of `p` on `input`: the return value and the output frame.
