@@ -21,14 +21,14 @@
 //! which is what the device or GSO completes later.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use netpath_common::{
-    CONFIG_F_MASQUERADE, CT_F_SEEN_CONTAINER, CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE,
-    CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NatKey,
-    NatValue, PublishKey, Reason,
+    CONFIG_F_MASQUERADE, CT_F_FIN_CONTAINER, CT_F_FIN_REMOTE, CT_F_RST, CT_F_SEEN_CONTAINER,
+    CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE, CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, NatKey, NatValue, PublishKey, Reason,
 };
 
 use crate::{
@@ -197,7 +197,7 @@ pub fn masquerade(
     if ip.hdr.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
-    let nat_port = new_flow(cfg, key, rule)?;
+    let nat_port = new_flow(cfg, key, rule, l4.is_tcp_syn())?;
     rewrite(ctx, l4, true, (ip.src, cfg.host_addr), (l4.sport, nat_port))?;
     Ok(Reason::FwdMasquerade)
 }
@@ -206,9 +206,13 @@ pub fn masquerade(
 /// flow. The container's own port is tried first when it is in the range, then up to
 /// PORT_TRIES others. Returns the port (network byte order). A port is taken when a flow
 /// to the same remote address and port holds it: reservation is an insert that fails on
-/// an existing key, so no existing flow is ever replaced.
+/// an existing key, so no live flow is ever replaced. A TCP SYN (`syn`) may take the port
+/// of a TCP flow that has ended (a RST, or a FIN each way) or whose conntrack entry is
+/// gone, as Linux's NAT reuses a tuple in TIME_WAIT or CLOSE: otherwise clients that
+/// open and close connections to one server port faster than `tcp_closing` expires them
+/// run out of ports.
 #[inline(always)]
-fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
+fn new_flow(cfg: &Config, key: &CtKey, rule: u32, syn: bool) -> Result<u16, Reason> {
     let min = cfg.nat_port_min as u32;
     let max = cfg.nat_port_max as u32;
     if max < min {
@@ -250,7 +254,12 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
                 port = nat.nat_port;
                 break;
             }
-            Err(e) if e == -EEXIST => {}
+            Err(e) if e == -EEXIST => {
+                if syn && reclaim(&nat, &value) {
+                    port = nat.nat_port;
+                    break;
+                }
+            }
             Err(_) => return Err(Reason::DropCtInsertFailed),
         }
     }
@@ -274,6 +283,40 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32) -> Result<u16, Reason> {
         return Err(Reason::DropCtInsertFailed);
     }
     Ok(port)
+}
+
+/// Takes the port of the NAT entry `nat` for a new flow (`value`) when the flow holding it
+/// has ended: TCP with a RST or a FIN each way, or no conntrack entry any more (evicted).
+/// Its conntrack entry goes; the port's entry then leads to the new flow. A holder that
+/// changed meanwhile (another CPU took the port first) keeps it.
+#[inline(always)]
+fn reclaim(nat: &NatKey, value: &NatValue) -> bool {
+    // SAFETY: a value of an LRU hash map, copied out at once.
+    let Some(holder) = (unsafe { NAT.get(nat) }).copied() else {
+        return false;
+    };
+    let old = ct_key(
+        holder.container,
+        nat.remote,
+        holder.container_port,
+        nat.remote_port,
+        nat.proto,
+    );
+    // SAFETY: as above.
+    if let Some(e) = unsafe { CT.get(&old) } {
+        let ended = e.flags & CT_F_RST != 0
+            || e.flags & (CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE)
+                == CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE;
+        if e.kind != CT_KIND_MASQUERADE || e.nat_port != nat.nat_port || !ended {
+            return false;
+        }
+        let _ = CT.remove(&old);
+    }
+    if NAT.insert(nat, value, BPF_EXIST as u64).is_err() {
+        return false;
+    }
+    // SAFETY: as above.
+    matches!(unsafe { NAT.get(nat) }, Some(v) if v.container == value.container && v.container_port == value.container_port)
 }
 
 /// What [`ingress`] did with a packet for the host's address.

@@ -148,6 +148,12 @@ impl L4 {
             )
     }
 
+    /// A TCP SYN that opens a connection (no ACK).
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
     /// Whether this is an ICMP echo or echo reply (no fragment).
     #[inline(always)]
     pub fn is_echo(&self) -> bool {

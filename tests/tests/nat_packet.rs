@@ -228,6 +228,63 @@ fn port_exhaustion_drops_and_counts_and_leaves_existing_flows_alone() {
     assert_eq!(dst(&back), LOCAL_C);
 }
 
+#[test]
+fn a_new_connection_takes_the_port_of_one_that_has_ended() {
+    // One port: the second container's flow to the same server must wait for the first.
+    let Some(mut dp) = masq((40000, 40000)) else {
+        return;
+    };
+    const FIN_ACK: u8 = 0x11;
+    const RST: u8 = 0x04;
+    let first = Frame::tcp(LOCAL_C, OUTSIDE, 1000, 80, SYN);
+    assert_eq!(from_bridge(&mut dp, &first).0, TC_ACT_REDIRECT);
+    let second = Frame::tcp(LOCAL_C2, OUTSIDE, 2000, 80, SYN);
+    let refused = |dp: &mut Dp, f: &Frame, n: u64| {
+        assert_eq!(from_bridge(dp, f).0, TC_ACT_SHOT);
+        assert_eq!(dp.count(Reason::DropNatNoPort), n);
+    };
+    // Open, and half closed: the port stays the first flow's.
+    refused(&mut dp, &second, 1);
+    from_bridge(&mut dp, &Frame::tcp(LOCAL_C, OUTSIDE, 1000, 80, FIN_ACK));
+    refused(&mut dp, &second, 2);
+    // A FIN each way: the flow has ended, a new connection may have its port.
+    let (v, _) = from_uplink(&mut dp, &Frame::tcp(OUTSIDE, HOST, 80, 40000, FIN_ACK));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    // Not an ACK, not a later packet: only a SYN opens a connection.
+    refused(&mut dp, &Frame::tcp(LOCAL_C2, OUTSIDE, 2000, 80, 0x10), 3);
+    let (v, out) = from_bridge(&mut dp, &second);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(sport(&out), 40000);
+    let has = |dp: &Dp, c| {
+        dp.maps
+            .ct
+            .get(&ct_key(IPPROTO_TCP, c, (OUTSIDE, 80)), 0)
+            .is_ok()
+    };
+    assert!(!has(&dp, (LOCAL_C, 1000)), "the ended flow's entry is gone");
+    assert_eq!(
+        ct(&dp, IPPROTO_TCP, (LOCAL_C2, 2000), (OUTSIDE, 80)).nat_port,
+        40000u16.to_be()
+    );
+    // Replies on the port now reach the second container.
+    let (v, back) = from_uplink(&mut dp, &Frame::tcp(OUTSIDE, HOST, 80, 40000, SYN_ACK));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(dst(&back), LOCAL_C2);
+    // A RST ends a flow too.
+    from_uplink(&mut dp, &Frame::tcp(OUTSIDE, HOST, 80, 40000, RST));
+    let (v, out) = from_bridge(&mut dp, &first);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(sport(&out), 40000);
+    assert_eq!(
+        netpath::inspect::flows::flow_rows(&dp.maps).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        netpath::inspect::flows::nat_rows(&dp.maps).unwrap().len(),
+        1
+    );
+}
+
 /// An ICMP error from `from` about `quoted` (an IPv4 packet as it left the host), with
 /// the given type, code and 4 bytes of "rest of header".
 fn icmp_error(from: [u8; 4], to: [u8; 4], ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Frame {

@@ -4,9 +4,12 @@
 //! Paths: the ceiling (two namespaces joined by one veth), the iptables path (routes,
 //! ip_forward, Docker's chains, MASQUERADE with a RETURN for the container range), the
 //! kernel's vxlan overlay, netpath direct, netpath vxlan with XDP off, generic and native,
-//! and masquerade to an outside host by iptables and by netpath. Measures on each: TCP
-//! throughput (iperf3, one stream), TCP request/response (1 byte each way: rate, p50,
-//! p99), small UDP packets per second delivered, new TCP connections per second. Then the
+//! masquerade to an outside host by iptables and by netpath, and two containers of one
+//! host through Docker's bridge (ICC rules, br_netfilter on) and through netpath (policy
+//! off and with 1,000 rules). Measures on each: TCP throughput (iperf3, one stream), TCP
+//! request/response (1 byte each way: rate, p50, p99), small UDP packets per second
+//! delivered, new TCP connections per second (on the masquerade paths from both
+//! containers at once, to one server port). Then the
 //! scale test: request/response rate with extra FORWARD rules on the iptables path and
 //! with policy rules and peers on netpath. Then each program's ns per packet
 //! (`netpath bench`, BPF_PROG_TEST_RUN).
@@ -78,6 +81,7 @@ const CEILING: &str = "ceiling (one veth)";
 const IPTABLES: &str = "iptables path";
 const IPTABLES_MASQ: &str = "iptables masquerade";
 const KERNEL_VXLAN: &str = "kernel vxlan";
+const DOCKER_SAME_HOST: &str = "docker bridge, same host";
 const NETPATH_DIRECT: &str = "netpath direct";
 
 /// (received/sent, average RTT in ms) of `count` pings, 10 ms apart.
@@ -168,6 +172,12 @@ enum Setup {
     /// Containers to the outside host through netpath's masquerade, with these
     /// `masquerade_ports`.
     NetpathMasquerade(&'static str),
+    /// Two containers of one host through the bridge, with Docker's rules (ICC accept)
+    /// and br_netfilter on, as Docker leaves a host.
+    SameHostDocker,
+    /// The same pair with netpath on that host (Docker's rules still there), with this
+    /// many policy rules.
+    SameHostNetpath(usize),
 }
 
 impl Setup {
@@ -176,6 +186,10 @@ impl Setup {
             self,
             Setup::IptablesMasquerade | Setup::NetpathMasquerade(_)
         )
+    }
+
+    fn same_host(self) -> bool {
+        matches!(self, Setup::SameHostDocker | Setup::SameHostNetpath(_))
     }
 }
 
@@ -239,6 +253,21 @@ const PATHS: &[BenchPath] = &[
         setup: Setup::NetpathMasquerade(WIDE_PORTS),
         kernel: None,
     },
+    BenchPath {
+        name: DOCKER_SAME_HOST,
+        setup: Setup::SameHostDocker,
+        kernel: None,
+    },
+    BenchPath {
+        name: "netpath same host",
+        setup: Setup::SameHostNetpath(0),
+        kernel: Some(DOCKER_SAME_HOST),
+    },
+    BenchPath {
+        name: "netpath same host, 1000 rules",
+        setup: Setup::SameHostNetpath(1000),
+        kernel: Some(DOCKER_SAME_HOST),
+    },
 ];
 
 const DEFAULT_PORTS: &str = "32768-60999";
@@ -249,6 +278,8 @@ impl BenchPath {
     fn iptables(&self) -> &'static str {
         if self.setup.masquerade() {
             IPTABLES_MASQ
+        } else if self.setup.same_host() {
+            DOCKER_SAME_HOST
         } else {
             IPTABLES
         }
@@ -331,6 +362,25 @@ fn masquerade_lab() -> Result<(Lab, Ends)> {
     ))
 }
 
+/// One host with two containers, the echo server in the second, Docker's rules for its
+/// bridge and br_netfilter on (what Docker leaves), for the same-host paths.
+fn same_host_lab() -> Result<(Lab, Ends)> {
+    let mut lab = Lab::new(Spec {
+        hosts: 1,
+        containers: 2,
+        locked_down: true,
+        outside: false,
+    })?;
+    lab.iptables_path()?;
+    netpath_tests::sysctl(&lab.hosts[0].ns, "net.bridge.bridge-nf-call-iptables", "1")?;
+    let (a, b) = (
+        lab.hosts[0].containers[0].clone(),
+        lab.hosts[0].containers[1].clone(),
+    );
+    serve(&mut lab, &a.ns, &b.ns)?;
+    Ok((lab, ends(&a, &b)))
+}
+
 /// Docker's rules for its default bridge: forwarding on, FORWARD accepts what leaves the
 /// bridge and what conntrack says belongs to it, MASQUERADE for the subnet.
 fn iptables_masquerade(lab: &Lab) -> Result<()> {
@@ -379,6 +429,9 @@ struct Labs {
     netpath: (Lab, Ends),
     masq_iptables: (Lab, Ends),
     masq_netpath: (Lab, Ends),
+    same_host: (Lab, Ends),
+    /// The rules netpath runs with on the same-host lab; None: netpath is down there.
+    same_host_rules: Option<usize>,
     /// Extra FORWARD rules the iptables path has now.
     iptables_rules: usize,
     /// The masquerade ports netpath runs with now.
@@ -414,13 +467,15 @@ impl Labs {
             netpath: two_hosts()?,
             masq_iptables,
             masq_netpath,
+            same_host: same_host_lab()?,
+            same_host_rules: None,
             iptables_rules: 0,
             masq_ports: "",
             current: None,
         })
     }
 
-    fn all(&mut self) -> [&mut Lab; 6] {
+    fn all(&mut self) -> [&mut Lab; 7] {
         [
             &mut self.ceiling.0,
             &mut self.iptables.0,
@@ -428,6 +483,7 @@ impl Labs {
             &mut self.netpath.0,
             &mut self.masq_iptables.0,
             &mut self.masq_netpath.0,
+            &mut self.same_host.0,
         ]
     }
 
@@ -464,6 +520,30 @@ impl Labs {
                 }
                 self.current = Some(setup);
             }
+            Setup::SameHostDocker if self.same_host_rules.is_some() => {
+                let lab = &mut self.same_host.0;
+                lab.kill_agent(0);
+                output(lab.netpath(0, &["down"]))?;
+                self.same_host_rules = None;
+            }
+            Setup::SameHostNetpath(rules) if self.same_host_rules != Some(rules) => {
+                let lab = &mut self.same_host.0;
+                if self.same_host_rules.is_some() {
+                    lab.kill_agent(0);
+                }
+                lab.write_configs(|_, _| PeerMode::Direct)?;
+                if rules > 0 {
+                    lab.append_config(0, &scale_config(rules))?;
+                }
+                lab.start(0)?;
+                // Containers that only talk to each other are not in the host's
+                // neighbour table: one ping to their gateway each, as a container's
+                // first DNS query or outside connection would.
+                for c in lab.hosts[0].containers.clone() {
+                    lab.learn(0, &c)?;
+                }
+                self.same_host_rules = Some(rules);
+            }
             _ => {}
         }
         let (lab, ends) = match setup {
@@ -473,6 +553,7 @@ impl Labs {
             Setup::Netpath(..) => &mut self.netpath,
             Setup::IptablesMasquerade => &mut self.masq_iptables,
             Setup::NetpathMasquerade(_) => &mut self.masq_netpath,
+            Setup::SameHostDocker | Setup::SameHostNetpath(_) => &mut self.same_host,
         };
         Ok((lab, ends.clone()))
     }
@@ -545,7 +626,7 @@ const MEASURES: &[Measure] = &[
     ),
     (
         "conns_per_sec",
-        "new TCP connections/s",
+        "new TCP connections/s (masquerade paths: both containers at once)",
         |s| s.conns_per_sec,
         true,
     ),
@@ -644,6 +725,28 @@ fn conn_rate(e: &Ends, secs: f64) -> Result<f64> {
     Ok(v[0])
 }
 
+/// New TCP connections per second from every container of `lab`'s first host at once (each
+/// one at a time) to the server of `e`, summed: the masquerade paths' churn, several
+/// clients to one server port.
+fn conn_rate_all(lab: &Lab, e: &Ends, secs: f64) -> Result<f64> {
+    let runs: Vec<_> = lab.hosts[0]
+        .containers
+        .iter()
+        .map(|c| {
+            let ends = Ends {
+                client: c.ns.clone(),
+                ..e.clone()
+            };
+            std::thread::spawn(move || conn_rate(&ends, secs))
+        })
+        .collect();
+    let mut total = 0.0;
+    for r in runs {
+        total += r.join().map_err(|_| anyhow::anyhow!("connrate thread"))??;
+    }
+    Ok(total)
+}
+
 /// How many of `n` concurrent TCP flows (half from each container) to the outside echo
 /// server each got their own message back.
 fn flows_held(lab: &Lab, n: usize) -> Result<f64> {
@@ -689,7 +792,12 @@ fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool) -> Result<
     let (rr_tps, rr_p50_us, rr_p99_us) = rr(e, opts.probe_secs).context("request/response")?;
     let (udp_pps, udp_sent_pps) = udp_pps(e, opts.probe_secs).context("UDP packets/s")?;
     let before = no_port_drops(lab);
-    let conns_per_sec = conn_rate(e, opts.probe_secs).context("connections/s")?;
+    let conns_per_sec = if masquerade {
+        conn_rate_all(lab, e, opts.probe_secs)
+    } else {
+        conn_rate(e, opts.probe_secs)
+    }
+    .context("connections/s")?;
     let flows = if masquerade {
         Some(flows_held(lab, opts.flows)?)
     } else {
