@@ -1,5 +1,6 @@
 //! Routing between container subnets of different hosts, unencapsulated ("direct",
-//! host-gw) or through the VXLAN tunnel (see vxlan.rs).
+//! host-gw) or through the VXLAN tunnel (see vxlan.rs), and delivery to local containers
+//! straight into their namespaces (`deliver`, from `NP_ENDPOINTS`).
 //! Each function returns the TC action; the one exit (`finish`) counts the outcome.
 
 use aya_ebpf::{
@@ -295,7 +296,7 @@ fn deliver(
     reason: Reason,
 ) -> Result<(i32, Reason), Reason> {
     // SAFETY: a value of a hash map; it is copied out at once.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&dst) }).copied() else {
+    let Some(ep) = (unsafe { ENDPOINTS.get(dst) }).copied() else {
         return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdViaBridge));
     };
     let mut macs = [0u8; 12];
@@ -388,7 +389,7 @@ fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason>
     }
     // Bridged, not routed: the frame already carries both containers' MACs and its TTL.
     // SAFETY: a value of a hash map; it is copied out at once.
-    match (unsafe { ENDPOINTS.get(&ip.dst) }).copied() {
+    match (unsafe { ENDPOINTS.get(ip.dst) }).copied() {
         Some(ep) => Ok((peer(ep.ifindex), Reason::FwdSameHost)),
         None => Ok((TC_ACT_UNSPEC, Reason::FwdViaBridge)),
     }

@@ -21,20 +21,20 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// TC ingress of the container bridge. Sees what local containers send to their gateway
-/// (the bridge's own MAC) to be routed: frames bridged between two local containers never
-/// reach it. Forwards packets for peer subnets (encapsulated for vxlan peers), masquerades
-/// what goes to the outside, translates replies on published ports; the rest goes to the
-/// host stack.
+/// TC ingress of the container bridge. Sees what reaches the bridge's own MAC (the
+/// containers' gateway) to be routed: since np_from_container routes what containers send
+/// from their veths, mostly what that program leaves to the stack. Forwards packets for
+/// peer subnets (encapsulated for vxlan peers), masquerades what goes to the outside,
+/// translates replies on published ports; the rest goes to the host stack.
 #[classifier]
 pub fn np_from_bridge(ctx: TcContext) -> i32 {
     forward::from_bridge(&ctx)
 }
 
 /// TC ingress of the uplink. Sees everything arriving from the underlay: traffic of peer
-/// hosts for local containers is delivered to the bridge (decapsulated when it comes in
-/// the tunnel); replies to masqueraded flows and published ports are translated to their
-/// containers; forged tunnel traffic and traffic for containers from elsewhere is
+/// hosts for local containers is delivered straight into them (decapsulated when it comes
+/// in the tunnel); replies to masqueraded flows and published ports are translated to
+/// their containers; forged tunnel traffic and traffic for containers from elsewhere is
 /// dropped; the rest goes to the host stack.
 #[classifier]
 pub fn np_from_uplink(ctx: TcContext) -> i32 {
@@ -43,9 +43,9 @@ pub fn np_from_uplink(ctx: TcContext) -> i32 {
 
 /// TC ingress of each container's host-side veth (attached by the agent to every port of
 /// the bridge, also those that appear later). Sees what the container sends before the
-/// bridge does: applies policy to traffic between containers of this host, which the
-/// bridge forwards at layer 2 and no other program sees; leaves everything else to the
-/// bridge program, uncounted.
+/// bridge does: routes what goes to peers and the outside itself (the bridge and the
+/// host's netfilter are not on that path), decides by policy and delivers straight what
+/// goes to another container of this host; leaves the rest to the bridge, uncounted.
 #[classifier]
 pub fn np_from_container(ctx: TcContext) -> i32 {
     forward::from_container(&ctx)

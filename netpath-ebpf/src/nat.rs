@@ -303,14 +303,14 @@ fn reclaim(nat: &NatKey, value: &NatValue) -> bool {
         nat.proto,
     );
     // SAFETY: as above.
-    if let Some(e) = unsafe { CT.get(&old) } {
+    if let Some(e) = unsafe { CT.get(old) } {
         let ended = e.flags & CT_F_RST != 0
             || e.flags & (CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE)
                 == CT_F_FIN_CONTAINER | CT_F_FIN_REMOTE;
         if e.kind != CT_KIND_MASQUERADE || e.nat_port != nat.nat_port || !ended {
             return false;
         }
-        let _ = CT.remove(&old);
+        let _ = CT.remove(old);
     }
     if NAT.insert(nat, value, BPF_EXIST as u64).is_err() {
         return false;

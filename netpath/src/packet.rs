@@ -57,6 +57,7 @@ fn pseudo(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     v
 }
 
+#[derive(Debug, Clone)]
 pub struct Frame {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],

@@ -551,6 +551,7 @@ fn doctor_passes_a_healthy_host_and_names_a_silent_peer() {
         "datapath",
         "rp_filter",
         "mtu",
+        "endpoints",
         "netfilter",
         "conntrack",
         "peers",

@@ -188,8 +188,13 @@ impl Tally {
             ok,
         } = self;
         println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
-        if !ok || failed > 0 {
+        if failed > 0 {
             bail!("{failed} test(s) failed");
+        }
+        if !ok {
+            bail!(
+                "cargo test failed without a failing test (a test that does not build?): see above"
+            );
         }
         if passed == 0 {
             bail!("no test ran");

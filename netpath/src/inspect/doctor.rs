@@ -119,6 +119,7 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
     let agent = report::agent_row(&maps)?;
     sysctls(&agent.uplink, &agent.bridge, &mut f);
     mtu(&maps, &agent.uplink, &agent.bridge, &mut f)?;
+    endpoints(&maps, &agent.bridge, &mut f)?;
     netfilter(&mut f);
     conntrack(
         st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]),
@@ -320,6 +321,60 @@ fn mtu(maps: &Maps, uplink: &str, bridge: &str, f: &mut Vec<Finding>) -> Result<
                 } else {
                     String::new()
                 }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether every container port of the bridge has an endpoint (its container is
+/// delivered to straight), and every endpoint a port.
+fn endpoints(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
+    let links = links()?;
+    let Some(bridge_index) = links.iter().find(|l| l.0 == bridge).map(|l| l.3) else {
+        return Ok(());
+    };
+    let ports: Vec<&LinkFacts> = links.iter().filter(|l| l.2 == Some(bridge_index)).collect();
+    let eps = crate::inspect::dump::endpoints(maps)?;
+    let unknown: Vec<&str> = ports
+        .iter()
+        .filter(|p| !eps.iter().any(|e| e.ifindex == p.3))
+        .map(|p| p.0.as_str())
+        .collect();
+    let stale: Vec<String> = eps
+        .iter()
+        .filter(|e| !ports.iter().any(|p| p.3 == e.ifindex))
+        .map(|e| format!("{} (ifindex {})", e.address, e.ifindex))
+        .collect();
+    if !stale.is_empty() {
+        f.push(bad(
+            "endpoints",
+            Level::Warn,
+            format!(
+                "{} endpoints name no port of {bridge}: {}",
+                stale.len(),
+                stale.join(", ")
+            ),
+            "the agent removes them at its next link or neighbour event (is it running?)",
+        ));
+    }
+    if unknown.is_empty() {
+        f.push(ok(
+            "endpoints",
+            format!(
+                "{} container ports on {bridge}, each with its endpoint: delivered straight (bpf_redirect_peer)",
+                ports.len()
+            ),
+        ));
+    } else {
+        // Normal for a container that has said nothing yet: informational.
+        f.push(ok(
+            "endpoints",
+            format!(
+                "{} of {} container ports on {bridge} have no endpoint yet ({}): their containers have sent nothing to their gateway and received nothing from another host, so traffic to them goes through the bridge (counted fwd-via-bridge) until they do",
+                unknown.len(),
+                ports.len(),
+                unknown.join(", ")
             ),
         ));
     }
