@@ -83,6 +83,10 @@ fn vxlan_three_hosts_icmp_udp_tcp() {
         assert!(c["fwd-vxlan-encap"].as_u64().unwrap() > 0, "{c}");
         assert!(c["fwd-vxlan-decap"].as_u64().unwrap() > 0, "{c}");
         assert_eq!(c["fwd-direct"], 0, "{c}");
+        // Decapsulated packets go straight into the containers: only the first one to a
+        // container the host has not learned yet passes the bridge (whose ARP for it
+        // teaches the host).
+        assert!(c["fwd-via-bridge"].as_u64().unwrap() <= 2, "{c}");
     }
 }
 
