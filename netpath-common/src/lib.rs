@@ -551,6 +551,8 @@ pub struct PeerStats {
 pub const ORIGIN_CONFIG: u8 = 1;
 /// Added with `netpath peer add`: kept across agent restarts until `netpath peer del`.
 pub const ORIGIN_CLI: u8 = 2;
+/// A peer registered in etcd by another host (sources::etcd).
+pub const ORIGIN_ETCD: u8 = 3;
 
 /// What operators need to know about a peer and the datapath does not: its name and
 /// where it came from. `NP_PEER_INFO` is an array indexed by [`PeerValue::id`]; a slot

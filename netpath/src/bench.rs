@@ -195,6 +195,7 @@ fn host_config() -> Config {
         policy: Default::default(),
         monitor: Default::default(),
         metrics: None,
+        etcd: None,
     }
 }
 

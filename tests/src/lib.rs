@@ -150,6 +150,8 @@ pub struct Lab {
     pub dir: PathBuf,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// The etcd members `etcd()` started: (namespace, process).
+    etcd_members: Vec<(String, Option<Child>)>,
 }
 
 impl Lab {
@@ -171,6 +173,7 @@ impl Lab {
             dir,
             namespaces: Vec::new(),
             children: Vec::new(),
+            etcd_members: Vec::new(),
         };
         lab.add_ns(&lab.fabric.clone())?;
         let fab = lab.fabric.clone();
@@ -283,6 +286,99 @@ impl Lab {
         let container = Container { ns: cns, ip: cip };
         self.hosts[i].containers.push(container.clone());
         Ok(container)
+    }
+
+    /// Starts an etcd cluster of `members` members, each in its own namespace on the
+    /// fabric (underlay 198.18.0.2, .3, ...; client port 2379, peer port 2380), its data in
+    /// the lab's directory; waits until it answers. Returns the client endpoints. The
+    /// members are the lab's children: teardown stops them and removes their data.
+    pub fn etcd(&mut self, members: usize) -> Result<Vec<String>> {
+        let fab = self.fabric.clone();
+        let addrs: Vec<String> = (0..members)
+            .map(|k| format!("198.18.0.{}", 2 + k))
+            .collect();
+        let cluster = addrs
+            .iter()
+            .enumerate()
+            .map(|(k, a)| format!("e{k}=http://{a}:2380"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (k, a) in addrs.iter().enumerate() {
+            let ns = format!("{}-etcd{k}", self.id);
+            self.add_ns(&ns)?;
+            run(ip(
+                &fab,
+                &format!("link add ue{k} type veth peer name eth0 netns {ns}"),
+            ))?;
+            run(ip(&fab, &format!("link set ue{k} master fab up")))?;
+            run(ip(&ns, &format!("addr add {a}/24 dev eth0")))?;
+            run(ip(&ns, "link set eth0 up"))?;
+            let data = self.dir.join(format!("etcd{k}"));
+            let log = fs::File::create(self.dir.join(format!("etcd{k}.log")))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns, "etcd"])
+                .args(["--name", &format!("e{k}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &format!("http://{a}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{a}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{a}:2380")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
+                .args(["--initial-cluster", &cluster])
+                .args(["--initial-cluster-token", &self.id])
+                .args(["--initial-cluster-state", "new"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)")?;
+            self.etcd_members.push((ns, Some(child)));
+        }
+        let endpoints: Vec<String> = addrs.iter().map(|a| format!("http://{a}:2379")).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &format!("{}-etcd0", self.id), "etcdctl"])
+                .args(["--endpoints", &endpoints.join(","), "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(endpoints);
+            }
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(self.dir.join("etcd0.log")).unwrap_or_default();
+                bail!("etcd did not become healthy within 20 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops etcd member `k` (SIGKILL): etcd is away for the hosts if it was the only one.
+    pub fn kill_etcd(&mut self, k: usize) {
+        if let Some(mut c) = self.etcd_members.get_mut(k).and_then(|m| m.1.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Writes each host's config for a fleet: its own [host] and `[etcd]` with
+    /// `endpoints`, no peers (they come from etcd). `lease_ttl` in seconds.
+    pub fn write_fleet_configs(&self, endpoints: &[String], lease_ttl: u64) -> Result<()> {
+        let list = endpoints
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for h in &self.hosts {
+            let t = format!(
+                "[host]\nname = \"{}\"\nuplink = \"eth0\"\nbridge = \"br0\"\nsubnet = \"{}\"\nvni = 42\n\n[etcd]\nendpoints = [{list}]\nlease_ttl = {lease_ttl}\n",
+                h.name, h.subnet
+            );
+            fs::write(&h.config, t)?;
+        }
+        Ok(())
     }
 
     /// Writes each host's config with every other host as a peer in `mode(host, peer)`.
@@ -618,7 +714,11 @@ impl Lab {
     /// Tears down; also what Drop does. Collects every error and reports them together.
     pub fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
-        for mut c in self.children.drain(..) {
+        for mut c in self
+            .children
+            .drain(..)
+            .chain(self.etcd_members.drain(..).filter_map(|m| m.1))
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

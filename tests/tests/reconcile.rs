@@ -205,7 +205,7 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         rules: vec![(Some(900), rule("10.244.14.0/32", 5432, Action::Allow))],
     };
-    let (d2, merge) = sources::desired(&changed(cfg(true)), &cli).unwrap();
+    let (d2, merge) = sources::desired(&changed(cfg(true)), &cli, &[]).unwrap();
     assert_eq!(
         merge.replaced_cli,
         sources::Counts {
@@ -239,7 +239,7 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         ..Default::default()
     };
-    let err = sources::desired(&changed(cfg(true)), &clash)
+    let err = sources::desired(&changed(cfg(true)), &clash, &[])
         .unwrap_err()
         .to_string();
     assert!(err.contains("netpath peer del y"), "{err}");

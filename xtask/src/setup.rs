@@ -23,7 +23,25 @@ const DEBIAN: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("kill", "procps"),
     (FONT, "fonts-dejavu-core"),
+    // The fleet's store: tests start their own members in lab namespaces.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
+
+/// What every build needs: etcd-client (the crate) compiles etcd's protobuf definitions.
+const DEBIAN_BUILD: &[(&str, &str)] = &[
+    ("protoc", "protobuf-compiler"),
+    // protoc's well-known types (google/protobuf/*.proto), which etcd's files import.
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
+];
+
+/// Debian's invoke-rc.d asks this file whether a package may start its service. etcd-server
+/// would start an etcd on localhost at install: the lab starts its own, nothing else may
+/// run. Present while apt-get runs (unless the machine has its own already).
+const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
 
 fn step(name: &str) -> Step {
     eprint!("[setup] {name:<12} ");
@@ -170,10 +188,11 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn debian() -> Result<()> {
+fn debian(lab: bool) -> Result<()> {
     let s = step("packages");
-    let missing: Vec<&str> = DEBIAN
+    let missing: Vec<&str> = DEBIAN_BUILD
         .iter()
+        .chain(if lab { DEBIAN } else { &[] })
         .filter(|(cmd, _)| {
             if cmd.starts_with('/') {
                 !std::path::Path::new(cmd).exists()
@@ -191,14 +210,28 @@ fn debian() -> Result<()> {
         bail!("missing {missing:?} and no apt-get: install them with your package manager");
     }
     eprint!("installing {}... ", missing.join(" "));
-    quiet(Command::new("apt-get").args(["update", "-qq"]))?;
-    quiet(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    let ours = !std::path::Path::new(POLICY_RC).exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            POLICY_RC,
+            "#!/bin/sh\n# netpath setup: no service starts at install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC}"))?;
+        std::fs::set_permissions(POLICY_RC, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = quiet(Command::new("apt-get").args(["update", "-qq"])).and_then(|()| {
+        quiet(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    if ours {
+        let _ = std::fs::remove_file(POLICY_RC);
+    }
+    installed.with_context(|| format!("apt-get install {}", missing.join(" ")))?;
     s.done("installed");
     Ok(())
 }
@@ -207,8 +240,6 @@ fn debian() -> Result<()> {
 pub fn ensure(lab: bool) -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    if lab {
-        debian()?;
-    }
+    debian(lab)?;
     Ok(())
 }

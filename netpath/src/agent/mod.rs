@@ -3,6 +3,7 @@
 //! programs on new bridge ports, the conntrack collector, metrics, periodic reports.
 
 pub mod collector;
+pub mod fleet;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -41,6 +42,23 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
         }
     }
     let metrics = cfg.metrics.map(metrics::bind).transpose()?;
+    // The fleet: a subnet another host holds is refused before anything changes; etcd
+    // away is not an error (the pinned etcd peers stand, the task keeps trying).
+    let mut fleet = match &cfg.etcd {
+        None => None,
+        Some(e) => {
+            let (rx, first) = fleet::spawn(e.clone(), cfg.host.clone());
+            match tokio::time::timeout(Duration::from_secs(5), first).await {
+                Ok(Ok(Err(taken))) => bail!("{taken}"),
+                Ok(Ok(Ok(()))) => {}
+                _ => log::warn!(
+                    "etcd at {} does not answer yet: starting with the fleet the pinned maps hold",
+                    e.endpoints.join(", ")
+                ),
+            }
+            Some(rx)
+        }
+    };
     let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted) {
         Ok(x) => x,
         Err(e) => {
@@ -87,6 +105,14 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
                 // Coalesce a burst (a container start is several events).
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
                 sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
+            }
+            Some(peers) = async {
+                match fleet.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                apply_fleet(&mut maps, &cfg, &peers);
             }
             _ = gc.tick() => {
                 sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
@@ -168,6 +194,36 @@ async fn sync(
     }
 }
 
+/// Reconciles with the fleet's new view of the other hosts (`peers`, from etcd) as the
+/// etcd part of the desired state. A failure is logged; the next view tries again.
+fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) {
+    let result = (|| -> Result<_> {
+        let observed = reconcile::observe(maps)?;
+        let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), peers)?;
+        Ok((reconcile::all_from(maps, observed, &desired)?, merge))
+    })();
+    match result {
+        Ok((c, merge)) => {
+            for s in &merge.skipped_etcd {
+                log::warn!("etcd: skipped {s}");
+            }
+            if !c.peers.is_empty() {
+                log::info!(
+                    "etcd: {} hosts as peers; {} added {:?}, {} updated {:?}, {} removed {:?}",
+                    merge.kept_etcd,
+                    c.peers.added.len(),
+                    c.peers.added,
+                    c.peers.updated.len(),
+                    c.peers.updated,
+                    c.peers.removed.len(),
+                    c.peers.removed
+                );
+            }
+        }
+        Err(e) => log::warn!("etcd: applying the fleet's view: {e:#}"),
+    }
+}
+
 /// "3 added (a, b, c)": a count and the first few addresses.
 fn addrs(what: &str, v: &[std::net::Ipv4Addr]) -> String {
     const SHOWN: usize = 8;
@@ -199,7 +255,12 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
     let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
-    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed))?;
+    let etcd = if cfg.etcd.is_some() {
+        sources::etcd::live(&observed)
+    } else {
+        Vec::new()
+    };
+    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), &etcd)?;
     let changes = reconcile::all_from(&mut maps, observed, &desired)?;
     let took = started.elapsed();
     let mut tcx = true;

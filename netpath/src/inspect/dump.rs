@@ -18,10 +18,7 @@ use crate::{
 };
 
 pub fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::state::format_mac(m)
 }
 
 fn prefix_len_of_mask(mask_be: u32) -> u32 {
@@ -132,11 +129,7 @@ pub struct GroupRow {
 }
 
 fn origin(o: u8) -> &'static str {
-    match o {
-        netpath_common::ORIGIN_CLI => "cli",
-        netpath_common::ORIGIN_CONFIG => "config",
-        _ => "?",
-    }
+    crate::state::Origin::from_map(o).as_str()
 }
 
 pub fn groups(maps: &Maps) -> Result<Vec<GroupRow>> {

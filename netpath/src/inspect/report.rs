@@ -112,11 +112,7 @@ pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
             subnet: p.subnet.to_string(),
             underlay: p.underlay.to_string(),
             mode: p.mode.to_string(),
-            origin: if info.origin == netpath_common::ORIGIN_CLI {
-                "cli"
-            } else {
-                "config"
-            },
+            origin: crate::state::Origin::from_map(info.origin).as_str(),
             tx_packets: s.tx.packets,
             tx_bytes: s.tx.bytes,
             rx_packets: s.rx.packets,

@@ -36,6 +36,19 @@ struct File {
     monitor: Monitor,
     #[serde(default)]
     metrics: MetricsFile,
+    etcd: Option<EtcdFile>,
+}
+
+/// `[etcd]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdFile {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    lease_ttl: Option<u64>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 /// `[metrics]` as written.
@@ -173,6 +186,8 @@ pub struct Config {
     pub monitor: Monitor,
     /// Where the agent serves Prometheus metrics (`[metrics] listen`); None: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The fleet's store (`[etcd]`); None: the peers are the file's (and the CLI's).
+    pub etcd: Option<crate::state::Etcd>,
 }
 
 /// Every problem found in a config, one per line.
@@ -333,6 +348,26 @@ impl Config {
                 }
             },
         };
+        let etcd = file.etcd.map(|e| {
+            let prefix = e
+                .prefix
+                .unwrap_or_else(|| crate::state::ETCD_PREFIX.to_owned());
+            let lease_ttl = e.lease_ttl.unwrap_or(crate::state::ETCD_LEASE_TTL);
+            problems.extend(crate::state::check_etcd(
+                &e.endpoints,
+                &prefix,
+                lease_ttl,
+                [e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref()],
+            ));
+            crate::state::Etcd {
+                endpoints: e.endpoints,
+                prefix,
+                lease_ttl,
+                ca: e.ca.map(Into::into),
+                cert: e.cert.map(Into::into),
+                key: e.key.map(Into::into),
+            }
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -372,6 +407,7 @@ impl Config {
             conntrack: file.conntrack,
             policy: policy.expect("no problems: the policy is valid"),
             monitor: file.monitor,
+            etcd,
             metrics,
         })
     }

@@ -2,7 +2,9 @@
 //! - [`file`]: the config file (the host, and its peers, ports and policy);
 //! - [`neigh`]: the local containers (endpoints), from the bridge's neighbours;
 //! - [`cli`]: what `netpath peer|publish|policy add` added to the running datapath,
-//!   read back from the pinned maps, where each entry carries its origin.
+//!   read back from the pinned maps, where each entry carries its origin;
+//! - [`etcd`]: the other hosts of the fleet, registered in etcd (`[etcd]`): from the
+//!   pinned maps until etcd answers, then from etcd's listing and watch.
 //!
 //! [`desired`] merges them. Where two sources say something of the same thing, the rule
 //! is this, and only here:
@@ -12,9 +14,13 @@
 //! - a CLI entry that does not fit beside the config otherwise (a peer whose subnet or
 //!   underlay another peer now has, a port whose container left the subnet, a rule naming
 //!   a group the config no longer defines) is an error that names the entry and how to
-//!   remove it: nothing is changed until the operator decides.
+//!   remove it: nothing is changed until the operator decides;
+//! - **etcd comes last**: a peer from etcd whose name, subnet or underlay the config or a
+//!   CLI entry (or an earlier etcd entry) already has is skipped and logged, never an
+//!   error: another host's registration cannot stop this one.
 
 pub mod cli;
+pub mod etcd;
 pub mod file;
 pub mod neigh;
 
@@ -45,18 +51,24 @@ pub struct Counts {
     pub rules: usize,
 }
 
-/// How the CLI's entries fared in a merge, for the agent's log.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// How the CLI's and etcd's entries fared in a merge, for the agent's log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Merge {
     /// CLI entries in the desired state.
     pub kept_cli: Counts,
     /// CLI entries the config now defines (the config's replace them).
     pub replaced_cli: Counts,
+    /// Peers from etcd in the desired state.
+    pub kept_etcd: usize,
+    /// Peers from etcd left out, each with why (a name, subnet or underlay that the
+    /// config, a CLI entry or another etcd entry has): another host's registration never
+    /// stops this one, it is logged and skipped.
+    pub skipped_etcd: Vec<String>,
 }
 
-/// The desired state: the config file `cfg` with the live CLI entries `cli` (see the
-/// module's precedence rule).
-pub fn desired(cfg: &Config, cli: &Part) -> Result<(Desired, Merge)> {
+/// The desired state: the config file `cfg` with the live CLI entries `cli` and the
+/// other hosts registered in etcd (see the module's precedence rule).
+pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merge)> {
     let mut merge = Merge::default();
     let mut problems = Vec::new();
     let h = &cfg.host;
@@ -148,6 +160,28 @@ pub fn desired(cfg: &Config, cli: &Part) -> Result<(Desired, Merge)> {
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
+    let mut etcd_peers = Vec::new();
+    for p in etcd {
+        let mut found = Vec::new();
+        if peers.iter().any(|c| c.name == p.name) {
+            found.push(format!("peer {:?} (from etcd): the name is taken", p.name));
+        } else {
+            found = check_peer(
+                &format!("peer {:?} (from etcd)", p.name),
+                p,
+                h.subnet,
+                h.address,
+                &peers,
+            );
+        }
+        if found.is_empty() {
+            peers.push(p.clone());
+            etcd_peers.push(p.clone());
+        } else {
+            merge.skipped_etcd.push(found.join("; "));
+        }
+    }
+    merge.kept_etcd = etcd_peers.len();
     merge.kept_cli = Counts {
         peers: cli_peers.len(),
         publish: cli_publish.len(),
@@ -169,6 +203,7 @@ pub fn desired(cfg: &Config, cli: &Part) -> Result<(Desired, Merge)> {
     };
     let mut desired_peers = owned(&cfg.peers, Origin::Config);
     desired_peers.extend(owned(&cli_peers, Origin::Cli));
+    desired_peers.extend(owned(&etcd_peers, Origin::Etcd));
     let mut desired_publish: Vec<Owned<Publish>> = cfg
         .publish
         .iter()
@@ -201,7 +236,7 @@ pub fn desired(cfg: &Config, cli: &Part) -> Result<(Desired, Merge)> {
 
 /// The desired state of a fresh datapath (no CLI entry yet): the config alone.
 pub fn from_config(cfg: &Config) -> Desired {
-    desired(cfg, &Part::default())
+    desired(cfg, &Part::default(), &[])
         .expect("a valid config merges with no CLI entry")
         .0
 }

@@ -21,6 +21,8 @@ pub enum Origin {
     Config,
     /// `netpath peer|publish|policy add` on a running datapath: kept until `... del`.
     Cli,
+    /// Another host's registration in etcd (`[etcd]`): kept until etcd says it is gone.
+    Etcd,
 }
 
 impl Origin {
@@ -28,6 +30,7 @@ impl Origin {
         match self {
             Origin::Config => netpath_common::ORIGIN_CONFIG,
             Origin::Cli => netpath_common::ORIGIN_CLI,
+            Origin::Etcd => netpath_common::ORIGIN_ETCD,
         }
     }
 
@@ -36,6 +39,7 @@ impl Origin {
     pub fn from_map(v: u8) -> Origin {
         match v {
             netpath_common::ORIGIN_CLI => Origin::Cli,
+            netpath_common::ORIGIN_ETCD => Origin::Etcd,
             _ => Origin::Config,
         }
     }
@@ -44,6 +48,7 @@ impl Origin {
         match self {
             Origin::Config => "config",
             Origin::Cli => "cli",
+            Origin::Etcd => "etcd",
         }
     }
 }
@@ -338,6 +343,14 @@ impl Peer {
 }
 
 /// Parses a MAC written as six hex pairs separated by colons.
+/// `aa:bb:cc:dd:ee:ff`, as [`parse_mac`] reads it.
+pub fn format_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 pub fn parse_mac(field: &str, s: &str) -> Result<[u8; 6], String> {
     let err =
         || format!("{field} = {s:?} is not a MAC address: write it like \"02:4e:c6:12:00:0b\"");
@@ -544,4 +557,97 @@ pub struct Endpoint {
     pub addr: Ipv4Addr,
     pub ifindex: u32,
     pub mac: [u8; 6],
+}
+
+/// `[etcd]`: the fleet's store, where each host registers its subnet and finds the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etcd {
+    /// `http://ADDRESS:PORT` or `https://ADDRESS:PORT`, one per member.
+    pub endpoints: Vec<String>,
+    /// Every key netpath writes starts with it (`/netpath`): `<prefix>/config`,
+    /// `<prefix>/subnets/<a.b.c.d-len>`.
+    pub prefix: String,
+    /// Seconds a registration outlives its agent's last renewal.
+    pub lease_ttl: u64,
+    /// Client TLS: the CA that signed the members' certificates, and this host's
+    /// certificate and key (PEM files).
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+pub const ETCD_PREFIX: &str = "/netpath";
+pub const ETCD_LEASE_TTL: u64 = 60;
+pub const ETCD_LEASE_TTL_MIN: u64 = 5;
+pub const ETCD_LEASE_TTL_MAX: u64 = 86_400;
+
+/// Checks `[etcd]` as written; every problem names its field and the fix.
+pub fn check_etcd(
+    endpoints: &[String],
+    prefix: &str,
+    lease_ttl: u64,
+    tls: [Option<&str>; 3],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if endpoints.is_empty() {
+        problems.push(
+            "[etcd].endpoints is empty: list the members, like [\"http://198.18.0.2:2379\"]"
+                .to_owned(),
+        );
+    }
+    let mut https = false;
+    for e in endpoints {
+        let (scheme, rest) = e.split_once("://").unwrap_or(("", e));
+        https |= scheme == "https";
+        let port_ok = rest
+            .rsplit_once(':')
+            .map(|(h, p)| {
+                !h.is_empty() && !p.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0)
+            })
+            .unwrap_or(false);
+        if !matches!(scheme, "http" | "https") || !port_ok {
+            problems.push(format!(
+                "[etcd].endpoints: {e:?} is not http://ADDRESS:PORT or https://ADDRESS:PORT"
+            ));
+        }
+    }
+    if !prefix.starts_with('/')
+        || prefix.len() < 2
+        || prefix.ends_with('/')
+        || prefix.len() > 128
+        || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        problems.push(format!(
+            "[etcd].prefix = {prefix:?}: use a key path like \"/netpath\" (a leading /, no trailing /, no spaces, at most 128 bytes)"
+        ));
+    }
+    if !(ETCD_LEASE_TTL_MIN..=ETCD_LEASE_TTL_MAX).contains(&lease_ttl) {
+        problems.push(format!(
+            "[etcd].lease_ttl = {lease_ttl}: use {ETCD_LEASE_TTL_MIN} to {ETCD_LEASE_TTL_MAX} seconds (how long a host stays registered after its agent stops renewing)"
+        ));
+    }
+    let [ca, cert, key] = tls;
+    for (field, path) in [("ca", ca), ("cert", cert), ("key", key)] {
+        if let Some(p) = path
+            && std::fs::metadata(p).map(|m| !m.is_file()).unwrap_or(true)
+        {
+            problems.push(format!(
+                "[etcd].{field} = {p:?}: no such file (a PEM file readable by the agent)"
+            ));
+        }
+    }
+    if cert.is_some() != key.is_some() {
+        problems.push("[etcd].cert and [etcd].key go together: set both, or neither".to_owned());
+    }
+    if https && ca.is_none() {
+        problems.push(
+            "[etcd].endpoints use https but [etcd].ca is not set: name the CA that signed the members' certificates".to_owned(),
+        );
+    }
+    if !https && (ca.is_some() || cert.is_some()) {
+        problems.push(
+            "[etcd].ca/cert are set but the endpoints use http: write them as https://".to_owned(),
+        );
+    }
+    problems
 }

@@ -77,6 +77,7 @@ pub fn cfg(ready: bool) -> Config {
         policy: Default::default(),
         monitor: Default::default(),
         metrics: None,
+        etcd: None,
     }
 }
 

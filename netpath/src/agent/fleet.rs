@@ -1,0 +1,197 @@
+//! The agent's side of the fleet (`[etcd]`): registers this host's subnet under a lease
+//! and renews it, lists and watches the other hosts' registrations and hands every new
+//! view of them to the agent's loop, which reconciles the peers. When etcd is away the
+//! datapath stays as it is (the last view stands) and the task reconnects with backoff;
+//! each session starts with a full listing, so what was deleted meanwhile (a lease that
+//! expired while this host was cut off) is seen as gone then.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{Client, EventType, WatchOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    sources::etcd::{self as store, Claim, Registration},
+    state::{Etcd, Host, Mode, Peer},
+};
+
+/// The longest wait between two attempts to reach etcd.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The first claim's outcome: Ok once this host holds its subnet; Err names the host that
+/// holds it instead. Not sent while etcd does not answer.
+pub type FirstClaim = oneshot::Receiver<Result<(), String>>;
+
+/// Starts the fleet task. Every view of the other hosts arrives on the channel.
+pub fn spawn(e: Etcd, host: Host) -> (mpsc::Receiver<Vec<Peer>>, FirstClaim) {
+    let (tx, rx) = mpsc::channel(16);
+    let (first_tx, first_rx) = oneshot::channel();
+    tokio::spawn(run(e, host, tx, first_tx));
+    (rx, first_rx)
+}
+
+async fn run(
+    e: Etcd,
+    host: Host,
+    tx: mpsc::Sender<Vec<Peer>>,
+    first: oneshot::Sender<Result<(), String>>,
+) {
+    let key = store::subnet_key(&e.prefix, host.subnet);
+    let mut first = Some(first);
+    let mut backoff = Duration::from_secs(1);
+    let mut away_since: Option<std::time::Instant> = None;
+    loop {
+        match session(
+            &e,
+            &host,
+            &key,
+            &tx,
+            &mut first,
+            &mut backoff,
+            &mut away_since,
+        )
+        .await
+        {
+            Ok(()) => return, // the agent is gone
+            Err(err) => {
+                let since = *away_since.get_or_insert_with(std::time::Instant::now);
+                log::warn!(
+                    "etcd: {err:#}; the datapath stays as it is (etcd not reached for {:.0} s); trying again in {} s",
+                    since.elapsed().as_secs_f64(),
+                    backoff.as_secs()
+                );
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The mode the others reach this host in: the cluster's (`<prefix>/config`), vxlan when
+/// there is none (it works across any underlay).
+async fn cluster_mode(client: &mut Client, prefix: &str) -> Result<Mode> {
+    let resp = client.get(format!("{prefix}/config"), None).await?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(Mode::Vxlan);
+    };
+    let c: serde_json::Value =
+        serde_json::from_slice(kv.value()).context("<prefix>/config is not JSON")?;
+    Ok(match c["mode"].as_str() {
+        Some("direct") => Mode::Direct,
+        _ => Mode::Vxlan,
+    })
+}
+
+/// One connection to etcd, from registration to the first error. Ok only when the agent
+/// has gone (nobody listens on `tx`).
+async fn session(
+    e: &Etcd,
+    host: &Host,
+    key: &str,
+    tx: &mpsc::Sender<Vec<Peer>>,
+    first: &mut Option<oneshot::Sender<Result<(), String>>>,
+    backoff: &mut Duration,
+    away_since: &mut Option<std::time::Instant>,
+) -> Result<()> {
+    let mut client = store::connect(e).await?;
+    let mode = cluster_mode(&mut client, &e.prefix).await?;
+    let reg: Registration = store::registration(host, mode);
+    let lease = client
+        .lease_grant(e.lease_ttl as i64, None)
+        .await
+        .context("granting a lease")?
+        .id();
+    if let Claim::Taken(who) = store::claim(&mut client, key, &reg, lease).await? {
+        let msg = format!(
+            "subnet {} is registered in etcd by {who}: this host does not register it; give it another [host].subnet",
+            host.subnet
+        );
+        if let Some(f) = first.take() {
+            let _ = f.send(Err(msg.clone()));
+        }
+        bail!("{msg}");
+    }
+    if let Some(f) = first.take() {
+        let _ = f.send(Ok(()));
+    }
+    let (mut keeper, mut acks) = client
+        .lease_keep_alive(lease)
+        .await
+        .context("keeping the lease alive")?;
+    let (listed, bad, rev) = store::list(&mut client, &e.prefix, key).await?;
+    for b in &bad {
+        log::warn!("etcd: skipping {b}");
+    }
+    let mut known: BTreeMap<String, Peer> = listed.into_iter().collect();
+    if away_since.take().is_some() {
+        log::info!("etcd: reached again");
+    }
+    *backoff = Duration::from_secs(1);
+    log::info!(
+        "etcd: registered {key} (lease {lease:x}, {} s); {} other hosts",
+        e.lease_ttl,
+        known.len()
+    );
+    if tx.send(known.values().cloned().collect()).await.is_err() {
+        return Ok(());
+    }
+    let mut watch = client
+        .watch(
+            format!("{}/subnets/", e.prefix),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
+        )
+        .await
+        .context("watching the fleet")?;
+    let mut renew = tokio::time::interval(Duration::from_secs((e.lease_ttl / 3).max(1)));
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                keeper.keep_alive().await.context("renewing the lease")?;
+                match acks.message().await.context("renewing the lease")? {
+                    Some(a) if a.ttl() > 0 => {}
+                    _ => bail!("the lease expired (etcd did not hear from this host for {} s)", e.lease_ttl),
+                }
+            }
+            msg = watch.message() => {
+                let resp = msg.context("watching the fleet")?.context("the watch ended")?;
+                if resp.canceled() {
+                    bail!("the watch was cancelled (compacted at revision {}): listing again", resp.compact_revision());
+                }
+                let mut changed = false;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let k = String::from_utf8_lossy(kv.key()).into_owned();
+                    match ev.event_type() {
+                        EventType::Delete if k == key => {
+                            log::warn!("etcd: {key} was deleted by someone else: registering it again");
+                            if let Claim::Taken(who) = store::claim(&mut client, key, &reg, lease).await? {
+                                bail!("subnet {} was taken by {who}", host.subnet);
+                            }
+                        }
+                        EventType::Put if k == key => {}
+                        EventType::Delete => changed |= known.remove(&k).is_some(),
+                        EventType::Put => match store::peer_of(&e.prefix, &k, kv.value()) {
+                            Ok(p) => {
+                                changed |= known.get(&k) != Some(&p);
+                                known.insert(k, p);
+                            }
+                            Err(err) => {
+                                log::warn!("etcd: skipping {err:#}");
+                                changed |= known.remove(&k).is_some();
+                            }
+                        },
+                    }
+                }
+                if changed && tx.send(known.values().cloned().collect()).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The fleet as a source: each host registers its subnet in etcd under its lease and
+//! turns every other host's registration into a peer (origin `etcd`). The layout is
+//! flannel's, under netpath's own prefix:
+//! - `<prefix>/subnets/<a.b.c.d-len>` = a [`Registration`] (JSON), under its host's lease;
+//! - `<prefix>/config` = the cluster settings (`netpath cluster init`).
+//!
+//! Until etcd answers, the etcd peers the pinned maps hold are this source ([`live`]): an
+//! agent that starts while etcd is away keeps the fleet it had.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    reconcile::Observed,
+    state::{Etcd, Host, Mode, Origin, Peer},
+};
+
+/// What a host writes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub host: String,
+    pub underlay: Ipv4Addr,
+    /// "direct" or "vxlan": how the others reach this host's subnet.
+    pub mode: String,
+    pub vtep_mac: String,
+    pub vni: u32,
+    pub port: u16,
+    /// The netpath that wrote it.
+    pub version: String,
+}
+
+/// The key of `subnet`'s registration.
+pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
+    format!(
+        "{prefix}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    )
+}
+
+/// The subnet a registration key names; None for a key of another shape.
+pub fn subnet_of(prefix: &str, key: &str) -> Option<Ipv4Net> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/subnets/")?;
+    let (addr, len) = rest.split_once('-')?;
+    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    (net.network() == net.addr()).then_some(net)
+}
+
+/// This host's registration. `mode`: how the others reach it (the mode it uses towards
+/// peers of its own config; vxlan if it has no peer of its own).
+pub fn registration(h: &Host, mode: Mode) -> Registration {
+    Registration {
+        host: h.name.clone(),
+        underlay: h.address,
+        mode: mode.to_string(),
+        vtep_mac: crate::state::format_mac(h.vtep_mac),
+        vni: h.vni,
+        port: h.vxlan_port,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// The peer a registration (at `key`, with `value`) describes; Err says what is wrong with
+/// it (another host wrote garbage: it is skipped and logged, never trusted).
+pub fn peer_of(prefix: &str, key: &str, value: &[u8]) -> Result<Peer> {
+    let subnet = subnet_of(prefix, key).with_context(|| format!("{key}: not a subnet key"))?;
+    let r: Registration =
+        serde_json::from_slice(value).with_context(|| format!("{key}: not a registration"))?;
+    let mode = match r.mode.as_str() {
+        "direct" => Mode::Direct,
+        "vxlan" => Mode::Vxlan,
+        m => bail!("{key}: mode {m:?} is neither direct nor vxlan"),
+    };
+    let vtep_mac = crate::state::parse_mac(&format!("{key}: vtep_mac"), &r.vtep_mac)
+        .map_err(anyhow::Error::msg)?;
+    crate::state::check_name(&format!("{key}: host"), &r.host).map_err(anyhow::Error::msg)?;
+    Ok(Peer {
+        name: r.host,
+        subnet,
+        underlay: r.underlay,
+        mode,
+        vtep_mac: Some(vtep_mac),
+    })
+}
+
+/// The etcd peers in the pinned maps: this source until etcd answers.
+pub fn live(o: &Observed) -> Vec<Peer> {
+    o.peers()
+        .into_iter()
+        .filter(|(_, p)| p.origin == Origin::Etcd)
+        .map(|(_, p)| p.item)
+        .collect()
+}
+
+/// Connects to the members of `e` (TLS where configured). Fails within a few seconds when
+/// none answers.
+pub async fn connect(e: &Etcd) -> Result<Client> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+    if let Some(ca) = &e.ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("[etcd].ca: reading {}", ca.display()))?;
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(pem));
+        if let (Some(cert), Some(key)) = (&e.cert, &e.key) {
+            let c = std::fs::read(cert)
+                .with_context(|| format!("[etcd].cert: reading {}", cert.display()))?;
+            let k = std::fs::read(key)
+                .with_context(|| format!("[etcd].key: reading {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        opts = opts.with_tls(tls);
+    }
+    let mut client = Client::connect(&e.endpoints, Some(opts))
+        .await
+        .with_context(|| format!("connecting to etcd at {}", e.endpoints.join(", ")))?;
+    // Connecting is lazy: ask something to know that a member answers.
+    client
+        .status()
+        .await
+        .with_context(|| format!("etcd at {} does not answer", e.endpoints.join(", ")))?;
+    Ok(client)
+}
+
+/// How a claim of this host's subnet ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Registered (created, or this host's own entry taken over after a restart).
+    Held,
+    /// Another host holds it: never overwritten.
+    Taken(String),
+}
+
+/// Registers `reg` at `key` under `lease`, by a transaction that creates the key only if
+/// it is absent; an entry of the same host (its previous agent) is taken over.
+pub async fn claim(
+    client: &mut Client,
+    key: &str,
+    reg: &Registration,
+    lease: i64,
+) -> Result<Claim> {
+    let value = serde_json::to_vec(reg)?;
+    let put = || {
+        TxnOp::put(
+            key,
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    };
+    let txn = Txn::new()
+        .when([Compare::version(key, CompareOp::Equal, 0)])
+        .and_then([put()])
+        .or_else([TxnOp::get(key, None)]);
+    let resp = client.txn(txn).await.context("registering the subnet")?;
+    if resp.succeeded() {
+        return Ok(Claim::Held);
+    }
+    let holder = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    });
+    let holder: Option<Registration> = holder.and_then(|v| serde_json::from_slice(&v).ok());
+    match holder {
+        Some(h) if h.host == reg.host => {
+            // Ours, from before a restart: renew it under the new lease, unless it changed
+            // hands meanwhile.
+            let txn = Txn::new()
+                .when([Compare::value(
+                    key,
+                    CompareOp::Equal,
+                    serde_json::to_vec(&h)?,
+                )])
+                .and_then([put()]);
+            if client.txn(txn).await?.succeeded() {
+                Ok(Claim::Held)
+            } else {
+                Ok(Claim::Taken("another host, just now".to_owned()))
+            }
+        }
+        Some(h) => Ok(Claim::Taken(format!("{} ({})", h.host, h.underlay))),
+        None => Ok(Claim::Taken(
+            "an entry that is not a netpath registration".to_owned(),
+        )),
+    }
+}
+
+/// Every registration under `prefix`: the peers (all but `own`), the problems of the
+/// entries that are not good, and the revision of the reading.
+pub async fn list(
+    client: &mut Client,
+    prefix: &str,
+    own: &str,
+) -> Result<(Vec<(String, Peer)>, Vec<String>, i64)> {
+    let resp = client
+        .get(
+            format!("{prefix}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .context("listing the fleet")?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let (mut peers, mut bad) = (Vec::new(), Vec::new());
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        if key == own {
+            continue;
+        }
+        match peer_of(prefix, &key, kv.value()) {
+            Ok(p) => peers.push((key, p)),
+            Err(e) => bad.push(format!("{e:#}")),
+        }
+    }
+    Ok((peers, bad, rev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_subnet_and_nothing_else() {
+        let net: Ipv4Net = "10.244.11.0/24".parse().unwrap();
+        let key = subnet_key("/netpath", net);
+        assert_eq!(key, "/netpath/subnets/10.244.11.0-24");
+        assert_eq!(subnet_of("/netpath", &key), Some(net));
+        for bad in [
+            "/netpath/subnets/10.244.11.1-24",
+            "/netpath/subnets/10.244.11.0",
+            "/netpath/subnets/x-24",
+            "/netpath/config",
+            "/other/subnets/10.244.11.0-24",
+            "/netpath/subnets/10.244.11.0-33",
+        ] {
+            assert_eq!(subnet_of("/netpath", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_registration_becomes_a_peer_and_garbage_is_refused() {
+        let r = Registration {
+            host: "h2".into(),
+            underlay: "198.18.0.12".parse().unwrap(),
+            mode: "vxlan".into(),
+            vtep_mac: "02:00:c6:12:00:0c".into(),
+            vni: 42,
+            port: 4789,
+            version: "0.1.0".into(),
+        };
+        let key = "/netpath/subnets/10.244.12.0-24";
+        let p = peer_of("/netpath", key, &serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(p.name, "h2");
+        assert_eq!(p.subnet.to_string(), "10.244.12.0/24");
+        assert_eq!(p.mode, Mode::Vxlan);
+        assert_eq!(p.vtep_mac, Some([2, 0, 0xc6, 0x12, 0, 0x0c]));
+        for (value, want) in [
+            (b"not json".to_vec(), "not a registration"),
+            (
+                serde_json::to_vec(&Registration {
+                    mode: "carrier-pigeon".into(),
+                    ..r.clone()
+                })
+                .unwrap(),
+                "neither direct nor vxlan",
+            ),
+            (
+                serde_json::to_vec(&Registration {
+                    vtep_mac: "zz".into(),
+                    ..r.clone()
+                })
+                .unwrap(),
+                "vtep_mac",
+            ),
+        ] {
+            let e = peer_of("/netpath", key, &value).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{e:#}");
+        }
+    }
+}

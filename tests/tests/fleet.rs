@@ -1,0 +1,169 @@
+//! The fleet on a real etcd (Debian's etcd-server, started by the test in a namespace of
+//! the lab): hosts register their subnets and find each other as peers.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpath_tests::{Lab, Spec, ping};
+
+fn lab(hosts: usize) -> Option<Lab> {
+    if !netpath_tests::can_run_lab() {
+        return None;
+    }
+    Some(
+        Lab::new(Spec {
+            hosts,
+            containers: 1,
+            locked_down: true,
+            outside: false,
+        })
+        .expect("build lab"),
+    )
+}
+
+/// Host `i`'s peers from etcd, by name.
+fn etcd_peers(lab: &Lab, i: usize) -> Vec<String> {
+    let mut v: Vec<String> = lab
+        .netpath_json(i, &["peer", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["origin"] == "etcd")
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits up to `secs` for host `i`'s etcd peers to be `want`.
+fn wait_peers(lab: &Lab, i: usize, want: &[&str], secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = etcd_peers(lab, i);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "host {i}: etcd peers {got:?}, want {want:?}; its log:\n{}",
+            std::fs::read_to_string(&lab.hosts[i].log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn crosses(lab: &Lab, a: usize, b: usize) {
+    let from = &lab.hosts[a].containers[0].ns;
+    let to = &lab.hosts[b].containers[0].ip;
+    let (sent, got, _) = ping(from, to, 3, "0.1").unwrap();
+    assert_eq!((sent, got), (3, 3), "h{} -> h{}", a + 1, b + 1);
+}
+
+#[test]
+fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
+    let Some(mut lab) = lab(3) else { return };
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    lab.start_all().unwrap();
+    // Every host has the two others as peers, and traffic crosses (vxlan: no cluster
+    // config says otherwise).
+    wait_peers(&lab, 0, &["h2", "h3"], 10);
+    wait_peers(&lab, 1, &["h1", "h3"], 10);
+    wait_peers(&lab, 2, &["h1", "h2"], 10);
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        crosses(&lab, a, b);
+    }
+
+    // A host that claims a subnet another host holds is refused, naming it, before
+    // anything changes.
+    lab.kill_agent(2);
+    let good = std::fs::read_to_string(&lab.hosts[2].config).unwrap();
+    std::fs::write(
+        &lab.hosts[2].config,
+        good.replace("10.244.13.0/24", "10.244.11.0/24"),
+    )
+    .unwrap();
+    let err = lab.start(2).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("subnet 10.244.11.0/24 is registered in etcd by h1"),
+        "{err:#}"
+    );
+    std::fs::write(&lab.hosts[2].config, good).unwrap();
+
+    // h3's agent stopped: its lease (5 s) expires and the others drop it; back, it is
+    // added again.
+    wait_peers(&lab, 0, &["h2"], 15);
+    wait_peers(&lab, 1, &["h1"], 5);
+    crosses(&lab, 0, 1);
+    lab.start(2).unwrap();
+    wait_peers(&lab, 0, &["h2", "h3"], 10);
+    wait_peers(&lab, 1, &["h1", "h3"], 10);
+    crosses(&lab, 0, 2);
+
+    // etcd away: nothing changes in the datapath, also across an agent's restart.
+    lab.kill_etcd(0);
+    thread::sleep(Duration::from_secs(2));
+    crosses(&lab, 0, 1);
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    assert_eq!(etcd_peers(&lab, 0), ["h2", "h3"]);
+    crosses(&lab, 0, 2);
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(log.contains("does not answer yet"), "{log}");
+    lab.teardown().unwrap();
+}
+
+#[test]
+fn a_bad_etcd_section_is_refused_naming_the_field() {
+    let Some(mut lab) = lab(1) else { return };
+    let base = std::fs::read_to_string(&lab.hosts[0].config).unwrap_or_default();
+    lab.write_fleet_configs(&["http://198.18.0.2:2379".to_owned()], 5)
+        .unwrap();
+    let good = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    drop(base);
+    for (change, want) in [
+        (
+            ("endpoints = [\"http://198.18.0.2:2379\"]", "endpoints = []"),
+            "[etcd].endpoints is empty",
+        ),
+        (
+            (
+                "endpoints = [\"http://198.18.0.2:2379\"]",
+                "endpoints = [\"198.18.0.2\"]",
+            ),
+            "is not http://ADDRESS:PORT",
+        ),
+        (("lease_ttl = 5", "lease_ttl = 1"), "[etcd].lease_ttl = 1"),
+        (
+            ("lease_ttl = 5", "lease_ttl = 5\nprefix = \"netpath/\""),
+            "[etcd].prefix",
+        ),
+        (
+            (
+                "lease_ttl = 5",
+                "lease_ttl = 5\nca = \"/nonexistent/ca.pem\"",
+            ),
+            "[etcd].ca = \"/nonexistent/ca.pem\": no such file",
+        ),
+        (
+            ("lease_ttl = 5", "lease_ttl = 5\nttl = 5"),
+            "unknown field `ttl`",
+        ),
+    ] {
+        std::fs::write(&lab.hosts[0].config, good.replace(change.0, change.1)).unwrap();
+        let o = lab
+            .netpath(
+                0,
+                &["check", "--config", lab.hosts[0].config.to_str().unwrap()],
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{change:?} accepted");
+        assert!(err.contains(want), "{change:?}: {err}");
+    }
+    assert!(!lab.hosts[0].pin_dir.exists(), "nothing was set up");
+    lab.teardown().unwrap();
+}
