@@ -66,14 +66,44 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
     let Some(mut lab) = lab(3) else { return };
     let endpoints = lab.etcd(1).unwrap();
     lab.write_fleet_configs(&endpoints, 5).unwrap();
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let init = [
+        "cluster",
+        "init",
+        "--config",
+        &config,
+        "--cidr",
+        "10.244.0.0/16",
+        "--mode",
+        "direct",
+    ];
+    let o = lab.netpath(0, &init).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let again = lab.netpath(0, &init).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("/netpath/config exists already"),
+        "{again:?}"
+    );
     lab.start_all().unwrap();
-    // Every host has the two others as peers, and traffic crosses (vxlan: no cluster
-    // config says otherwise).
+    // Every host has the two others as peers, in the cluster's mode, and traffic crosses.
     wait_peers(&lab, 0, &["h2", "h3"], 10);
     wait_peers(&lab, 1, &["h1", "h3"], 10);
     wait_peers(&lab, 2, &["h1", "h2"], 10);
     for (a, b) in [(0, 1), (1, 2), (2, 0)] {
         crosses(&lab, a, b);
+    }
+    assert!(lab.counter(0, "fwd-direct") > 0);
+    let hosts = lab.netpath_json(0, &["cluster", "hosts", "--config", &config, "--json"]);
+    assert_eq!(hosts["cluster"]["mode"], "direct", "{hosts}");
+    let rows = hosts["hosts"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{hosts}");
+    for r in rows {
+        assert!(r["lease_left_s"].as_i64().unwrap() > 0, "{r}");
+        assert_eq!(r["mode"], "direct", "{r}");
+        if r["host"] != "h1" {
+            assert_eq!(r["peer_here"], true, "{r}");
+        }
     }
 
     // A host that claims a subnet another host holds is refused, naming it, before

@@ -2,6 +2,7 @@
 //! of commands. Every read command takes `--json`; every command that touches a running
 //! datapath works from any process through the maps pinned under `--pin-dir`.
 
+mod cluster;
 mod dump;
 mod edit;
 
@@ -156,6 +157,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// The fleet in etcd (the [etcd] section of a config): set it up, list its hosts.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Print a shell completion script, generated from this CLI.
     ///
     /// Example: netpath completions bash > /etc/bash_completion.d/netpath
@@ -194,6 +200,48 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Write the cluster settings to <prefix>/config, once: refused if present.
+    ///
+    /// Example: netpath cluster init --config /etc/netpath.toml --cidr 10.244.0.0/16 --mode direct
+    Init {
+        /// A config with an [etcd] section (which etcd, which prefix).
+        #[arg(long)]
+        config: PathBuf,
+        /// The container range the hosts' subnets come from.
+        #[arg(long, value_parser = cluster::cidr)]
+        cidr: ipnet::Ipv4Net,
+        /// Prefix length of each host's subnet.
+        #[arg(long, default_value_t = 24)]
+        subnet_len: u8,
+        #[arg(long, default_value_t = 42)]
+        vni: u32,
+        /// VXLAN UDP port.
+        #[arg(long, default_value_t = 4789)]
+        port: u16,
+        /// How hosts reach each other's subnets.
+        #[arg(long, value_enum, default_value_t = ClusterMode::Vxlan)]
+        mode: ClusterMode,
+    },
+    /// Every host registered in etcd: subnet, underlay, mode, its lease's seconds left,
+    /// and whether this host (--pin-dir) has it as a peer yet.
+    ///
+    /// Example: netpath cluster hosts --config /etc/netpath.toml --json
+    Hosts {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ClusterMode {
+    Direct,
+    Vxlan,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -253,6 +301,30 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Cluster { cmd } => match cmd {
+            ClusterCmd::Init {
+                config,
+                cidr,
+                subnet_len,
+                vni,
+                port,
+                mode,
+            } => cluster::init(
+                &config,
+                crate::sources::etcd::Cluster {
+                    cidr,
+                    subnet_len,
+                    vni,
+                    port,
+                    mode: match mode {
+                        ClusterMode::Direct => "direct",
+                        ClusterMode::Vxlan => "vxlan",
+                    }
+                    .to_owned(),
+                },
+            ),
+            ClusterCmd::Hosts { config, json } => cluster::hosts(&config, &pins, json),
+        },
         Cmd::Down => {
             let done = crate::datapath::down::down(&pins)?;
             if done.is_empty() {

@@ -221,6 +221,101 @@ pub async fn list(
     Ok((peers, bad, rev))
 }
 
+/// The cluster settings at `<prefix>/config` (`netpath cluster init`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// The container range the hosts' subnets come from.
+    pub cidr: Ipv4Net,
+    /// The prefix length of each host's subnet.
+    pub subnet_len: u8,
+    pub vni: u32,
+    pub port: u16,
+    /// How hosts reach each other: "direct" or "vxlan".
+    pub mode: String,
+}
+
+/// Writes `c` at `<prefix>/config` unless something is there already: Ok(false) then.
+pub async fn init(client: &mut Client, prefix: &str, c: &Cluster) -> Result<bool> {
+    let key = format!("{prefix}/config");
+    let txn = Txn::new()
+        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(c)?, None)]);
+    Ok(client
+        .txn(txn)
+        .await
+        .context("writing the cluster settings")?
+        .succeeded())
+}
+
+/// A registered host, as `netpath cluster hosts` shows it.
+#[derive(Debug, Serialize)]
+pub struct HostRow {
+    pub subnet: String,
+    pub host: String,
+    pub underlay: String,
+    pub mode: String,
+    pub version: String,
+    /// Seconds until its lease expires, unless renewed.
+    pub lease_left_s: i64,
+    /// What is wrong with the entry, when it is not a good registration.
+    pub problem: Option<String>,
+}
+
+/// The cluster settings, if written, and every registration with its lease's time left.
+pub async fn hosts(client: &mut Client, prefix: &str) -> Result<(Option<Cluster>, Vec<HostRow>)> {
+    let cfg = client.get(format!("{prefix}/config"), None).await?;
+    let cluster = cfg
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok());
+    let resp = client
+        .get(
+            format!("{prefix}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .context("listing the fleet")?;
+    let mut rows = Vec::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let left = if kv.lease() != 0 {
+            client
+                .lease_time_to_live(kv.lease(), None)
+                .await
+                .map(|t| t.ttl())
+                .unwrap_or(-1)
+        } else {
+            -1
+        };
+        let reg: Result<Registration, _> = serde_json::from_slice(kv.value());
+        let problem = peer_of(prefix, &key, kv.value())
+            .err()
+            .map(|e| format!("{e:#}"));
+        let subnet = subnet_of(prefix, &key).map_or(key.clone(), |n| n.to_string());
+        rows.push(match reg {
+            Ok(r) => HostRow {
+                subnet,
+                host: r.host,
+                underlay: r.underlay.to_string(),
+                mode: r.mode,
+                version: r.version,
+                lease_left_s: left,
+                problem,
+            },
+            Err(_) => HostRow {
+                subnet,
+                host: String::new(),
+                underlay: String::new(),
+                mode: String::new(),
+                version: String::new(),
+                lease_left_s: left,
+                problem,
+            },
+        });
+    }
+    Ok((cluster, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
