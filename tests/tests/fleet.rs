@@ -197,3 +197,60 @@ fn a_bad_etcd_section_is_refused_naming_the_field() {
     assert!(!lab.hosts[0].pin_dir.exists(), "nothing was set up");
     lab.teardown().unwrap();
 }
+
+#[test]
+fn three_members_one_killed_and_a_partitioned_host_converge() {
+    let Some(mut lab) = lab(3) else { return };
+    let endpoints = lab.etcd(3).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    lab.start_all().unwrap();
+    wait_peers(&lab, 0, &["h2", "h3"], 10);
+    // One member down: the other two keep quorum and the fleet keeps converging (h3
+    // leaves, comes back).
+    lab.kill_etcd(0);
+    lab.kill_agent(2);
+    wait_peers(&lab, 0, &["h2"], 20);
+    wait_peers(&lab, 1, &["h1"], 10);
+    lab.start(2).unwrap();
+    wait_peers(&lab, 0, &["h2", "h3"], 15);
+    wait_peers(&lab, 2, &["h1", "h2"], 10);
+
+    // h1 cut off from every member (its own traffic to them dropped; containers' traffic
+    // is netpath's and untouched): it keeps the peers it had and forwards to them; the
+    // others drop it when its lease expires, and all converge once the partition heals.
+    let h1 = lab.hosts[0].ns.clone();
+    let cut = |op: &str| {
+        for k in 0..3 {
+            let rule = format!("iptables -{op} OUTPUT -d 198.18.0.{} -j DROP", 2 + k);
+            netpath_tests::run(netpath_tests::in_ns(&h1, &rule)).unwrap();
+        }
+    };
+    cut("A");
+    wait_peers(&lab, 1, &["h3"], 20);
+    wait_peers(&lab, 2, &["h2"], 10);
+    assert_eq!(
+        etcd_peers(&lab, 0),
+        ["h2", "h3"],
+        "h1 keeps its peers while cut off"
+    );
+    // h1 still forwards to them (the others, having seen its lease expire, no longer
+    // take its traffic: a lease longer than the partition keeps it whole); the rest of
+    // the fleet is untouched.
+    let sent = lab.counter(0, "fwd-vxlan-encap");
+    let _ = ping(
+        &lab.hosts[0].containers[0].ns,
+        &lab.hosts[1].containers[0].ip,
+        2,
+        "0.1",
+    );
+    assert!(lab.counter(0, "fwd-vxlan-encap") >= sent + 2);
+    crosses(&lab, 1, 2);
+    cut("D");
+    wait_peers(&lab, 1, &["h1", "h3"], 40);
+    wait_peers(&lab, 2, &["h1", "h2"], 10);
+    wait_peers(&lab, 0, &["h2", "h3"], 10);
+    for (a, b) in [(1, 0), (2, 0)] {
+        crosses(&lab, a, b);
+    }
+    lab.teardown().unwrap();
+}

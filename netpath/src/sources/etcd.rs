@@ -99,11 +99,16 @@ pub fn live(o: &Observed) -> Vec<Peer> {
         .collect()
 }
 
-/// Connects to the members of `e` (TLS where configured). Fails within a few seconds when
-/// none answers.
+/// Where the next [`connect`] starts in the list of members: after the one that last
+/// failed, so a dead member costs one attempt, not every session.
+static NEXT_MEMBER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Connects to a member of `e` that answers (TLS where configured), trying each in turn.
+/// Fails within a few seconds per member when none answers.
 pub async fn connect(e: &Etcd) -> Result<Client> {
+    use std::sync::atomic::Ordering;
     let mut opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
     if let Some(ca) = &e.ca {
@@ -119,15 +124,30 @@ pub async fn connect(e: &Etcd) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
-    let mut client = Client::connect(&e.endpoints, Some(opts))
-        .await
-        .with_context(|| format!("connecting to etcd at {}", e.endpoints.join(", ")))?;
-    // Connecting is lazy: ask something to know that a member answers.
-    client
-        .status()
-        .await
-        .with_context(|| format!("etcd at {} does not answer", e.endpoints.join(", ")))?;
-    Ok(client)
+    let n = e.endpoints.len().max(1);
+    let start = NEXT_MEMBER.load(Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for i in 0..n {
+        let k = (start + i) % n;
+        let Some(ep) = e.endpoints.get(k) else { break };
+        let attempt = async {
+            let mut client = Client::connect([ep], Some(opts.clone())).await?;
+            // Connecting is lazy: ask something to know that the member answers.
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match attempt.await {
+            Ok(client) => {
+                NEXT_MEMBER.store(k, Ordering::Relaxed);
+                return Ok(client);
+            }
+            Err(err) => {
+                NEXT_MEMBER.store(k + 1, Ordering::Relaxed);
+                errors.push(format!("{ep}: {err}"));
+            }
+        }
+    }
+    bail!("no etcd member answers ({})", errors.join("; "))
 }
 
 /// How a claim of this host's subnet ended.
