@@ -41,6 +41,7 @@ pub mod map_names {
     pub const EVENT_LIMIT: &str = "NP_EVENT_LIMIT_V1";
     pub const BUILD: &str = "NP_BUILD_V1";
     pub const ENDPOINTS: &str = "NP_ENDPOINTS_V1";
+    pub const FLEET: &str = "NP_FLEET_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -67,6 +68,7 @@ pub mod map_names {
         EVENT_LIMIT,
         BUILD,
         ENDPOINTS,
+        FLEET,
     ];
 }
 
@@ -486,6 +488,31 @@ pub struct BuildInfo {
     pub loaded_at: u64,
 }
 
+/// The one entry of `NP_FLEET` (userspace only): the agent's view of etcd (`[etcd]`), for
+/// `status`, `doctor` and the metrics from any process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FleetInfo {
+    /// `FLEET_F_*` bits; 0: no `[etcd]`.
+    pub flags: u32,
+    /// Other hosts etcd lists.
+    pub hosts: u32,
+    /// Unix time etcd last answered (0: never, since the agent started).
+    pub last_ok: u64,
+    /// Unix time since which etcd has not answered; 0 while it answers.
+    pub away_since: u64,
+    pub lease_ttl: u32,
+    /// Registrations left out (not good, or colliding with the config's peers).
+    pub skipped: u32,
+}
+
+/// `[etcd]` is configured.
+pub const FLEET_F_CONFIGURED: u32 = 1;
+/// This host's subnet is registered under a live lease.
+pub const FLEET_F_REGISTERED: u32 = 2;
+/// Another host holds this host's subnet: it is not registered.
+pub const FLEET_F_TAKEN: u32 = 4;
+
 /// Data part of the LPM key of `NP_PEERS`: an IPv4 address in network byte order
 /// (stored as the four bytes in packet order, so `u32::from_ne_bytes(octets)`).
 pub type PeerKey = u32;
@@ -629,6 +656,7 @@ mod user {
     // pattern valid), which is what aya::Pod requires.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::FleetInfo {}
     unsafe impl aya::Pod for super::PeerValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerStats {}

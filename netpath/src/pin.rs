@@ -186,6 +186,10 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
             map_names::ENDPOINTS,
             l(MapType::Hash, 4, size_of::<Endpoint>(), MAX_ENDPOINTS),
         ),
+        (
+            map_names::FLEET,
+            l(MapType::Array, 4, size_of::<netpath_common::FleetInfo>(), 1),
+        ),
     ]
 }
 

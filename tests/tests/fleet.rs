@@ -54,6 +54,12 @@ fn wait_peers(lab: &Lab, i: usize, want: &[&str], secs: u64) {
     }
 }
 
+/// A command's JSON, whatever its exit status (status and doctor exit 1 on findings).
+fn json_of(lab: &Lab, i: usize, args: &[&str]) -> serde_json::Value {
+    let o = lab.netpath(i, args).output().unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {o:?}"))
+}
+
 fn crosses(lab: &Lab, a: usize, b: usize) {
     let from = &lab.hosts[a].containers[0].ns;
     let to = &lab.hosts[b].containers[0].ip;
@@ -132,10 +138,34 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
     wait_peers(&lab, 1, &["h1", "h3"], 10);
     crosses(&lab, 0, 2);
 
-    // etcd away: nothing changes in the datapath, also across an agent's restart.
+    let st = lab.netpath_json(1, &["status", "--json"]);
+    assert_eq!(st["etcd"]["registered"], true, "{st}");
+    assert_eq!(st["etcd"]["hosts"], 2, "{st}");
+    assert!(st["etcd"]["away_s"].is_null(), "{st}");
+
+    // etcd away: nothing changes in the datapath, also across an agent's restart; status,
+    // doctor and the metrics say since when.
     lab.kill_etcd(0);
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(Duration::from_secs(3));
     crosses(&lab, 0, 1);
+    let st = json_of(&lab, 1, &["status", "--json"]);
+    assert!(st["etcd"]["away_s"].as_u64().is_some(), "{st}");
+    assert!(
+        st["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("etcd has not answered")),
+        "{st}"
+    );
+    let doctor = json_of(&lab, 1, &["doctor", "--json", "--wait", "1"]);
+    let finding = doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "etcd")
+        .unwrap_or_else(|| panic!("{doctor}"));
+    assert_eq!(finding["level"], "warn", "{finding}");
     lab.kill_agent(0);
     lab.start(0).unwrap();
     assert_eq!(etcd_peers(&lab, 0), ["h2", "h3"]);

@@ -11,10 +11,21 @@ use anyhow::{Context, Result, bail};
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::{mpsc, oneshot};
 
+use netpath_common::{FLEET_F_CONFIGURED, FLEET_F_REGISTERED, FLEET_F_TAKEN, FleetInfo};
+
 use crate::{
+    maps::now,
     sources::etcd::{self as store, Claim, Registration},
     state::{Etcd, Host, Mode, Peer},
 };
+
+/// What the fleet task tells the agent's loop.
+pub enum Update {
+    /// A new view of the other hosts.
+    Peers(Vec<Peer>),
+    /// How etcd is doing (for `NP_FLEET`; the loop adds the skipped count).
+    Info(FleetInfo),
+}
 
 /// The longest wait between two attempts to reach etcd.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -23,8 +34,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// holds it instead. Not sent while etcd does not answer.
 pub type FirstClaim = oneshot::Receiver<Result<(), String>>;
 
-/// Starts the fleet task. Every view of the other hosts arrives on the channel.
-pub fn spawn(e: Etcd, host: Host) -> (mpsc::Receiver<Vec<Peer>>, FirstClaim) {
+/// Starts the fleet task. Every view of the other hosts, and every change of etcd's
+/// state, arrives on the channel.
+pub fn spawn(e: Etcd, host: Host) -> (mpsc::Receiver<Update>, FirstClaim) {
     let (tx, rx) = mpsc::channel(16);
     let (first_tx, first_rx) = oneshot::channel();
     tokio::spawn(run(e, host, tx, first_tx));
@@ -34,31 +46,33 @@ pub fn spawn(e: Etcd, host: Host) -> (mpsc::Receiver<Vec<Peer>>, FirstClaim) {
 async fn run(
     e: Etcd,
     host: Host,
-    tx: mpsc::Sender<Vec<Peer>>,
+    tx: mpsc::Sender<Update>,
     first: oneshot::Sender<Result<(), String>>,
 ) {
     let key = store::subnet_key(&e.prefix, host.subnet);
     let mut first = Some(first);
     let mut backoff = Duration::from_secs(1);
-    let mut away_since: Option<std::time::Instant> = None;
+    let mut info = FleetInfo {
+        flags: FLEET_F_CONFIGURED,
+        lease_ttl: e.lease_ttl as u32,
+        away_since: now(),
+        ..FleetInfo::default()
+    };
     loop {
-        match session(
-            &e,
-            &host,
-            &key,
-            &tx,
-            &mut first,
-            &mut backoff,
-            &mut away_since,
-        )
-        .await
-        {
+        let ended = session(&e, &host, &key, &tx, &mut first, &mut backoff, &mut info).await;
+        match ended {
             Ok(()) => return, // the agent is gone
             Err(err) => {
-                let since = *away_since.get_or_insert_with(std::time::Instant::now);
+                if info.away_since == 0 {
+                    info.away_since = now();
+                }
+                info.flags &= !FLEET_F_REGISTERED;
+                if tx.send(Update::Info(info)).await.is_err() {
+                    return;
+                }
                 log::warn!(
-                    "etcd: {err:#}; the datapath stays as it is (etcd not reached for {:.0} s); trying again in {} s",
-                    since.elapsed().as_secs_f64(),
+                    "etcd: {err:#}; the datapath stays as it is (etcd not reached for {} s); trying again in {} s",
+                    now().saturating_sub(info.away_since),
                     backoff.as_secs()
                 );
             }
@@ -89,12 +103,13 @@ async fn session(
     e: &Etcd,
     host: &Host,
     key: &str,
-    tx: &mpsc::Sender<Vec<Peer>>,
+    tx: &mpsc::Sender<Update>,
     first: &mut Option<oneshot::Sender<Result<(), String>>>,
     backoff: &mut Duration,
-    away_since: &mut Option<std::time::Instant>,
+    info: &mut FleetInfo,
 ) -> Result<()> {
     let mut client = store::connect(e).await?;
+    info.last_ok = now();
     let mode = cluster_mode(&mut client, &e.prefix).await?;
     let reg: Registration = store::registration(host, mode);
     let lease = client
@@ -110,8 +125,10 @@ async fn session(
         if let Some(f) = first.take() {
             let _ = f.send(Err(msg.clone()));
         }
+        info.flags |= FLEET_F_TAKEN;
         bail!("{msg}");
     }
+    info.flags = (info.flags & !FLEET_F_TAKEN) | FLEET_F_REGISTERED;
     if let Some(f) = first.take() {
         let _ = f.send(Ok(()));
     }
@@ -124,8 +141,11 @@ async fn session(
         log::warn!("etcd: skipping {b}");
     }
     let mut known: BTreeMap<String, Peer> = listed.into_iter().collect();
-    if away_since.take().is_some() {
-        log::info!("etcd: reached again");
+    info.away_since = 0;
+    info.last_ok = now();
+    info.hosts = known.len() as u32;
+    if tx.send(Update::Info(*info)).await.is_err() {
+        return Ok(());
     }
     *backoff = Duration::from_secs(1);
     log::info!(
@@ -133,7 +153,11 @@ async fn session(
         e.lease_ttl,
         known.len()
     );
-    if tx.send(known.values().cloned().collect()).await.is_err() {
+    if tx
+        .send(Update::Peers(known.values().cloned().collect()))
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let mut watch = client
@@ -156,6 +180,10 @@ async fn session(
                 match acks.message().await.context("renewing the lease")? {
                     Some(a) if a.ttl() > 0 => {}
                     _ => bail!("the lease expired (etcd did not hear from this host for {} s)", e.lease_ttl),
+                }
+                info.last_ok = now();
+                if tx.send(Update::Info(*info)).await.is_err() {
+                    return Ok(());
                 }
             }
             msg = watch.message() => {
@@ -188,8 +216,13 @@ async fn session(
                         },
                     }
                 }
-                if changed && tx.send(known.values().cloned().collect()).await.is_err() {
-                    return Ok(());
+                if changed {
+                    info.hosts = known.len() as u32;
+                    info.last_ok = now();
+                    let view = Update::Peers(known.values().cloned().collect());
+                    if tx.send(Update::Info(*info)).await.is_err() || tx.send(view).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -93,6 +93,13 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
         });
     }
 
+    // NP_FLEET: what the fleet task last said (zero without [etcd]).
+    let mut fleet_info = netpath_common::FleetInfo::default();
+    if let Some(e) = &cfg.etcd {
+        fleet_info.flags = netpath_common::FLEET_F_CONFIGURED;
+        fleet_info.lease_ttl = e.lease_ttl as u32;
+    }
+    let _ = maps.fleet.set(0, fleet_info, 0);
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
     let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
@@ -106,14 +113,22 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
                 sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
             }
-            Some(peers) = async {
+            Some(update) = async {
                 match fleet.as_mut() {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
-            } => {
-                apply_fleet(&mut maps, &cfg, &peers);
-            }
+            } => match update {
+                fleet::Update::Peers(peers) => {
+                    let skipped = apply_fleet(&mut maps, &cfg, &peers);
+                    fleet_info.skipped = skipped;
+                    let _ = maps.fleet.set(0, fleet_info, 0);
+                }
+                fleet::Update::Info(info) => {
+                    fleet_info = netpath_common::FleetInfo { skipped: fleet_info.skipped, ..info };
+                    let _ = maps.fleet.set(0, fleet_info, 0);
+                }
+            },
             _ = gc.tick() => {
                 sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
                 match collector::gc(&mut maps) {
@@ -196,7 +211,8 @@ async fn sync(
 
 /// Reconciles with the fleet's new view of the other hosts (`peers`, from etcd) as the
 /// etcd part of the desired state. A failure is logged; the next view tries again.
-fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) {
+/// Returns how many registrations were left out.
+fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) -> u32 {
     let result = (|| -> Result<_> {
         let observed = reconcile::observe(maps)?;
         let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), peers)?;
@@ -207,6 +223,7 @@ fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) {
             for s in &merge.skipped_etcd {
                 log::warn!("etcd: skipped {s}");
             }
+            let skipped = merge.skipped_etcd.len() as u32;
             if !c.peers.is_empty() {
                 log::info!(
                     "etcd: {} hosts as peers; {} added {:?}, {} updated {:?}, {} removed {:?}",
@@ -219,8 +236,12 @@ fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) {
                     c.peers.removed
                 );
             }
+            skipped
         }
-        Err(e) => log::warn!("etcd: applying the fleet's view: {e:#}"),
+        Err(e) => {
+            log::warn!("etcd: applying the fleet's view: {e:#}");
+            0
+        }
     }
 }
 

@@ -68,6 +68,10 @@ pub enum DumpMap {
     /// MAC, host-side veth. Learned from the bridge's neighbours.
     #[value(alias = "NP_ENDPOINTS_V1")]
     Endpoints,
+    /// The fleet's store ([etcd]) as the agent last saw it: registered, other hosts,
+    /// since when it has not answered.
+    #[value(alias = "NP_FLEET_V1")]
+    Fleet,
 }
 
 pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
@@ -107,6 +111,11 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         DumpMap::Events => show(&dump::events(maps)?, json, None),
         DumpMap::Build => show(&dump::build(maps)?, json, None),
         DumpMap::Endpoints => show(&dump::endpoints(maps)?, json, None),
+        DumpMap::Fleet => show(
+            &crate::inspect::status::fleet(maps, crate::maps::now())?,
+            json,
+            None,
+        ),
     }
 }
 

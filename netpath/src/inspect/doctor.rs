@@ -120,6 +120,7 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
     sysctls(&agent.uplink, &agent.bridge, &mut f);
     mtu(&maps, &agent.uplink, &agent.bridge, &mut f)?;
     endpoints(&maps, &agent.bridge, &mut f)?;
+    etcd(&maps, &mut f)?;
     netfilter(&mut f);
     conntrack(
         st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]),
@@ -378,6 +379,43 @@ fn endpoints(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// The fleet's store, as the agent last saw it (`NP_FLEET`); nothing without `[etcd]`.
+fn etcd(maps: &Maps, f: &mut Vec<Finding>) -> Result<()> {
+    let Some(s) = status::fleet(maps, crate::maps::now())? else {
+        return Ok(());
+    };
+    f.push(if s.subnet_taken {
+        bad(
+            "etcd",
+            Level::Fail,
+            "this host's subnet is registered in etcd by another host: this host is not registered, the others do not route to it",
+            "give it another [host].subnet (`netpath cluster hosts --config ...` shows who holds what)",
+        )
+    } else if let Some(away) = s.away_s {
+        bad(
+            "etcd",
+            Level::Warn,
+            format!("etcd has not answered for {away} s: the datapath stays as it was ({} other hosts as peers); changes in the fleet are not seen", s.hosts),
+            "check [etcd].endpoints, the members (etcdctl endpoint health) and the route to them",
+        )
+    } else {
+        ok(
+            "etcd",
+            format!(
+                "registered, {} other hosts, last answer {} s ago{}",
+                s.hosts,
+                s.last_answer_s.unwrap_or(0),
+                if s.skipped > 0 {
+                    format!(", {} registrations skipped (see the agent's log)", s.skipped)
+                } else {
+                    String::new()
+                }
+            ),
+        )
+    });
     Ok(())
 }
 

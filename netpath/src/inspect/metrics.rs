@@ -166,6 +166,23 @@ pub fn render(pins: &PinDir) -> Result<String> {
         generation,
     );
 
+    if let Some(f) = crate::inspect::status::fleet(&maps, crate::maps::now())? {
+        let g = gauge_family(
+            &mut reg,
+            "netpath_etcd",
+            "The fleet's store ([etcd]): up (1 while it answers), registered (1 while this host's subnet is under a live lease), hosts (other hosts it lists), skipped (registrations left out), seconds_since_answer",
+        );
+        let set = |what: &str, v: i64| g.get_or_create(&labels(&[("what", what)])).set(v);
+        set("up", f.away_s.is_none() as i64);
+        set("registered", f.registered as i64);
+        set("hosts", f.hosts as i64);
+        set("skipped", f.skipped as i64);
+        set(
+            "seconds_since_answer",
+            f.last_answer_s.map_or(-1, |s| s as i64),
+        );
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).context("encoding the metrics")?;
     Ok(out)

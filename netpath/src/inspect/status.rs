@@ -24,8 +24,45 @@ pub struct Status {
     pub versions: Versions,
     pub attachments: Vec<AttachmentRow>,
     pub maps: Vec<MapRow>,
+    /// The fleet's store as the agent last saw it; None without `[etcd]`.
+    pub etcd: Option<FleetStatus>,
     /// What needs the operator's attention, each with what to do; empty when all is well.
     pub problems: Vec<String>,
+}
+
+/// `NP_FLEET`, readable.
+#[derive(Serialize, Debug)]
+pub struct FleetStatus {
+    /// This host's subnet is registered under a live lease.
+    pub registered: bool,
+    /// Another host holds this host's subnet.
+    pub subnet_taken: bool,
+    /// Other hosts etcd lists.
+    pub hosts: u32,
+    /// Registrations left out (not good, or colliding with the config's peers).
+    pub skipped: u32,
+    /// Seconds since etcd last answered (None: not since the agent started).
+    pub last_answer_s: Option<u64>,
+    /// Seconds etcd has not answered for; None while it answers.
+    pub away_s: Option<u64>,
+    pub lease_ttl: u32,
+}
+
+/// The fleet's state from `NP_FLEET`; None without `[etcd]`.
+pub fn fleet(maps: &Maps, now: u64) -> Result<Option<FleetStatus>> {
+    let f = maps.fleet.get(&0, 0)?;
+    if f.flags & netpath_common::FLEET_F_CONFIGURED == 0 {
+        return Ok(None);
+    }
+    Ok(Some(FleetStatus {
+        registered: f.flags & netpath_common::FLEET_F_REGISTERED != 0,
+        subnet_taken: f.flags & netpath_common::FLEET_F_TAKEN != 0,
+        hosts: f.hosts,
+        skipped: f.skipped,
+        last_answer_s: (f.last_ok != 0).then(|| now.saturating_sub(f.last_ok)),
+        away_s: (f.away_since != 0).then(|| now.saturating_sub(f.away_since)),
+        lease_ttl: f.lease_ttl,
+    }))
 }
 
 #[derive(Serialize)]
@@ -133,6 +170,19 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         ));
     }
     let attachments = attachments(pins, &maps, &mut problems)?;
+    let etcd = fleet(&maps, now)?;
+    if let Some(f) = &etcd
+        && a.agent_running
+    {
+        if f.subnet_taken {
+            problems.push("this host's subnet is registered in etcd by another host: it is not registered; give it another [host].subnet (see the agent's log)".to_owned());
+        } else if let Some(away) = f.away_s {
+            problems.push(format!(
+                "etcd has not answered for {}: the datapath stays as it is, the agent keeps trying (check [etcd].endpoints and the members)",
+                ago(away)
+            ));
+        }
+    }
     let maps_rows = map_rows(pins)?;
     for m in &maps_rows {
         if let Some(f) = m.fill_pct.filter(|f| *f >= FILL_WARN_PCT) {
@@ -164,6 +214,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         versions,
         attachments,
         maps: maps_rows,
+        etcd,
         problems,
     })
 }
@@ -419,6 +470,30 @@ pub fn text(s: &Status) -> String {
         },
         v.map_layout
     );
+    if let Some(f) = &s.etcd {
+        let _ = writeln!(
+            o,
+            "etcd: {}; {} other hosts{}; {}",
+            if f.subnet_taken {
+                "this host's subnet is ANOTHER HOST'S"
+            } else if f.registered {
+                "registered"
+            } else {
+                "NOT registered"
+            },
+            f.hosts,
+            if f.skipped > 0 {
+                format!(" ({} registrations skipped)", f.skipped)
+            } else {
+                String::new()
+            },
+            match (f.away_s, f.last_answer_s) {
+                (Some(away), _) => format!("NOT ANSWERING for {}", ago(away)),
+                (None, Some(last)) => format!("last answer {} ago", ago(last)),
+                (None, None) => "not reached yet".to_owned(),
+            }
+        );
+    }
     let _ = writeln!(o, "\nattachments");
     o.push_str(&report::table(
         &[

@@ -63,6 +63,7 @@ pub struct Maps {
     pub build: Array<MapData, netpath_common::BuildInfo>,
     pub reject_limit: PerCpuArray<MapData, netpath_common::RejectLimit>,
     pub endpoints: HashMap<MapData, u32, netpath_common::Endpoint>,
+    pub fleet: Array<MapData, netpath_common::FleetInfo>,
 }
 
 impl Maps {
@@ -96,6 +97,7 @@ impl Maps {
             build: take(map_names::BUILD)?.try_into()?,
             reject_limit: take(map_names::REJECT_LIMIT)?.try_into()?,
             endpoints: take(map_names::ENDPOINTS)?.try_into()?,
+            fleet: take(map_names::FLEET)?.try_into()?,
         })
     }
 
@@ -126,6 +128,7 @@ impl Maps {
             build: pins.open(map_names::BUILD)?.try_into()?,
             reject_limit: pins.open(map_names::REJECT_LIMIT)?.try_into()?,
             endpoints: pins.open(map_names::ENDPOINTS)?.try_into()?,
+            fleet: pins.open(map_names::FLEET)?.try_into()?,
         })
     }
 
