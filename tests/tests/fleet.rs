@@ -225,6 +225,13 @@ fn a_bad_etcd_section_is_refused_naming_the_field() {
         assert!(err.contains(want), "{change:?}: {err}");
     }
     assert!(!lab.hosts[0].pin_dir.exists(), "nothing was set up");
+    // What Docker's daemon.json gets for this host (the fleet leaves room for VXLAN).
+    std::fs::write(&lab.hosts[0].config, &good).unwrap();
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let s = lab.netpath_json(0, &["subnet", "--config", &config, "--json"]);
+    assert_eq!(s["subnet"], "10.244.11.0/24", "{s}");
+    assert_eq!(s["daemon_json"]["bip"], "10.244.11.1/24", "{s}");
+    assert_eq!(s["daemon_json"]["mtu"], 1450, "{s}");
     lab.teardown().unwrap();
 }
 

@@ -142,6 +142,49 @@ pub fn hosts(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
     Ok(())
 }
 
+#[derive(Serialize)]
+struct SubnetReport {
+    subnet: String,
+    /// docker0's address: the subnet's first address, with its length.
+    bip: String,
+    /// The largest MTU containers may use: the uplink's, less the tunnel's headers when
+    /// any peer (or the fleet's default) is reached through VXLAN.
+    mtu: u32,
+    daemon_json: serde_json::Value,
+}
+
+/// `netpath subnet`: Docker's `bip` and `mtu` for this host's subnet.
+pub fn subnet(config: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let h = &cfg.host;
+    let first = h
+        .subnet
+        .hosts()
+        .next()
+        .with_context(|| format!("subnet {} has no address for the bridge", h.subnet))?;
+    let bip = format!("{first}/{}", h.subnet.prefix_len());
+    // A fleet reaches this host in its cluster's mode, vxlan by default: leave room for
+    // the tunnel unless every peer is direct.
+    let tunnel = cfg.etcd.is_some() || cfg.peers.iter().any(|p| p.mode == crate::state::Mode::Vxlan);
+    let mtu = if tunnel { h.tunnel_mtu() } else { h.uplink_mtu };
+    let r = SubnetReport {
+        subnet: h.subnet.to_string(),
+        bip: bip.clone(),
+        mtu,
+        daemon_json: serde_json::json!({"bip": bip, "mtu": mtu}),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("NETPATH_SUBNET={}\nNETPATH_BIP={}\nNETPATH_MTU={}", r.subnet, r.bip, r.mtu);
+        println!(
+            "# /etc/docker/daemon.json: {}",
+            serde_json::to_string(&r.daemon_json)?
+        );
+    }
+    Ok(())
+}
+
 /// Parses `--cidr`.
 pub fn cidr(s: &str) -> Result<Ipv4Net, String> {
     let n: Ipv4Net = s

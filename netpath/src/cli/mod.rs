@@ -157,6 +157,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// What to put in Docker's daemon.json for this host's subnet (as flannel's
+    /// subnet.env): the bridge address (`bip`) and the MTU containers may use.
+    ///
+    /// Example: netpath subnet --config /etc/netpath.toml --json
+    Subnet {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The fleet in etcd (the [etcd] section of a config): set it up, list its hosts.
     Cluster {
         #[command(subcommand)]
@@ -301,6 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Subnet { config, json } => cluster::subnet(&config, json),
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Init {
                 config,
