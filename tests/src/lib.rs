@@ -293,6 +293,57 @@ impl Lab {
     /// the lab's directory; waits until it answers. Returns the client endpoints. The
     /// members are the lab's children: teardown stops them and removes their data.
     pub fn etcd(&mut self, members: usize) -> Result<Vec<String>> {
+        self.etcd_with(members, false)
+    }
+
+    /// Makes, in the lab's directory, a CA (`ca.pem`), a server certificate for each of
+    /// `members` members (`server{k}.pem`, `server{k}-key.pem`, for its address), a client
+    /// certificate (`client.pem`, `client-key.pem`) and a second, unrelated CA
+    /// (`other-ca.pem`). Returns the directory.
+    pub fn etcd_certs(&self, members: usize) -> Result<PathBuf> {
+        let d = self.dir.clone();
+        let ssl = |args: &str| -> Result<()> {
+            run(Command::new("openssl")
+                .current_dir(&d)
+                .args(args.split_whitespace()))
+        };
+        for ca in ["ca", "other-ca"] {
+            ssl(&format!(
+                "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=netpath-test-{ca} -keyout {ca}-key.pem -out {ca}.pem"
+            ))?;
+        }
+        let sign = |name: &str, san: &str, usage: &str| -> Result<()> {
+            ssl(&format!(
+                "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN={name} -keyout {name}-key.pem -out {name}.csr"
+            ))?;
+            fs::write(
+                d.join(format!("{name}.ext")),
+                format!("{san}extendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+            )?;
+            ssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile {name}.ext -out {name}.pem"
+            ))
+        };
+        for k in 0..members {
+            sign(
+                &format!("server{k}"),
+                &format!("subjectAltName=IP:198.18.0.{}\n", 2 + k),
+                "serverAuth",
+            )?;
+        }
+        sign("client", "", "clientAuth")?;
+        Ok(d)
+    }
+
+    /// As [`Lab::etcd`]; with `tls`, the members serve clients over https with the
+    /// certificates of [`Lab::etcd_certs`] and require a client certificate.
+    pub fn etcd_with(&mut self, members: usize, tls: bool) -> Result<Vec<String>> {
+        let certs = if tls {
+            Some(self.etcd_certs(members)?)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         let fab = self.fabric.clone();
         let addrs: Vec<String> = (0..members)
             .map(|k| format!("198.18.0.{}", 2 + k))
@@ -315,13 +366,23 @@ impl Lab {
             run(ip(&ns, "link set eth0 up"))?;
             let data = self.dir.join(format!("etcd{k}"));
             let log = fs::File::create(self.dir.join(format!("etcd{k}.log")))?;
-            let child = Command::new("ip")
-                .args(["netns", "exec", &ns, "etcd"])
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns, "etcd"])
                 .args(["--name", &format!("e{k}")])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen-client-urls", &format!("http://{a}:2379")])
-                .args(["--advertise-client-urls", &format!("http://{a}:2379")])
+                .args(["--listen-client-urls", &format!("{scheme}://{a}:2379")])
+                .args(["--advertise-client-urls", &format!("{scheme}://{a}:2379")]);
+            if let Some(c) = &certs {
+                cmd.arg("--cert-file")
+                    .arg(c.join(format!("server{k}.pem")))
+                    .arg("--key-file")
+                    .arg(c.join(format!("server{k}-key.pem")))
+                    .arg("--trusted-ca-file")
+                    .arg(c.join("ca.pem"))
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--listen-peer-urls", &format!("http://{a}:2380")])
                 .args(["--initial-advertise-peer-urls", &format!("http://{a}:2380")])
                 .args(["--initial-cluster", &cluster])
@@ -334,16 +395,27 @@ impl Lab {
                 .context("starting etcd (Debian's etcd-server; `cargo xtask setup` installs it)")?;
             self.etcd_members.push((ns, Some(child)));
         }
-        let endpoints: Vec<String> = addrs.iter().map(|a| format!("http://{a}:2379")).collect();
+        let endpoints: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("{scheme}://{a}:2379"))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = Command::new("ip")
+            let mut check = Command::new("ip");
+            check
                 .args(["netns", "exec", &format!("{}-etcd0", self.id), "etcdctl"])
                 .args(["--endpoints", &endpoints.join(","), "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
+                .env("ETCDCTL_API", "3");
+            if let Some(c) = &certs {
+                check
+                    .arg("--cacert")
+                    .arg(c.join("ca.pem"))
+                    .arg("--cert")
+                    .arg(c.join("client.pem"))
+                    .arg("--key")
+                    .arg(c.join("client-key.pem"));
+            }
+            let ok = check.output().map(|o| o.status.success()).unwrap_or(false);
             if ok {
                 return Ok(endpoints);
             }

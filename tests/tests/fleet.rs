@@ -291,3 +291,43 @@ fn three_members_one_killed_and_a_partitioned_host_converge() {
     }
     lab.teardown().unwrap();
 }
+
+#[test]
+fn tls_with_the_right_ca_works_and_a_wrong_one_is_refused_clearly() {
+    let Some(mut lab) = lab(2) else { return };
+    let endpoints = lab.etcd_with(1, true).unwrap();
+    let certs = lab.dir.clone();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    let tls = |ca: &str| {
+        format!(
+            "ca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            certs.join(ca),
+            certs.join("client.pem"),
+            certs.join("client-key.pem")
+        )
+    };
+    for i in 0..2 {
+        lab.append_config(i, &tls("ca.pem")).unwrap();
+    }
+    lab.start_all().unwrap();
+    wait_peers(&lab, 0, &["h2"], 10);
+    wait_peers(&lab, 1, &["h1"], 10);
+    crosses(&lab, 0, 1);
+
+    // A CA that did not sign the members' certificates: refused, and said so.
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("ca.pem", "other-ca.pem")).unwrap();
+    let o = lab
+        .netpath(0, &["cluster", "hosts", "--config", &config])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("no etcd member answers"), "{err}");
+    assert!(
+        err.contains("https://198.18.0.2:2379: its certificate is not signed by [etcd].ca"),
+        "the error names the certificate problem: {err}"
+    );
+    lab.teardown().unwrap();
+}

@@ -26,6 +26,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // The fleet's store: tests start their own members in lab namespaces.
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    // The fleet's TLS test makes its certificates.
+    ("openssl", "openssl"),
 ];
 
 /// What every build needs: etcd-client (the crate) compiles etcd's protobuf definitions.

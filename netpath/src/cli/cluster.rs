@@ -165,7 +165,11 @@ pub fn subnet(config: &Path, json: bool) -> Result<()> {
     let bip = format!("{first}/{}", h.subnet.prefix_len());
     // A fleet reaches this host in its cluster's mode, vxlan by default: leave room for
     // the tunnel unless every peer is direct.
-    let tunnel = cfg.etcd.is_some() || cfg.peers.iter().any(|p| p.mode == crate::state::Mode::Vxlan);
+    let tunnel = cfg.etcd.is_some()
+        || cfg
+            .peers
+            .iter()
+            .any(|p| p.mode == crate::state::Mode::Vxlan);
     let mtu = if tunnel { h.tunnel_mtu() } else { h.uplink_mtu };
     let r = SubnetReport {
         subnet: h.subnet.to_string(),
@@ -176,7 +180,10 @@ pub fn subnet(config: &Path, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("NETPATH_SUBNET={}\nNETPATH_BIP={}\nNETPATH_MTU={}", r.subnet, r.bip, r.mtu);
+        println!(
+            "NETPATH_SUBNET={}\nNETPATH_BIP={}\nNETPATH_MTU={}",
+            r.subnet, r.bip, r.mtu
+        );
         println!(
             "# /etc/docker/daemon.json: {}",
             serde_json::to_string(&r.daemon_json)?

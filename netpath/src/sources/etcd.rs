@@ -143,7 +143,17 @@ pub async fn connect(e: &Etcd) -> Result<Client> {
             }
             Err(err) => {
                 NEXT_MEMBER.store(k + 1, Ordering::Relaxed);
-                errors.push(format!("{ep}: {err}"));
+                let text = err.to_string();
+                let hint = if text.contains("UnknownIssuer") {
+                    ": its certificate is not signed by [etcd].ca"
+                } else if text.contains("NotValidForName") {
+                    ": its certificate does not name this address"
+                } else if text.contains("CertificateRequired") {
+                    ": it wants a client certificate ([etcd].cert and key)"
+                } else {
+                    ""
+                };
+                errors.push(format!("{ep}{hint} ({text})"));
             }
         }
     }
