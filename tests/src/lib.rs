@@ -427,6 +427,22 @@ impl Lab {
         }
     }
 
+    /// `etcdctl ARGS` against the lab's plain-http members, from the first member's
+    /// namespace; its output.
+    pub fn etcdctl(&self, args: &str) -> Result<String> {
+        let (ns, _) = self.etcd_members.first().context("the lab has no etcd")?;
+        let endpoints: Vec<String> = (0..self.etcd_members.len())
+            .map(|k| format!("http://198.18.0.{}:2379", 2 + k))
+            .collect();
+        output(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "etcdctl", "--endpoints"])
+                .arg(endpoints.join(","))
+                .args(args.split_whitespace())
+                .env("ETCDCTL_API", "3"),
+        )
+    }
+
     /// Stops etcd member `k` (SIGKILL): etcd is away for the hosts if it was the only one.
     pub fn kill_etcd(&mut self, k: usize) {
         if let Some(mut c) = self.etcd_members.get_mut(k).and_then(|m| m.1.take()) {

@@ -138,6 +138,19 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
     wait_peers(&lab, 1, &["h1", "h3"], 10);
     crosses(&lab, 0, 2);
 
+    // A registration deleted by hand comes back at once.
+    let key = "/netpath/subnets/10.244.12.0-24";
+    lab.etcdctl(&format!("del {key}")).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .etcdctl(&format!("get {key}"))
+        .unwrap()
+        .contains("\"host\":\"h2\"")
+    {
+        assert!(Instant::now() < until, "{key} not registered again");
+        thread::sleep(Duration::from_millis(100));
+    }
+    wait_peers(&lab, 0, &["h2", "h3"], 5);
     let st = lab.netpath_json(1, &["status", "--json"]);
     assert_eq!(st["etcd"]["registered"], true, "{st}");
     assert_eq!(st["etcd"]["hosts"], 2, "{st}");
