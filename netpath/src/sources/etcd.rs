@@ -177,6 +177,21 @@ pub async fn claim(
     reg: &Registration,
     lease: i64,
 ) -> Result<Claim> {
+    // An entry deleted between the transaction and the read: try again (a few times).
+    for _ in 0..3 {
+        if let Some(c) = claim_once(client, key, reg, lease).await? {
+            return Ok(c);
+        }
+    }
+    bail!("{key} keeps changing hands: registering it later")
+}
+
+async fn claim_once(
+    client: &mut Client,
+    key: &str,
+    reg: &Registration,
+    lease: i64,
+) -> Result<Option<Claim>> {
     let value = serde_json::to_vec(reg)?;
     let put = || {
         TxnOp::put(
@@ -191,34 +206,33 @@ pub async fn claim(
         .or_else([TxnOp::get(key, None)]);
     let resp = client.txn(txn).await.context("registering the subnet")?;
     if resp.succeeded() {
-        return Ok(Claim::Held);
+        return Ok(Some(Claim::Held));
     }
     let holder = resp.op_responses().into_iter().find_map(|r| match r {
-        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
         _ => None,
     });
-    let holder: Option<Registration> = holder.and_then(|v| serde_json::from_slice(&v).ok());
-    match holder {
-        Some(h) if h.host == reg.host => {
+    let Some((value, revision)) = holder else {
+        // Deleted between the two steps: the next attempt creates it.
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Registration>(&value) {
+        Ok(h) if h.host == reg.host => {
             // Ours, from before a restart: renew it under the new lease, unless it changed
-            // hands meanwhile.
+            // since it was read.
             let txn = Txn::new()
-                .when([Compare::value(
-                    key,
-                    CompareOp::Equal,
-                    serde_json::to_vec(&h)?,
-                )])
+                .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
                 .and_then([put()]);
-            if client.txn(txn).await?.succeeded() {
-                Ok(Claim::Held)
-            } else {
-                Ok(Claim::Taken("another host, just now".to_owned()))
-            }
+            // Changed since it was read: look again.
+            Ok(client.txn(txn).await?.succeeded().then_some(Claim::Held))
         }
-        Some(h) => Ok(Claim::Taken(format!("{} ({})", h.host, h.underlay))),
-        None => Ok(Claim::Taken(
+        Ok(h) => Ok(Some(Claim::Taken(format!("{} ({})", h.host, h.underlay)))),
+        Err(_) => Ok(Some(Claim::Taken(
             "an entry that is not a netpath registration".to_owned(),
-        )),
+        ))),
     }
 }
 
