@@ -139,6 +139,26 @@ pub struct Outside {
     pub addr: String,
 }
 
+impl Lab {
+    /// A lab of `hosts` hosts with `containers` containers each, locked down (FORWARD
+    /// DROP, no NAT rules), no outside host; None (the test is skipped) where labs cannot
+    /// run.
+    pub fn hosts(hosts: usize, containers: usize) -> Option<Lab> {
+        if !can_run_lab() {
+            return None;
+        }
+        Some(
+            Lab::new(Spec {
+                hosts,
+                containers,
+                locked_down: true,
+                outside: false,
+            })
+            .expect("build lab"),
+        )
+    }
+}
+
 /// Underlay address of the outside host.
 pub const OUTSIDE_ADDR: &str = "198.18.0.250";
 
@@ -184,14 +204,7 @@ impl Lab {
         }
         if spec.outside {
             let ns = format!("{id}-out");
-            lab.add_ns(&ns)?;
-            run(ip(
-                &fab,
-                &format!("link add uo type veth peer name eth0 netns {ns}"),
-            ))?;
-            run(ip(&fab, "link set uo master fab up"))?;
-            run(ip(&ns, &format!("addr add {OUTSIDE_ADDR}/24 dev eth0")))?;
-            run(ip(&ns, "link set eth0 up"))?;
+            lab.on_fabric(&ns, "uo", OUTSIDE_ADDR)?;
             lab.outside = Some(Outside {
                 ns,
                 addr: OUTSIDE_ADDR.to_owned(),
@@ -214,22 +227,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes namespace `ns` a machine on the fabric: its `eth0` (a veth whose other end,
+    /// `port`, is on the fabric's bridge) with `addr`/24, up.
+    fn on_fabric(&mut self, ns: &str, port: &str, addr: &str) -> Result<()> {
+        self.add_ns(ns)?;
+        let fab = &self.fabric;
+        run(ip(
+            fab,
+            &format!("link add {port} type veth peer name eth0 netns {ns}"),
+        ))?;
+        run(ip(fab, &format!("link set {port} master fab up")))?;
+        run(ip(ns, &format!("addr add {addr}/24 dev eth0")))?;
+        run(ip(ns, "link set eth0 up"))
+    }
+
     fn add_host(&mut self, idx: usize, spec: &Spec) -> Result<()> {
         let name = format!("h{idx}");
         let ns = format!("{}-{name}", self.id);
-        self.add_ns(&ns)?;
-        let fab = self.fabric.clone();
         let underlay = format!("198.18.0.{}", 10 + idx);
         let net = 10 + idx;
         let subnet = format!("10.244.{net}.0/24");
         let gateway = format!("10.244.{net}.1");
-        run(ip(
-            &fab,
-            &format!("link add u{idx} type veth peer name eth0 netns {ns}"),
-        ))?;
-        run(ip(&fab, &format!("link set u{idx} master fab up")))?;
-        run(ip(&ns, &format!("addr add {underlay}/24 dev eth0")))?;
-        run(ip(&ns, "link set eth0 up"))?;
+        self.on_fabric(&ns, &format!("u{idx}"), &underlay)?;
         run(ip(&ns, "link add br0 type bridge"))?;
         run(ip(&ns, &format!("addr add {gateway}/24 dev br0")))?;
         run(ip(&ns, "link set br0 up"))?;
@@ -344,7 +363,6 @@ impl Lab {
             None
         };
         let scheme = if tls { "https" } else { "http" };
-        let fab = self.fabric.clone();
         let addrs: Vec<String> = (0..members)
             .map(|k| format!("198.18.0.{}", 2 + k))
             .collect();
@@ -356,14 +374,7 @@ impl Lab {
             .join(",");
         for (k, a) in addrs.iter().enumerate() {
             let ns = format!("{}-etcd{k}", self.id);
-            self.add_ns(&ns)?;
-            run(ip(
-                &fab,
-                &format!("link add ue{k} type veth peer name eth0 netns {ns}"),
-            ))?;
-            run(ip(&fab, &format!("link set ue{k} master fab up")))?;
-            run(ip(&ns, &format!("addr add {a}/24 dev eth0")))?;
-            run(ip(&ns, "link set eth0 up"))?;
+            self.on_fabric(&ns, &format!("ue{k}"), a)?;
             let data = self.dir.join(format!("etcd{k}"));
             let log = fs::File::create(self.dir.join(format!("etcd{k}.log")))?;
             let mut cmd = Command::new("ip");

@@ -6,21 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpath_tests::{Lab, Spec, ping};
+use netpath_tests::{Lab, ping};
 
 fn lab(hosts: usize) -> Option<Lab> {
-    if !netpath_tests::can_run_lab() {
-        return None;
-    }
-    Some(
-        Lab::new(Spec {
-            hosts,
-            containers: 1,
-            locked_down: true,
-            outside: false,
-        })
-        .expect("build lab"),
-    )
+    Lab::hosts(hosts, 1)
 }
 
 /// Host `i`'s peers from etcd, by name.

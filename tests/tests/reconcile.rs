@@ -243,4 +243,30 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         .unwrap_err()
         .to_string();
     assert!(err.contains("netpath peer del y"), "{err}");
+    // Peers from etcd come last: one that collides with the config's or the CLI's (name,
+    // subnet, underlay) is skipped with why, never an error; the others are kept as etcd's.
+    let peer = |name: &str, subnet: &str, underlay: u8| Peer {
+        name: name.into(),
+        subnet: subnet.parse().unwrap(),
+        underlay: [198, 18, 0, underlay].into(),
+        mode: Mode::Vxlan,
+        vtep_mac: None,
+    };
+    let etcd = [
+        peer("d", "10.244.50.0/24", 50),
+        peer("w", "10.244.14.0/25", 51),
+        peer("z2", "10.244.52.0/24", 41),
+        peer("e1", "10.244.53.0/24", 53),
+    ];
+    let (d3, merge) = sources::desired(&changed(cfg(true)), &cli, &etcd).unwrap();
+    assert_eq!(merge.kept_etcd, 1);
+    assert_eq!(merge.skipped_etcd.len(), 3, "{:?}", merge.skipped_etcd);
+    assert!(merge.skipped_etcd[0].contains("is used by another peer"));
+    let e1 = d3.peers.iter().find(|p| p.item.name == "e1").unwrap();
+    assert_eq!(e1.origin, netpath::state::Origin::Etcd);
+    assert_eq!(
+        d3.peers.len(),
+        d2.peers.len() + 1,
+        "the config's and the CLI's peers untouched"
+    );
 }

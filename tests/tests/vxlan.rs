@@ -4,23 +4,12 @@
 
 use std::{path::Path, thread, time::Duration};
 
-use netpath_tests::{Host, Lab, PeerMode, Spec, in_ns, output, ping};
+use netpath_tests::{Host, Lab, PeerMode, in_ns, output, ping};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_np-probe");
 
 fn lab(hosts: usize) -> Option<Lab> {
-    if !netpath_tests::can_run_lab() {
-        return None;
-    }
-    Some(
-        Lab::new(Spec {
-            hosts,
-            containers: 1,
-            locked_down: true,
-            outside: false,
-        })
-        .expect("build lab"),
-    )
+    Lab::hosts(hosts, 1)
 }
 
 /// ICMP, UDP and TCP from host a's container to host b's, and TCP throughput: a tunnel

@@ -85,14 +85,8 @@ async fn run(
 /// The mode the others reach this host in: the cluster's (`<prefix>/config`), vxlan when
 /// there is none (it works across any underlay).
 async fn cluster_mode(client: &mut Client, prefix: &str) -> Result<Mode> {
-    let resp = client.get(format!("{prefix}/config"), None).await?;
-    let Some(kv) = resp.kvs().first() else {
-        return Ok(Mode::Vxlan);
-    };
-    let c: serde_json::Value =
-        serde_json::from_slice(kv.value()).context("<prefix>/config is not JSON")?;
-    Ok(match c["mode"].as_str() {
-        Some("direct") => Mode::Direct,
+    Ok(match store::cluster(client, prefix).await? {
+        Some(c) if c.mode == "direct" => Mode::Direct,
         _ => Mode::Vxlan,
     })
 }

@@ -26,12 +26,6 @@ fn etcd_of(config: &Path) -> Result<(Config, Etcd)> {
     Ok((cfg, e))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// `cluster init`: writes the cluster settings once; refused when present.
 pub fn init(config: &Path, c: Cluster) -> Result<()> {
     if !(8..=30).contains(&c.subnet_len) || c.subnet_len < c.cidr.prefix_len() {
@@ -44,8 +38,11 @@ pub fn init(config: &Path, c: Cluster) -> Result<()> {
     if c.vni == 0 || c.vni > crate::state::VNI_MAX {
         bail!("--vni {}: use 1 to {}", c.vni, crate::state::VNI_MAX);
     }
+    if c.port == 0 {
+        bail!("--port 0: use a UDP port, 4789 by default");
+    }
     let (_, e) = etcd_of(config)?;
-    runtime()?.block_on(async {
+    super::runtime()?.block_on(async {
         let mut client = etcd::connect(&e).await?;
         if !etcd::init(&mut client, &e.prefix, &c).await? {
             bail!(
@@ -80,7 +77,7 @@ struct HostLine {
 /// it as a peer.
 pub fn hosts(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
     let (cfg, e) = etcd_of(config)?;
-    let (cluster, rows) = runtime()?.block_on(async {
+    let (cluster, rows) = super::runtime()?.block_on(async {
         let mut client = etcd::connect(&e).await?;
         etcd::hosts(&mut client, &e.prefix).await
     })?;

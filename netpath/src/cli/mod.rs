@@ -288,6 +288,13 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// The runtime of the commands that talk to netlink or etcd: one thread is plenty.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(&cli.pin_dir);
     match cli.cmd {
@@ -296,10 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             report_every,
         } => {
             let cfg = Config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(agent::run(cfg, pins, report_every))
+            runtime()?.block_on(agent::run(cfg, pins, report_every))
         }
         Cmd::Check { config } => {
             let cfg = Config::load(&config)?;

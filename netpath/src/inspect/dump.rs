@@ -14,12 +14,8 @@ use serde_json::Value;
 
 use crate::{
     maps::{Maps, addr_of},
-    state::policy::Action,
+    state::{format_mac, policy::Action},
 };
-
-pub fn mac(m: [u8; 6]) -> String {
-    crate::state::format_mac(m)
-}
 
 fn prefix_len_of_mask(mask_be: u32) -> u32 {
     u32::from_be(mask_be).count_ones()
@@ -58,8 +54,8 @@ pub fn config(maps: &Maps) -> Result<ConfigDump> {
         bridge_ifindex: c.bridge_ifindex,
         vni: c.vni,
         vxlan_port: u16::from_be(c.vxlan_port),
-        vtep_mac: mac(c.vtep_mac),
-        bridge_mac: mac(c.bridge_mac),
+        vtep_mac: format_mac(c.vtep_mac),
+        bridge_mac: format_mac(c.bridge_mac),
         tunnel_mtu: c.tunnel_mtu,
         tunnel_mss: c.tunnel_mss,
         masquerade: c.flags & CONFIG_F_MASQUERADE != 0,
@@ -88,7 +84,7 @@ pub fn underlay(maps: &Maps) -> Result<Vec<UnderlayRow>> {
             mode: crate::state::Mode::from_map(v.mode)
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| format!("mode-{}", v.mode)),
-            vtep_mac: mac(v.vtep_mac),
+            vtep_mac: format_mac(v.vtep_mac),
         });
     }
     rows.sort_by_key(|r| u32::from(r.underlay));
@@ -106,19 +102,33 @@ pub struct EndpointRow {
     pub interface: Option<String>,
 }
 
+fn endpoint_row(addr: u32, e: &netpath_common::Endpoint) -> EndpointRow {
+    EndpointRow {
+        address: addr_of(addr),
+        mac: format_mac(e.mac),
+        ifindex: e.ifindex,
+        interface: crate::iface::name_of(e.ifindex),
+    }
+}
+
 pub fn endpoints(maps: &Maps) -> Result<Vec<EndpointRow>> {
     let mut rows = Vec::new();
     for item in maps.endpoints.iter() {
         let (addr, e) = item?;
-        rows.push(EndpointRow {
-            address: addr_of(addr),
-            mac: mac(e.mac),
-            ifindex: e.ifindex,
-            interface: crate::iface::name_of(e.ifindex),
-        });
+        rows.push(endpoint_row(addr, &e));
     }
     rows.sort_by_key(|r| u32::from(r.address));
     Ok(rows)
+}
+
+/// The endpoint of `addr`, if netpath knows it (one lookup).
+pub fn endpoint(maps: &Maps, addr: Ipv4Addr) -> Result<Option<EndpointRow>> {
+    let key = netpath_common::addr_to_be(addr.octets());
+    match maps.endpoints.get(&key, 0) {
+        Ok(e) => Ok(Some(endpoint_row(key, &e))),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Serialize)]

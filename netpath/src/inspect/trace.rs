@@ -194,9 +194,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let gateway = addr_of(cfg.gateway_addr);
     let peers = report::peer_rows(&live)?;
     let peer_of = |a: Ipv4Addr| report::peer_of(&peers, a, false);
-    let endpoint = crate::inspect::dump::endpoints(&live)?
-        .into_iter()
-        .find(|e| e.address == q.to);
+    let endpoint = crate::inspect::dump::endpoint(&live, q.to)?;
     let mut steps = Vec::new();
     if q.proto.is_some() && q.dport == 0 {
         bail!("--port is needed for tcp and udp");

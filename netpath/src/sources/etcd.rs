@@ -236,6 +236,17 @@ async fn claim_once(
     }
 }
 
+/// Every key under `<prefix>/subnets/`, read at one revision.
+async fn registrations(client: &mut Client, prefix: &str) -> Result<etcd_client::GetResponse> {
+    client
+        .get(
+            format!("{prefix}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .context("listing the fleet")
+}
+
 /// Every registration under `prefix`: the peers (all but `own`), the problems of the
 /// entries that are not good, and the revision of the reading.
 pub async fn list(
@@ -243,13 +254,7 @@ pub async fn list(
     prefix: &str,
     own: &str,
 ) -> Result<(Vec<(String, Peer)>, Vec<String>, i64)> {
-    let resp = client
-        .get(
-            format!("{prefix}/subnets/"),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .context("listing the fleet")?;
+    let resp = registrations(client, prefix).await?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
     let (mut peers, mut bad) = (Vec::new(), Vec::new());
     for kv in resp.kvs() {
@@ -276,6 +281,22 @@ pub struct Cluster {
     pub port: u16,
     /// How hosts reach each other: "direct" or "vxlan".
     pub mode: String,
+}
+
+/// The cluster settings at `<prefix>/config`; None when `netpath cluster init` has not
+/// written them.
+pub async fn cluster(client: &mut Client, prefix: &str) -> Result<Option<Cluster>> {
+    let resp = client
+        .get(format!("{prefix}/config"), None)
+        .await
+        .context("reading the cluster settings")?;
+    resp.kvs()
+        .first()
+        .map(|kv| {
+            serde_json::from_slice(kv.value())
+                .with_context(|| format!("{prefix}/config is not netpath's cluster settings"))
+        })
+        .transpose()
 }
 
 /// Writes `c` at `<prefix>/config` unless something is there already: Ok(false) then.
@@ -307,18 +328,8 @@ pub struct HostRow {
 
 /// The cluster settings, if written, and every registration with its lease's time left.
 pub async fn hosts(client: &mut Client, prefix: &str) -> Result<(Option<Cluster>, Vec<HostRow>)> {
-    let cfg = client.get(format!("{prefix}/config"), None).await?;
-    let cluster = cfg
-        .kvs()
-        .first()
-        .and_then(|kv| serde_json::from_slice(kv.value()).ok());
-    let resp = client
-        .get(
-            format!("{prefix}/subnets/"),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await
-        .context("listing the fleet")?;
+    let cluster = cluster(client, prefix).await?;
+    let resp = registrations(client, prefix).await?;
     let mut rows = Vec::new();
     for kv in resp.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();

@@ -162,18 +162,9 @@ pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merg
     }
     let mut etcd_peers = Vec::new();
     for p in etcd {
-        let mut found = Vec::new();
-        if peers.iter().any(|c| c.name == p.name) {
-            found.push(format!("peer {:?} (from etcd): the name is taken", p.name));
-        } else {
-            found = check_peer(
-                &format!("peer {:?} (from etcd)", p.name),
-                p,
-                h.subnet,
-                h.address,
-                &peers,
-            );
-        }
+        // check_peer refuses a name, subnet or underlay that an earlier peer has.
+        let field = format!("peer {:?} (from etcd)", p.name);
+        let found = check_peer(&field, p, h.subnet, h.address, &peers);
         if found.is_empty() {
             peers.push(p.clone());
             etcd_peers.push(p.clone());
