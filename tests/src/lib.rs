@@ -290,16 +290,20 @@ impl Lab {
         let h = &self.hosts[i];
         let (ns, name, gateway) = (h.ns.clone(), h.name.clone(), h.gateway.clone());
         let c = h.containers.len() + 1;
-        let net = 10 + h.idx;
+        let (network, len) = h
+            .subnet
+            .split_once('/')
+            .context("subnet without a length")?;
+        let (network, len): (std::net::Ipv4Addr, String) = (network.parse()?, len.to_owned());
         let cns = format!("{}-{name}c{c}", self.id);
         self.add_ns(&cns)?;
-        let cip = format!("10.244.{net}.{}", 1 + c);
+        let cip = std::net::Ipv4Addr::from(u32::from(network) + 1 + c as u32).to_string();
         run(ip(
             &ns,
             &format!("link add v{c} type veth peer name eth0 netns {cns}"),
         ))?;
         run(ip(&ns, &format!("link set v{c} master br0 up")))?;
-        run(ip(&cns, &format!("addr add {cip}/24 dev eth0")))?;
+        run(ip(&cns, &format!("addr add {cip}/{len} dev eth0")))?;
         run(ip(&cns, "link set eth0 up"))?;
         run(ip(&cns, &format!("route add default via {gateway}")))?;
         let container = Container { ns: cns, ip: cip };
@@ -477,6 +481,42 @@ impl Lab {
             );
             fs::write(&h.config, t)?;
         }
+        Ok(())
+    }
+
+    /// Makes host `i`'s config lease its subnet from etcd: no `[host].subnet`, the lease
+    /// remembered in the lab's directory (`h{idx}.subnet.env`). For a config of
+    /// [`Lab::write_fleet_configs`].
+    pub fn lease_subnet(&self, i: usize) -> Result<PathBuf> {
+        let h = &self.hosts[i];
+        let remembered = self.dir.join(format!("{}.subnet.env", h.name));
+        let text = fs::read_to_string(&h.config)?;
+        let mut out: String = text
+            .lines()
+            .filter(|l| !l.starts_with("subnet ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // [etcd] is the last table of a fleet config.
+        out += &format!("subnet_file = {:?}\n", remembered.display().to_string());
+        fs::write(&h.config, out)?;
+        Ok(remembered)
+    }
+
+    /// Moves host `i`, before it has containers, to `subnet` (a /24): its bridge gets the
+    /// subnet's first address, as dockerd does with `bip`; later containers are numbered in it.
+    pub fn move_subnet(&mut self, i: usize, subnet: &str) -> Result<()> {
+        let h = &mut self.hosts[i];
+        anyhow::ensure!(h.containers.is_empty(), "host {} has containers", h.name);
+        let network: std::net::Ipv4Addr = subnet
+            .split_once('/')
+            .context("subnet without a length")?
+            .0
+            .parse()?;
+        let gateway = std::net::Ipv4Addr::from(u32::from(network) + 1).to_string();
+        run(ip(&h.ns, "addr flush dev br0"))?;
+        run(ip(&h.ns, &format!("addr add {gateway}/24 dev br0")))?;
+        h.subnet = subnet.to_owned();
+        h.gateway = gateway;
         Ok(())
     }
 

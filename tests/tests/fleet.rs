@@ -333,3 +333,99 @@ fn tls_with_the_right_ca_works_and_a_wrong_one_is_refused_clearly() {
     );
     lab.teardown().unwrap();
 }
+
+/// `netpath subnet --json` of host `i`: its subnet.
+fn subnet_of(lab: &Lab, i: usize) -> String {
+    let config = lab.hosts[i].config.to_str().unwrap().to_owned();
+    lab.netpath_json(i, &["subnet", "--config", &config, "--json"])["subnet"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_host_without_a_subnet_leases_one_from_the_range_and_keeps_it() {
+    let Some(mut lab) = Lab::hosts(3, 0) else {
+        return;
+    };
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    let remembered = [lab.lease_subnet(0).unwrap(), lab.lease_subnet(1).unwrap()];
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+
+    // No range to lease from yet: refused, saying what to do; nothing is left behind.
+    let err = lab.start(0).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/netpath/config holds no cluster range"),
+        "{err:#}"
+    );
+    assert!(!lab.hosts[0].pin_dir.exists());
+    assert!(!remembered[0].exists());
+    let o = lab
+        .netpath(0, &["cluster", "init", "--config", &config])
+        .args(["--cidr", "10.244.0.0/16", "--mode", "vxlan"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+
+    // h3 keeps the subnet its file gives; h1 and h2 lease others from the range.
+    lab.start(2).unwrap();
+    lab.start(0).unwrap();
+    lab.start(1).unwrap();
+    let leased = [subnet_of(&lab, 0), subnet_of(&lab, 1)];
+    assert_ne!(leased[0], leased[1]);
+    for s in &leased {
+        assert!(s.starts_with("10.244.") && s.ends_with(".0/24"), "{s}");
+        assert_ne!(s, "10.244.13.0/24");
+    }
+    for (i, s) in leased.iter().enumerate() {
+        let file = std::fs::read_to_string(&remembered[i]).unwrap();
+        assert!(file.contains(&format!("NETPATH_SUBNET={s}\n")), "{file}");
+    }
+    wait_peers(&lab, 0, &["h2", "h3"], 10);
+    wait_peers(&lab, 1, &["h1", "h3"], 10);
+    wait_peers(&lab, 2, &["h1", "h2"], 10);
+    let st = lab.netpath_json(0, &["cluster", "status", "--config", &config, "--json"]);
+    assert_eq!(st["members"][0]["answers"], true, "{st}");
+    assert_eq!(st["registered"], 3, "{st}");
+    assert_eq!(st["subnets_total"], 256, "{st}");
+    assert_eq!(st["this_host"]["subnet"], leased[0].as_str(), "{st}");
+    assert_eq!(st["this_host"]["leased"], true, "{st}");
+    assert_eq!(st["peers_here"], serde_json::json!(["h2", "h3"]), "{st}");
+
+    // Docker's bip moves the bridge into the leased subnet after the agent started: the
+    // agent takes the bridge's new address as the containers' gateway, and containers in
+    // the leased subnets reach each other across hosts.
+    for (i, s) in leased.iter().enumerate() {
+        lab.move_subnet(i, s).unwrap();
+    }
+    for i in 0..3 {
+        lab.add_container(i).unwrap();
+    }
+    for i in 0..2 {
+        let want = lab.hosts[i].gateway.clone();
+        let until = Instant::now() + Duration::from_secs(5);
+        while lab.netpath_json(i, &["dump", "config", "--json"])["gateway"] != want.as_str() {
+            assert!(Instant::now() < until, "h{}: gateway not {want}", i + 1);
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        crosses(&lab, a, b);
+    }
+    assert!(lab.counter(0, "fwd-vxlan-encap") > 0);
+
+    // Restarted, a host keeps its subnet: from its file, or, with the file gone, from its
+    // registration (its lease still runs).
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    assert_eq!(subnet_of(&lab, 0), leased[0]);
+    lab.kill_agent(0);
+    std::fs::remove_file(&remembered[0]).unwrap();
+    lab.start(0).unwrap();
+    assert_eq!(subnet_of(&lab, 0), leased[0]);
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(log.contains("this host holds"), "{log}");
+    crosses(&lab, 0, 1);
+    lab.teardown().unwrap();
+}

@@ -112,8 +112,16 @@ async fn session(
         .context("granting a lease")?
         .id();
     if let Claim::Taken(who) = store::claim(&mut client, key, &reg, lease).await? {
+        let fix = if e.leased {
+            format!(
+                "it had leased it, but was away longer than its lease: remove {} to lease another (and move docker0's bip to it)",
+                e.subnet_file.display()
+            )
+        } else {
+            "give it another [host].subnet".to_owned()
+        };
         let msg = format!(
-            "subnet {} is registered in etcd by {who}: this host does not register it; give it another [host].subnet",
+            "subnet {} is registered in etcd by {who}: this host does not register it; {fix}",
             host.subnet
         );
         if let Some(f) = first.take() {

@@ -24,7 +24,7 @@ use crate::{
 
 /// Runs the agent until SIGINT/SIGTERM; the config is valid (checked before this). The
 /// datapath is attached or adopted, and stays when the agent exits.
-pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
+pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
     fault::from_env()?;
     pins.prepare()?;
     let lock = pins.lock()?;
@@ -70,19 +70,30 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
         }
     };
     // The container programs: on every port of the bridge now, and on each one that
-    // appears later; the endpoints from the bridge's neighbours (rtnetlink link and
-    // neighbour events; the collector's tick rescans too).
+    // appears later; the endpoints from the bridge's neighbours; the gateway from the
+    // bridge's address (rtnetlink link, address and neighbour events; the collector's
+    // tick rescans too).
     let (mut conn, handle, mut events) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
     rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut())
         .bind(&rtnetlink::sys::SocketAddr::new(
             0,
-            rtnetlink::constants::RTMGRP_LINK | rtnetlink::constants::RTMGRP_NEIGH,
+            rtnetlink::constants::RTMGRP_LINK
+                | rtnetlink::constants::RTMGRP_NEIGH
+                | rtnetlink::constants::RTMGRP_IPV4_IFADDR,
         ))
-        .context("subscribing to link and neighbour events")?;
+        .context("subscribing to link, address and neighbour events")?;
     tokio::spawn(conn);
     let mut ports_done = HashSet::new();
-    sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
+    sync(
+        &mut ebpf,
+        &mut maps,
+        &pins,
+        &handle,
+        &mut cfg,
+        &mut ports_done,
+    )
+    .await;
     drop(lock);
     if let Some(l) = metrics {
         let pins = pins.clone();
@@ -111,7 +122,7 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
             Some(_) = futures::StreamExt::next(&mut events) => {
                 // Coalesce a burst (a container start is several events).
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
-                sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done).await;
             }
             Some(update) = async {
                 match fleet.as_mut() {
@@ -130,7 +141,7 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
                 }
             },
             _ = gc.tick() => {
-                sync(&mut ebpf, &mut maps, &pins, &handle, &cfg, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done).await;
                 match collector::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -157,18 +168,21 @@ pub async fn run(cfg: Config, pins: PinDir, report_every: u64) -> Result<()> {
     Ok(())
 }
 
-/// Follows the bridge's ports and neighbours: np_from_container on the ports that lack it
-/// (see attach::sync_container_links), `NP_ENDPOINTS` made to say what the kernel's
-/// neighbours say (sources::neigh). Logs what changed; a failure is logged and the next
-/// event or tick tries again.
+/// Follows the bridge's ports, address and neighbours: np_from_container on the ports that
+/// lack it (see attach::sync_container_links), the containers' gateway in `NP_CONFIG` (the
+/// bridge's address in the subnet: Docker sets it from `bip`, maybe after this agent
+/// started), `NP_ENDPOINTS` made to say what the kernel's neighbours say
+/// (sources::neigh). Logs what changed; a failure is logged and the next event or tick
+/// tries again.
 async fn sync(
     ebpf: &mut aya::Ebpf,
     maps: &mut Maps,
     pins: &PinDir,
     handle: &rtnetlink::Handle,
-    cfg: &Config,
+    cfg: &mut Config,
     done: &mut HashSet<u32>,
 ) {
+    follow_gateway(maps, cfg);
     let bridge = cfg.host.bridge_ifindex;
     let ports = match attach::bridge_ports(handle, bridge).await {
         Ok(p) => p,
@@ -206,6 +220,36 @@ async fn sync(
         ),
         Ok(_) => {}
         Err(e) => log::warn!("updating the endpoints: {e:#}"),
+    }
+}
+
+/// Puts the bridge's address in the subnet, if it changed, in `NP_CONFIG` as the
+/// containers' gateway.
+fn follow_gateway(maps: &mut Maps, cfg: &mut Config) {
+    use crate::iface::Interfaces;
+    let h = &mut cfg.host;
+    let now = crate::iface::System
+        .ipv4_addrs(&h.bridge)
+        .into_iter()
+        .map(|n| n.addr())
+        .find(|a| h.subnet.contains(a));
+    if now == h.gateway {
+        return;
+    }
+    let was = h.gateway;
+    h.gateway = now;
+    match reconcile::host::reconcile(maps, h, &cfg.conntrack, &cfg.monitor) {
+        Ok(_) => log::info!(
+            "gateway: {} has {} in {} (was {})",
+            h.bridge,
+            now.map_or("no address".to_owned(), |a| a.to_string()),
+            h.subnet,
+            was.map_or("none".to_owned(), |a| a.to_string())
+        ),
+        Err(e) => {
+            log::warn!("writing the bridge's new gateway address: {e:#}");
+            h.gateway = was; // the next event tries again
+        }
     }
 }
 

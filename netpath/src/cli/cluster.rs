@@ -1,4 +1,4 @@
-//! `netpath cluster init|hosts`: the fleet as etcd holds it, through the `[etcd]` section
+//! `netpath cluster init|status|hosts`: the fleet as etcd holds it, through the `[etcd]` section
 //! of a config file.
 
 use std::path::Path;
@@ -11,19 +11,27 @@ use crate::{
     maps::Maps,
     pin::PinDir,
     sources::{
-        etcd::{self, Cluster, HostRow},
-        file::Config,
+        etcd::{self, Cluster, HostRow, MemberRow},
+        file::{Config, Parsed},
     },
     state::Etcd,
 };
 
-fn etcd_of(config: &Path) -> Result<(Config, Etcd)> {
-    let cfg = Config::load(config)?;
-    let e = cfg
-        .etcd
-        .clone()
-        .with_context(|| format!("{} has no [etcd] section", config.display()))?;
-    Ok((cfg, e))
+/// What the cluster commands need of a config: this host's name and subnet (None: not
+/// leased yet) and its `[etcd]`.
+struct Me {
+    name: String,
+    subnet: Option<Ipv4Net>,
+    etcd: Etcd,
+}
+
+fn etcd_of(config: &Path) -> Result<Me> {
+    let (name, subnet, etcd) = match Config::load_leasing(config)? {
+        Parsed::Ready(cfg) => (cfg.host.name, Some(cfg.host.subnet), cfg.etcd),
+        Parsed::Unleased(u) => (u.host.name, None, Some(u.etcd)),
+    };
+    let etcd = etcd.with_context(|| format!("{} has no [etcd] section", config.display()))?;
+    Ok(Me { name, subnet, etcd })
 }
 
 /// `cluster init`: writes the cluster settings once; refused when present.
@@ -41,7 +49,7 @@ pub fn init(config: &Path, c: Cluster) -> Result<()> {
     if c.port == 0 {
         bail!("--port 0: use a UDP port, 4789 by default");
     }
-    let (_, e) = etcd_of(config)?;
+    let e = etcd_of(config)?.etcd;
     super::runtime()?.block_on(async {
         let mut client = etcd::connect(&e).await?;
         if !etcd::init(&mut client, &e.prefix, &c).await? {
@@ -76,25 +84,12 @@ struct HostLine {
 /// `cluster hosts`: every registration, its lease's time left, and whether this host has
 /// it as a peer.
 pub fn hosts(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
-    let (cfg, e) = etcd_of(config)?;
+    let me = etcd_of(config)?;
     let (cluster, rows) = super::runtime()?.block_on(async {
-        let mut client = etcd::connect(&e).await?;
-        etcd::hosts(&mut client, &e.prefix).await
+        let mut client = etcd::connect(&me.etcd).await?;
+        etcd::hosts(&mut client, &me.etcd.prefix).await
     })?;
-    let peers = Maps::open(pins)
-        .ok()
-        .and_then(|m| crate::inspect::report::peer_rows(&m).ok());
-    let hosts: Vec<HostLine> = rows
-        .into_iter()
-        .map(|row| {
-            let own = row.host == cfg.host.name;
-            let peer_here = match (&peers, own) {
-                (Some(p), false) => Some(p.iter().any(|x| x.subnet == row.subnet)),
-                _ => None,
-            };
-            HostLine { row, peer_here }
-        })
-        .collect();
+    let hosts = lines(&me, pins, rows);
     if json {
         println!(
             "{}",
@@ -120,7 +115,7 @@ pub fn hosts(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
         let here = match h.peer_here {
             Some(true) => "yes",
             Some(false) => "not yet",
-            None if r.host == cfg.host.name => "(this host)",
+            None if r.host == me.name => "(this host)",
             None => "-",
         };
         println!(
@@ -136,6 +131,142 @@ pub fn hosts(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+/// Each registration, with whether this host's datapath (at `pins`) has it as a peer.
+fn lines(me: &Me, pins: &PinDir, rows: Vec<HostRow>) -> Vec<HostLine> {
+    let peers = Maps::open(pins)
+        .ok()
+        .and_then(|m| crate::inspect::report::peer_rows(&m).ok());
+    rows.into_iter()
+        .map(|row| {
+            let own = row.host == me.name;
+            let peer_here = match (&peers, own) {
+                (Some(p), false) => Some(p.iter().any(|x| x.subnet == row.subnet)),
+                _ => None,
+            };
+            HostLine { row, peer_here }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    members: Vec<MemberRow>,
+    cluster: Option<Cluster>,
+    /// Subnets the cluster's range holds, and how many are registered.
+    subnets_total: Option<u64>,
+    registered: usize,
+    this_host: ThisHost,
+    /// Other hosts this one has as peers, and those it has not (yet).
+    peers_here: Vec<String>,
+    not_yet: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ThisHost {
+    name: String,
+    /// None: not leased yet.
+    subnet: Option<String>,
+    leased: bool,
+    registered: bool,
+    lease_left_s: Option<i64>,
+}
+
+/// `cluster status`: the members and whether they answer, the cluster settings, how full
+/// the range is, this host's registration and which hosts it has as peers.
+pub fn status(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
+    let me = etcd_of(config)?;
+    let (members, cluster, rows) = super::runtime()?.block_on(async {
+        let members = etcd::members(&me.etcd).await?;
+        let mut client = etcd::connect(&me.etcd).await?;
+        let (cluster, rows) = etcd::hosts(&mut client, &me.etcd.prefix).await?;
+        Ok::<_, anyhow::Error>((members, cluster, rows))
+    })?;
+    let registered = rows.len();
+    let lines = lines(&me, pins, rows);
+    let own = lines.iter().find(|l| l.row.host == me.name);
+    let named = |want: bool| {
+        let mut v: Vec<String> = lines
+            .iter()
+            .filter(|l| l.peer_here == Some(want))
+            .map(|l| l.row.host.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let report = StatusReport {
+        subnets_total: cluster
+            .as_ref()
+            .map(|c| 1u64 << (c.subnet_len.saturating_sub(c.cidr.prefix_len()).min(32))),
+        cluster,
+        registered,
+        this_host: ThisHost {
+            name: me.name.clone(),
+            subnet: me.subnet.map(|s| s.to_string()),
+            leased: me.etcd.leased,
+            registered: own.is_some(),
+            lease_left_s: own.map(|l| l.row.lease_left_s),
+        },
+        peers_here: named(true),
+        not_yet: named(false),
+        members,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let up = report.members.iter().filter(|m| m.answers).count();
+    println!("etcd: {} members, {up} answer", report.members.len());
+    for m in &report.members {
+        match &m.error {
+            None => println!(
+                "  {:<28} {:<8} {:<9} db {} KiB, raft index {}",
+                m.endpoint,
+                m.version.as_deref().unwrap_or("?"),
+                if m.leader == Some(true) {
+                    "leader"
+                } else {
+                    "follower"
+                },
+                m.db_size.unwrap_or(0) / 1024,
+                m.raft_index.unwrap_or(0)
+            ),
+            Some(e) => println!("  {:<28} not answering: {e}", m.endpoint),
+        }
+    }
+    match (&report.cluster, report.subnets_total) {
+        (Some(c), Some(total)) => println!(
+            "cluster: range {}, /{} per host ({} registered of {total}), vni {}, port {}, mode {}",
+            c.cidr, c.subnet_len, report.registered, c.vni, c.port, c.mode
+        ),
+        _ => println!(
+            "cluster: not initialised (netpath cluster init); {} registered, as vxlan",
+            report.registered
+        ),
+    }
+    let t = &report.this_host;
+    println!(
+        "this host: {} {}{}, {}",
+        t.name,
+        t.subnet.as_deref().unwrap_or("(no subnet leased yet)"),
+        if t.leased { " (leased)" } else { "" },
+        match t.lease_left_s {
+            Some(s) => format!("registered, lease {s} s left"),
+            None => "not registered (is its agent running?)".to_owned(),
+        }
+    );
+    println!(
+        "peers here: {} of {} other hosts{}",
+        report.peers_here.len(),
+        report.peers_here.len() + report.not_yet.len(),
+        if report.not_yet.is_empty() {
+            String::new()
+        } else {
+            format!("; not yet: {}", report.not_yet.join(", "))
+        }
+    );
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use crate::{
     inspect::report,
     maps::Maps,
     pin::{DEFAULT_PIN_DIR, PinDir},
-    sources::file::Config,
+    sources::file::{Config, Parsed},
     state::Proto,
 };
 pub use dump::DumpMap;
@@ -236,6 +236,16 @@ enum ClusterCmd {
         #[arg(long, value_enum, default_value_t = ClusterMode::Vxlan)]
         mode: ClusterMode,
     },
+    /// The etcd members and whether they answer, the cluster settings and how full its
+    /// range is, this host's registration, and which hosts it has as peers.
+    ///
+    /// Example: netpath cluster status --config /etc/netpath.toml
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every host registered in etcd: subnet, underlay, mode, its lease's seconds left,
     /// and whether this host (--pin-dir) has it as a peer yet.
     ///
@@ -302,16 +312,34 @@ fn run(cli: Cli) -> Result<()> {
             config,
             report_every,
         } => {
-            let cfg = Config::load(&config)?;
-            runtime()?.block_on(agent::run(cfg, pins, report_every))
+            let rt = runtime()?;
+            let cfg = match Config::load_leasing(&config)? {
+                Parsed::Ready(cfg) => cfg,
+                Parsed::Unleased(u) => {
+                    // The subnet first: everything else is checked against it.
+                    rt.block_on(crate::sources::etcd::lease(&u))?;
+                    Config::load(&config)?
+                }
+            };
+            rt.block_on(agent::run(cfg, pins, report_every))
         }
         Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
+            let (host, peers) = match Config::load_leasing(&config)? {
+                Parsed::Ready(cfg) => (cfg.host, cfg.peers.len()),
+                Parsed::Unleased(u) => {
+                    println!(
+                        "{}: ok so far (host {}); its subnet is leased from etcd when the agent starts, and published ports are checked then",
+                        config.display(),
+                        u.host.name
+                    );
+                    return Ok(());
+                }
+            };
             println!(
-                "{}: ok (host {}, {} peers)",
+                "{}: ok (host {}, subnet {}, {peers} peers)",
                 config.display(),
-                cfg.host.name,
-                cfg.peers.len()
+                host.name,
+                host.subnet
             );
             Ok(())
         }
@@ -339,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             ),
             ClusterCmd::Hosts { config, json } => cluster::hosts(&config, &pins, json),
+            ClusterCmd::Status { config, json } => cluster::status(&config, &pins, json),
         },
         Cmd::Down => {
             let done = crate::datapath::down::down(&pins)?;

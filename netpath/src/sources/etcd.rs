@@ -7,7 +7,7 @@
 //! Until etcd answers, the etcd peers the pinned maps hold are this source ([`live`]): an
 //! agent that starts while etcd is away keeps the fleet it had.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{
@@ -17,6 +17,7 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::file::Unleased;
 use crate::{
     reconcile::Observed,
     state::{Etcd, Host, Mode, Origin, Peer},
@@ -103,10 +104,7 @@ pub fn live(o: &Observed) -> Vec<Peer> {
 /// failed, so a dead member costs one attempt, not every session.
 static NEXT_MEMBER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Connects to a member of `e` that answers (TLS where configured), trying each in turn.
-/// Fails within a few seconds per member when none answers.
-pub async fn connect(e: &Etcd) -> Result<Client> {
-    use std::sync::atomic::Ordering;
+fn options(e: &Etcd) -> Result<ConnectOptions> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
@@ -124,40 +122,101 @@ pub async fn connect(e: &Etcd) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
+    Ok(opts)
+}
+
+/// Connects to the member at `ep` and asks its status (connecting is lazy: this tells
+/// that it answers). Err says why not, with a hint for TLS errors.
+async fn connect_one(
+    ep: &str,
+    opts: &ConnectOptions,
+) -> Result<(Client, etcd_client::StatusResponse), String> {
+    let attempt = async {
+        let mut client = Client::connect([ep], Some(opts.clone())).await?;
+        let status = client.status().await?;
+        Ok::<_, etcd_client::Error>((client, status))
+    };
+    attempt.await.map_err(|err| {
+        let text = err.to_string();
+        let hint = if text.contains("UnknownIssuer") {
+            ": its certificate is not signed by [etcd].ca"
+        } else if text.contains("NotValidForName") {
+            ": its certificate does not name this address"
+        } else if text.contains("CertificateRequired") {
+            ": it wants a client certificate ([etcd].cert and key)"
+        } else {
+            ""
+        };
+        format!("{ep}{hint} ({text})")
+    })
+}
+
+/// Connects to a member of `e` that answers (TLS where configured), trying each in turn.
+/// Fails within a few seconds per member when none answers.
+pub async fn connect(e: &Etcd) -> Result<Client> {
+    use std::sync::atomic::Ordering;
+    let opts = options(e)?;
     let n = e.endpoints.len().max(1);
     let start = NEXT_MEMBER.load(Ordering::Relaxed);
     let mut errors = Vec::new();
     for i in 0..n {
         let k = (start + i) % n;
         let Some(ep) = e.endpoints.get(k) else { break };
-        let attempt = async {
-            let mut client = Client::connect([ep], Some(opts.clone())).await?;
-            // Connecting is lazy: ask something to know that the member answers.
-            client.status().await?;
-            Ok::<_, etcd_client::Error>(client)
-        };
-        match attempt.await {
-            Ok(client) => {
+        match connect_one(ep, &opts).await {
+            Ok((client, _)) => {
                 NEXT_MEMBER.store(k, Ordering::Relaxed);
                 return Ok(client);
             }
             Err(err) => {
                 NEXT_MEMBER.store(k + 1, Ordering::Relaxed);
-                let text = err.to_string();
-                let hint = if text.contains("UnknownIssuer") {
-                    ": its certificate is not signed by [etcd].ca"
-                } else if text.contains("NotValidForName") {
-                    ": its certificate does not name this address"
-                } else if text.contains("CertificateRequired") {
-                    ": it wants a client certificate ([etcd].cert and key)"
-                } else {
-                    ""
-                };
-                errors.push(format!("{ep}{hint} ({text})"));
+                errors.push(err);
             }
         }
     }
     bail!("no etcd member answers ({})", errors.join("; "))
+}
+
+/// One member of `[etcd].endpoints`, as `netpath cluster status` shows it.
+#[derive(Debug, Serialize)]
+pub struct MemberRow {
+    pub endpoint: String,
+    pub answers: bool,
+    pub version: Option<String>,
+    /// Whether it is the raft leader.
+    pub leader: Option<bool>,
+    pub db_size: Option<i64>,
+    pub raft_index: Option<u64>,
+    /// Why it does not answer.
+    pub error: Option<String>,
+}
+
+/// Asks every member of `e` for its status, each on its own connection.
+pub async fn members(e: &Etcd) -> Result<Vec<MemberRow>> {
+    let opts = options(e)?;
+    let mut rows = Vec::new();
+    for ep in &e.endpoints {
+        rows.push(match connect_one(ep, &opts).await {
+            Ok((_, s)) => MemberRow {
+                endpoint: ep.clone(),
+                answers: true,
+                version: Some(s.version().to_owned()),
+                leader: s.header().map(|h| h.member_id() == s.leader()),
+                db_size: Some(s.db_size()),
+                raft_index: Some(s.raft_index()),
+                error: None,
+            },
+            Err(err) => MemberRow {
+                endpoint: ep.clone(),
+                answers: false,
+                version: None,
+                leader: None,
+                db_size: None,
+                raft_index: None,
+                error: Some(err),
+            },
+        });
+    }
+    Ok(rows)
 }
 
 /// How a claim of this host's subnet ended.
@@ -371,6 +430,156 @@ pub async fn hosts(client: &mut Client, prefix: &str) -> Result<(Option<Cluster>
     Ok((cluster, rows))
 }
 
+/// The subnet remembered in `path` (`NETPATH_SUBNET=a.b.c.d/len`); None when there is no
+/// such file (this host has not leased one).
+pub fn remembered(path: &Path) -> Result<Option<Ipv4Net>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "[etcd].subnet_file: cannot read {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("NETPATH_SUBNET="))
+        .ok_or_else(|| {
+            format!(
+                "[etcd].subnet_file: {} has no NETPATH_SUBNET= line: remove it to lease a subnet again",
+                path.display()
+            )
+        })?;
+    crate::state::parse_subnet(&format!("{}: NETPATH_SUBNET", path.display()), line.trim())
+        .map(Some)
+}
+
+/// Remembers `subnet` in `path` (written whole, then renamed into place).
+pub fn remember(path: &Path, subnet: Ipv4Net) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!("# the subnet this host leased from etcd (netpath); remove it to lease another\nNETPATH_SUBNET={subnet}\n"),
+    )
+    .and_then(|()| std::fs::rename(&tmp, path))
+    .with_context(|| format!("[etcd].subnet_file: writing {}", path.display()))
+}
+
+/// Where a host's search for a free subnet starts: a hash of its name, so that hosts that
+/// start together try different subnets first.
+fn start_of(name: &str, n: usize) -> usize {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % n.max(1) as u64) as usize
+}
+
+/// The subnets of `c`'s range, in the order `name` tries them, without those `taken`.
+pub fn free_subnets(c: &Cluster, name: &str, taken: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let all: Vec<Ipv4Net> = c
+        .cidr
+        .subnets(c.subnet_len)
+        .map(|s| s.collect())
+        .unwrap_or_default();
+    let start = start_of(name, all.len());
+    all.iter()
+        .cycle()
+        .skip(start)
+        .take(all.len())
+        .filter(|s| {
+            !taken
+                .iter()
+                .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
+        })
+        .copied()
+        .collect()
+}
+
+/// Leases a subnet for `u`'s host: the one its registration already holds (an agent whose
+/// subnet file was lost), else a free one of the cluster's range, claimed by a transaction
+/// that only creates what is absent. The registration is written under a lease of its own
+/// (the agent's fleet task takes it over) and the subnet remembered in the subnet file.
+pub async fn lease(u: &Unleased) -> Result<Ipv4Net> {
+    let e = &u.etcd;
+    let mut client = connect(e).await.context(
+        "[host].subnet is not set and this host has no lease yet: it needs etcd to lease one",
+    )?;
+    let c = cluster(&mut client, &e.prefix).await?.with_context(|| {
+        format!(
+            "[host].subnet is not set, and {}/config holds no cluster range to lease it from: run `netpath cluster init --cidr ...`, or set [host].subnet",
+            e.prefix
+        )
+    })?;
+    let resp = registrations(&mut client, &e.prefix).await?;
+    let mut taken = Vec::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let Some(net) = subnet_of(&e.prefix, &key) else {
+            continue;
+        };
+        if let Ok(r) = serde_json::from_slice::<Registration>(kv.value())
+            && r.host == u.host.name
+        {
+            if r.underlay != u.host.address {
+                bail!(
+                    "{key} is registered by a host named {} at {}, not this host's {}: give this host another [host].name",
+                    r.host,
+                    r.underlay,
+                    u.host.address
+                );
+            }
+            remember(&e.subnet_file, net)?;
+            log::info!(
+                "etcd: this host holds {net} already ({key}); remembered in {}",
+                e.subnet_file.display()
+            );
+            return Ok(net);
+        }
+        taken.push(net);
+    }
+    let mode = match c.mode.as_str() {
+        "direct" => Mode::Direct,
+        _ => Mode::Vxlan,
+    };
+    let reg = registration(&u.host, mode);
+    let lease = client
+        .lease_grant(e.lease_ttl as i64, None)
+        .await
+        .context("granting a lease")?
+        .id();
+    let free = free_subnets(&c, &u.host.name, &taken);
+    if free.is_empty() {
+        bail!(
+            "no free subnet is left in the cluster's range {} (/{} per host, {} registered): widen it or remove hosts",
+            c.cidr,
+            c.subnet_len,
+            taken.len()
+        );
+    }
+    for net in free {
+        let key = subnet_key(&e.prefix, net);
+        // Another host may take it between the listing and the transaction: the next one.
+        if claim(&mut client, &key, &reg, lease).await? == Claim::Held {
+            remember(&e.subnet_file, net)?;
+            log::info!(
+                "etcd: leased {net} from {} ({key}); remembered in {}",
+                c.cidr,
+                e.subnet_file.display()
+            );
+            return Ok(net);
+        }
+    }
+    bail!(
+        "every free subnet of {} was taken while this host tried them: start it again",
+        c.cidr
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +600,39 @@ mod tests {
         ] {
             assert_eq!(subnet_of("/netpath", bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn free_subnets_skip_the_taken_and_start_where_the_name_says() {
+        let c = Cluster {
+            cidr: "10.244.0.0/22".parse().unwrap(),
+            subnet_len: 24,
+            vni: 42,
+            port: 4789,
+            mode: "vxlan".into(),
+        };
+        let all = free_subnets(&c, "h1", &[]);
+        assert_eq!(all.len(), 4);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, c.cidr.subnets(24).unwrap().collect::<Vec<_>>());
+        // Another name starts elsewhere (here: at least one of a few does).
+        assert!(
+            ["h2", "h3", "h4", "h5"]
+                .iter()
+                .any(|n| free_subnets(&c, n, &[])[0] != all[0])
+        );
+        // Taken ones, and ones overlapping a registration of another length, are skipped.
+        let taken: Vec<Ipv4Net> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.2.0/23".parse().unwrap(),
+        ];
+        assert_eq!(
+            free_subnets(&c, "h1", &taken),
+            vec!["10.244.0.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        let full: Vec<Ipv4Net> = vec!["10.244.0.0/22".parse().unwrap()];
+        assert!(free_subnets(&c, "h1", &full).is_empty());
     }
 
     #[test]

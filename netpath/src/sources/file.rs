@@ -49,6 +49,7 @@ struct EtcdFile {
     ca: Option<String>,
     cert: Option<String>,
     key: Option<String>,
+    subnet_file: Option<String>,
 }
 
 /// `[metrics]` as written.
@@ -122,7 +123,8 @@ struct HostFile {
     name: String,
     uplink: String,
     bridge: String,
-    subnet: String,
+    /// Left out with `[etcd]`: leased from the cluster's range.
+    subnet: Option<String>,
     address: Option<String>,
     #[serde(default = "default_vni")]
     vni: u32,
@@ -198,20 +200,47 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+impl ConfigError {
+    fn of(path: &Path, problems: Vec<String>) -> ConfigError {
+        ConfigError {
+            path: path.display().to_string(),
+            problems,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::of(path, vec![format!("cannot read it: {e}")]))
+}
+
 impl Config {
     /// Reads and validates `path`, resolving interfaces in the current network namespace.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let err = |problems| ConfigError {
-            path: path.display().to_string(),
-            problems,
-        };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(vec![format!("cannot read it: {e}")]))?;
-        Config::parse(&text, &iface::System).map_err(err)
+        let text = read(path)?;
+        Config::parse(&text, &iface::System).map_err(|p| ConfigError::of(path, p))
+    }
+
+    /// As [`Config::load`], for the agent: a host that leases its subnet and has not yet
+    /// is [`Parsed::Unleased`], not an error.
+    pub fn load_leasing(path: &Path) -> Result<Parsed, ConfigError> {
+        let text = read(path)?;
+        Config::parse_leasing(&text, &iface::System).map_err(|p| ConfigError::of(path, p))
     }
 
     /// Validates `text`; interface facts come from `sys` (a fake one in unit tests).
     pub fn parse(text: &str, sys: &dyn iface::Interfaces) -> Result<Config, Vec<String>> {
+        match Config::parse_leasing(text, sys)? {
+            Parsed::Ready(c) => Ok(c),
+            Parsed::Unleased(u) => Err(vec![format!(
+                "[host].subnet is not set and this host has not leased one yet ({} does not exist): `netpath run` leases one from etcd; or set [host].subnet",
+                u.etcd.subnet_file.display()
+            )]),
+        }
+    }
+
+    /// Validates `text`, a host that has yet to lease its subnet included.
+    pub fn parse_leasing(text: &str, sys: &dyn iface::Interfaces) -> Result<Parsed, Vec<String>> {
         let file: File = toml::from_str(text).map_err(|e| vec![e.to_string().trim().to_owned()])?;
         let mut problems = Vec::new();
         let h = file.host;
@@ -234,7 +263,45 @@ impl Config {
         if h.uplink == h.bridge {
             problems.push("[host].uplink and [host].bridge name the same interface: the bridge is where containers attach, the uplink faces the other hosts".into());
         }
-        let subnet = parse_subnet("[host].subnet", &h.subnet);
+        let etcd = file.etcd.map(|e| {
+            let prefix = e
+                .prefix
+                .unwrap_or_else(|| crate::state::ETCD_PREFIX.to_owned());
+            let lease_ttl = e.lease_ttl.unwrap_or(crate::state::ETCD_LEASE_TTL);
+            problems.extend(crate::state::check_etcd(
+                &e.endpoints,
+                &prefix,
+                lease_ttl,
+                [e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref()],
+            ));
+            crate::state::Etcd {
+                endpoints: e.endpoints,
+                prefix,
+                lease_ttl,
+                ca: e.ca.map(Into::into),
+                cert: e.cert.map(Into::into),
+                key: e.key.map(Into::into),
+                subnet_file: e
+                    .subnet_file
+                    .unwrap_or_else(|| crate::state::ETCD_SUBNET_FILE.to_owned())
+                    .into(),
+                leased: h.subnet.is_none(),
+            }
+        });
+        // The subnet: as written, or the one this host leased from etcd and remembers.
+        let mut pending = false;
+        let subnet = match (&h.subnet, &etcd) {
+            (Some(s), _) => parse_subnet("[host].subnet", s),
+            (None, Some(e)) => match super::etcd::remembered(&e.subnet_file) {
+                Ok(Some(net)) => Ok(net),
+                Ok(None) => {
+                    pending = true;
+                    Ok(PENDING)
+                }
+                Err(p) => Err(p),
+            },
+            (None, None) => Err("[host].subnet is not set: write this host's container subnet, like \"10.244.1.0/24\", or add [etcd] to lease one from the fleet's range".to_owned()),
+        };
         if h.vxlan_port == 0 {
             problems.push("[host].vxlan_port = 0: use a UDP port, 4789 by default".into());
         }
@@ -291,7 +358,11 @@ impl Config {
             (u, b, s, a) => {
                 problems.extend([u.err(), b.err(), s.err(), a.err()].into_iter().flatten());
                 // Without these the peers can still be checked against each other.
-                let local = parse_subnet("", &h.subnet).unwrap_or_default();
+                let local = h
+                    .subnet
+                    .as_deref()
+                    .and_then(|s| parse_subnet("", s).ok())
+                    .unwrap_or_default();
                 check_peers(&file.peers, local, Ipv4Addr::UNSPECIFIED, &mut problems);
                 return Err(problems);
             }
@@ -309,7 +380,9 @@ impl Config {
             .find(|a| subnet.contains(a));
         let peers = check_peers(&file.peers, subnet, address, &mut problems);
         let mut publish: Vec<Publish> = Vec::new();
-        for (i, p) in file.publish.iter().enumerate() {
+        // Published ports are checked against the subnet once it is leased.
+        let written = if pending { &[][..] } else { &file.publish[..] };
+        for (i, p) in written.iter().enumerate() {
             let field = format!("[[publish]] #{}", i + 1);
             let container = match parse_addr(&format!("{field}.container"), &p.container) {
                 Ok(c) => c,
@@ -348,26 +421,6 @@ impl Config {
                 }
             },
         };
-        let etcd = file.etcd.map(|e| {
-            let prefix = e
-                .prefix
-                .unwrap_or_else(|| crate::state::ETCD_PREFIX.to_owned());
-            let lease_ttl = e.lease_ttl.unwrap_or(crate::state::ETCD_LEASE_TTL);
-            problems.extend(crate::state::check_etcd(
-                &e.endpoints,
-                &prefix,
-                lease_ttl,
-                [e.ca.as_deref(), e.cert.as_deref(), e.key.as_deref()],
-            ));
-            crate::state::Etcd {
-                endpoints: e.endpoints,
-                prefix,
-                lease_ttl,
-                ca: e.ca.map(Into::into),
-                cert: e.cert.map(Into::into),
-                key: e.key.map(Into::into),
-            }
-        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -382,7 +435,7 @@ impl Config {
                 h.uplink
             )]);
         }
-        Ok(Config {
+        let cfg = Config {
             host: Host {
                 name: h.name,
                 uplink: h.uplink,
@@ -409,8 +462,37 @@ impl Config {
             monitor: file.monitor,
             etcd,
             metrics,
+        };
+        Ok(match (pending, cfg.etcd.clone()) {
+            (true, Some(etcd)) => Parsed::Unleased(Unleased {
+                host: cfg.host,
+                etcd,
+            }),
+            _ => Parsed::Ready(cfg),
         })
     }
+}
+
+/// The subnet of a host that has not leased one yet: matches no address.
+const PENDING: Ipv4Net = match Ipv4Net::new(Ipv4Addr::BROADCAST, 32) {
+    Ok(n) => n,
+    Err(_) => unreachable!(),
+};
+
+/// What a config file says, for the agent: ready, or waiting for a subnet from etcd.
+#[derive(Debug)]
+pub enum Parsed {
+    Ready(Config),
+    Unleased(Unleased),
+}
+
+/// A host without `[host].subnet` that has not leased one yet: everything but the subnet
+/// is checked (published ports are checked once it is known).
+#[derive(Debug, Clone)]
+pub struct Unleased {
+    /// The host, its subnet not set yet.
+    pub host: Host,
+    pub etcd: crate::state::Etcd,
 }
 
 /// Validates groups and rules; an exact duplicate rule (same from, to, proto and ports)
@@ -575,6 +657,48 @@ mod tests {
         assert_eq!(c.host.xdp, XdpMode::Off);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.peers[1].mode, Mode::Vxlan);
+    }
+
+    #[test]
+    fn a_subnet_left_out_is_leased_with_etcd_and_refused_without() {
+        let without = GOOD.replace("subnet = \"10.244.11.0/24\"\n        vni", "vni");
+        let p = problems(&without);
+        assert!(p.contains("[host].subnet is not set: write"), "{p}");
+
+        let dir = std::env::temp_dir().join(format!("np-lease-{}", std::process::id()));
+        let file = dir.join("subnet.env");
+        let leasing = format!(
+            "{without}\n[etcd]\nendpoints = [\"http://198.18.0.2:2379\"]\nsubnet_file = {:?}\n",
+            file.display().to_string()
+        );
+        // Not leased yet: the agent gets the host (everything else checked) to lease with;
+        // every other command is told to start the agent first.
+        let Ok(Parsed::Unleased(u)) = Config::parse_leasing(&leasing, &sys()) else {
+            panic!("not unleased");
+        };
+        assert_eq!(u.host.name, "a");
+        assert!(u.etcd.leased);
+        assert_eq!(u.host.gateway, None);
+        let p = problems(&leasing);
+        assert!(p.contains("has not leased one yet"), "{p}");
+        // A bad field is still found before any lease.
+        let p = Config::parse_leasing(&leasing.replace("vni = 42", "vni = 0"), &sys())
+            .unwrap_err()
+            .join("\n");
+        assert!(p.contains("[host].vni = 0"), "{p}");
+
+        // Leased: the remembered subnet is the host's.
+        crate::sources::etcd::remember(&file, "10.244.11.0/24".parse().unwrap()).unwrap();
+        let c = Config::parse(&leasing, &sys()).unwrap();
+        assert_eq!(c.host.subnet.to_string(), "10.244.11.0/24");
+        assert_eq!(c.host.gateway, Some("10.244.11.1".parse().unwrap()));
+        std::fs::write(&file, "garbage\n").unwrap();
+        let p = problems(&leasing);
+        assert!(p.contains("has no NETPATH_SUBNET= line"), "{p}");
+        std::fs::write(&file, "NETPATH_SUBNET=10.244.11.7/24\n").unwrap();
+        let p = problems(&leasing);
+        assert!(p.contains("has host bits set"), "{p}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

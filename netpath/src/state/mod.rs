@@ -574,9 +574,15 @@ pub struct Etcd {
     pub ca: Option<std::path::PathBuf>,
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+    /// Where a leased subnet is remembered (`NETPATH_SUBNET=...`), so that the host keeps
+    /// it across restarts.
+    pub subnet_file: std::path::PathBuf,
+    /// `[host].subnet` is left out: the subnet is leased from the cluster's range.
+    pub leased: bool,
 }
 
 pub const ETCD_PREFIX: &str = "/netpath";
+pub const ETCD_SUBNET_FILE: &str = "/var/lib/netpath/subnet.env";
 pub const ETCD_LEASE_TTL: u64 = 60;
 pub const ETCD_LEASE_TTL_MIN: u64 = 5;
 pub const ETCD_LEASE_TTL_MAX: u64 = 86_400;
