@@ -616,6 +616,11 @@ impl Lab {
         }
     }
 
+    /// The process id of host `i`'s agent, if it runs.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.hosts[i].agent.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs the agent of host `i`: the datapath must stay.
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut c) = self.hosts[i].agent.take() {

@@ -43,8 +43,11 @@ pub struct Options {
     /// BPF_PROG_TEST_RUN runs per program case.
     pub prog_repeat: u32,
     pub out_dir: PathBuf,
-    /// Only the paths whose name contains one of these (all when empty).
+    /// Only the paths whose name contains one of these (all when empty); "fleet": only
+    /// the fleet's measurements.
     pub only: Vec<String>,
+    /// Host registrations in etcd for the fleet's measurements (at most 230).
+    pub fleet_hosts: usize,
 }
 
 impl Options {
@@ -59,6 +62,7 @@ impl Options {
             prog_repeat: 2000,
             out_dir,
             only,
+            fleet_hosts: 20,
         }
     }
 }
@@ -920,6 +924,9 @@ fn scale_points(counts: &[usize]) -> Vec<Point> {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "fleet") {
+        return fleet_only(&opts);
+    }
     let chosen: Vec<usize> = (0..PATHS.len())
         .filter(|&i| {
             opts.only.is_empty() || opts.only.iter().any(|o| PATHS[i].name.contains(o.as_str()))
@@ -1012,6 +1019,15 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     labs.teardown()?;
+    let fleet = if opts.only.is_empty() {
+        eprintln!(
+            "[bench] the fleet on etcd ({} registrations)",
+            opts.fleet_hosts
+        );
+        Some(crate::fleet_bench::run(opts.fleet_hosts, opts.reps)?)
+    } else {
+        None
+    };
     eprintln!("[bench] the programs' cost per packet (netpath bench, BPF_PROG_TEST_RUN)");
     let programs = program_costs(&opts)?;
 
@@ -1053,6 +1069,9 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let (scale_md, scale_json) = scale_table(&points, &scale);
     md += &scale_md;
+    if let Some((fleet_md, _)) = &fleet {
+        md += fleet_md;
+    }
     md += &programs_table(&programs);
     md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; each the median of the ratios within one repetition (paths of a repetition run minutes apart at most, so slow swings of the machine cancel out); for latency lower is better.\n";
 
@@ -1066,7 +1085,8 @@ pub fn run(opts: Options) -> Result<()> {
     std::fs::write(&md_path, &md)?;
     let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
         "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
-        "scale": scale_json, "programs": programs});
+        "scale": scale_json, "programs": programs,
+        "fleet": fleet.map(|f| f.1)});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(
@@ -1079,6 +1099,26 @@ pub fn run(opts: Options) -> Result<()> {
         } else {
             format!(" and {}", png_path.display())
         }
+    );
+    Ok(())
+}
+
+/// `--only fleet`: the fleet's measurements alone, into fleet.{md,json}.
+fn fleet_only(opts: &Options) -> Result<()> {
+    let (md, value) = crate::fleet_bench::run(opts.fleet_hosts, opts.reps)?;
+    let (machine, date) = (machine(), date());
+    let md = format!("netpath bench (fleet only), {date}, {machine}\n{md}");
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let md_path = opts.out_dir.join("fleet.md");
+    let json_path = opts.out_dir.join("fleet.json");
+    std::fs::write(&md_path, &md)?;
+    let doc = json!({"date": date, "machine": machine, "fleet": value});
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    println!("{md}");
+    eprintln!(
+        "[bench] written to {} and {}",
+        md_path.display(),
+        json_path.display()
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod fleet_bench;
 mod setup;
 
 use std::{
@@ -49,7 +50,7 @@ enum Cmd {
     /// Compare netpath with the iptables path, the kernel's vxlan overlay and the ceiling
     /// (one veth) on labs in network namespaces: throughput, request/response rate and
     /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
-    /// each program's ns per packet. Interleaved repetitions, medians and spread; writes
+    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory). Interleaved repetitions, medians and spread; writes
     /// target/bench/results.{md,json} and scale.png.
     Bench {
         /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
@@ -65,9 +66,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1.5)]
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
-        /// scale test is skipped then.
+        /// scale test and the fleet are skipped then. --only fleet: the fleet alone.
         #[arg(long)]
         only: Vec<String>,
+        /// Host registrations the fleet's measurements write to etcd (at most 230: the
+        /// lab's underlay range).
+        #[arg(long, default_value_t = 200)]
+        fleet_hosts: usize,
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
@@ -259,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             only,
             flows,
             scale,
+            fleet_hosts,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -279,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
                     prog_repeat: 100_000,
                     out_dir,
                     only,
+                    fleet_hosts,
                 }
             })
         }

@@ -275,6 +275,7 @@ enum TraceProto {
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
     match run(cli) {
