@@ -189,6 +189,47 @@ pub fn run() -> Result<()> {
         ))?
     );
 
+    title("the fleet on etcd: an etcd member on the fabric (198.18.0.2), configs without peers");
+    let endpoints = lab.etcd(1)?;
+    lab.write_fleet_configs(&endpoints, 10)?;
+    let config = lab.hosts[0].config.display().to_string();
+    eprint!(
+        "{}",
+        output(
+            lab.netpath(0, &["cluster", "init", "--config", &config])
+                .args(["--cidr", "10.244.0.0/16", "--mode", "vxlan"])
+        )?
+    );
+    for i in 0..lab.hosts.len() {
+        lab.kill_agent(i);
+        lab.start(i)?;
+    }
+    // Each agent registers itself and takes the others' registrations as peers.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while (0..lab.hosts.len()).any(|i| {
+        output(lab.netpath(i, &["peer", "list", "--json"]))
+            .ok()
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+            .and_then(|v| {
+                v.as_array()
+                    .map(|a| a.iter().filter(|p| p["origin"] == "etcd").count())
+            })
+            != Some(lab.hosts.len() - 1)
+    }) {
+        if std::time::Instant::now() > until {
+            anyhow::bail!("the hosts did not find each other in etcd within 15 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    title(&format!("netpath cluster hosts on {}", lab.hosts[0].name));
+    eprint!(
+        "{}",
+        output(lab.netpath(0, &["cluster", "hosts", "--config", &config]))?
+    );
+    title(&format!("netpath peer list on {}", lab.hosts[0].name));
+    eprint!("{}", output(lab.netpath(0, &["peer", "list"]))?);
+    let (fl_rtt, fl_gbps) = traffic(&mut lab)?;
+
     title("the same lab with plain kernel routing (ip_forward, static routes), netpath down");
     for i in 0..lab.hosts.len() {
         output(lab.netpath(i, &["down"]))?;
@@ -203,6 +244,10 @@ pub fn run() -> Result<()> {
         "netpath direct", np_rtt, np_gbps
     );
     eprintln!("{:<22} {:>14.3} {:>14.1}", "netpath vxlan", vx_rtt, vx_gbps);
+    eprintln!(
+        "{:<22} {:>14.3} {:>14.1}",
+        "netpath, etcd fleet", fl_rtt, fl_gbps
+    );
     eprintln!("{:<22} {:>14.3} {:>14.1}", "kernel routing", k_rtt, k_gbps);
     title("removing the lab");
     lab.teardown()?;
