@@ -42,6 +42,7 @@ pub mod map_names {
     pub const BUILD: &str = "NP_BUILD_V1";
     pub const ENDPOINTS: &str = "NP_ENDPOINTS_V1";
     pub const FLEET: &str = "NP_FLEET_V1";
+    pub const DOCKER: &str = "NP_DOCKER_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -69,6 +70,7 @@ pub mod map_names {
         BUILD,
         ENDPOINTS,
         FLEET,
+        DOCKER,
     ];
 }
 
@@ -506,6 +508,38 @@ pub struct FleetInfo {
     pub skipped: u32,
 }
 
+/// The one entry of `NP_DOCKER` (userspace only): the agent's view of the Docker engine
+/// (`[docker]`), for `status`, `doctor` and the metrics from any process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DockerInfo {
+    /// `DOCKER_F_*` bits; 0: no `[docker]`.
+    pub flags: u32,
+    /// Running containers Docker lists.
+    pub containers: u32,
+    /// Their published ports netpath serves.
+    pub ports: u32,
+    /// Their published ports netpath refused (see `note`).
+    pub refused: u32,
+    /// Unix time the engine last answered (0: never, since the agent started).
+    pub last_ok: u64,
+    /// Unix time since which the engine has not answered; 0 while it answers.
+    pub away_since: u64,
+    /// NUL-padded UTF-8: the first refusal, or why the engine does not answer.
+    pub note: [u8; 128],
+}
+
+impl Default for DockerInfo {
+    fn default() -> DockerInfo {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+/// `[docker]` is configured.
+pub const DOCKER_F_CONFIGURED: u32 = 1;
+/// The engine answers (listed, events followed).
+pub const DOCKER_F_UP: u32 = 2;
+
 /// `[etcd]` is configured.
 pub const FLEET_F_CONFIGURED: u32 = 1;
 /// This host's subnet is registered under a live lease.
@@ -580,6 +614,8 @@ pub const ORIGIN_CONFIG: u8 = 1;
 pub const ORIGIN_CLI: u8 = 2;
 /// A peer registered in etcd by another host (sources::etcd).
 pub const ORIGIN_ETCD: u8 = 3;
+/// A port Docker publishes for a running container (`docker run -p`; sources::docker).
+pub const ORIGIN_DOCKER: u8 = 4;
 
 /// What operators need to know about a peer and the datapath does not: its name and
 /// where it came from. `NP_PEER_INFO` is an array indexed by [`PeerValue::id`]; a slot
@@ -657,6 +693,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::FleetInfo {}
+    unsafe impl aya::Pod for super::DockerInfo {}
     unsafe impl aya::Pod for super::PeerValue {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PeerStats {}

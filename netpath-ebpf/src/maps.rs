@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use netpath_common::{
     AgentInfo, BuildInfo, CONFIG_F_READY, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE,
-    EVENTS_SIZE, Endpoint, EventLimit, FleetInfo, GroupMember, MAX_ENDPOINTS, MAX_GROUP_MEMBERS,
-    MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS, MonitorState,
-    NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState,
-    PolicyVerdict, PublishKey, PublishValue, Reason, RejectLimit, UnderlayValue,
+    DockerInfo, EVENTS_SIZE, Endpoint, EventLimit, FleetInfo, GroupMember, MAX_ENDPOINTS,
+    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
+    MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo,
+    PolicyState, PolicyVerdict, PublishKey, PublishValue, Reason, RejectLimit, UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V2")]
@@ -117,6 +117,11 @@ pub static BUILD: Array<BuildInfo> = Array::with_max_entries(1, 0);
 /// Userspace only: the agent's view of etcd.
 #[map(name = "NP_FLEET_V1")]
 pub static FLEET: Array<FleetInfo> = Array::with_max_entries(1, 0);
+
+#[allow(dead_code, reason = "read by the agent only")]
+/// Userspace only: the agent's view of the Docker engine.
+#[map(name = "NP_DOCKER_V1")]
+pub static DOCKER: Array<DockerInfo> = Array::with_max_entries(1, 0);
 
 /// Local containers by address (network byte order): their host-side veth and MAC, for
 /// delivery straight into them (forward.rs). Kept by the agent from the bridge's

@@ -196,6 +196,7 @@ fn host_config() -> Config {
         monitor: Default::default(),
         metrics: None,
         etcd: None,
+        docker: None,
     }
 }
 

@@ -190,6 +190,15 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
             map_names::FLEET,
             l(MapType::Array, 4, size_of::<netpath_common::FleetInfo>(), 1),
         ),
+        (
+            map_names::DOCKER,
+            l(
+                MapType::Array,
+                4,
+                size_of::<netpath_common::DockerInfo>(),
+                1,
+            ),
+        ),
     ]
 }
 

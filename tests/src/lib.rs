@@ -12,6 +12,7 @@
 //! a test panics.
 
 pub mod cmd;
+pub mod docker;
 
 use std::{
     fs,
@@ -172,6 +173,8 @@ pub struct Lab {
     children: Vec<Child>,
     /// The etcd members `etcd()` started: (namespace, process).
     etcd_members: Vec<(String, Option<Child>)>,
+    /// The Docker engines `dockerd()` started.
+    dockerds: Vec<docker::Dockerd>,
 }
 
 impl Lab {
@@ -194,6 +197,7 @@ impl Lab {
             namespaces: Vec::new(),
             children: Vec::new(),
             etcd_members: Vec::new(),
+            dockerds: Vec::new(),
         };
         lab.add_ns(&lab.fabric.clone())?;
         let fab = lab.fabric.clone();
@@ -858,6 +862,7 @@ impl Lab {
     /// Tears down; also what Drop does. Collects every error and reports them together.
     pub fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        self.stop_dockerds();
         for mut c in self
             .children
             .drain(..)
@@ -994,6 +999,20 @@ pub fn reap_stale() {
             .is_some_and(|pid| !alive(pid))
     };
     remove_pin_dirs(|name| dead(name));
+    // Daemons of a lab whose test process died (dockerd, containerd, etcd) and what they
+    // mounted, then their directories.
+    if let Ok(dirs) = fs::read_dir(std::env::temp_dir()) {
+        for d in dirs.flatten() {
+            if d.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("np") && dead(n))
+            {
+                docker::kill_under(&d.path());
+                docker::unmount_under(&d.path());
+                let _ = fs::remove_dir_all(d.path());
+            }
+        }
+    }
     remove_namespaces(|ns| dead(ns));
 }
 
@@ -1053,6 +1072,9 @@ pub fn remove_namespaces(select: impl Fn(&str) -> bool) {
 pub fn remove_lab(id: &str) {
     let prefix = format!("{id}-");
     remove_pin_dirs(|name| name.starts_with(&prefix));
+    let dir = std::env::temp_dir().join(id);
+    docker::kill_under(&dir);
+    docker::unmount_under(&dir);
     remove_namespaces(|ns| ns.starts_with(&prefix));
-    let _ = fs::remove_dir_all(std::env::temp_dir().join(id));
+    let _ = fs::remove_dir_all(dir);
 }

@@ -205,7 +205,7 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         rules: vec![(Some(900), rule("10.244.14.0/32", 5432, Action::Allow))],
     };
-    let (d2, merge) = sources::desired(&changed(cfg(true)), &cli, &[]).unwrap();
+    let (d2, merge) = sources::desired(&changed(cfg(true)), &cli, &[], &[]).unwrap();
     assert_eq!(
         merge.replaced_cli,
         sources::Counts {
@@ -239,7 +239,7 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         ..Default::default()
     };
-    let err = sources::desired(&changed(cfg(true)), &clash, &[])
+    let err = sources::desired(&changed(cfg(true)), &clash, &[], &[])
         .unwrap_err()
         .to_string();
     assert!(err.contains("netpath peer del y"), "{err}");
@@ -258,7 +258,7 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         peer("z2", "10.244.52.0/24", 41),
         peer("e1", "10.244.53.0/24", 53),
     ];
-    let (d3, merge) = sources::desired(&changed(cfg(true)), &cli, &etcd).unwrap();
+    let (d3, merge) = sources::desired(&changed(cfg(true)), &cli, &etcd, &[]).unwrap();
     assert_eq!(merge.kept_etcd, 1);
     assert_eq!(merge.skipped_etcd.len(), 3, "{:?}", merge.skipped_etcd);
     assert!(merge.skipped_etcd[0].contains("is used by another peer"));
@@ -269,4 +269,43 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         d2.peers.len() + 1,
         "the config's and the CLI's peers untouched"
     );
+    // Docker's ports come after the config's and the CLI's: one of the same protocol and
+    // number, or whose container is not in the subnet, is refused for that container (with
+    // why), never an error; the others are kept as Docker's.
+    let port = |name: &str, host_port: u16, container: [u8; 4]| sources::docker::DockerPort {
+        container: name.into(),
+        publish: Publish {
+            proto: Proto::Tcp,
+            host_port,
+            container: container.into(),
+            port: 80,
+        },
+    };
+    let docker = [
+        port("clash", 8080, [10, 244, 11, 20]),
+        port("elsewhere", 9090, [172, 17, 0, 2]),
+        port("web", 9091, [10, 244, 11, 21]),
+        port("second", 9091, [10, 244, 11, 22]),
+    ];
+    let (d4, merge) = sources::desired(&changed(cfg(true)), &cli, &[], &docker).unwrap();
+    assert_eq!(merge.kept_docker, 1);
+    let why = merge.skipped_docker.join("\n");
+    assert_eq!(merge.skipped_docker.len(), 3, "{why}");
+    assert!(
+        why.contains("container clash") && why.contains("already published"),
+        "{why}"
+    );
+    assert!(
+        why.contains("container elsewhere") && why.contains("not a container address"),
+        "{why}"
+    );
+    assert!(why.contains("container second"), "{why}");
+    let web = d4
+        .publish
+        .iter()
+        .find(|p| p.item.host_port == 9091)
+        .unwrap();
+    assert_eq!(web.origin, netpath::state::Origin::Docker);
+    assert_eq!(web.item.container, std::net::Ipv4Addr::new(10, 244, 11, 21));
+    assert_eq!(d4.publish.len(), d2.publish.len() + 1);
 }

@@ -28,6 +28,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     // The fleet's TLS test makes its certificates.
     ("openssl", "openssl"),
+    // Docker hosts: tests start their own dockerd in lab namespaces (no service starts
+    // at install: see POLICY_RC); images are made from busybox-static's busybox.
+    ("dockerd", "docker.io"),
+    ("/usr/bin/busybox", "busybox-static"),
 ];
 
 /// What every build needs: etcd-client (the crate) compiles etcd's protobuf definitions.

@@ -111,6 +111,14 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         fleet_info.lease_ttl = e.lease_ttl as u32;
     }
     let _ = maps.fleet.set(0, fleet_info, 0);
+    // NP_DOCKER: what the Docker task last said (zero without [docker]).
+    let mut docker_info = netpath_common::DockerInfo::default();
+    let mut docker = cfg.docker.as_ref().map(|d| {
+        docker_info.flags = netpath_common::DOCKER_F_CONFIGURED;
+        sources::docker::spawn(d.clone(), cfg.host.address)
+    });
+    let _ = maps.docker.set(0, docker_info, 0);
+    let mut views = Views::default();
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
     let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
@@ -131,8 +139,10 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 }
             } => match update {
                 fleet::Update::Peers(peers) => {
-                    let skipped = apply_fleet(&mut maps, &cfg, &peers);
-                    fleet_info.skipped = skipped;
+                    views.etcd = Some(peers);
+                    if let Some(m) = apply(&mut maps, &cfg, &views, News::Etcd) {
+                        fleet_info.skipped = m.skipped_etcd.len() as u32;
+                    }
                     let _ = maps.fleet.set(0, fleet_info, 0);
                 }
                 fleet::Update::Info(info) => {
@@ -140,6 +150,40 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                     let _ = maps.fleet.set(0, fleet_info, 0);
                 }
             },
+            Some(update) = async {
+                match docker.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match update {
+                    sources::docker::Update::View(v) => {
+                        docker_info.flags |= netpath_common::DOCKER_F_UP;
+                        docker_info.away_since = 0;
+                        docker_info.last_ok = now();
+                        docker_info.containers = v.containers as u32;
+                        let skipped = v.skipped.clone();
+                        for s in &skipped {
+                            log::info!("docker: {s}");
+                        }
+                        views.docker = Some(v);
+                        if let Some(m) = apply(&mut maps, &cfg, &views, News::Docker) {
+                            docker_info.ports = m.kept_docker as u32;
+                            let refused: Vec<&String> = m.skipped_docker.iter().chain(&skipped).collect();
+                            docker_info.refused = refused.len() as u32;
+                            docker_info.note = name_bytes(refused.first().map_or("", |s| s.as_str()));
+                        }
+                    }
+                    sources::docker::Update::Away(why) => {
+                        docker_info.flags &= !netpath_common::DOCKER_F_UP;
+                        if docker_info.away_since == 0 {
+                            docker_info.away_since = now();
+                        }
+                        docker_info.note = name_bytes(&why);
+                    }
+                }
+                let _ = maps.docker.set(0, docker_info, 0);
+            }
             _ = gc.tick() => {
                 sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done).await;
                 match collector::gc(&mut maps) {
@@ -253,40 +297,99 @@ fn follow_gateway(maps: &mut Maps, cfg: &mut Config) {
     }
 }
 
-/// Reconciles with the fleet's new view of the other hosts (`peers`, from etcd) as the
-/// etcd part of the desired state. A failure is logged; the next view tries again.
-/// Returns how many registrations were left out.
-fn apply_fleet(maps: &mut Maps, cfg: &Config, peers: &[crate::state::Peer]) -> u32 {
+/// The latest word of the live sources; None: not heard from yet, so the pinned maps'
+/// entries of that origin stand (the datapath stays as it was).
+#[derive(Default)]
+struct Views {
+    etcd: Option<Vec<crate::state::Peer>>,
+    docker: Option<sources::docker::View>,
+}
+
+impl Views {
+    /// The etcd peers and Docker ports of the desired state: the sources' views, or what
+    /// the pinned maps hold of them.
+    fn inputs(
+        &self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> (Vec<crate::state::Peer>, Vec<sources::docker::DockerPort>) {
+        let etcd = match (&self.etcd, &cfg.etcd) {
+            (Some(v), _) => v.clone(),
+            (None, Some(_)) => sources::etcd::live(observed),
+            (None, None) => Vec::new(),
+        };
+        let docker = match (&self.docker, &cfg.docker) {
+            (Some(v), _) => v.ports.clone(),
+            (None, Some(_)) => sources::docker::live(observed),
+            (None, None) => Vec::new(),
+        };
+        (etcd, docker)
+    }
+}
+
+/// Which source's news an [`apply`] acts on (what it logs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum News {
+    Etcd,
+    Docker,
+}
+
+/// Reconciles with the sources' latest views (`views`) after news from one of them. A
+/// failure is logged; the next news tries again. Returns the merge (None on failure).
+fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sources::Merge> {
     let result = (|| -> Result<_> {
         let observed = reconcile::observe(maps)?;
-        let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), peers)?;
+        let (etcd, docker) = views.inputs(cfg, &observed);
+        let (desired, merge) =
+            sources::desired(cfg, &sources::cli::live(&observed), &etcd, &docker)?;
         Ok((reconcile::all_from(maps, observed, &desired)?, merge))
     })();
-    match result {
-        Ok((c, merge)) => {
-            for s in &merge.skipped_etcd {
-                log::warn!("etcd: skipped {s}");
-            }
-            let skipped = merge.skipped_etcd.len() as u32;
-            if !c.peers.is_empty() {
-                log::info!(
-                    "etcd: {} hosts as peers; {} added {:?}, {} updated {:?}, {} removed {:?}",
-                    merge.kept_etcd,
-                    c.peers.added.len(),
-                    c.peers.added,
-                    c.peers.updated.len(),
-                    c.peers.updated,
-                    c.peers.removed.len(),
-                    c.peers.removed
-                );
-            }
-            skipped
-        }
+    let (c, merge) = match result {
+        Ok(x) => x,
         Err(e) => {
-            log::warn!("etcd: applying the fleet's view: {e:#}");
-            0
+            match news {
+                News::Etcd => log::warn!("etcd: applying the fleet's view: {e:#}"),
+                News::Docker => log::warn!("docker: applying the engine's ports: {e:#}"),
+            }
+            return None;
+        }
+    };
+    if news == News::Etcd {
+        for s in &merge.skipped_etcd {
+            log::warn!("etcd: skipped {s}");
         }
     }
+    if news == News::Docker {
+        for s in &merge.skipped_docker {
+            log::warn!("docker: refused {s}");
+        }
+    }
+    if !c.peers.is_empty() {
+        log::info!(
+            "etcd: {} hosts as peers; {} added {:?}, {} updated {:?}, {} removed {:?}",
+            merge.kept_etcd,
+            c.peers.added.len(),
+            c.peers.added,
+            c.peers.updated.len(),
+            c.peers.updated,
+            c.peers.removed.len(),
+            c.peers.removed
+        );
+    }
+    if !c.publish.is_empty() {
+        log::info!(
+            "published ports: {} from Docker; {} added {:?}, {} updated {:?}, {} removed {:?} ({} flows cut)",
+            merge.kept_docker,
+            c.publish.added.len(),
+            c.publish.added,
+            c.publish.updated.len(),
+            c.publish.updated,
+            c.publish.removed.len(),
+            c.publish.removed,
+            c.publish.flows_cut
+        );
+    }
+    Some(merge)
 }
 
 /// "3 added (a, b, c)": a count and the first few addresses.
@@ -320,12 +423,11 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
     let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
-    let etcd = if cfg.etcd.is_some() {
-        sources::etcd::live(&observed)
-    } else {
-        Vec::new()
-    };
-    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), &etcd)?;
+    let (etcd, docker) = Views::default().inputs(cfg, &observed);
+    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), &etcd, &docker)?;
+    for s in &merge.skipped_docker {
+        log::warn!("docker: refused {s}");
+    }
     let changes = reconcile::all_from(&mut maps, observed, &desired)?;
     let took = started.elapsed();
     let mut tcx = true;

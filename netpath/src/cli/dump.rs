@@ -68,6 +68,10 @@ pub enum DumpMap {
     /// MAC, host-side veth. Learned from the bridge's neighbours.
     #[value(alias = "NP_ENDPOINTS_V1")]
     Endpoints,
+    /// The Docker engine ([docker]) as the agent last saw it: up, containers, ports
+    /// served and refused (NP_DOCKER).
+    #[value(alias = "NP_DOCKER_V1")]
+    Docker,
     /// The fleet's store ([etcd]) as the agent last saw it: registered, other hosts,
     /// since when it has not answered.
     #[value(alias = "NP_FLEET_V1")]
@@ -111,6 +115,11 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         DumpMap::Events => show(&dump::events(maps)?, json, None),
         DumpMap::Build => show(&dump::build(maps)?, json, None),
         DumpMap::Endpoints => show(&dump::endpoints(maps)?, json, None),
+        DumpMap::Docker => show(
+            &crate::inspect::status::docker(maps, crate::maps::now())?,
+            json,
+            None,
+        ),
         DumpMap::Fleet => show(
             &crate::inspect::status::fleet(maps, crate::maps::now())?,
             json,

@@ -26,6 +26,8 @@ pub struct Status {
     pub maps: Vec<MapRow>,
     /// The fleet's store as the agent last saw it; None without `[etcd]`.
     pub etcd: Option<FleetStatus>,
+    /// The Docker engine as the agent last saw it; None without `[docker]`.
+    pub docker: Option<DockerStatus>,
     /// What needs the operator's attention, each with what to do; empty when all is well.
     pub problems: Vec<String>,
 }
@@ -62,6 +64,43 @@ pub fn fleet(maps: &Maps, now: u64) -> Result<Option<FleetStatus>> {
         last_answer_s: (f.last_ok != 0).then(|| now.saturating_sub(f.last_ok)),
         away_s: (f.away_since != 0).then(|| now.saturating_sub(f.away_since)),
         lease_ttl: f.lease_ttl,
+    }))
+}
+
+/// `NP_DOCKER`, readable.
+#[derive(Serialize, Debug)]
+pub struct DockerStatus {
+    /// The engine answers.
+    pub up: bool,
+    /// Running containers it lists.
+    pub containers: u32,
+    /// Their published ports netpath serves.
+    pub ports: u32,
+    /// Their published ports netpath refused.
+    pub refused: u32,
+    /// The first refusal, or why the engine does not answer.
+    pub note: Option<String>,
+    /// Seconds since the engine last answered (None: not since the agent started).
+    pub last_answer_s: Option<u64>,
+    /// Seconds the engine has not answered for; None while it answers.
+    pub away_s: Option<u64>,
+}
+
+/// The Docker engine's state from `NP_DOCKER`; None without `[docker]`.
+pub fn docker(maps: &Maps, now: u64) -> Result<Option<DockerStatus>> {
+    let d = maps.docker.get(&0, 0)?;
+    if d.flags & netpath_common::DOCKER_F_CONFIGURED == 0 {
+        return Ok(None);
+    }
+    let note = name_str(&d.note);
+    Ok(Some(DockerStatus {
+        up: d.flags & netpath_common::DOCKER_F_UP != 0,
+        containers: d.containers,
+        ports: d.ports,
+        refused: d.refused,
+        note: (!note.is_empty()).then(|| note.to_owned()),
+        last_answer_s: (d.last_ok != 0).then(|| now.saturating_sub(d.last_ok)),
+        away_s: (d.away_since != 0).then(|| now.saturating_sub(d.away_since)),
     }))
 }
 
@@ -183,6 +222,24 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             ));
         }
     }
+    let docker = docker(&maps, now)?;
+    if let Some(d) = &docker
+        && a.agent_running
+    {
+        if let Some(away) = d.away_s {
+            problems.push(format!(
+                "the Docker engine has not answered for {} ({}): the published ports stay as they are, the agent keeps trying (check [docker].socket and dockerd)",
+                ago(away),
+                d.note.as_deref().unwrap_or("not reached yet")
+            ));
+        } else if d.refused > 0 {
+            problems.push(format!(
+                "{} port(s) Docker publishes are not served by netpath: {} (see the agent's log for all)",
+                d.refused,
+                d.note.as_deref().unwrap_or("")
+            ));
+        }
+    }
     let maps_rows = map_rows(pins)?;
     for m in &maps_rows {
         if let Some(f) = m.fill_pct.filter(|f| *f >= FILL_WARN_PCT) {
@@ -215,6 +272,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         attachments,
         maps: maps_rows,
         etcd,
+        docker,
         problems,
     })
 }
@@ -491,6 +549,24 @@ pub fn text(s: &Status) -> String {
                 (Some(away), _) => format!("NOT ANSWERING for {}", ago(away)),
                 (None, Some(last)) => format!("last answer {} ago", ago(last)),
                 (None, None) => "not reached yet".to_owned(),
+            }
+        );
+    }
+    if let Some(d) = &s.docker {
+        let _ = writeln!(
+            o,
+            "docker: {}; {} running containers, {} published ports served{}",
+            match (d.away_s, d.last_answer_s) {
+                (Some(away), _) => format!("NOT ANSWERING for {}", ago(away)),
+                (None, Some(last)) => format!("answering (last {} ago)", ago(last)),
+                (None, None) => "not reached yet".to_owned(),
+            },
+            d.containers,
+            d.ports,
+            if d.refused > 0 {
+                format!(", {} REFUSED", d.refused)
+            } else {
+                String::new()
             }
         );
     }

@@ -64,6 +64,7 @@ pub struct Maps {
     pub reject_limit: PerCpuArray<MapData, netpath_common::RejectLimit>,
     pub endpoints: HashMap<MapData, u32, netpath_common::Endpoint>,
     pub fleet: Array<MapData, netpath_common::FleetInfo>,
+    pub docker: Array<MapData, netpath_common::DockerInfo>,
 }
 
 impl Maps {
@@ -98,6 +99,7 @@ impl Maps {
             reject_limit: take(map_names::REJECT_LIMIT)?.try_into()?,
             endpoints: take(map_names::ENDPOINTS)?.try_into()?,
             fleet: take(map_names::FLEET)?.try_into()?,
+            docker: take(map_names::DOCKER)?.try_into()?,
         })
     }
 
@@ -129,6 +131,7 @@ impl Maps {
             reject_limit: pins.open(map_names::REJECT_LIMIT)?.try_into()?,
             endpoints: pins.open(map_names::ENDPOINTS)?.try_into()?,
             fleet: pins.open(map_names::FLEET)?.try_into()?,
+            docker: pins.open(map_names::DOCKER)?.try_into()?,
         })
     }
 

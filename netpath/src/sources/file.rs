@@ -37,6 +37,14 @@ struct File {
     #[serde(default)]
     metrics: MetricsFile,
     etcd: Option<EtcdFile>,
+    docker: Option<DockerFile>,
+}
+
+/// `[docker]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DockerFile {
+    socket: Option<String>,
 }
 
 /// `[etcd]` as written.
@@ -190,6 +198,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// The fleet's store (`[etcd]`); None: the peers are the file's (and the CLI's).
     pub etcd: Option<crate::state::Etcd>,
+    /// The Docker engine (`[docker]`) whose published ports netpath serves; None: off.
+    pub docker: Option<crate::state::Docker>,
 }
 
 /// Every problem found in a config, one per line.
@@ -421,6 +431,20 @@ impl Config {
                 }
             },
         };
+        let docker = file.docker.map(|d| {
+            let socket = d
+                .socket
+                .unwrap_or_else(|| crate::state::DOCKER_SOCKET.to_owned());
+            if !socket.starts_with('/') {
+                problems.push(format!(
+                    "[docker].socket = {socket:?}: write the engine's socket as an absolute path, like \"{}\"",
+                    crate::state::DOCKER_SOCKET
+                ));
+            }
+            crate::state::Docker {
+                socket: socket.into(),
+            }
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -461,6 +485,7 @@ impl Config {
             policy: policy.expect("no problems: the policy is valid"),
             monitor: file.monitor,
             etcd,
+            docker,
             metrics,
         };
         Ok(match (pending, cfg.etcd.clone()) {

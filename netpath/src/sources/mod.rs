@@ -4,7 +4,9 @@
 //! - [`cli`]: what `netpath peer|publish|policy add` added to the running datapath,
 //!   read back from the pinned maps, where each entry carries its origin;
 //! - [`etcd`]: the other hosts of the fleet, registered in etcd (`[etcd]`): from the
-//!   pinned maps until etcd answers, then from etcd's listing and watch.
+//!   pinned maps until etcd answers, then from etcd's listing and watch;
+//! - [`docker`]: the ports Docker publishes for its running containers (`[docker]`):
+//!   from the pinned maps until the engine answers, then from its listings.
 //!
 //! [`desired`] merges them. Where two sources say something of the same thing, the rule
 //! is this, and only here:
@@ -17,9 +19,14 @@
 //!   remove it: nothing is changed until the operator decides;
 //! - **etcd comes last**: a peer from etcd whose name, subnet or underlay the config or a
 //!   CLI entry (or an earlier etcd entry) already has is skipped and logged, never an
-//!   error: another host's registration cannot stop this one.
+//!   error: another host's registration cannot stop this one;
+//! - **Docker's ports come after the config's and the CLI's**: a port of the same
+//!   protocol and number as one of theirs (or of an earlier container), or one whose
+//!   container is not in this host's subnet, is refused for that container and logged,
+//!   never an error: the others are served.
 
 pub mod cli;
+pub mod docker;
 pub mod etcd;
 pub mod file;
 pub mod neigh;
@@ -64,11 +71,21 @@ pub struct Merge {
     /// config, a CLI entry or another etcd entry has): another host's registration never
     /// stops this one, it is logged and skipped.
     pub skipped_etcd: Vec<String>,
+    /// Docker's ports in the desired state.
+    pub kept_docker: usize,
+    /// Docker's ports refused, each with why.
+    pub skipped_docker: Vec<String>,
 }
 
-/// The desired state: the config file `cfg` with the live CLI entries `cli` and the
-/// other hosts registered in etcd (see the module's precedence rule).
-pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merge)> {
+/// The desired state: the config file `cfg` with the live CLI entries `cli`, the other
+/// hosts registered in etcd and the ports Docker publishes (see the module's precedence
+/// rule).
+pub fn desired(
+    cfg: &Config,
+    cli: &Part,
+    etcd: &[Peer],
+    docker: &[docker::DockerPort],
+) -> Result<(Desired, Merge)> {
     let mut merge = Merge::default();
     let mut problems = Vec::new();
     let h = &cfg.host;
@@ -173,6 +190,22 @@ pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merg
         }
     }
     merge.kept_etcd = etcd_peers.len();
+    let mut docker_publish = Vec::new();
+    for d in docker {
+        let p = &d.publish;
+        let field = format!(
+            "container {} ({}/{} -> {}:{}, published by Docker)",
+            d.container, p.proto, p.host_port, p.container, p.port
+        );
+        let found = check_publish(&field, p, h.subnet, h.gateway, h.vxlan_port, &publish);
+        if found.is_empty() {
+            publish.push(*p);
+            docker_publish.push(*p);
+        } else {
+            merge.skipped_docker.push(found.join("; "));
+        }
+    }
+    merge.kept_docker = docker_publish.len();
     merge.kept_cli = Counts {
         peers: cli_peers.len(),
         publish: cli_publish.len(),
@@ -207,6 +240,10 @@ pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merg
         item,
         origin: Origin::Cli,
     }));
+    desired_publish.extend(docker_publish.into_iter().map(|item| Owned {
+        item,
+        origin: Origin::Docker,
+    }));
     Ok((
         Desired {
             host: cfg.host.clone(),
@@ -227,7 +264,7 @@ pub fn desired(cfg: &Config, cli: &Part, etcd: &[Peer]) -> Result<(Desired, Merg
 
 /// The desired state of a fresh datapath (no CLI entry yet): the config alone.
 pub fn from_config(cfg: &Config) -> Desired {
-    desired(cfg, &Part::default(), &[])
+    desired(cfg, &Part::default(), &[], &[])
         .expect("a valid config merges with no CLI entry")
         .0
 }

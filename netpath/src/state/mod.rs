@@ -23,6 +23,9 @@ pub enum Origin {
     Cli,
     /// Another host's registration in etcd (`[etcd]`): kept until etcd says it is gone.
     Etcd,
+    /// A port Docker publishes for a running container (`[docker]`): kept until Docker
+    /// says the container stopped.
+    Docker,
 }
 
 impl Origin {
@@ -31,6 +34,7 @@ impl Origin {
             Origin::Config => netpath_common::ORIGIN_CONFIG,
             Origin::Cli => netpath_common::ORIGIN_CLI,
             Origin::Etcd => netpath_common::ORIGIN_ETCD,
+            Origin::Docker => netpath_common::ORIGIN_DOCKER,
         }
     }
 
@@ -40,6 +44,7 @@ impl Origin {
         match v {
             netpath_common::ORIGIN_CLI => Origin::Cli,
             netpath_common::ORIGIN_ETCD => Origin::Etcd,
+            netpath_common::ORIGIN_DOCKER => Origin::Docker,
             _ => Origin::Config,
         }
     }
@@ -49,6 +54,7 @@ impl Origin {
             Origin::Config => "config",
             Origin::Cli => "cli",
             Origin::Etcd => "etcd",
+            Origin::Docker => "docker",
         }
     }
 }
@@ -580,6 +586,15 @@ pub struct Etcd {
     /// `[host].subnet` is left out: the subnet is leased from the cluster's range.
     pub leased: bool,
 }
+
+/// `[docker]`: the Docker engine whose containers' published ports netpath serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Docker {
+    /// The engine's API socket.
+    pub socket: std::path::PathBuf,
+}
+
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 pub const ETCD_PREFIX: &str = "/netpath";
 pub const ETCD_SUBNET_FILE: &str = "/var/lib/netpath/subnet.env";

@@ -78,6 +78,7 @@ pub fn cfg(ready: bool) -> Config {
         monitor: Default::default(),
         metrics: None,
         etcd: None,
+        docker: None,
     }
 }
 

@@ -1,0 +1,316 @@
+//! Real Docker engines in the lab: Debian's dockerd 20.10, one per host namespace, each
+//! with its own data root, exec root, socket and pidfile under the lab's directory,
+//! `--bip` from the host's subnet and the vfs storage driver. No registry is reachable:
+//! the images are made here (`np-busybox`: busybox-static; `np-probe`: the lab's probe
+//! with the libraries it links). Teardown removes the containers, stops the daemons and
+//! removes their directories, also when a test fails.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Lab, ip, output, probe_bin, run};
+
+/// Whether this machine can run dockerd (Debian's docker.io installed).
+pub fn have_dockerd() -> bool {
+    Path::new("/usr/sbin/dockerd").exists() && Path::new("/usr/bin/busybox").exists()
+}
+
+/// A dockerd the lab started.
+pub struct Dockerd {
+    pub host: usize,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub(crate) child: Option<std::process::Child>,
+}
+
+/// Docker's settings for a lab host (daemon.json): `userland-proxy` off, as where
+/// performance matters, and anything the test adds.
+#[derive(Clone, Debug)]
+pub struct DockerOptions {
+    pub userland_proxy: bool,
+    /// Docker's iptables rules ("iptables": false when off).
+    pub iptables: bool,
+}
+
+impl Default for DockerOptions {
+    fn default() -> DockerOptions {
+        DockerOptions {
+            userland_proxy: false,
+            iptables: true,
+        }
+    }
+}
+
+/// A root file system of `files` (host paths, copied under the same path) as a tar
+/// stream on stdin of `docker import`.
+fn import(
+    lab: &Lab,
+    i: usize,
+    name: &str,
+    files: &[PathBuf],
+    links: &[(&str, &str)],
+) -> Result<()> {
+    let root = lab.dir.join(format!("rootfs-{name}"));
+    if !root.exists() {
+        for f in files {
+            let to = root.join(f.strip_prefix("/").unwrap_or(f));
+            fs::create_dir_all(to.parent().context("a file in /")?)?;
+            fs::copy(f, &to).with_context(|| format!("copying {}", f.display()))?;
+        }
+        for (link, target) in links {
+            let at = root.join(link);
+            fs::create_dir_all(at.parent().context("a link in /")?)?;
+            std::os::unix::fs::symlink(target, at)?;
+        }
+    }
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut import = lab.docker(i, &["import", "-", name]);
+    let out = import
+        .stdin(tar.stdout.context("tar's output")?)
+        .output()
+        .context("docker import")?;
+    if !out.status.success() {
+        bail!(
+            "docker import {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The shared libraries `bin` links (as ldd lists them), with the binary.
+fn with_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = output(Command::new("ldd").arg(bin))?;
+    let mut files = vec![bin.to_path_buf()];
+    for line in out.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(p));
+        }
+    }
+    Ok(files)
+}
+
+impl Lab {
+    /// Starts a dockerd in host `i`'s namespace, its docker0 at the host's gateway
+    /// address (`--bip`), and loads the lab's images into it. The host's br0 gives its
+    /// address up to docker0. Returns the socket. Waits until the engine answers.
+    pub fn dockerd(&mut self, i: usize, o: &DockerOptions) -> Result<PathBuf> {
+        let (ns, name, gateway) = {
+            let h = &self.hosts[i];
+            (h.ns.clone(), h.name.clone(), h.gateway.clone())
+        };
+        let dir = self.dir.join(format!("{name}-docker"));
+        fs::create_dir_all(&dir)?;
+        let socket = dir.join("docker.sock");
+        let config = dir.join("daemon.json");
+        fs::write(
+            &config,
+            serde_json::json!({"userland-proxy": o.userland_proxy, "iptables": o.iptables})
+                .to_string(),
+        )?;
+        run(ip(&ns, "addr flush dev br0"))?;
+        let log = fs::File::create(dir.join("dockerd.log"))?;
+        // nsenter --net, not ip netns exec: dockerd needs the machine's /sys (cgroups).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(&config)
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("--bip")
+            .arg(format!("{gateway}/24"))
+            .args(["--storage-driver", "vfs"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dockerd")?;
+        self.dockerds.push(Dockerd {
+            host: i,
+            dir: dir.clone(),
+            socket: socket.clone(),
+            child: Some(child),
+        });
+        let until = Instant::now() + Duration::from_secs(30);
+        while !self
+            .docker(i, &["version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            if Instant::now() > until {
+                bail!(
+                    "dockerd on {name} did not answer within 30 s:\n{}",
+                    fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let busybox = PathBuf::from("/usr/bin/busybox");
+        let links = [
+            ("bin/sh", "/usr/bin/busybox"),
+            ("bin/sleep", "/usr/bin/busybox"),
+            ("bin/ping", "/usr/bin/busybox"),
+            ("bin/nc", "/usr/bin/busybox"),
+            ("bin/ip", "/usr/bin/busybox"),
+        ];
+        import(
+            self,
+            i,
+            "np-busybox",
+            std::slice::from_ref(&busybox),
+            &links,
+        )?;
+        // The probe with what it links, and busybox for ping and a shell.
+        let mut files = with_libraries(&probe_bin())?;
+        files.push(busybox);
+        import(self, i, "np-probe", &files, &links)?;
+        Ok(socket)
+    }
+
+    /// Makes host `i`'s config a Docker host's: `bridge = "docker0"` and `[docker]` with
+    /// the socket of its engine. For a config of `write_configs` or `write_fleet_configs`.
+    pub fn use_docker(&self, i: usize) -> Result<()> {
+        let d = self
+            .dockerds
+            .iter()
+            .find(|d| d.host == i)
+            .context("host has no dockerd")?;
+        let path = &self.hosts[i].config;
+        let text = fs::read_to_string(path)?.replace("bridge = \"br0\"", "bridge = \"docker0\"");
+        fs::write(
+            path,
+            format!(
+                "{text}\n[docker]\nsocket = {:?}\n",
+                d.socket.display().to_string()
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// The docker CLI against host `i`'s engine (more arguments may be appended).
+    pub fn docker(&self, i: usize, args: &[&str]) -> Command {
+        let d = self
+            .dockerds
+            .iter()
+            .find(|d| d.host == i)
+            .expect("host has no dockerd");
+        let mut c = Command::new("docker");
+        c.arg("-H")
+            .arg(format!("unix://{}", d.socket.display()))
+            .args(args);
+        c
+    }
+
+    /// Runs a detached container on host `i`: `docker run -d --name NAME ARGS...`;
+    /// returns its address on docker0.
+    pub fn docker_run(&self, i: usize, name: &str, args: &[&str]) -> Result<String> {
+        output(self.docker(i, &["run", "-d", "--name", name]).args(args))?;
+        let addr = output(self.docker(
+            i,
+            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name],
+        ))?;
+        Ok(addr.trim().to_owned())
+    }
+
+    /// Stops host `i`'s dockerd (SIGTERM; its containers stop with it unless
+    /// `live-restore`) and starts it again with the same settings.
+    pub fn restart_dockerd(&mut self, i: usize, o: &DockerOptions) -> Result<()> {
+        let k = self
+            .dockerds
+            .iter()
+            .position(|d| d.host == i)
+            .context("host has no dockerd")?;
+        let mut d = self.dockerds.remove(k);
+        stop(&mut d);
+        let _ = fs::remove_dir_all(d.dir.join("exec"));
+        self.dockerd(i, o).map(|_| ())
+    }
+
+    /// Removes every container and stops every dockerd the lab started; their
+    /// directories go with the lab's.
+    pub(crate) fn stop_dockerds(&mut self) {
+        let all: Vec<usize> = self.dockerds.iter().map(|d| d.host).collect();
+        for i in all {
+            if let Ok(ids) = output(self.docker(i, &["ps", "-aq"])) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = self.docker(i, &["rm", "-f"]).args(&ids).output();
+                }
+            }
+        }
+        for mut d in self.dockerds.drain(..) {
+            stop(&mut d);
+        }
+    }
+}
+
+/// SIGTERM, up to 15 s for dockerd to stop its containers and containerd, then SIGKILL;
+/// then what it mounted under its directory is unmounted.
+fn stop(d: &mut Dockerd) {
+    if let Some(mut c) = d.child.take() {
+        // nsenter execs dockerd: the child is dockerd itself.
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let until = Instant::now() + Duration::from_secs(15);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    kill_under(&d.dir);
+    unmount_under(&d.dir);
+}
+
+/// SIGKILLs every process whose command line names a path under `dir` (containerd and
+/// its shims that outlived dockerd).
+pub(crate) fn kill_under(dir: &Path) {
+    let needle = format!("{}/", dir.display());
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) && pid != std::process::id() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Unmounts (lazily) every mount under `dir`, deepest first.
+pub(crate) fn unmount_under(dir: &Path) {
+    let needle = format!("{}/", dir.display());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}

@@ -1,0 +1,204 @@
+//! netpath on real Docker hosts (Debian's dockerd 20.10, started by the test in each lab
+//! host's namespace, Docker's own iptables rules in place): `docker run` containers across
+//! hosts, and `docker run -p` ports served by netpath from Docker's API, with
+//! `"userland-proxy": false` and the nat table flushed.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpath_tests::{
+    Lab, PeerMode, Spec, can_run_lab,
+    docker::{DockerOptions, have_dockerd},
+    in_ns, output, probe_bin,
+};
+
+fn docker_lab() -> Option<Lab> {
+    if !can_run_lab() || !have_dockerd() {
+        eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
+        return None;
+    }
+    Some(
+        Lab::new(Spec {
+            hosts: 2,
+            containers: 0,
+            locked_down: true,
+            outside: true,
+        })
+        .expect("build lab"),
+    )
+}
+
+/// Host `i`'s published ports of origin docker, as "proto/port -> addr:port".
+fn docker_ports(lab: &Lab, i: usize) -> Vec<String> {
+    let v = lab.netpath_json(i, &["publish", "list", "--json"]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["origin"] == "docker")
+        .map(|p| {
+            format!(
+                "{}/{} -> {}",
+                p["proto"].as_str().unwrap_or("?"),
+                p["host_port"],
+                p["container"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {secs} s");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `docker exec NAME ping` from host `i`: how many of 3 came back.
+fn ping_from(lab: &Lab, i: usize, name: &str, to: &str) -> u32 {
+    let o = lab
+        .docker(
+            i,
+            &["exec", name, "ping", "-c", "3", "-i", "0.2", "-W", "1", to],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_table_flushed() {
+    let Some(mut lab) = docker_lab() else { return };
+    let o = DockerOptions::default();
+    lab.dockerd(0, &o).unwrap();
+    lab.dockerd(1, &o).unwrap();
+    let probe = probe_bin().display().to_string();
+    let web = lab
+        .docker_run(
+            0,
+            "web",
+            &[
+                "-p",
+                "8080:7000",
+                "-p",
+                "8081:7000/udp",
+                "np-probe",
+                &probe,
+                "serve",
+                "7000",
+                "3600",
+            ],
+        )
+        .unwrap();
+    let peer = lab
+        .docker_run(1, "peer", &["np-probe", &probe, "serve", "7000", "3600"])
+        .unwrap();
+    assert!(web.starts_with("10.244.11."), "{web}");
+    assert!(peer.starts_with("10.244.12."), "{peer}");
+
+    for mode in [PeerMode::Direct, PeerMode::Vxlan] {
+        lab.write_configs(|_, _| mode).unwrap();
+        for i in 0..2 {
+            // netpath's masquerade in place of Docker's MASQUERADE (flushed below).
+            lab.set_host_option(i, "masquerade", "true").unwrap();
+            lab.use_docker(i).unwrap();
+            lab.kill_agent(i);
+            lab.start(i).unwrap();
+        }
+        // The ports Docker publishes are netpath's, origin docker.
+        wait_for("web's ports served", 10, || {
+            docker_ports(&lab, 0) == [format!("tcp/8080 -> {web}"), format!("udp/8081 -> {web}")]
+        });
+        assert_eq!(ping_from(&lab, 1, "peer", &web), 3, "{mode:?}");
+        let echoed = lab
+            .docker(
+                1,
+                &[
+                    "exec", "peer", &probe, "check", "tcp", &web, "7000", "100000",
+                ],
+            )
+            .output()
+            .unwrap();
+        assert!(echoed.status.success(), "{mode:?}: {echoed:?}");
+    }
+    let vx = lab.counter(1, "fwd-vxlan-encap");
+    assert!(vx > 0);
+
+    // The outage of seed 002 for published ports: the nat table flushed (Docker's DNAT
+    // and MASQUERADE gone), userland-proxy off. The ports answer from the outside host and
+    // from the other host's container, served in BPF.
+    for h in &lab.hosts {
+        output(in_ns(&h.ns, "iptables -t nat -F")).unwrap();
+    }
+    let out = lab.outside().ns.clone();
+    let h1 = lab.hosts[0].underlay.clone();
+    output(in_ns(&out, &format!("{probe} check tcp {h1} 8080 100000"))).unwrap();
+    output(in_ns(&out, &format!("{probe} check udp {h1} 8081"))).unwrap();
+    let from_peer = lab
+        .docker(1, &["exec", "peer", &probe, "check", "tcp", &h1, "8080"])
+        .output()
+        .unwrap();
+    assert!(from_peer.status.success(), "{from_peer:?}");
+    assert!(lab.counter(0, "fwd-published") > 0);
+    let st = lab.netpath_json(0, &["status", "--json"]);
+    assert_eq!(st["docker"]["up"], true, "{st}");
+    assert_eq!(st["docker"]["containers"], 1, "{st}");
+    assert_eq!(st["docker"]["ports"], 2, "{st}");
+
+    // A port that the config publishes too stays the config's: refused for the container
+    // (logged, in status); the container's other ports are served.
+    lab.kill_agent(0);
+    lab.append_config(
+        0,
+        "[[publish]]\nproto = \"udp\"\nhost_port = 8081\ncontainer = \"10.244.11.200\"\nport = 9\n",
+    )
+    .unwrap();
+    lab.start(0).unwrap();
+    wait_for("the clash refused", 10, || {
+        docker_ports(&lab, 0) == [format!("tcp/8080 -> {web}")]
+    });
+    let status = |lab: &Lab| {
+        serde_json::from_slice::<serde_json::Value>(
+            &lab.netpath(0, &["status", "--json"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    wait_for("the engine listed again", 10, || {
+        status(&lab)["docker"]["up"] == true
+    });
+    let st = status(&lab);
+    assert_eq!(st["docker"]["refused"], 1, "{st}");
+    assert!(
+        st["problems"]
+            .to_string()
+            .contains("container web (udp/8081"),
+        "{st}"
+    );
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains("docker: refused container web (udp/8081"),
+        "{log}"
+    );
+
+    // A stopped container's ports go.
+    output(lab.docker(0, &["stop", "-t", "0", "web"])).unwrap();
+    wait_for("web's ports gone", 10, || docker_ports(&lab, 0).is_empty());
+    let gone = in_ns(&out, &format!("{probe} check tcp {h1} 8080"))
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "{gone:?}");
+    lab.teardown().unwrap();
+}
