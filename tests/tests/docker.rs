@@ -202,3 +202,105 @@ fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_t
     assert!(!gone.status.success(), "{gone:?}");
     lab.teardown().unwrap();
 }
+
+/// A unix socket at `path` that answers every request with `reply` (a Docker API that
+/// answers garbage); the thread ends with the test process.
+fn garbage_engine(path: &std::path::Path, reply: &'static str) {
+    use std::io::{Read, Write};
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+}
+
+#[test]
+fn a_docker_api_that_is_down_or_answers_garbage_is_reported_and_changes_nothing() {
+    let Some(mut lab) = Lab::hosts(1, 1) else {
+        return;
+    };
+    let c = lab.hosts[0].containers[0].ip.clone();
+    lab.write_configs(|_, _| PeerMode::Direct).unwrap();
+    lab.append_config(
+        0,
+        &format!(
+            "[[publish]]\nproto = \"tcp\"\nhost_port = 8080\ncontainer = \"{c}\"\nport = 7000\n"
+        ),
+    )
+    .unwrap();
+    let good = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    let problems = |lab: &Lab| {
+        let o = lab.netpath(0, &["status", "--json"]).output().unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (st["docker"].clone(), st["problems"].to_string())
+    };
+    let ports = |lab: &Lab| {
+        lab.netpath_json(0, &["publish", "list", "--json"])
+            .to_string()
+    };
+    // No engine at the socket: the agent starts, says why, and keeps trying; the config's
+    // port is served.
+    let missing = lab.dir.join("missing.sock");
+    std::fs::write(
+        &lab.hosts[0].config,
+        format!(
+            "{good}\n[docker]\nsocket = {:?}\n",
+            missing.display().to_string()
+        ),
+    )
+    .unwrap();
+    lab.start(0).unwrap();
+    wait_for("the engine reported away", 10, || {
+        problems(&lab)
+            .1
+            .contains("the Docker engine has not answered")
+    });
+    let (d, _) = problems(&lab);
+    assert_eq!(d["up"], false, "{d}");
+    assert!(d["note"].as_str().unwrap().contains("missing.sock"), "{d}");
+    assert!(ports(&lab).contains("8080"));
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains("docker: ") && log.contains("its ports stay as they are"),
+        "{log}"
+    );
+
+    // An engine that answers garbage: the same, no panic, the datapath as it was.
+    lab.kill_agent(0);
+    let sock = lab.dir.join("garbage.sock");
+    garbage_engine(
+        &sock,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"not\":[]",
+    );
+    std::fs::write(
+        &lab.hosts[0].config,
+        format!(
+            "{good}\n[docker]\nsocket = {:?}\n",
+            sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    lab.start(0).unwrap();
+    wait_for("the garbage reported", 10, || {
+        problems(&lab)
+            .1
+            .contains("the Docker engine has not answered")
+    });
+    assert!(ports(&lab).contains("8080"));
+    let (sent, got, _) = netpath_tests::ping(
+        &lab.hosts[0].containers[0].ns,
+        &lab.hosts[0].gateway,
+        2,
+        "0.2",
+    )
+    .unwrap();
+    assert_eq!((sent, got), (2, 2));
+    let st = lab.netpath(0, &["status", "--json"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["agent"]["running"], true, "the agent runs on: {st}");
+    lab.teardown().unwrap();
+}
