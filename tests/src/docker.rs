@@ -36,6 +36,8 @@ pub struct DockerOptions {
     pub userland_proxy: bool,
     /// Docker's iptables rules ("iptables": false when off).
     pub iptables: bool,
+    /// Containers keep running while dockerd restarts.
+    pub live_restore: bool,
 }
 
 impl Default for DockerOptions {
@@ -43,6 +45,7 @@ impl Default for DockerOptions {
         DockerOptions {
             userland_proxy: false,
             iptables: true,
+            live_restore: false,
         }
     }
 }
@@ -120,8 +123,9 @@ impl Lab {
         let config = dir.join("daemon.json");
         fs::write(
             &config,
-            serde_json::json!({"userland-proxy": o.userland_proxy, "iptables": o.iptables})
-                .to_string(),
+            serde_json::json!({"userland-proxy": o.userland_proxy, "iptables": o.iptables,
+                "live-restore": o.live_restore})
+            .to_string(),
         )?;
         run(ip(&ns, "addr flush dev br0"))?;
         let log = fs::File::create(dir.join("dockerd.log"))?;
@@ -233,8 +237,8 @@ impl Lab {
         Ok(addr.trim().to_owned())
     }
 
-    /// Stops host `i`'s dockerd (SIGTERM; its containers stop with it unless
-    /// `live-restore`) and starts it again with the same settings.
+    /// Stops host `i`'s dockerd (SIGTERM; with `live_restore` its containers run on) and
+    /// starts it again with the same settings.
     pub fn restart_dockerd(&mut self, i: usize, o: &DockerOptions) -> Result<()> {
         let k = self
             .dockerds
@@ -242,8 +246,9 @@ impl Lab {
             .position(|d| d.host == i)
             .context("host has no dockerd")?;
         let mut d = self.dockerds.remove(k);
-        stop(&mut d);
-        let _ = fs::remove_dir_all(d.dir.join("exec"));
+        if let Some(c) = d.child.as_mut() {
+            terminate(c);
+        }
         self.dockerd(i, o).map(|_| ())
     }
 
@@ -269,17 +274,22 @@ impl Lab {
 /// then what it mounted under its directory is unmounted.
 fn stop(d: &mut Dockerd) {
     if let Some(mut c) = d.child.take() {
-        // nsenter execs dockerd: the child is dockerd itself.
-        let _ = Command::new("kill").arg(c.id().to_string()).status();
-        let until = Instant::now() + Duration::from_secs(15);
-        while c.try_wait().ok().flatten().is_none() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        terminate(&mut c);
     }
     kill_under(&d.dir);
     unmount_under(&d.dir);
+}
+
+/// SIGTERM to dockerd (nsenter execs it: the child is dockerd itself), up to 15 s for it
+/// to stop, then SIGKILL.
+fn terminate(c: &mut std::process::Child) {
+    let _ = Command::new("kill").arg(c.id().to_string()).status();
+    let until = Instant::now() + Duration::from_secs(15);
+    while c.try_wait().ok().flatten().is_none() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// SIGKILLs every process whose command line names a path under `dir` (containerd and

@@ -304,3 +304,82 @@ fn a_docker_api_that_is_down_or_answers_garbage_is_reported_and_changes_nothing(
     assert_eq!(st["agent"]["running"], true, "the agent runs on: {st}");
     lab.teardown().unwrap();
 }
+
+#[test]
+fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() {
+    let Some(mut lab) = docker_lab() else { return };
+    let o = DockerOptions {
+        live_restore: true,
+        ..DockerOptions::default()
+    };
+    lab.dockerd(0, &o).unwrap();
+    lab.dockerd(1, &o).unwrap();
+    let probe = probe_bin().display().to_string();
+    let web = lab
+        .docker_run(
+            0,
+            "web",
+            &[
+                "-p",
+                "8080:7000",
+                "np-probe",
+                &probe,
+                "serve",
+                "7000",
+                "3600",
+            ],
+        )
+        .unwrap();
+    lab.docker_run(1, "peer", &["np-probe", &probe, "serve", "7000", "3600"])
+        .unwrap();
+    lab.write_configs(|_, _| PeerMode::Direct).unwrap();
+    for i in 0..2 {
+        lab.set_host_option(i, "masquerade", "true").unwrap();
+        lab.use_docker(i).unwrap();
+        lab.start(i).unwrap();
+    }
+    wait_for("web's port served", 10, || {
+        docker_ports(&lab, 0) == [format!("tcp/8080 -> {web}")]
+    });
+    for h in &lab.hosts {
+        output(in_ns(&h.ns, "iptables -t nat -F")).unwrap();
+    }
+    // Under traffic: one TCP connection to the published port from the outside host
+    // (request/response for 12 s: a cut fails it), and a ping from the other host's
+    // container every 100 ms.
+    let out = lab.outside().ns.clone();
+    let h1 = lab.hosts[0].underlay.clone();
+    let rr = {
+        let cmd = format!("{probe} rr {h1} 8080 12");
+        let ns = out.clone();
+        thread::spawn(move || in_ns(&ns, &cmd).output().unwrap())
+    };
+    let ping = lab
+        .docker(
+            1,
+            &[
+                "exec", "peer", "ping", "-c", "100", "-i", "0.1", "-W", "1", &web,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(1));
+    lab.restart_dockerd(0, &o).unwrap();
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    let rr = rr.join().unwrap();
+    assert!(rr.status.success(), "the connection was cut: {rr:?}");
+    let ping = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&ping.stdout);
+    assert!(text.contains("100 packets received"), "{text}");
+
+    // Nothing stale: exactly the running container's port, and it goes with it.
+    wait_for("the engine listed again", 15, || {
+        lab.netpath_json(0, &["status", "--json"])["docker"]["up"] == true
+    });
+    assert_eq!(docker_ports(&lab, 0), [format!("tcp/8080 -> {web}")]);
+    output(lab.docker(0, &["rm", "-f", "web"])).unwrap();
+    wait_for("web's port gone", 10, || docker_ports(&lab, 0).is_empty());
+    lab.teardown().unwrap();
+}
