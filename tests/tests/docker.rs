@@ -162,7 +162,11 @@ fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_t
         ))
         .unwrap();
     }
-    assert_eq!(ping_from(&lab, 1, "peer", &web), 3, "with Docker 28's raw rules");
+    assert_eq!(
+        ping_from(&lab, 1, "peer", &web),
+        3,
+        "with Docker 28's raw rules"
+    );
     output(in_ns(&out, &format!("{probe} check tcp {h1} 8080 100000"))).unwrap();
     for h in &lab.hosts {
         let rules = output(in_ns(&h.ns, "iptables -t raw -L PREROUTING -v -x -n")).unwrap();
@@ -170,12 +174,42 @@ fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_t
             .lines()
             .find(|l| l.contains("DROP"))
             .unwrap_or_else(|| panic!("{rules}"));
-        assert_eq!(drop.split_whitespace().next(), Some("0"), "{}: {rules}", h.name);
+        assert_eq!(
+            drop.split_whitespace().next(),
+            Some("0"),
+            "{}: {rules}",
+            h.name
+        );
     }
     let st = lab.netpath_json(0, &["status", "--json"]);
     assert_eq!(st["docker"]["up"], true, "{st}");
     assert_eq!(st["docker"]["containers"], 1, "{st}");
     assert_eq!(st["docker"]["ports"], 2, "{st}");
+    let o = lab
+        .netpath(0, &["doctor", "--json", "--wait", "1"])
+        .output()
+        .unwrap();
+    let doctor: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let docker: Vec<String> = doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "docker")
+        .map(|f| format!("{} {}", f["level"], f["detail"]))
+        .collect();
+    let all = docker.join("\n");
+    assert!(
+        all.contains("\"ok\" \"engine answering; 1 running containers, 2 published"),
+        "{all}"
+    );
+    assert!(
+        all.contains("docker0's subnet is netpath's (10.244.11.0/24)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("2 raw PREROUTING drops") || all.contains("1 raw PREROUTING drops"),
+        "{all}"
+    );
 
     // A port that the config publishes too stays the config's: refused for the container
     // (logged, in status); the container's other ports are served.
@@ -313,6 +347,15 @@ fn a_docker_api_that_is_down_or_answers_garbage_is_reported_and_changes_nothing(
             .contains("the Docker engine has not answered")
     });
     assert!(ports(&lab).contains("8080"));
+    let o = lab
+        .netpath(0, &["doctor", "--json", "--wait", "1"])
+        .output()
+        .unwrap();
+    let doctor = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        doctor.contains("the Docker engine has not answered"),
+        "{doctor}"
+    );
     let (sent, got, _) = netpath_tests::ping(
         &lab.hosts[0].containers[0].ns,
         &lab.hosts[0].gateway,

@@ -121,6 +121,7 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
     mtu(&maps, &agent.uplink, &agent.bridge, &mut f)?;
     endpoints(&maps, &agent.bridge, &mut f)?;
     etcd(&maps, &mut f)?;
+    docker(&maps, &agent.bridge, &mut f)?;
     netfilter(&mut f);
     conntrack(
         st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]),
@@ -378,6 +379,128 @@ fn endpoints(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
                 unknown.join(", ")
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Processes named `name` in this network namespace.
+fn in_this_netns(name: &str) -> usize {
+    let me = std::fs::read_link("/proc/self/ns/net").ok();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| read(p.path().join("comm")).is_some_and(|c| c.trim() == name))
+        .filter(|p| std::fs::read_link(p.path().join("ns/net")).ok() == me)
+        .count()
+}
+
+/// A Docker host: the engine as the agent last saw it (`NP_DOCKER`), docker0's subnet
+/// against netpath's, the userland proxy, and Docker's rules that meet what netpath
+/// leaves to the stack.
+fn docker(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
+    use crate::iface::Interfaces;
+    let d = status::docker(maps, crate::maps::now())?;
+    let Some(d) = d else {
+        if bridge == "docker0" {
+            f.push(bad(
+                "docker",
+                Level::Warn,
+                "the bridge is docker0 but [docker] is not configured: `docker run -p` ports are Docker's DNAT and docker-proxy, cut by a flushed nat table",
+                "add [docker] (socket = \"/var/run/docker.sock\") to the config and restart the agent",
+            ));
+        }
+        return Ok(());
+    };
+    f.push(match (d.away_s, d.refused) {
+        (Some(away), _) => bad(
+            "docker",
+            Level::Fail,
+            format!(
+                "the Docker engine has not answered for {away} s ({}): its published ports stay as they were, new containers' ports are not served",
+                d.note.as_deref().unwrap_or("not reached yet")
+            ),
+            "check [docker].socket and that dockerd runs (docker version)",
+        ),
+        (None, n) if n > 0 => bad(
+            "docker",
+            Level::Warn,
+            format!(
+                "{n} port(s) Docker publishes are not served by netpath: {}",
+                d.note.as_deref().unwrap_or("")
+            ),
+            "publish it on another host port, or remove the config's entry of that port (see the agent's log)",
+        ),
+        _ => ok(
+            "docker",
+            format!(
+                "engine answering; {} running containers, {} published ports served in BPF",
+                d.containers, d.ports
+            ),
+        ),
+    });
+    let c = maps.config()?;
+    let subnet = ipnet::Ipv4Net::with_netmask(
+        crate::maps::addr_of(c.subnet_addr),
+        crate::maps::addr_of(c.subnet_mask),
+    )
+    .map(|n| n.trunc())
+    .ok();
+    let addrs = crate::iface::System.ipv4_addrs(bridge);
+    if let Some(subnet) = subnet {
+        f.push(if addrs.iter().any(|a| a.trunc() == subnet) {
+            ok("docker", format!("{bridge}'s subnet is netpath's ({subnet})"))
+        } else {
+            let first = subnet.hosts().next().unwrap_or(subnet.network());
+            bad(
+                "docker",
+                Level::Fail,
+                format!(
+                    "{bridge} has {}, netpath's subnet is {subnet}: Docker gives containers addresses netpath does not route",
+                    if addrs.is_empty() {
+                        "no IPv4 address".to_owned()
+                    } else {
+                        addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                format!(
+                    "set \"bip\": \"{first}/{}\" in /etc/docker/daemon.json and restart dockerd (`netpath subnet --config ...` prints it)",
+                    subnet.prefix_len()
+                ),
+            )
+        });
+    }
+    let proxies = in_this_netns("docker-proxy");
+    if proxies > 0 {
+        f.push(bad(
+            "docker",
+            Level::Warn,
+            format!(
+                "Docker's userland proxy runs ({proxies} docker-proxy processes): netpath serves the published ports before it sees them, it only holds their ports and memory"
+            ),
+            "set \"userland-proxy\": false in /etc/docker/daemon.json and restart dockerd",
+        ));
+    }
+    // Docker 28's raw-table drops for container addresses, and its FORWARD chains, only
+    // meet what netpath leaves to the host's stack.
+    if let Some(raw) = command("iptables-save", &["-t", "raw"]) {
+        let drops = raw
+            .lines()
+            .filter(|l| {
+                l.starts_with("-A PREROUTING")
+                    && l.contains(&format!("! -i {bridge}"))
+                    && l.ends_with("-j DROP")
+            })
+            .count();
+        if drops > 0 {
+            f.push(ok(
+                "docker",
+                format!(
+                    "{drops} raw PREROUTING drops for container addresses (Docker 28): netpath delivers into containers without the host's stack, so its traffic never meets them; only what it passes to the stack does"
+                ),
+            ));
+        }
     }
     Ok(())
 }
