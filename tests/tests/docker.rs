@@ -448,3 +448,64 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
     wait_for("web's port gone", 10, || docker_ports(&lab, 0).is_empty());
     lab.teardown().unwrap();
 }
+
+#[test]
+fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on() {
+    let Some(mut lab) = docker_lab() else { return };
+    lab.dockerd(0, &DockerOptions::default()).unwrap();
+    lab.dockerd(
+        1,
+        &DockerOptions {
+            iptables: false,
+            ..DockerOptions::default()
+        },
+    )
+    .unwrap();
+    let probe = probe_bin().display().to_string();
+    let serve = ["np-probe", probe.as_str(), "serve", "7000", "3600"];
+    let a = lab.docker_run(0, "ca", &serve).unwrap();
+    let b = lab.docker_run(0, "cb", &serve).unwrap();
+    let mut published = vec!["-p", "9090:7000"];
+    published.extend(serve);
+    let c = lab.docker_run(1, "cc", &published).unwrap();
+    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
+    for i in 0..2 {
+        lab.set_host_option(i, "masquerade", "true").unwrap();
+        lab.use_docker(i).unwrap();
+    }
+    lab.append_config(
+        0,
+        &format!("[[policy]]\nfrom = \"{a}/32\"\nto = \"{b}/32\"\nproto = \"tcp\"\nport = 7000\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    // Docker's bridge-netfilter left on: bridged frames would meet iptables.
+    netpath_tests::sysctl(&lab.hosts[0].ns, "net.bridge.bridge-nf-call-iptables", "1").unwrap();
+    lab.start_all().unwrap();
+    wait_for("c's port served", 10, || {
+        docker_ports(&lab, 1) == [format!("tcp/9090 -> {c}")]
+    });
+
+    // Same host: the rule decides on the sender's veth, before the bridge.
+    let denied = lab.counter(0, "drop-policy-deny");
+    let blocked = lab
+        .docker(0, &["exec", "ca", &probe, "check", "tcp", &b, "7000"])
+        .output()
+        .unwrap();
+    assert!(!blocked.status.success(), "{blocked:?}");
+    assert!(lab.counter(0, "drop-policy-deny") > denied);
+    assert_eq!(ping_from(&lab, 0, "ca", &b), 3, "the rest is allowed");
+    let back = lab
+        .docker(0, &["exec", "cb", &probe, "check", "tcp", &a, "7000"])
+        .output()
+        .unwrap();
+    assert!(back.status.success(), "{back:?}");
+
+    // A host whose Docker writes no iptables rules at all: peers and its published port.
+    assert_eq!(ping_from(&lab, 0, "ca", &c), 3);
+    let out = lab.outside().ns.clone();
+    let h2 = lab.hosts[1].underlay.clone();
+    output(in_ns(&out, &format!("{probe} check tcp {h2} 9090 100000"))).unwrap();
+    let rules = output(in_ns(&lab.hosts[1].ns, "iptables-save")).unwrap();
+    assert!(!rules.contains("DOCKER"), "{rules}");
+    lab.teardown().unwrap();
+}
