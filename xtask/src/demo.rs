@@ -92,6 +92,93 @@ fn outside_traffic(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
+/// Two hosts running real dockerd (Debian's 20.10, Docker's iptables rules in place,
+/// `userland-proxy` off): `docker run` containers across the hosts, a `docker run -p`
+/// port from the outside host with the nat table flushed, served by netpath from Docker's
+/// API.
+fn docker_hosts() -> Result<()> {
+    title(
+        "Docker hosts: 2 hosts each running its own dockerd, userland-proxy off, Docker's iptables rules in place",
+    );
+    let mut lab = Lab::new(Spec {
+        hosts: 2,
+        containers: 0,
+        locked_down: true,
+        outside: true,
+    })?;
+    let o = netpath_tests::docker::DockerOptions::default();
+    lab.dockerd(0, &o)?;
+    lab.dockerd(1, &o)?;
+    let probe = netpath_tests::probe_bin().display().to_string();
+    let web = lab.docker_run(
+        0,
+        "web",
+        &[
+            "-p",
+            "8080:7000",
+            "np-probe",
+            &probe,
+            "serve",
+            "7000",
+            "3600",
+        ],
+    )?;
+    let client = lab.docker_run(1, "client", &["np-probe", "sleep", "3600"])?;
+    eprintln!(
+        "h1: docker run -p 8080:7000 --name web -> {web}; h2: docker run --name client -> {client}"
+    );
+    lab.write_configs(|_, _| PeerMode::Vxlan)?;
+    for i in 0..2 {
+        lab.set_host_option(i, "masquerade", "true")?;
+        lab.use_docker(i)?;
+        lab.start(i)?;
+    }
+    // The agent's first listing of the engine.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !output(lab.netpath(0, &["publish", "list"]))?.contains("docker") {
+        if std::time::Instant::now() > until {
+            anyhow::bail!("h1's agent did not take web's port from Docker within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    title("netpath publish list on h1 (origin docker: from Docker's API)");
+    eprint!("{}", output(lab.netpath(0, &["publish", "list"]))?);
+    title(
+        "client (h2) -> web (h1) through vxlan, Docker's FORWARD DROP and isolation chains in place",
+    );
+    eprint!(
+        "{}",
+        output(lab.docker(1, &["exec", "client", "ping", "-c", "3", "-i", "0.2", &web]))?
+    );
+    title(
+        "iptables -t nat -F on both hosts (Docker's DNAT and MASQUERADE gone), then the outside host -> h1:8080",
+    );
+    for h in &lab.hosts {
+        output(netpath_tests::in_ns(&h.ns, "iptables -t nat -F"))?;
+    }
+    let h1 = lab.hosts[0].underlay.clone();
+    let out = lab.outside().ns.clone();
+    eprintln!(
+        "np-probe check tcp {h1} 8080 (100 kB echoed): {}",
+        match output(netpath_tests::in_ns(
+            &out,
+            &format!("{probe} check tcp {h1} 8080 100000")
+        )) {
+            Ok(_) => "answered".to_owned(),
+            Err(e) => format!("FAILED: {e:#}"),
+        }
+    );
+    title("netpath status on h1 (docker line)");
+    let st = lab.netpath(0, &["status"]).output()?;
+    for l in String::from_utf8_lossy(&st.stdout)
+        .lines()
+        .filter(|l| l.starts_with("docker:"))
+    {
+        eprintln!("{l}");
+    }
+    lab.teardown()
+}
+
 pub fn run() -> Result<()> {
     title("building the lab: 3 hosts x 2 containers in network namespaces");
     let mut lab = Lab::new(Spec {
@@ -236,6 +323,12 @@ pub fn run() -> Result<()> {
     }
     lab.kernel_routing()?;
     let (k_rtt, k_gbps) = traffic(&mut lab)?;
+
+    if netpath_tests::docker::have_dockerd() {
+        docker_hosts()?;
+    } else {
+        title("Docker hosts: skipped (no dockerd here; `cargo xtask setup` installs docker.io)");
+    }
 
     title("summary");
     eprintln!("{:<22} {:>14} {:>14}", "", "median RTT ms", "TCP Gbit/s");

@@ -183,6 +183,23 @@ pub fn render(pins: &PinDir) -> Result<String> {
         );
     }
 
+    if let Some(d) = crate::inspect::status::docker(&maps, crate::maps::now())? {
+        let g = gauge_family(
+            &mut reg,
+            "netpath_docker",
+            "The Docker engine ([docker]): up (1 while it answers), containers (running), ports (published ports served), refused (published ports not served), seconds_since_answer",
+        );
+        let set = |what: &str, v: i64| g.get_or_create(&labels(&[("what", what)])).set(v);
+        set("up", d.up as i64);
+        set("containers", d.containers as i64);
+        set("ports", d.ports as i64);
+        set("refused", d.refused as i64);
+        set(
+            "seconds_since_answer",
+            d.last_answer_s.map_or(-1, |s| s as i64),
+        );
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).context("encoding the metrics")?;
     Ok(out)
