@@ -509,3 +509,111 @@ fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on
     assert!(!rules.contains("DOCKER"), "{rules}");
     lab.teardown().unwrap();
 }
+
+/// Packets host `i` counted with a pass verdict (left to the stack), over every reason.
+fn passed(lab: &Lab, i: usize) -> u64 {
+    lab.netpath_json(i, &["dump", "counters", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"].as_str().is_some_and(|n| n.starts_with("pass-")))
+        .filter_map(|r| r["packets"].as_u64())
+        .sum()
+}
+
+#[test]
+fn docker_macvlan_containers_beside_netpath_keep_their_way_across_hosts() {
+    let Some(mut lab) = docker_lab() else { return };
+    let o = DockerOptions::default();
+    lab.dockerd(0, &o).unwrap();
+    lab.dockerd(1, &o).unwrap();
+    let probe = probe_bin().display().to_string();
+    // The macvlan seed's way across hosts: a macvlan network of the uplink netpath is
+    // attached to, its containers on the underlay's range.
+    let macvlan = |lab: &Lab, i: usize, name: &str, addr: &str| {
+        output(lab.docker(
+            i,
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--subnet",
+                "198.18.0.0/24",
+                "--ip-range",
+                "198.18.0.96/28",
+                "-o",
+                "parent=eth0",
+                "mv",
+            ],
+        ))
+        .unwrap();
+        output(lab.docker(
+            i,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "mv",
+                "--ip",
+                addr,
+                "np-probe",
+                &probe,
+                "serve",
+                "7000",
+                "3600",
+            ],
+        ))
+        .unwrap();
+    };
+    macvlan(&lab, 0, "m1", "198.18.0.101");
+    macvlan(&lab, 1, "m2", "198.18.0.102");
+    lab.docker_run(0, "c1", &["np-probe", &probe, "serve", "7000", "3600"])
+        .unwrap();
+    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
+    for i in 0..2 {
+        lab.set_host_option(i, "masquerade", "true").unwrap();
+        lab.use_docker(i).unwrap();
+    }
+    lab.start_all().unwrap();
+
+    // Macvlan to macvlan across the hosts, and to the other host's underlay address: the
+    // uplink's program leaves it to the stack (counted as passed).
+    let before = passed(&lab, 1);
+    assert_eq!(ping_from(&lab, 0, "m1", "198.18.0.102"), 3);
+    assert_eq!(ping_from(&lab, 0, "m1", &lab.hosts[1].underlay.clone()), 3);
+    let echoed = lab
+        .docker(
+            0,
+            &[
+                "exec",
+                "m1",
+                &probe,
+                "check",
+                "tcp",
+                "198.18.0.102",
+                "7000",
+                "100000",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(echoed.status.success(), "{echoed:?}");
+    assert!(
+        passed(&lab, 1) >= before + 6,
+        "h2 counted the macvlan traffic as passed"
+    );
+    // netpath's containers reach the other host's macvlan containers (masqueraded).
+    let to_m2 = lab
+        .docker(
+            0,
+            &["exec", "c1", &probe, "check", "tcp", "198.18.0.102", "7000"],
+        )
+        .output()
+        .unwrap();
+    assert!(to_m2.status.success(), "{to_m2:?}");
+    assert!(lab.counter(0, "fwd-masquerade") > 0);
+    lab.teardown().unwrap();
+}
