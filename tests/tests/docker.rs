@@ -468,6 +468,18 @@ fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on
     let mut published = vec!["-p", "9090:7000"];
     published.extend(serve);
     let c = lab.docker_run(1, "cc", &published).unwrap();
+    // A container that never sends: the bridge has not learned it, Docker knows it.
+    let quiet = lab
+        .docker_run(1, "cq", &["np-probe", "sleep", "3600"])
+        .unwrap();
+    let veth: u64 = output(lab.docker(
+        1,
+        &["exec", "cq", "busybox", "cat", "/sys/class/net/eth0/iflink"],
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
     for i in 0..2 {
         lab.set_host_option(i, "masquerade", "true").unwrap();
@@ -483,6 +495,15 @@ fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on
     lab.start_all().unwrap();
     wait_for("c's port served", 10, || {
         docker_ports(&lab, 1) == [format!("tcp/9090 -> {c}")]
+    });
+
+    // Docker's endpoints: address, MAC and veth from the engine, before any frame.
+    wait_for("the quiet container's endpoint", 10, || {
+        lab.endpoints(1).get(&quiet) == Some(&veth)
+    });
+    output(lab.docker(1, &["rm", "-f", "cq"])).unwrap();
+    wait_for("its endpoint gone", 10, || {
+        !lab.endpoints(1).contains_key(&quiet)
     });
 
     // Same host: the rule decides on the sender's veth, before the bridge.

@@ -92,6 +92,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         &handle,
         &mut cfg,
         &mut ports_done,
+        &Views::default(),
     )
     .await;
     drop(lock);
@@ -130,7 +131,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             Some(_) = futures::StreamExt::next(&mut events) => {
                 // Coalesce a burst (a container start is several events).
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
             }
             Some(update) = async {
                 match fleet.as_mut() {
@@ -167,6 +168,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                             log::info!("docker: {s}");
                         }
                         views.docker = Some(v);
+                        sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
                         if let Some(m) = apply(&mut maps, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
                             let refused: Vec<&String> = m.skipped_docker.iter().chain(&skipped).collect();
@@ -185,7 +187,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 let _ = maps.docker.set(0, docker_info, 0);
             }
             _ = gc.tick() => {
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
                 match collector::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -225,6 +227,7 @@ async fn sync(
     handle: &rtnetlink::Handle,
     cfg: &mut Config,
     done: &mut HashSet<u32>,
+    views: &Views,
 ) {
     follow_gateway(maps, cfg);
     let bridge = cfg.host.bridge_ifindex;
@@ -252,7 +255,17 @@ async fn sync(
     let result = async {
         let kernel = sources::neigh::read(handle, bridge, ports).await?;
         let installed = reconcile::endpoints::observe(maps)?;
-        let desired = sources::neigh::endpoints(&cfg.host, &kernel, &installed);
+        let mut desired = sources::neigh::endpoints(&cfg.host, &kernel, &installed);
+        // Docker's word on its containers (address, MAC, veth) wins: it holds before
+        // a container has sent anything.
+        if let Some(v) = &views.docker {
+            for e in &v.endpoints {
+                if cfg.host.subnet.contains(&e.addr) && kernel.ports.contains(&e.ifindex) {
+                    desired.retain(|d| d.addr != e.addr);
+                    desired.push(*e);
+                }
+            }
+        }
         reconcile::endpoints::reconcile(maps, &installed, &desired)
     };
     match result.await {

@@ -20,7 +20,7 @@ use bollard::{
 
 use crate::{
     reconcile::Observed,
-    state::{Docker, Origin, Proto, Publish},
+    state::{Docker, Endpoint, Origin, Proto, Publish},
 };
 
 /// A port Docker publishes, with the container it belongs to.
@@ -39,6 +39,9 @@ pub struct View {
     pub ports: Vec<DockerPort>,
     /// Ports left out, each with why.
     pub skipped: Vec<String>,
+    /// The containers on the default bridge network as endpoints: address and MAC as
+    /// Docker gave them, the host side of their veth (see [`veth_of`]).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// The name Docker shows for `c`.
@@ -124,6 +127,68 @@ pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
     v.ports
         .sort_by_key(|p| (p.publish.proto as u8, p.publish.host_port));
     v
+}
+
+/// The container's address and MAC on Docker's default bridge network.
+fn on_bridge(c: &ContainerSummary) -> Option<(Ipv4Addr, [u8; 6])> {
+    let e = c
+        .network_settings
+        .as_ref()?
+        .networks
+        .as_ref()?
+        .get("bridge")?;
+    let addr = e.ip_address.as_deref()?.parse().ok()?;
+    let mac = crate::state::parse_mac("", e.mac_address.as_deref()?).ok()?;
+    Some((addr, mac))
+}
+
+/// The host-side ifindex of the veth whose container side has `mac`, in the network
+/// namespace of process `pid`: the container's /sys (Docker mounts one in every
+/// container, for its own namespace) names each interface's peer (`iflink`).
+pub fn veth_of(pid: u32, mac: [u8; 6]) -> Option<u32> {
+    let net = std::path::PathBuf::from(format!("/proc/{pid}/root/sys/class/net"));
+    let want = crate::state::format_mac(mac);
+    std::fs::read_dir(&net).ok()?.flatten().find_map(|i| {
+        let addr = std::fs::read_to_string(i.path().join("address")).ok()?;
+        if addr.trim() != want {
+            return None;
+        }
+        std::fs::read_to_string(i.path().join("iflink"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The endpoints of the running containers `list` (`pid_of`: a container id's process).
+async fn endpoints(docker: &bollard::Docker, list: &[ContainerSummary]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for c in list {
+        let (Some(id), Some((addr, mac))) = (c.id.as_deref(), on_bridge(c)) else {
+            continue;
+        };
+        let pid = docker
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        if let Some(ifindex) = pid.and_then(|p| veth_of(p, mac)) {
+            out.push(Endpoint { addr, ifindex, mac });
+        }
+    }
+    out
+}
+
+/// A listing: the view of `list`, with its endpoints.
+async fn listing(docker: &bollard::Docker, underlay: Ipv4Addr) -> anyhow::Result<View> {
+    let list = list(docker).await?;
+    let mut v = view(&list, underlay);
+    v.endpoints = endpoints(docker, &list).await;
+    Ok(v)
 }
 
 /// The Docker ports in the pinned maps: this source until the engine answers.
@@ -217,10 +282,11 @@ async fn session(
         filters: Some(filters),
         ..Default::default()
     }));
-    let mut last = view(&list(&docker).await?, underlay);
+    let mut last = listing(&docker, underlay).await?;
     log::info!(
-        "docker: {} running containers, {} published ports (engine at {})",
+        "docker: {} running containers ({} on the default bridge network), {} published ports (engine at {})",
         last.containers,
+        last.endpoints.len(),
         last.ports.len(),
         d.socket.display()
     );
@@ -247,7 +313,7 @@ async fn session(
             tokio::time::timeout(std::time::Duration::from_millis(20), events.next()).await
         {
         }
-        let now = view(&list(&docker).await?, underlay);
+        let now = listing(&docker, underlay).await?;
         if now != last {
             last = now.clone();
             if tx.send(Update::View(now)).await.is_err() {
