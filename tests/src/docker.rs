@@ -212,6 +212,18 @@ impl Lab {
         Ok(())
     }
 
+    /// Writes every host's config as a Docker host's (see [`Lab::use_docker`]), every
+    /// other host a peer in `mode`, and netpath's masquerade on in place of Docker's
+    /// MASQUERADE. Every host must run a dockerd.
+    pub fn write_docker_configs(&self, mode: crate::PeerMode) -> Result<()> {
+        self.write_configs(|_, _| mode)?;
+        for i in 0..self.hosts.len() {
+            self.set_host_option(i, "masquerade", "true")?;
+            self.use_docker(i)?;
+        }
+        Ok(())
+    }
+
     /// The docker CLI against host `i`'s engine (more arguments may be appended).
     pub fn docker(&self, i: usize, args: &[&str]) -> Command {
         let d = self

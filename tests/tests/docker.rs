@@ -107,11 +107,9 @@ fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_t
     assert!(peer.starts_with("10.244.12."), "{peer}");
 
     for mode in [PeerMode::Direct, PeerMode::Vxlan] {
-        lab.write_configs(|_, _| mode).unwrap();
+        // netpath's masquerade in place of Docker's MASQUERADE (flushed below).
+        lab.write_docker_configs(mode).unwrap();
         for i in 0..2 {
-            // netpath's masquerade in place of Docker's MASQUERADE (flushed below).
-            lab.set_host_option(i, "masquerade", "true").unwrap();
-            lab.use_docker(i).unwrap();
             lab.kill_agent(i);
             lab.start(i).unwrap();
         }
@@ -301,20 +299,18 @@ fn a_docker_api_that_is_down_or_answers_garbage_is_reported_and_changes_nothing(
     // No engine at the socket: the agent starts, says why, and keeps trying; the config's
     // port is served.
     let missing = lab.dir.join("missing.sock");
-    std::fs::write(
-        &lab.hosts[0].config,
-        format!(
-            "{good}\n[docker]\nsocket = {:?}\n",
-            missing.display().to_string()
-        ),
-    )
-    .unwrap();
-    lab.start(0).unwrap();
-    wait_for("the engine reported away", 10, || {
-        problems(&lab)
-            .1
-            .contains("the Docker engine has not answered")
-    });
+    let with_engine = |lab: &mut Lab, socket: &std::path::Path| {
+        lab.kill_agent(0);
+        let docker = format!("\n[docker]\nsocket = {:?}\n", socket.display().to_string());
+        std::fs::write(&lab.hosts[0].config, format!("{good}{docker}")).unwrap();
+        lab.start(0).unwrap();
+        wait_for("the engine reported away", 10, || {
+            problems(lab)
+                .1
+                .contains("the Docker engine has not answered")
+        });
+    };
+    with_engine(&mut lab, &missing);
     let (d, _) = problems(&lab);
     assert_eq!(d["up"], false, "{d}");
     assert!(d["note"].as_str().unwrap().contains("missing.sock"), "{d}");
@@ -326,26 +322,12 @@ fn a_docker_api_that_is_down_or_answers_garbage_is_reported_and_changes_nothing(
     );
 
     // An engine that answers garbage: the same, no panic, the datapath as it was.
-    lab.kill_agent(0);
     let sock = lab.dir.join("garbage.sock");
     garbage_engine(
         &sock,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"not\":[]",
     );
-    std::fs::write(
-        &lab.hosts[0].config,
-        format!(
-            "{good}\n[docker]\nsocket = {:?}\n",
-            sock.display().to_string()
-        ),
-    )
-    .unwrap();
-    lab.start(0).unwrap();
-    wait_for("the garbage reported", 10, || {
-        problems(&lab)
-            .1
-            .contains("the Docker engine has not answered")
-    });
+    with_engine(&mut lab, &sock);
     assert!(ports(&lab).contains("8080"));
     let o = lab
         .netpath(0, &["doctor", "--json", "--wait", "1"])
@@ -397,12 +379,8 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
         .unwrap();
     lab.docker_run(1, "peer", &["np-probe", &probe, "serve", "7000", "3600"])
         .unwrap();
-    lab.write_configs(|_, _| PeerMode::Direct).unwrap();
-    for i in 0..2 {
-        lab.set_host_option(i, "masquerade", "true").unwrap();
-        lab.use_docker(i).unwrap();
-        lab.start(i).unwrap();
-    }
+    lab.write_docker_configs(PeerMode::Direct).unwrap();
+    lab.start_all().unwrap();
     wait_for("web's port served", 10, || {
         docker_ports(&lab, 0) == [format!("tcp/8080 -> {web}")]
     });
@@ -480,11 +458,7 @@ fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on
     .trim()
     .parse()
     .unwrap();
-    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
-    for i in 0..2 {
-        lab.set_host_option(i, "masquerade", "true").unwrap();
-        lab.use_docker(i).unwrap();
-    }
+    lab.write_docker_configs(PeerMode::Vxlan).unwrap();
     lab.append_config(
         0,
         &format!("[[policy]]\nfrom = \"{a}/32\"\nto = \"{b}/32\"\nproto = \"tcp\"\nport = 7000\naction = \"deny\"\n"),
@@ -593,11 +567,7 @@ fn docker_macvlan_containers_beside_netpath_keep_their_way_across_hosts() {
     macvlan(&lab, 1, "m2", "198.18.0.102");
     lab.docker_run(0, "c1", &["np-probe", &probe, "serve", "7000", "3600"])
         .unwrap();
-    lab.write_configs(|_, _| PeerMode::Vxlan).unwrap();
-    for i in 0..2 {
-        lab.set_host_option(i, "masquerade", "true").unwrap();
-        lab.use_docker(i).unwrap();
-    }
+    lab.write_docker_configs(PeerMode::Vxlan).unwrap();
     lab.start_all().unwrap();
 
     // Macvlan to macvlan across the hosts, and to the other host's underlay address: the

@@ -127,12 +127,8 @@ fn docker_hosts() -> Result<()> {
     eprintln!(
         "h1: docker run -p 8080:7000 --name web -> {web}; h2: docker run --name client -> {client}"
     );
-    lab.write_configs(|_, _| PeerMode::Vxlan)?;
-    for i in 0..2 {
-        lab.set_host_option(i, "masquerade", "true")?;
-        lab.use_docker(i)?;
-        lab.start(i)?;
-    }
+    lab.write_docker_configs(PeerMode::Vxlan)?;
+    lab.start_all()?;
     // The agent's first listing of the engine.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !output(lab.netpath(0, &["publish", "list"]))?.contains("docker") {
