@@ -249,6 +249,15 @@ impl Lab {
         Ok(addr.trim().to_owned())
     }
 
+    /// Runs `name` on host `i`: the probe's echo server on port 7000 (TCP and UDP), with
+    /// Docker publishing `ports` (`-p` values, e.g. "8080:7000"); returns its address.
+    pub fn docker_serve(&self, i: usize, name: &str, ports: &[&str]) -> Result<String> {
+        let probe = probe_bin().display().to_string();
+        let mut args: Vec<&str> = ports.iter().flat_map(|p| ["-p", p]).collect();
+        args.extend(["np-probe", &probe, "serve", "7000", "3600"]);
+        self.docker_run(i, name, &args)
+    }
+
     /// Stops host `i`'s dockerd (SIGTERM; with `live_restore` its containers run on) and
     /// starts it again with the same settings.
     pub fn restart_dockerd(&mut self, i: usize, o: &DockerOptions) -> Result<()> {

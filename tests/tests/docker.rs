@@ -84,25 +84,9 @@ fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_t
     lab.dockerd(1, &o).unwrap();
     let probe = probe_bin().display().to_string();
     let web = lab
-        .docker_run(
-            0,
-            "web",
-            &[
-                "-p",
-                "8080:7000",
-                "-p",
-                "8081:7000/udp",
-                "np-probe",
-                &probe,
-                "serve",
-                "7000",
-                "3600",
-            ],
-        )
+        .docker_serve(0, "web", &["8080:7000", "8081:7000/udp"])
         .unwrap();
-    let peer = lab
-        .docker_run(1, "peer", &["np-probe", &probe, "serve", "7000", "3600"])
-        .unwrap();
+    let peer = lab.docker_serve(1, "peer", &[]).unwrap();
     assert!(web.starts_with("10.244.11."), "{web}");
     assert!(peer.starts_with("10.244.12."), "{peer}");
 
@@ -362,23 +346,8 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
     lab.dockerd(0, &o).unwrap();
     lab.dockerd(1, &o).unwrap();
     let probe = probe_bin().display().to_string();
-    let web = lab
-        .docker_run(
-            0,
-            "web",
-            &[
-                "-p",
-                "8080:7000",
-                "np-probe",
-                &probe,
-                "serve",
-                "7000",
-                "3600",
-            ],
-        )
-        .unwrap();
-    lab.docker_run(1, "peer", &["np-probe", &probe, "serve", "7000", "3600"])
-        .unwrap();
+    let web = lab.docker_serve(0, "web", &["8080:7000"]).unwrap();
+    lab.docker_serve(1, "peer", &[]).unwrap();
     lab.write_docker_configs(PeerMode::Direct).unwrap();
     lab.start_all().unwrap();
     wait_for("web's port served", 10, || {
@@ -440,12 +409,9 @@ fn docker_with_iptables_off_and_same_host_policy_with_bridge_nf_call_iptables_on
     )
     .unwrap();
     let probe = probe_bin().display().to_string();
-    let serve = ["np-probe", probe.as_str(), "serve", "7000", "3600"];
-    let a = lab.docker_run(0, "ca", &serve).unwrap();
-    let b = lab.docker_run(0, "cb", &serve).unwrap();
-    let mut published = vec!["-p", "9090:7000"];
-    published.extend(serve);
-    let c = lab.docker_run(1, "cc", &published).unwrap();
+    let a = lab.docker_serve(0, "ca", &[]).unwrap();
+    let b = lab.docker_serve(0, "cb", &[]).unwrap();
+    let c = lab.docker_serve(1, "cc", &["9090:7000"]).unwrap();
     // A container that never sends: the bridge has not learned it, Docker knows it.
     let quiet = lab
         .docker_run(1, "cq", &["np-probe", "sleep", "3600"])
@@ -565,8 +531,7 @@ fn docker_macvlan_containers_beside_netpath_keep_their_way_across_hosts() {
     };
     macvlan(&lab, 0, "m1", "198.18.0.101");
     macvlan(&lab, 1, "m2", "198.18.0.102");
-    lab.docker_run(0, "c1", &["np-probe", &probe, "serve", "7000", "3600"])
-        .unwrap();
+    lab.docker_serve(0, "c1", &[]).unwrap();
     lab.write_docker_configs(PeerMode::Vxlan).unwrap();
     lab.start_all().unwrap();
 

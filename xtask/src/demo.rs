@@ -110,19 +110,7 @@ fn docker_hosts() -> Result<()> {
     lab.dockerd(0, &o)?;
     lab.dockerd(1, &o)?;
     let probe = netpath_tests::probe_bin().display().to_string();
-    let web = lab.docker_run(
-        0,
-        "web",
-        &[
-            "-p",
-            "8080:7000",
-            "np-probe",
-            &probe,
-            "serve",
-            "7000",
-            "3600",
-        ],
-    )?;
+    let web = lab.docker_serve(0, "web", &["8080:7000"])?;
     let client = lab.docker_run(1, "client", &["np-probe", "sleep", "3600"])?;
     eprintln!(
         "h1: docker run -p 8080:7000 --name web -> {web}; h2: docker run --name client -> {client}"
