@@ -391,6 +391,18 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
         lab.netpath_json(0, &["status", "--json"])["docker"]["up"] == true
     });
     assert_eq!(docker_ports(&lab, 0), [format!("tcp/8080 -> {web}")]);
+    // A container removed while the agent is down: its port goes with the next listing.
+    let extra = lab.docker_serve(0, "extra", &["8090:7000"]).unwrap();
+    wait_for("extra's port served", 10, || {
+        docker_ports(&lab, 0).len() == 2
+    });
+    lab.kill_agent(0);
+    output(lab.docker(0, &["rm", "-f", "extra"])).unwrap();
+    lab.start(0).unwrap();
+    wait_for("extra's port gone", 10, || {
+        docker_ports(&lab, 0) == [format!("tcp/8080 -> {web}")]
+    });
+    assert!(!lab.endpoints(0).contains_key(&extra));
     output(lab.docker(0, &["rm", "-f", "web"])).unwrap();
     wait_for("web's port gone", 10, || docker_ports(&lab, 0).is_empty());
     lab.teardown().unwrap();

@@ -163,17 +163,17 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         docker_info.away_since = 0;
                         docker_info.last_ok = now();
                         docker_info.containers = v.containers as u32;
-                        let skipped = v.skipped.clone();
-                        for s in &skipped {
+                        // Ports Docker keeps by design (bound to 127.0.0.1, sctp, other
+                        // networks): logged, not counted as refused.
+                        for s in &v.skipped {
                             log::info!("docker: {s}");
                         }
                         views.docker = Some(v);
                         sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
                         if let Some(m) = apply(&mut maps, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
-                            let refused: Vec<&String> = m.skipped_docker.iter().chain(&skipped).collect();
-                            docker_info.refused = refused.len() as u32;
-                            docker_info.note = name_bytes(refused.first().map_or("", |s| s.as_str()));
+                            docker_info.refused = m.skipped_docker.len() as u32;
+                            docker_info.note = note(m.skipped_docker.first().map_or("", |s| s.as_str()));
                         }
                     }
                     sources::docker::Update::Away(why) => {
@@ -181,7 +181,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         if docker_info.away_since == 0 {
                             docker_info.away_since = now();
                         }
-                        docker_info.note = name_bytes(&why);
+                        docker_info.note = note(&why);
                     }
                 }
                 let _ = maps.docker.set(0, docker_info, 0);
@@ -403,6 +403,15 @@ fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sou
         );
     }
     Some(merge)
+}
+
+/// `s` for `DockerInfo::note`: cut at a character boundary, so that it stays UTF-8.
+fn note(s: &str) -> [u8; 128] {
+    let mut end = s.len().min(127);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    name_bytes(&s[..end])
 }
 
 /// "3 added (a, b, c)": a count and the first few addresses.
