@@ -276,9 +276,13 @@ async fn session(
 ) -> anyhow::Result<()> {
     use futures::StreamExt;
     let docker = connect(d).await?;
-    // Follow events first, then list: nothing between the two is missed.
+    // The events since a second before the listing (the stream's request goes out when
+    // it is first polled, after the listing; `since` replays what happened between):
+    // nothing between the two is missed, at worst one listing too many.
+    let since = crate::maps::now().saturating_sub(1).to_string();
     let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned()])]);
     let mut events = docker.events(Some(EventsOptions {
+        since: Some(since),
         filters: Some(filters),
         ..Default::default()
     }));
