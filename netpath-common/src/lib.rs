@@ -676,10 +676,14 @@ pub fn name_str(bytes: &[u8]) -> &str {
     core::str::from_utf8(&bytes[..end]).unwrap_or("?")
 }
 
-/// Writes `s` into a NUL-padded field, cut at the field size (callers validate lengths).
+/// Writes `s` into a NUL-padded field, cut at the field size (callers validate lengths),
+/// at a character boundary so that it stays UTF-8.
 pub fn name_bytes<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
-    let n = s.len().min(N);
+    let mut n = s.len().min(N);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
     out[..n].copy_from_slice(&s.as_bytes()[..n]);
     out
 }

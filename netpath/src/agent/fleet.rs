@@ -85,10 +85,9 @@ async fn run(
 /// The mode the others reach this host in: the cluster's (`<prefix>/config`), vxlan when
 /// there is none (it works across any underlay).
 async fn cluster_mode(client: &mut Client, prefix: &str) -> Result<Mode> {
-    Ok(match store::cluster(client, prefix).await? {
-        Some(c) if c.mode == "direct" => Mode::Direct,
-        _ => Mode::Vxlan,
-    })
+    Ok(store::cluster(client, prefix)
+        .await?
+        .map_or(Mode::Vxlan, |c| c.mode()))
 }
 
 /// One connection to etcd, from registration to the first error. Ok only when the agent

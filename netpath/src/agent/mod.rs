@@ -173,7 +173,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         if let Some(m) = apply(&mut maps, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
                             docker_info.refused = m.skipped_docker.len() as u32;
-                            docker_info.note = note(m.skipped_docker.first().map_or("", |s| s.as_str()));
+                            docker_info.note = name_bytes(m.skipped_docker.first().map_or("", |s| s.as_str()));
                         }
                     }
                     sources::docker::Update::Away(why) => {
@@ -181,7 +181,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         if docker_info.away_since == 0 {
                             docker_info.away_since = now();
                         }
-                        docker_info.note = note(&why);
+                        docker_info.note = name_bytes(&why);
                     }
                 }
                 let _ = maps.docker.set(0, docker_info, 0);
@@ -403,15 +403,6 @@ fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sou
         );
     }
     Some(merge)
-}
-
-/// `s` for `DockerInfo::note`: cut at a character boundary, so that it stays UTF-8.
-fn note(s: &str) -> [u8; 128] {
-    let mut end = s.len().min(127);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    name_bytes(&s[..end])
 }
 
 /// "3 added (a, b, c)": a count and the first few addresses.

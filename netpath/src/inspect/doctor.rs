@@ -440,13 +440,7 @@ fn docker(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
             ),
         ),
     });
-    let c = maps.config()?;
-    let subnet = ipnet::Ipv4Net::with_netmask(
-        crate::maps::addr_of(c.subnet_addr),
-        crate::maps::addr_of(c.subnet_mask),
-    )
-    .map(|n| n.trunc())
-    .ok();
+    let subnet = maps.subnet().ok();
     let addrs = crate::iface::System.ipv4_addrs(bridge);
     if let Some(subnet) = subnet {
         f.push(if addrs.iter().any(|a| a.trunc() == subnet) {

@@ -188,8 +188,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let live = Maps::open(pins)?;
     let cfg = live.config()?;
     let agent = report::agent_row(&live)?;
-    let subnet = ipnet::Ipv4Net::with_netmask(addr_of(cfg.subnet_addr), addr_of(cfg.subnet_mask))
-        .context("the datapath's subnet")?;
+    let subnet = live.subnet().context("the datapath's subnet")?;
     let host_addr = addr_of(cfg.host_addr);
     let gateway = addr_of(cfg.gateway_addr);
     let peers = report::peer_rows(&live)?;

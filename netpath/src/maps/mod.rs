@@ -139,6 +139,12 @@ impl Maps {
         Ok(self.config.get(&0, 0)?)
     }
 
+    /// The containers' subnet in `NP_CONFIG`.
+    pub fn subnet(&self) -> Result<ipnet::Ipv4Net> {
+        let c = self.config()?;
+        Ok(ipnet::Ipv4Net::with_netmask(addr_of(c.subnet_addr), addr_of(c.subnet_mask))?.trunc())
+    }
+
     pub fn agent(&self) -> Result<AgentInfo> {
         Ok(self.agent.get(&0, 0)?)
     }

@@ -66,12 +66,7 @@ pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
         if !ports.iter().any(|p| p.public_port.is_some()) {
             continue;
         }
-        // The default bridge network ("bridge", docker0) is the one netpath serves.
-        let addr = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .and_then(|n: &HashMap<_, _>| n.get("bridge"))
+        let addr = bridge_endpoint(c)
             .and_then(|e| e.ip_address.as_deref())
             .and_then(|a| a.parse::<Ipv4Addr>().ok());
         let Some(container) = addr else {
@@ -129,14 +124,19 @@ pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
     v
 }
 
-/// The container's address and MAC on Docker's default bridge network.
-fn on_bridge(c: &ContainerSummary) -> Option<(Ipv4Addr, [u8; 6])> {
-    let e = c
-        .network_settings
+/// The container's endpoint on Docker's default bridge network ("bridge", docker0): the
+/// one netpath serves.
+fn bridge_endpoint(c: &ContainerSummary) -> Option<&bollard::models::EndpointSettings> {
+    c.network_settings
         .as_ref()?
         .networks
         .as_ref()?
-        .get("bridge")?;
+        .get("bridge")
+}
+
+/// The container's address and MAC on Docker's default bridge network.
+fn on_bridge(c: &ContainerSummary) -> Option<(Ipv4Addr, [u8; 6])> {
+    let e = bridge_endpoint(c)?;
     let addr = e.ip_address.as_deref()?.parse().ok()?;
     let mac = crate::state::parse_mac("", e.mac_address.as_deref()?).ok()?;
     Some((addr, mac))
@@ -161,7 +161,7 @@ pub fn veth_of(pid: u32, mac: [u8; 6]) -> Option<u32> {
     })
 }
 
-/// The endpoints of the running containers `list` (`pid_of`: a container id's process).
+/// The endpoints of the running containers `list` (their processes from `docker inspect`).
 async fn endpoints(docker: &bollard::Docker, list: &[ContainerSummary]) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for c in list {

@@ -342,6 +342,17 @@ pub struct Cluster {
     pub mode: String,
 }
 
+impl Cluster {
+    /// How hosts reach each other: vxlan unless the settings say direct.
+    pub fn mode(&self) -> Mode {
+        if self.mode == "direct" {
+            Mode::Direct
+        } else {
+            Mode::Vxlan
+        }
+    }
+}
+
 /// The cluster settings at `<prefix>/config`; None when `netpath cluster init` has not
 /// written them.
 pub async fn cluster(client: &mut Client, prefix: &str) -> Result<Option<Cluster>> {
@@ -472,32 +483,35 @@ pub fn remember(path: &Path, subnet: Ipv4Net) -> Result<()> {
 
 /// Where a host's search for a free subnet starts: a hash of its name, so that hosts that
 /// start together try different subnets first.
-fn start_of(name: &str, n: usize) -> usize {
+fn start_of(name: &str, n: u64) -> u64 {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
-    (h % n.max(1) as u64) as usize
+    h % n.max(1)
 }
 
 /// The subnets of `c`'s range, in the order `name` tries them, without those `taken`.
-pub fn free_subnets(c: &Cluster, name: &str, taken: &[Ipv4Net]) -> Vec<Ipv4Net> {
-    let all: Vec<Ipv4Net> = c
-        .cidr
-        .subnets(c.subnet_len)
-        .map(|s| s.collect())
-        .unwrap_or_default();
-    let start = start_of(name, all.len());
-    all.iter()
-        .cycle()
-        .skip(start)
-        .take(all.len())
-        .filter(|s| {
-            !taken
-                .iter()
-                .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
-        })
-        .copied()
-        .collect()
+/// Lazy: a /8 in /30s is four million subnets, of which a lease needs the first free one.
+pub fn free_subnets<'a>(
+    c: &Cluster,
+    name: &str,
+    taken: &'a [Ipv4Net],
+) -> impl Iterator<Item = Ipv4Net> + 'a {
+    let (base, len) = (u32::from(c.cidr.network()), c.subnet_len);
+    let count = match len.checked_sub(c.cidr.prefix_len()) {
+        Some(bits) if len <= 32 => 1u64 << bits,
+        _ => 0,
+    };
+    let start = start_of(name, count);
+    (0..count).filter_map(move |k| {
+        let i = (start + k) % count;
+        let addr = base.wrapping_add((i << (32 - u32::from(len))) as u32);
+        let s = Ipv4Net::new(Ipv4Addr::from(addr), len).ok()?;
+        let free = !taken
+            .iter()
+            .any(|t| t.contains(&s.network()) || s.contains(&t.network()));
+        free.then_some(s)
+    })
 }
 
 /// Leases a subnet for `u`'s host: the one its registration already holds (an agent whose
@@ -542,18 +556,8 @@ pub async fn lease(u: &Unleased) -> Result<Ipv4Net> {
         }
         taken.push(net);
     }
-    let mode = match c.mode.as_str() {
-        "direct" => Mode::Direct,
-        _ => Mode::Vxlan,
-    };
-    let reg = registration(&u.host, mode);
-    let lease = client
-        .lease_grant(e.lease_ttl as i64, None)
-        .await
-        .context("granting a lease")?
-        .id();
-    let free = free_subnets(&c, &u.host.name, &taken);
-    if free.is_empty() {
+    let mut free = free_subnets(&c, &u.host.name, &taken).peekable();
+    if free.peek().is_none() {
         bail!(
             "no free subnet is left in the cluster's range {} (/{} per host, {} registered): widen it or remove hosts",
             c.cidr,
@@ -561,6 +565,12 @@ pub async fn lease(u: &Unleased) -> Result<Ipv4Net> {
             taken.len()
         );
     }
+    let reg = registration(&u.host, c.mode());
+    let lease = client
+        .lease_grant(e.lease_ttl as i64, None)
+        .await
+        .context("granting a lease")?
+        .id();
     for net in free {
         let key = subnet_key(&e.prefix, net);
         // Another host may take it between the listing and the transaction: the next one.
@@ -611,7 +621,7 @@ mod tests {
             port: 4789,
             mode: "vxlan".into(),
         };
-        let all = free_subnets(&c, "h1", &[]);
+        let all: Vec<Ipv4Net> = free_subnets(&c, "h1", &[]).collect();
         assert_eq!(all.len(), 4);
         let mut sorted = all.clone();
         sorted.sort();
@@ -620,7 +630,7 @@ mod tests {
         assert!(
             ["h2", "h3", "h4", "h5"]
                 .iter()
-                .any(|n| free_subnets(&c, n, &[])[0] != all[0])
+                .any(|n| free_subnets(&c, n, &[]).next() != Some(all[0]))
         );
         // Taken ones, and ones overlapping a registration of another length, are skipped.
         let taken: Vec<Ipv4Net> = vec![
@@ -628,11 +638,11 @@ mod tests {
             "10.244.2.0/23".parse().unwrap(),
         ];
         assert_eq!(
-            free_subnets(&c, "h1", &taken),
+            free_subnets(&c, "h1", &taken).collect::<Vec<_>>(),
             vec!["10.244.0.0/24".parse::<Ipv4Net>().unwrap()]
         );
         let full: Vec<Ipv4Net> = vec!["10.244.0.0/22".parse().unwrap()];
-        assert!(free_subnets(&c, "h1", &full).is_empty());
+        assert!(free_subnets(&c, "h1", &full).next().is_none());
     }
 
     #[test]
