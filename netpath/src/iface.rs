@@ -55,10 +55,15 @@ impl Interfaces for System {
     }
 
     fn ipv4_addrs(&self, name: &str) -> Vec<Ipv4Net> {
-        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-            return Vec::new();
-        };
-        addrs
+        self.try_ipv4_addrs(name).unwrap_or_default()
+    }
+}
+
+impl System {
+    /// The interface's IPv4 addresses; an error when they could not be read (not the same
+    /// as having none: the agent must not take a failed read for a removed address).
+    pub fn try_ipv4_addrs(&self, name: &str) -> nix::Result<Vec<Ipv4Net>> {
+        Ok(nix::ifaddrs::getifaddrs()?
             .filter(|a| a.interface_name == name)
             .filter_map(|a| {
                 let addr = a.address?.as_sockaddr_in()?.ip();
@@ -66,7 +71,7 @@ impl Interfaces for System {
                 let prefix = u32::from(mask).leading_ones() as u8;
                 Ipv4Net::new(addr, prefix).ok()
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -652,6 +652,39 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
+    /// What a failed assertion about traffic should print: for each of `hosts`, the
+    /// counters that are not zero, the peers, the endpoints and the end of the agent's log.
+    pub fn diagnose(&self, hosts: &[usize]) -> String {
+        let mut out = String::new();
+        for &i in hosts {
+            let h = &self.hosts[i];
+            let text = |args: &[&str]| {
+                self.netpath(i, args).output().map_or_else(
+                    |e| e.to_string(),
+                    |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            };
+            let counters: String = text(&["dump", "counters"])
+                .lines()
+                .filter(|l| !l.split_whitespace().nth(1).is_some_and(|n| n == "0"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let log = fs::read_to_string(&h.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out += &format!(
+                "--- {} counters:\n{counters}--- {} peers:\n{}--- {} endpoints:\n{}--- {} log (end):\n{}\n",
+                h.name,
+                h.name,
+                text(&["dump", "peers"]),
+                h.name,
+                text(&["dump", "endpoints"]),
+                h.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        out
+    }
+
     /// The endpoints host `i`'s datapath delivers to straight: address -> veth ifindex.
     pub fn endpoints(&self, i: usize) -> std::collections::BTreeMap<String, u64> {
         self.netpath_json(i, &["dump", "endpoints", "--json"])

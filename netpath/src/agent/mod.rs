@@ -283,13 +283,18 @@ async fn sync(
 /// Puts the bridge's address in the subnet, if it changed, in `NP_CONFIG` as the
 /// containers' gateway.
 fn follow_gateway(maps: &mut Maps, cfg: &mut Config) {
-    use crate::iface::Interfaces;
     let h = &mut cfg.host;
-    let now = crate::iface::System
-        .ipv4_addrs(&h.bridge)
-        .into_iter()
-        .map(|n| n.addr())
-        .find(|a| h.subnet.contains(a));
+    let now = match crate::iface::System.try_ipv4_addrs(&h.bridge) {
+        Ok(addrs) => addrs
+            .into_iter()
+            .map(|n| n.addr())
+            .find(|a| h.subnet.contains(a)),
+        Err(e) => {
+            // Not the same as no address: the gateway stays; the next event tries again.
+            log::warn!("reading {}'s addresses: {e}", h.bridge);
+            return;
+        }
+    };
     if now == h.gateway {
         return;
     }
