@@ -666,7 +666,7 @@ impl Lab {
             };
             let counters: String = text(&["dump", "counters"])
                 .lines()
-                .filter(|l| !l.split_whitespace().nth(1).is_some_and(|n| n == "0"))
+                .filter(|l| l.split_whitespace().nth(2).is_none_or(|n| n != "0"))
                 .map(|l| format!("{l}\n"))
                 .collect();
             let log = fs::read_to_string(&h.log).unwrap_or_default();
