@@ -124,6 +124,8 @@ reasons! {
     DropRejectUnanswered = 35, "drop-reject-unanswered", Drop;
     /// For a local container whose endpoint (veth, MAC) netpath has not learned yet: delivered through the bridge instead of straight into the container.
     FwdViaBridge = 36, "fwd-via-bridge", Forward;
+    /// From the bridge for a peer's subnet with a source that is not of this host's containers (a container sending with another address): not forwarded, so that no peer gets forged traffic from this host.
+    DropForeignSrc = 37, "drop-foreign-src", Drop;
 }
 
 #[cfg(test)]

@@ -73,6 +73,11 @@ fn route(
     came_in: u32,
 ) -> Result<(i32, Reason), Reason> {
     let peer = PEERS.get(Key::new(32, ip.dst));
+    if peer.is_some() && (ip.src & cfg.subnet_mask != cfg.subnet_addr || ip.src == cfg.gateway_addr)
+    {
+        // Not one of this host's containers: a peer would take it for this host's.
+        return Err(Reason::DropForeignSrc);
+    }
     let l4 = parse::l4(ctx, &ip)?;
     let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
     let known = if ct::trackable(&l4) {

@@ -462,6 +462,12 @@ fn icmp_error(ctx: &TcContext, cfg: &Config, ip: &Ipv4, icmp: usize) -> Result<R
     let not_ours = |_| Reason::PassNotForUs;
     let fail = |_| Reason::DropMalformed;
     let inner = icmp + 8;
+    // The datagram's end: what follows it in the frame (padding, anything) is not part
+    // of the quote, nor of what the ICMP checksum covers.
+    let end = match u16::from_be_bytes(ip.hdr.tot_len) as usize {
+        0 => ctx.len() as usize,
+        tot => ETH_LEN + tot,
+    };
     let vihl: u8 = ctx.load(inner).map_err(not_ours)?;
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
@@ -493,6 +499,9 @@ fn icmp_error(ctx: &TcContext, cfg: &Config, ip: &Ipv4, icmp: usize) -> Result<R
         }
         _ => return Err(Reason::PassNotForUs),
     };
+    if port_off + 2 > end {
+        return Err(Reason::PassNotForUs);
+    }
     let nat_port: u16 = ctx.load(port_off).map_err(not_ours)?;
     let nat = NatKey {
         remote: dst,
@@ -514,7 +523,8 @@ fn icmp_error(ctx: &TcContext, cfg: &Config, ip: &Ipv4, icmp: usize) -> Result<R
             .map_err(fail)
     };
     // The quoted L4 checksum, when the quote holds it (a UDP checksum of 0 means none).
-    if let Ok(old) = ctx.load::<u16>(check_off)
+    if check_off + 2 <= end
+        && let Ok(old) = ctx.load::<u16>(check_off)
         && !(proto == IPPROTO_UDP && old == 0)
     {
         let mut new = csum_replace2(old, nat_port, v.container_port);

@@ -26,16 +26,16 @@ use crate::{
 };
 use netpath_common::prog_names;
 
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-const XDP_PASS: u32 = 2;
+pub(crate) const TC_ACT_SHOT: u32 = 2;
+pub(crate) const TC_ACT_REDIRECT: u32 = 7;
+pub(crate) const XDP_PASS: u32 = 2;
 
-const HOST: [u8; 4] = [198, 18, 0, 11];
-const CONTAINER: [u8; 4] = [10, 244, 11, 2];
+pub(crate) const HOST: [u8; 4] = [198, 18, 0, 11];
+pub(crate) const CONTAINER: [u8; 4] = [10, 244, 11, 2];
 const DIRECT_C: [u8; 4] = [10, 244, 12, 2];
-const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
+pub(crate) const VXLAN_PEER: [u8; 4] = [198, 18, 0, 13];
 const VXLAN_C: [u8; 4] = [10, 244, 13, 2];
-const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
+pub(crate) const OUTSIDE: [u8; 4] = [198, 18, 0, 250];
 const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
 
@@ -156,7 +156,7 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
 /// A host like the lab's first (198.18.0.11, 10.244.11.0/24), masquerading, publishing
 /// tcp 8080 to 10.244.11.2:80, with a direct peer (10.244.12.0/24 at 198.18.0.12) and a
 /// vxlan peer (10.244.13.0/24 at 198.18.0.13).
-fn host_config() -> Config {
+pub(crate) fn host_config() -> Config {
     let address = Ipv4Addr::from(HOST);
     let peer = |name: &str, n: u8, mode| Peer {
         name: name.into(),

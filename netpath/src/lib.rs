@@ -11,12 +11,14 @@
 //! - [`inspect`]: reading the maps for people (reports, dumps, status, trace, doctor,
 //!   monitor, metrics);
 //! - [`bench`], [`agent`]: per-packet costs; the agent loop;
+//! - [`fuzz`]: generated frames through every program, invariants checked (bench's host);
 //! - [`cli`]: the command line.
 
 pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod datapath;
+pub mod fuzz;
 pub mod iface;
 pub mod inspect;
 pub mod maps;
@@ -42,6 +44,7 @@ mod layers {
         &["sources"],
         &["inspect"],
         &["bench", "agent"],
+        &["fuzz"],
         &["cli"],
     ];
 

@@ -30,10 +30,16 @@ pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
 pub fn l4_checksum_ok(frame: &[u8]) -> bool {
     let ihl = (frame[ETH_LEN] & 0x0f) as usize * 4;
     let ip = &frame[ETH_LEN..];
-    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    let l4 = &ip[ihl..tot];
+    // A total length of 0 (BIG TCP) is the whole frame; one that does not fit is wrong.
+    let tot = match u16::from_be_bytes([ip[2], ip[3]]) as usize {
+        0 => ip.len(),
+        t => t,
+    };
+    let Some(l4) = ip.get(ihl..tot) else {
+        return false;
+    };
     match ip[9] {
-        17 if l4[6..8] == [0, 0] => true,
+        17 if l4.get(6..8) == Some(&[0, 0]) => true,
         6 | 17 => {
             checksum(&pseudo(
                 ip[12..16].try_into().unwrap(),

@@ -1,6 +1,7 @@
 //! The bpf(2) calls aya 0.14 does not expose: counting the entries of any map by its
-//! key size alone (fill levels of every map, whatever its types), opening a pinned link
-//! without touching its pin, and the interface of a TCX or XDP link.
+//! key size alone (fill levels of every map, whatever its types), reading a whole map in
+//! a few calls (BPF_MAP_LOOKUP_BATCH), opening a pinned link without touching its pin,
+//! and the interface of a TCX or XDP link.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -8,6 +9,20 @@ use anyhow::{Result, bail};
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -64,6 +79,48 @@ pub fn count_keys(fd: BorrowedFd<'_>, key_size: u32) -> Result<u64> {
         }
         std::mem::swap(&mut key, &mut next);
         n += 1;
+    }
+}
+
+/// Every entry of a map (array, per-CPU array, hash, LRU hash), read in batches of up to
+/// `max` entries with BPF_MAP_LOOKUP_BATCH: the keys (`key_size` bytes each) and values
+/// (`value_size` bytes each; for a per-CPU map, the value rounded up to 8 bytes times
+/// the possible CPUs) as raw bytes, and how many entries there are.
+pub fn lookup_batch(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    max: usize,
+) -> Result<(Vec<u8>, Vec<u8>, usize)> {
+    let max = max.max(1);
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let (mut kbuf, mut vbuf) = (vec![0u8; key_size * max], vec![0u8; value_size * max]);
+    // The batch token: a bucket index for hashes, a key for arrays.
+    let (mut token, mut next) = (vec![0u8; key_size.max(8)], vec![0u8; key_size.max(8)]);
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: kbuf.as_mut_ptr() as u64,
+            values: vbuf.as_mut_ptr() as u64,
+            count: max as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = attr.count as usize;
+        keys.extend_from_slice(&kbuf[..got * key_size]);
+        values.extend_from_slice(&vbuf[..got * value_size]);
+        n += got;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((keys, values, n)),
+            Err(e) => bail!("reading the map in batches: {e}"),
+        }
+        std::mem::swap(&mut token, &mut next);
+        first = false;
     }
 }
 

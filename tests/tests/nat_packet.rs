@@ -362,7 +362,25 @@ fn icmp_errors_about_a_flow_are_translated_with_the_quoted_packet() {
         // The quoted header sits 28 bytes further than the outer one.
         assert!(ipv4_checksum_ok(&out[28..]), "{what}: quoted IPv4 checksum");
     }
-    assert_eq!(dp.count(Reason::FwdNatIcmpError), 3);
+    // A frame longer than its datagram (here the rest of the quoted segment follows
+    // it): the quote ends where the datagram does; what follows is neither translated
+    // nor counted in the ICMP checksum (found by `netpath fuzz`).
+    let rest = [0, 0, 0x05, 0x78];
+    let mut padded = icmp_error(ROUTER, HOST, 3, 4, rest, &sent[1][ETH_LEN..ETH_LEN + 28]).build();
+    padded.extend(&sent[1][ETH_LEN + 28..]);
+    let (verdict, out) = dp.run(prog_names::FROM_UPLINK, &padded);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let tcp = Frame::tcp(LOCAL_C, OUTSIDE, 1235, 80, SYN).ttl(63).build();
+    let want = icmp_error(ROUTER, LOCAL_C, 3, 4, rest, &tcp[ETH_LEN..ETH_LEN + 28])
+        .ttl(63)
+        .build();
+    assert_eq!(&out[..want.len()], &want[..], "the datagram translated");
+    assert_eq!(
+        &out[want.len()..],
+        &sent[1][ETH_LEN + 28..],
+        "the rest as it was"
+    );
+    assert_eq!(dp.count(Reason::FwdNatIcmpError), 4);
     // An error about a flow netpath does not know is the host's.
     let stranger = Frame::udp(HOST, OUTSIDE, 45000, 53, b"x", true).build();
     let err = icmp_error(OUTSIDE, HOST, 3, 3, [0; 4], &stranger[ETH_LEN..]).build();

@@ -44,6 +44,29 @@ fn bridge_to_direct_peer_is_routed() {
 }
 
 #[test]
+fn a_source_that_is_not_this_hosts_is_not_forwarded_to_a_peer() {
+    // A container sending with another address (no container of this host's subnet, the
+    // gateway's, a peer's, none): a peer would take it for this host's; found by
+    // `netpath fuzz`, which also saw such packets make conntrack entries.
+    let Some(dp) = dp() else { return };
+    let mut dp = dp;
+    let sources = [NOWHERE, GATEWAY, [10, 244, 12, 7], [0, 0, 0, 0]];
+    for src in sources {
+        for dst in [PEER_C, VXLAN_PEER_C] {
+            let input = Frame::tcp(src, dst, 1000, 80, 0x02).build();
+            let (verdict, _) = dp.run(prog_names::FROM_BRIDGE, &input);
+            assert_eq!(verdict, TC_ACT_SHOT, "{src:?} -> {dst:?}");
+        }
+    }
+    assert_eq!(dp.count(Reason::DropForeignSrc), 8);
+    assert_eq!(dp.total(), 8);
+    assert_eq!(dp.maps.ct.keys().count(), 0, "nothing tracked");
+    // This host's container is forwarded as before.
+    let input = Frame::tcp(LOCAL_C, PEER_C, 1000, 80, 0x02).build();
+    assert_eq!(dp.run(prog_names::FROM_BRIDGE, &input).0, TC_ACT_REDIRECT);
+}
+
+#[test]
 fn checksum_carry_is_folded() {
     // A header whose checksum is 0xfeff or 0xffff exercises the end-around carry of the
     // incremental update; try TTLs until both branches have been seen valid.
