@@ -918,6 +918,8 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
+        // What a test mounted in the lab's directory (a full tmpfs, say) goes with it.
+        docker::unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
         if errors.is_empty() {
             Ok(())

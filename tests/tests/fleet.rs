@@ -438,3 +438,61 @@ fn a_host_without_a_subnet_leases_one_from_the_range_and_keeps_it() {
     crosses(&lab, 0, 1);
     lab.teardown().unwrap();
 }
+
+#[test]
+fn a_full_disk_for_the_subnet_file_refuses_the_start_and_gives_the_lease_back() {
+    let Some(mut lab) = Lab::hosts(1, 0) else {
+        return;
+    };
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 30).unwrap();
+    let remembered = lab.lease_subnet(0).unwrap();
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let o = lab
+        .netpath(0, &["cluster", "init", "--config", &config])
+        .args(["--cidr", "10.244.0.0/16"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // The subnet file on a tmpfs that is full.
+    let full = lab.dir.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let filler = std::fs::write(full.join("filler"), vec![0u8; 256 * 1024]);
+    assert!(filler.is_err(), "the tmpfs is not full");
+    let file = full.join("subnet.env");
+    let text = std::fs::read_to_string(&lab.hosts[0].config).unwrap();
+    std::fs::write(
+        &lab.hosts[0].config,
+        text.replace(
+            &remembered.display().to_string(),
+            &file.display().to_string(),
+        ),
+    )
+    .unwrap();
+
+    // Refused, saying why; nothing attached, nothing half-written, and the registration
+    // given back at once (its lease is 30 s: not by expiry).
+    let err = lab.start(0).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("could not remember it") && msg.contains("No space left on device"),
+        "{msg}"
+    );
+    assert!(!lab.hosts[0].pin_dir.exists());
+    assert!(!file.exists() && !file.with_extension("tmp").exists());
+    let regs = lab.etcdctl("get --prefix /netpath/subnets/").unwrap();
+    assert!(regs.trim().is_empty(), "{regs}");
+
+    // Room again: it starts and leases.
+    std::fs::remove_file(full.join("filler")).unwrap();
+    lab.start(0).unwrap();
+    let file_text = std::fs::read_to_string(&file).unwrap();
+    assert!(file_text.contains("NETPATH_SUBNET=10.244."), "{file_text}");
+    lab.teardown().unwrap();
+}

@@ -123,6 +123,10 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
     let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
+    // Every REPAIR_EVERY the whole desired state is reconciled again: what was changed in
+    // the maps behind netpath's back (bpftool, a crashed tool) is put right.
+    let mut repair = tokio::time::interval(REPAIR_EVERY);
+    repair.tick().await;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -141,7 +145,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             } => match update {
                 fleet::Update::Peers(peers) => {
                     views.etcd = Some(peers);
-                    if let Some(m) = apply(&mut maps, &cfg, &views, News::Etcd) {
+                    if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Etcd) {
                         fleet_info.skipped = m.skipped_etcd.len() as u32;
                     }
                     let _ = maps.fleet.set(0, fleet_info, 0);
@@ -170,7 +174,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         }
                         views.docker = Some(v);
                         sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
-                        if let Some(m) = apply(&mut maps, &cfg, &views, News::Docker) {
+                        if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
                             docker_info.refused = m.skipped_docker.len() as u32;
                             docker_info.note = name_bytes(m.skipped_docker.first().map_or("", |s| s.as_str()));
@@ -185,6 +189,9 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                     }
                 }
                 let _ = maps.docker.set(0, docker_info, 0);
+            }
+            _ = repair.tick() => {
+                apply(&mut maps, &pins, &cfg, &views, News::Repair);
             }
             _ = gc.tick() => {
                 sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
@@ -350,12 +357,26 @@ impl Views {
 enum News {
     Etcd,
     Docker,
+    /// Nobody's news: the periodic check that the maps say what the sources do.
+    Repair,
 }
+
+/// How often the agent reconciles everything again, news or not.
+const REPAIR_EVERY: Duration = Duration::from_secs(30);
 
 /// Reconciles with the sources' latest views (`views`) after news from one of them. A
 /// failure is logged; the next news tries again. Returns the merge (None on failure).
-fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sources::Merge> {
+fn apply(
+    maps: &mut Maps,
+    pins: &PinDir,
+    cfg: &Config,
+    views: &Views,
+    news: News,
+) -> Option<sources::Merge> {
     let result = (|| -> Result<_> {
+        // As the CLI's edits do: a `peer add` between reading the maps and writing them
+        // would otherwise be undone.
+        let _lock = pins.lock()?;
         let observed = reconcile::observe(maps)?;
         let (etcd, docker) = views.inputs(cfg, &observed);
         let (desired, merge) =
@@ -368,6 +389,7 @@ fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sou
             match news {
                 News::Etcd => log::warn!("etcd: applying the fleet's view: {e:#}"),
                 News::Docker => log::warn!("docker: applying the engine's ports: {e:#}"),
+                News::Repair => log::warn!("checking the maps against the sources: {e:#}"),
             }
             return None;
         }
@@ -381,6 +403,15 @@ fn apply(maps: &mut Maps, cfg: &Config, views: &Views, news: News) -> Option<sou
         for s in &merge.skipped_docker {
             log::warn!("docker: refused {s}");
         }
+    }
+    if news == News::Repair {
+        if !c.is_empty() {
+            log::warn!(
+                "maps changed behind netpath's back, put right: {}",
+                c.summary()
+            );
+        }
+        return Some(merge);
     }
     if !c.peers.is_empty() {
         log::info!(
@@ -465,22 +496,9 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     let info = write_agent(&mut maps, cfg, tcx, adopted)?;
     let c = &changes;
     log::info!(
-        "reconciled in {:.0} ms: host settings {}; peers: {} added, {} updated, {} removed, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
+        "reconciled in {:.0} ms: {}",
         took.as_secs_f64() * 1e3,
-        if c.host.any() { "written" } else { "unchanged" },
-        c.peers.added.len(),
-        c.peers.updated.len(),
-        c.peers.removed.len(),
-        c.peers.orphans,
-        c.publish.added.len(),
-        c.publish.updated.len(),
-        c.publish.removed.len(),
-        c.publish.flows_cut,
-        if c.policy.applied {
-            "compiled and made live"
-        } else {
-            "unchanged"
-        },
+        c.summary()
     );
     for (what, names) in [
         ("peers added", &c.peers.added),

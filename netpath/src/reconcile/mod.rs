@@ -47,6 +47,31 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         !self.host.any() && self.peers.is_empty() && self.publish.is_empty() && !self.policy.applied
     }
+
+    /// One line for the log: what each reconciler did.
+    pub fn summary(&self) -> String {
+        format!(
+            "host settings {}; peers: {} added, {} updated, {} removed, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
+            if self.host.any() {
+                "written"
+            } else {
+                "unchanged"
+            },
+            self.peers.added.len(),
+            self.peers.updated.len(),
+            self.peers.removed.len(),
+            self.peers.orphans,
+            self.publish.added.len(),
+            self.publish.updated.len(),
+            self.publish.removed.len(),
+            self.publish.flows_cut,
+            if self.policy.applied {
+                "compiled and made live"
+            } else {
+                "unchanged"
+            },
+        )
+    }
 }
 
 /// What the pinned maps the reconcilers own hold now, read once: the CLI's source

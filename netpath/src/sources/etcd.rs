@@ -478,6 +478,10 @@ pub fn remember(path: &Path, subnet: Ipv4Net) -> Result<()> {
         format!("# the subnet this host leased from etcd (netpath); remove it to lease another\nNETPATH_SUBNET={subnet}\n"),
     )
     .and_then(|()| std::fs::rename(&tmp, path))
+    .inspect_err(|_| {
+        // A full disk leaves a part of it: nothing half-written stays behind.
+        let _ = std::fs::remove_file(&tmp);
+    })
     .with_context(|| format!("[etcd].subnet_file: writing {}", path.display()))
 }
 
@@ -575,7 +579,14 @@ pub async fn lease(u: &Unleased) -> Result<Ipv4Net> {
         let key = subnet_key(&e.prefix, net);
         // Another host may take it between the listing and the transaction: the next one.
         if claim(&mut client, &key, &reg, lease).await? == Claim::Held {
-            remember(&e.subnet_file, net)?;
+            if let Err(err) = remember(&e.subnet_file, net) {
+                // Not remembered, not held: the registration goes with its lease now,
+                // not when the lease runs out.
+                let _ = client.lease_revoke(lease).await;
+                return Err(err.context(format!(
+                    "{net} was leased, and given back: this host could not remember it"
+                )));
+            }
             log::info!(
                 "etcd: leased {net} from {} ({key}); remembered in {}",
                 c.cidr,

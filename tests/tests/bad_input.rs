@@ -1,0 +1,160 @@
+//! Bad input that is not a config file, a CLI argument or a packet (those have their own
+//! tests): pinned maps changed behind netpath's back with bpftool, as an operator might.
+//! Each gets a clear error or is put right; nothing is half-done.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use netpath_common::map_names;
+use netpath_tests::{Lab, PeerMode, Spec, ping};
+
+fn lab(hosts: usize) -> Option<Lab> {
+    if !netpath_tests::can_run_lab() {
+        return None;
+    }
+    let lab = Lab::new(Spec {
+        hosts,
+        containers: 1,
+        locked_down: true,
+        outside: false,
+    })
+    .expect("build lab");
+    lab.write_configs(|_, _| PeerMode::Direct).expect("configs");
+    Some(lab)
+}
+
+/// `bpftool ARGS`; its stdout, or Err with its stderr.
+fn bpftool(args: &[&str]) -> Result<String, String> {
+    let o = Command::new("bpftool")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Bytes as bpftool takes them: `0x0a 0xf4 ...`.
+fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("0x{b:02x}")).collect()
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_and_nothing_is_attached() {
+    let Some(mut lab) = lab(1) else { return };
+    // What another build (or a hand) left: NP_CONFIG with a value of 8 bytes.
+    let maps = lab.hosts[0].pin_dir.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let path = maps.join(map_names::CONFIG);
+    let p = path.to_str().unwrap();
+    bpftool(&[
+        "map",
+        "create",
+        p,
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "1",
+        "name",
+        "np_config",
+    ])
+    .unwrap();
+    let err = lab.start(0).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&format!("pinned map {p} has layout"))
+            && msg.contains("netpath down --pin-dir"),
+        "{msg}"
+    );
+    // Nothing else was created or attached.
+    let pinned: Vec<_> = std::fs::read_dir(&maps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(pinned.len(), 1, "{pinned:?}");
+    let links = lab.hosts[0].pin_dir.join("links");
+    assert!(std::fs::read_dir(&links).map_or(true, |mut d| d.next().is_none()));
+    // As the message says: `netpath down`, then it starts.
+    let down = lab.netpath(0, &["down"]).output().unwrap();
+    assert!(down.status.success(), "{down:?}");
+    lab.start(0).unwrap();
+    lab.teardown().unwrap();
+}
+
+#[test]
+fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
+    let Some(mut lab) = lab(2) else { return };
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
+    let peers = lab.hosts[0].pin_dir.join("maps").join(map_names::PEERS);
+    let peers = peers.to_str().unwrap();
+    // LPM keys: prefix length (u32, host order), then the address.
+    let route = |net: [u8; 3]| {
+        let mut k = 24u32.to_ne_bytes().to_vec();
+        k.extend(net);
+        k.push(0);
+        hex_args(&k)
+    };
+    let h2 = route([10, 244, 12]);
+    let stray = route([10, 244, 77]);
+    let value = {
+        let mut a: Vec<&str> = vec!["map", "lookup", "pinned", peers, "key"];
+        a.extend(h2.iter().map(String::as_str));
+        let out = bpftool(&[&["-j"], &a[..]].concat()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let mut del: Vec<&str> = vec!["map", "delete", "pinned", peers, "key"];
+    del.extend(h2.iter().map(String::as_str));
+    bpftool(&del).unwrap();
+    let value = hex_args(&value);
+    let mut add: Vec<&str> = vec!["map", "update", "pinned", peers, "key"];
+    add.extend(stray.iter().map(String::as_str));
+    add.push("value");
+    add.extend(value.iter().map(String::as_str));
+    bpftool(&add).unwrap();
+    // h2's containers are unreachable now...
+    assert_eq!(
+        ping(&from, &to, 2, "0.1").unwrap().1,
+        0,
+        "the route is gone"
+    );
+    // ... until the agent's next check (every 30 s) puts both right.
+    let until = Instant::now() + Duration::from_secs(40);
+    while ping(&from, &to, 1, "0.1").unwrap().1 == 0 {
+        assert!(
+            Instant::now() < until,
+            "not put right: {}",
+            lab.diagnose(&[0])
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+    let mut look: Vec<&str> = vec!["map", "lookup", "pinned", peers, "key"];
+    look.extend(stray.iter().map(String::as_str));
+    assert!(bpftool(&look).is_err(), "the stray route is still there");
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    // The missing route is written back in place (the peer itself did not change), the
+    // stray one counted as removed.
+    assert!(
+        log.contains("maps changed behind netpath's back, put right: host settings unchanged; peers: 0 added, 0 updated, 0 removed, 1 stray entries removed"),
+        "{log}"
+    );
+    lab.teardown().unwrap();
+}
