@@ -137,6 +137,15 @@ pub struct Config {
     pub _pad: [u8; 2],
 }
 
+impl Config {
+    /// Whether `addr` (network byte order) can be one of this host's containers: in its
+    /// subnet and not the containers' gateway.
+    #[inline(always)]
+    pub fn is_container(&self, addr: u32) -> bool {
+        addr & self.subnet_mask == self.subnet_addr && addr != self.gateway_addr
+    }
+}
+
 /// Set once the agent has filled the config.
 pub const CONFIG_F_READY: u32 = 1;
 /// `masquerade = true`: container traffic to the outside leaves with the host's address.

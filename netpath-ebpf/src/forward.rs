@@ -73,8 +73,7 @@ fn route(
     came_in: u32,
 ) -> Result<(i32, Reason), Reason> {
     let peer = PEERS.get(Key::new(32, ip.dst));
-    if peer.is_some() && (ip.src & cfg.subnet_mask != cfg.subnet_addr || ip.src == cfg.gateway_addr)
-    {
+    if peer.is_some() && !cfg.is_container(ip.src) {
         // Not one of this host's containers: a peer would take it for this host's.
         return Err(Reason::DropForeignSrc);
     }
@@ -270,7 +269,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         decrement_ttl(&mut ip)?;
         return deliver(ctx, cfg, ip.dst, reason);
     }
-    if ip.dst & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.gateway_addr {
+    if !cfg.is_container(ip.dst) {
         return Err(Reason::PassNotForUs);
     }
     let peer = PEERS

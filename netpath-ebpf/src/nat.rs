@@ -171,12 +171,7 @@ pub fn masqueradable(cfg: &Config, ip: &Ipv4, l4: &L4) -> Result<(), Reason> {
         return Err(Reason::PassNatUnsupported);
     }
     let first = u32::from_be(ip.dst) >> 24;
-    if ip.src & cfg.subnet_mask != cfg.subnet_addr
-        || ip.src == cfg.gateway_addr
-        || first == 0
-        || first == 127
-        || first >= 224
-    {
+    if !cfg.is_container(ip.src) || first == 0 || first == 127 || first >= 224 {
         return Err(Reason::PassUnknownDst);
     }
     Ok(())

@@ -168,7 +168,7 @@ pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u3
         Some(p) if p.id == peer.id => {}
         _ => return Err(Reason::DropVxlanSpoofedSrc),
     }
-    if idst & cfg.subnet_mask != cfg.subnet_addr || idst == cfg.gateway_addr {
+    if !cfg.is_container(idst) {
         return Err(Reason::DropVxlanBadInnerDst);
     }
     Ok(peer.id)

@@ -477,6 +477,11 @@ impl Gen {
         from[self.rng.random_range(0..from.len())]
     }
 
+    /// One of the masqueraded flows seen (there is one: callers check).
+    fn masq_flow(&mut self) -> ([u8; 4], u16, u16, u8) {
+        self.masq[self.rng.random_range(0..self.masq.len())]
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         self.rng.random_bool(p)
     }
@@ -573,7 +578,7 @@ impl Gen {
             return f.ports(id, 0);
         }
         let quoted = if !self.masq.is_empty() && self.chance(0.5) {
-            let (remote, rport, nat, proto) = self.pick(&self.masq.clone());
+            let (remote, rport, nat, proto) = self.masq_flow();
             let f = match proto {
                 6 => Frame::tcp(HOST, remote, nat, rport, 0x02),
                 17 => Frame::udp(HOST, remote, nat, rport, b"q", true),
@@ -640,7 +645,7 @@ impl Gen {
             f.build()
         } else if kind < 50 && !self.masq.is_empty() {
             // A reply to a masqueraded flow.
-            let (remote, rport, nat, proto) = self.pick(&self.masq.clone());
+            let (remote, rport, nat, proto) = self.masq_flow();
             let f = match proto {
                 6 => {
                     let flags = self.rng.random();
@@ -801,7 +806,9 @@ impl Gen {
 
 /// The counters, per reason, summed over CPUs (one BPF_MAP_LOOKUP_BATCH).
 fn counter_packets(maps: &Maps, cpus: usize) -> Result<Vec<u64>> {
-    let value = 16 * cpus; // Counter: packets, bytes (u64 each), per possible CPU
+    // Per possible CPU, each value rounded up to 8 bytes (a Counter is 16).
+    let each = size_of::<netpath_common::Counter>().next_multiple_of(8);
+    let value = each * cpus;
     let fd = maps.counters.map().fd().as_fd();
     let (keys, values, n) =
         crate::sys::lookup_batch(fd, 4, value, netpath_common::MAX_REASONS as usize)?;
@@ -810,7 +817,12 @@ fn counter_packets(maps: &Maps, cpus: usize) -> Result<Vec<u64>> {
         let key = u32::from_ne_bytes(keys[i * 4..i * 4 + 4].try_into()?) as usize;
         let v = &values[i * value..(i + 1) * value];
         let packets: u64 = (0..cpus)
-            .map(|c| u64::from_ne_bytes(v[c * 16..c * 16 + 8].try_into().expect("8 bytes")))
+            .map(|c| {
+                let cpu: netpath_common::Counter = bytemuck::pod_read_unaligned(
+                    &v[c * each..c * each + size_of::<netpath_common::Counter>()],
+                );
+                cpu.packets
+            })
             .sum();
         if let Some(slot) = out.get_mut(key) {
             *slot = packets;

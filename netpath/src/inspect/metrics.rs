@@ -38,6 +38,14 @@ fn gauge_family(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Ga
     f
 }
 
+/// A gauge family `name` with one series per `what` label.
+fn what_gauges(reg: &mut Registry, name: &str, help: &str, values: &[(&str, i64)]) {
+    let g = gauge_family(reg, name, help);
+    for (what, v) in values {
+        g.get_or_create(&labels(&[("what", what)])).set(*v);
+    }
+}
+
 /// The metrics of the datapath pinned at `pins`, in Prometheus text format.
 pub fn render(pins: &PinDir) -> Result<String> {
     let maps = Maps::open(pins)?;
@@ -167,36 +175,38 @@ pub fn render(pins: &PinDir) -> Result<String> {
     );
 
     if let Some(f) = crate::inspect::status::fleet(&maps, crate::maps::now())? {
-        let g = gauge_family(
+        what_gauges(
             &mut reg,
             "netpath_etcd",
             "The fleet's store ([etcd]): up (1 while it answers), registered (1 while this host's subnet is under a live lease), hosts (other hosts it lists), skipped (registrations left out), seconds_since_answer",
-        );
-        let set = |what: &str, v: i64| g.get_or_create(&labels(&[("what", what)])).set(v);
-        set("up", f.away_s.is_none() as i64);
-        set("registered", f.registered as i64);
-        set("hosts", f.hosts as i64);
-        set("skipped", f.skipped as i64);
-        set(
-            "seconds_since_answer",
-            f.last_answer_s.map_or(-1, |s| s as i64),
+            &[
+                ("up", f.away_s.is_none() as i64),
+                ("registered", f.registered as i64),
+                ("hosts", f.hosts as i64),
+                ("skipped", f.skipped as i64),
+                (
+                    "seconds_since_answer",
+                    f.last_answer_s.map_or(-1, |s| s as i64),
+                ),
+            ],
         );
     }
 
     if let Some(d) = crate::inspect::status::docker(&maps, crate::maps::now())? {
-        let g = gauge_family(
+        what_gauges(
             &mut reg,
             "netpath_docker",
             "The Docker engine ([docker]): up (1 while it answers), containers (running), ports (published ports served), refused (published ports not served), seconds_since_answer",
-        );
-        let set = |what: &str, v: i64| g.get_or_create(&labels(&[("what", what)])).set(v);
-        set("up", d.up as i64);
-        set("containers", d.containers as i64);
-        set("ports", d.ports as i64);
-        set("refused", d.refused as i64);
-        set(
-            "seconds_since_answer",
-            d.last_answer_s.map_or(-1, |s| s as i64),
+            &[
+                ("up", d.up as i64),
+                ("containers", d.containers as i64),
+                ("ports", d.ports as i64),
+                ("refused", d.refused as i64),
+                (
+                    "seconds_since_answer",
+                    d.last_answer_s.map_or(-1, |s| s as i64),
+                ),
+            ],
         );
     }
 
