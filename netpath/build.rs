@@ -25,10 +25,17 @@ fn main() -> anyhow::Result<()> {
     // says, which aya-build still relays: warnings and errors of the eBPF crate only.
     // SAFETY: as above.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
+    // The upgrade test's build: the programs with the same layout change as the agent.
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_LAYOUT_TEST").is_some() {
+        &["layout-test"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "netpath-ebpf",
             root_dir: root,
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&toolchain),

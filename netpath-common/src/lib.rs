@@ -9,8 +9,14 @@ pub use reason::Reason;
 
 /// Layout version of the set of maps below: bumped whenever one map's key or value changes
 /// (and that map's own `_V<n>` suffix with it), so an agent never reuses a pinned map of
-/// another layout.
+/// another layout: it migrates the pinned maps of an older one (netpath/src/datapath/
+/// migrate.rs says how each map is carried) and refuses a newer one.
+#[cfg(not(feature = "layout-test"))]
 pub const LAYOUT_VERSION: u32 = 2;
+/// The `layout-test` build (a field added to [`CtEntry`] and [`PeerStats`], for the
+/// upgrade test).
+#[cfg(feature = "layout-test")]
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps, as they appear in the eBPF object and as the files pinned under the
 /// pin dir. The `_V<n>` suffix is the version of that map's layout; `netpath-ebpf` spells
@@ -20,11 +26,17 @@ pub mod map_names {
     pub const CONFIG: &str = "NP_CONFIG_V2";
     pub const PEERS: &str = "NP_PEERS_V1";
     pub const COUNTERS: &str = "NP_COUNTERS_V1";
+    #[cfg(not(feature = "layout-test"))]
     pub const PEER_STATS: &str = "NP_PEER_STATS_V1";
+    #[cfg(feature = "layout-test")]
+    pub const PEER_STATS: &str = "NP_PEER_STATS_V2";
     pub const PEER_INFO: &str = "NP_PEER_INFO_V1";
     pub const UNDERLAY: &str = "NP_UNDERLAY_V1";
     pub const AGENT: &str = "NP_AGENT_V1";
+    #[cfg(not(feature = "layout-test"))]
     pub const CT: &str = "NP_CT_V1";
+    #[cfg(feature = "layout-test")]
+    pub const CT: &str = "NP_CT_V2";
     pub const NAT: &str = "NP_NAT_V1";
     pub const PUBLISH: &str = "NP_PUBLISH_V1";
     pub const CT_INFO: &str = "NP_CT_INFO_V1";
@@ -228,6 +240,10 @@ pub struct CtEntry {
     /// The policy rule that allowed the flow (its id in `NP_POLICY_STATS`); 0 for the
     /// default action. Every packet of the flow is counted under it.
     pub rule: u32,
+    /// Only in the `layout-test` build: a field added on purpose, so that the upgrade
+    /// test has a layout change to migrate (entries carried from `NP_CT_V1` read 0).
+    #[cfg(feature = "layout-test")]
+    pub layout_test: u64,
 }
 
 /// Key of `NP_NAT` (LRU hash): a translated flow as seen on the uplink, addressed to the
@@ -615,6 +631,10 @@ pub struct PeerStats {
     pub tx: Counter,
     /// Received from the peer and delivered to a local container.
     pub rx: Counter,
+    /// Only in the `layout-test` build: a counter added on purpose, so that the upgrade
+    /// test migrates a per-CPU map of counters too (`NP_PEER_STATS_V1` to `_V2`).
+    #[cfg(feature = "layout-test")]
+    pub layout_test: Counter,
 }
 
 /// Origin of a peer, in [`PeerInfo::origin`].

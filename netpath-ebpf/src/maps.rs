@@ -28,7 +28,8 @@ pub static UNDERLAY: HashMap<u32, UnderlayValue> = HashMap::with_max_entries(MAX
 #[map(name = "NP_COUNTERS_V1")]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_REASONS, 0);
 
-#[map(name = "NP_PEER_STATS_V1")]
+#[cfg_attr(not(feature = "layout-test"), map(name = "NP_PEER_STATS_V1"))]
+#[cfg_attr(feature = "layout-test", map(name = "NP_PEER_STATS_V2"))]
 pub static PEER_STATS: PerCpuArray<PeerStats> = PerCpuArray::with_max_entries(MAX_PEERS, 0);
 
 #[allow(dead_code, reason = "read by the agent only")]
@@ -43,7 +44,8 @@ pub static AGENT: Array<AgentInfo> = Array::with_max_entries(1, 0);
 
 /// Translated flows by their container-side tuple (nat.rs). The agent sizes it from the
 /// config (`[conntrack] size`) and expires entries.
-#[map(name = "NP_CT_V1")]
+#[cfg_attr(not(feature = "layout-test"), map(name = "NP_CT_V1"))]
+#[cfg_attr(feature = "layout-test", map(name = "NP_CT_V2"))]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
 
 /// Translated flows by their tuple on the uplink: the reverse of `CT`, and the ports in use.

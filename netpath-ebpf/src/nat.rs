@@ -270,6 +270,8 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32, syn: bool) -> Result<u16, Reas
         kind: CT_KIND_MASQUERADE,
         flags: CT_F_SEEN_CONTAINER,
         rule,
+        #[cfg(feature = "layout-test")]
+        layout_test: 0,
     };
     if CT.insert(key, entry, BPF_NOEXIST as u64).is_err() {
         // Another CPU recorded the same flow first (its first packets raced), or the
@@ -391,6 +393,8 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Ingress, Reas
             kind: CT_KIND_PUBLISHED,
             flags: CT_F_SEEN_REMOTE,
             rule,
+            #[cfg(feature = "layout-test")]
+            layout_test: 0,
         };
         if NAT.insert(nat, value, BPF_NOEXIST as u64).is_err() {
             return Err(Reason::DropCtInsertFailed);

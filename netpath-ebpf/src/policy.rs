@@ -193,6 +193,8 @@ pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<()
             CT_F_SEEN_REMOTE
         },
         rule,
+        #[cfg(feature = "layout-test")]
+        layout_test: 0,
     };
     match CT.insert(key, entry, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),

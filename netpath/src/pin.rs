@@ -5,6 +5,8 @@
 //! <pin-dir>/maps/NP_*_V<layout>   maps (names carry the layout version)
 //! <pin-dir>/links/<prog>          TCX links of the programs
 //! <pin-dir>/links/<prog>@<ifindex> TCX links of np_from_container on each bridge port
+//! <pin-dir>/migrating-copy/<map>  marks of an upgrade in progress (reconcile::migrate)
+//! <pin-dir>/migrating-swap/<map>
 //! ```
 
 use std::{
@@ -26,6 +28,21 @@ use netpath_common::{
 pub const SIZED: &[&str] = &[map_names::CT, map_names::NAT];
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netpath";
+
+/// The marks of a migration in progress: a directory in the pin dir holding an empty
+/// directory named after each new map being filled (bpffs holds no regular files, and no
+/// name with a dot).
+pub const COPYING: &str = "migrating-copy";
+pub const SWAPPING: &str = "migrating-swap";
+
+/// A pinned map's name as its family and layout version: `NP_CT_V1` -> ("NP_CT", 1).
+pub fn split_name(name: &str) -> Option<(&str, u32)> {
+    let (family, v) = name.rsplit_once("_V")?;
+    if !name.starts_with("NP_") || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((family, v.parse().ok()?))
+}
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 #[derive(Clone, Debug)]
@@ -232,9 +249,9 @@ impl PinDir {
         self.links().join(prog)
     }
 
-    /// Whether a datapath is pinned here.
+    /// Whether a datapath is pinned here: any map, of this layout or another.
     pub fn exists(&self) -> bool {
-        self.map_path(map_names::CONFIG).exists()
+        fs::read_dir(self.maps()).is_ok_and(|mut d| d.next().is_some())
     }
 
     /// Makes sure the pin dir is on a bpf filesystem, mounting one on /sys/fs/bpf when
@@ -294,6 +311,13 @@ impl PinDir {
     pub fn open(&self, name: &str) -> Result<Map> {
         let path = self.map_path(name);
         if !path.exists() {
+            if let Some(other) = self.other_layout_of(name) {
+                bail!(
+                    "{} holds {other}, not this netpath's {name}: the datapath is of another layout \
+                     (another build of netpath runs it, or an upgrade has not started yet); use that build's netpath",
+                    self.root.display()
+                );
+            }
             bail!(
                 "no netpath datapath at {} (missing {name}): is `netpath run` started with this --pin-dir?",
                 self.root.display()
@@ -302,6 +326,32 @@ impl PinDir {
         let data =
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         Map::from_map_data(data).with_context(|| format!("opening {}", path.display()))
+    }
+
+    /// A pinned map of the same family as `name` but another layout version.
+    fn other_layout_of(&self, name: &str) -> Option<String> {
+        let (family, _) = split_name(name)?;
+        fs::read_dir(self.maps())
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| split_name(n).is_some_and(|(f, _)| f == family))
+    }
+
+    /// Removes the marks of a migration (what `netpath down` and a finished migration do).
+    pub fn remove_marks(&self) -> Result<()> {
+        for mark in [COPYING, SWAPPING] {
+            let p = self.root.join(mark);
+            let Ok(children) = fs::read_dir(&p) else {
+                continue;
+            };
+            for c in children.flatten() {
+                fs::remove_dir(c.path())
+                    .with_context(|| format!("removing {}", c.path().display()))?;
+            }
+            fs::remove_dir(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        Ok(())
     }
 
     /// Takes an exclusive lock on the pin dir, so that the agent and CLI commands that

@@ -1,12 +1,15 @@
 //! The bpf(2) calls aya 0.14 does not expose: counting the entries of any map by its
 //! key size alone (fill levels of every map, whatever its types), reading a whole map in
 //! a few calls (BPF_MAP_LOOKUP_BATCH), opening a pinned link without touching its pin,
-//! and the interface of a TCX or XDP link.
+//! and the interface of a TCX or XDP link; raw lookups and updates of any map by bytes
+//! (the migration of an older layout).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Result, bail};
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -121,6 +124,63 @@ pub fn lookup_batch(
         }
         std::mem::swap(&mut token, &mut next);
         first = false;
+    }
+}
+
+/// The value of `key`, `value_len` bytes (per-CPU maps: every CPU's), or None when the
+/// map has no such entry.
+pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_len: usize) -> Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_len];
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value_or_next: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => bail!("reading an entry: {e}"),
+    }
+}
+
+/// Writes `value` under `key` (`flags`: BPF_ANY 0, BPF_NOEXIST 1, BPF_EXIST 2). Returns
+/// false when the flags refused it (the entry exists, or does not).
+pub fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value_or_next: value.as_ptr() as u64,
+        flags,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if flags != 0 && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOENT)) => {
+            Ok(false)
+        }
+        Err(e) => bail!("writing an entry: {e}"),
+    }
+}
+
+/// Every key of a map, walked with BPF_MAP_GET_NEXT_KEY (any map with keys, LPM tries
+/// among them, which have no batch lookup).
+pub fn keys(fd: BorrowedFd<'_>, key_size: usize) -> Result<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut attr = ElemAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            // The first call has no key: the kernel starts from the first entry.
+            key: out.last().map_or(0, |k| k.as_ptr() as u64),
+            value_or_next: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => out.push(next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => bail!("walking the map's keys: {e}"),
+        }
     }
 }
 

@@ -53,6 +53,16 @@ pub fn netpath_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netpath")
 }
 
+/// The upgrade tests' second build of netpath (this tree with `--features layout-test`:
+/// a map layout changed on purpose): `NETPATH_LAYOUT_TEST_BIN` (set by `cargo xtask
+/// test`), else target/debug/netpath-layout-test.
+pub fn netpath_layout_test_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPATH_LAYOUT_TEST_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/netpath-layout-test")
+}
+
 /// The lab's traffic tool: `NP_PROBE_BIN` (set by `cargo xtask`), else target/debug.
 pub fn probe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NP_PROBE_BIN") {
@@ -583,6 +593,12 @@ impl Lab {
 
     /// Starts the agent of host `i` (index into `hosts`) and waits for it to attach.
     pub fn start(&mut self, i: usize) -> Result<()> {
+        self.start_bin(i, &netpath_bin(), &[])
+    }
+
+    /// Starts host `i`'s agent from `bin` (another build of netpath: the upgrade tests),
+    /// with `env` added to its environment, and waits for it to attach.
+    pub fn start_bin(&mut self, i: usize, bin: &Path, env: &[(&str, &str)]) -> Result<()> {
         ensure_bpffs()?;
         let h = &mut self.hosts[i];
         let marker = format!("datapath at {}", h.pin_dir.display());
@@ -596,8 +612,9 @@ impl Lab {
             .open(&h.log)?;
         let config = h.config.clone();
         let child = self
-            .netpath(i, &["run", "--config"])
+            .netpath_bin(i, bin, &["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -636,10 +653,15 @@ impl Lab {
     /// `netpath --pin-dir <host's> ARGS` inside host `i`'s network namespace (nsenter
     /// keeps our bpffs; more arguments may be appended).
     pub fn netpath(&self, i: usize, args: &[&str]) -> Command {
+        self.netpath_bin(i, &netpath_bin(), args)
+    }
+
+    /// As [`Lab::netpath`], with the netpath binary `bin`.
+    pub fn netpath_bin(&self, i: usize, bin: &Path, args: &[&str]) -> Command {
         let h = &self.hosts[i];
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", h.ns))
-            .arg(netpath_bin())
+            .arg(bin)
             .arg("--pin-dir")
             .arg(&h.pin_dir)
             .args(args);

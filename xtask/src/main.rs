@@ -132,6 +132,28 @@ pub fn build(release: bool) -> Result<PathBuf> {
         .join("netpath"))
 }
 
+/// Builds the upgrade test's agent: this tree with the `layout-test` feature (a map
+/// layout changed on purpose), copied to `netpath-layout-test` beside the agent. Run
+/// before [`build`]: cargo puts the last build's binary at target/debug/netpath (both
+/// stay cached, so the next build only links the right one there again).
+fn build_layout_test() -> Result<PathBuf> {
+    eprintln!("[build] netpath with --features layout-test (the upgrade test's second build)");
+    run_status(cargo().args([
+        "build",
+        "--package",
+        "netpath",
+        "--bin",
+        "netpath",
+        "--features",
+        "layout-test",
+    ]))?;
+    let dir = workspace_root().join("target/debug");
+    let to = dir.join("netpath-layout-test");
+    std::fs::copy(dir.join("netpath"), &to)
+        .with_context(|| format!("copying the layout-test build to {}", to.display()))?;
+    Ok(to)
+}
+
 /// Runs cargo test, passing its output through, and ends with one line that totals every
 /// test binary ("summary: N passed, N failed, N ignored"): cargo's own last line is the
 /// doc-tests' of the last crate, which says nothing about the run.
@@ -291,7 +313,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => {
             setup::ensure(true)?;
+            let layout_test = build_layout_test()?;
             use_binary(&build(false)?);
+            // SAFETY: no thread has started yet.
+            unsafe { std::env::set_var("NETPATH_LAYOUT_TEST_BIN", &layout_test) };
             if netpath_tests::is_root() {
                 netpath_tests::reap_stale();
             } else {

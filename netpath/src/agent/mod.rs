@@ -8,7 +8,7 @@ pub mod fleet;
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use netpath_common::{AGENT_F_TCX, AgentInfo, name_bytes, prog_names};
+use netpath_common::{AGENT_F_TCX, AgentInfo, map_names, name_bytes, prog_names};
 
 use crate::{
     datapath::{
@@ -18,7 +18,7 @@ use crate::{
     inspect::{metrics, report},
     maps::{Maps, now},
     pin::PinDir,
-    reconcile::{self, fault},
+    reconcile::{self, fault, migrate},
     sources::{self, file::Config},
 };
 
@@ -28,12 +28,13 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     fault::from_env()?;
     pins.prepare()?;
     let lock = pins.lock()?;
-    pins.check_layouts()?;
+    // Maps of an older layout are migrated (a newer one, a downgrade, is refused here,
+    // before anything changes); the rest must be of this build's layout.
+    let mut migration = migrate::plan(&pins)?;
     let adopted = pins.exists();
-    if adopted {
-        let maps = Maps::open(&pins)?;
-        let a = report::agent_row(&maps)?;
-        if a.agent_running && a.agent_pid != std::process::id() {
+    if pins.map_path(map_names::AGENT).exists() {
+        let a = Maps::pinned_agent(&pins)?;
+        if datapath::down::agent_alive(a.agent_pid) && a.agent_pid != std::process::id() {
             bail!(
                 "an agent (pid {}) already manages {}: stop it first, or use another --pin-dir",
                 a.agent_pid,
@@ -41,6 +42,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             );
         }
     }
+    pins.check_layouts()?;
     let metrics = cfg.metrics.map(metrics::bind).transpose()?;
     // The fleet: a subnet another host holds is refused before anything changes; etcd
     // away is not an error (the pinned etcd peers stand, the task keeps trying).
@@ -59,7 +61,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             Some(rx)
         }
     };
-    let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted) {
+    let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted, &mut migration) {
         Ok(x) => x,
         Err(e) => {
             if !adopted {
@@ -95,6 +97,19 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         &Views::default(),
     )
     .await;
+    // Every link runs this build's programs now: the old maps can go.
+    if !migration.is_empty() {
+        match std::mem::take(&mut migration).finish(&pins) {
+            Ok(lines) => {
+                for l in lines {
+                    log::info!("migrated {l}");
+                }
+            }
+            Err(e) => log::error!(
+                "the migration did not finish: {e:#}; the next start of the agent finishes it"
+            ),
+        }
+    }
     drop(lock);
     if let Some(l) = metrics {
         let pins = pins.clone();
@@ -458,8 +473,28 @@ fn addrs(what: &str, v: &[std::net::Ipv4Addr]) -> String {
 
 /// Loads the programs (adopting pinned maps), reconciles every map family with the
 /// desired state, attaches the programs. Logs what changed.
-fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)> {
-    let mut ebpf = datapath::load(Some(pins), cfg.conntrack.size)?;
+fn start(
+    cfg: &Config,
+    pins: &PinDir,
+    adopted: bool,
+    migration: &mut migrate::Plan,
+) -> Result<(aya::Ebpf, Maps)> {
+    // A migrated conntrack table keeps its size, as a pinned one does.
+    let ct_size = migration
+        .old_max_entries(pins, map_names::CT)
+        .or_else(|| migration.old_max_entries(pins, map_names::NAT))
+        .unwrap_or(cfg.conntrack.size);
+    migration.prepare(pins)?;
+    let mut ebpf = datapath::load(Some(pins), ct_size)?;
+    if migration.migrates() {
+        let started = std::time::Instant::now();
+        migration.copy(pins)?;
+        log::info!(
+            "migrating maps of an older layout: {} (copied in {:.0} ms; the old programs still run on them)",
+            migration.summary(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let mut maps = Maps::take(&mut ebpf)?;
     let size = aya::maps::IterableMap::map(&maps.ct).info()?.max_entries();
     if size != cfg.conntrack.size {
@@ -479,6 +514,8 @@ fn start(cfg: &Config, pins: &PinDir, adopted: bool) -> Result<(aya::Ebpf, Maps)
     }
     let changes = reconcile::all_from(&mut maps, observed, &desired)?;
     let took = started.elapsed();
+    // From the first swap on, the new maps are live (an interrupted migration finishes).
+    migration.swapping(pins)?;
     let mut tcx = true;
     for a in attach::attachments(&cfg.host, &before) {
         let how = attach::attach(&mut ebpf, pins, &a)?;

@@ -19,9 +19,7 @@ pub fn down(pins: &PinDir) -> Result<Vec<String>> {
         return Ok(done);
     }
     // Netlink filters (no TCX) are not pinned: find them through the agent record.
-    if let Ok(maps) = Maps::open(pins)
-        && let Ok(agent) = maps.agent()
-    {
+    if let Ok(agent) = Maps::pinned_agent(pins) {
         if agent.flags & AGENT_F_TCX == 0 && agent.agent_pid != 0 {
             for (iface, prog) in [
                 (name_str(&agent.bridge), prog_names::FROM_BRIDGE),
@@ -62,6 +60,9 @@ pub fn down(pins: &PinDir) -> Result<Vec<String>> {
                 Err(err) => errors.push(format!("{}: {err}", e.path().display())),
             }
         }
+    }
+    if let Err(err) = pins.remove_marks() {
+        errors.push(format!("{err:#}"));
     }
     for dir in [pins.links(), pins.maps(), pins.root.clone()] {
         if let Err(err) = std::fs::remove_dir(&dir)

@@ -149,6 +149,13 @@ impl Maps {
         Ok(self.agent.get(&0, 0)?)
     }
 
+    /// `NP_AGENT` alone, from its pin: who manages the datapath, also while other maps
+    /// are of another layout (a migration, a downgrade refused).
+    pub fn pinned_agent(pins: &PinDir) -> Result<AgentInfo> {
+        let a: Array<MapData, AgentInfo> = pins.open(map_names::AGENT)?.try_into()?;
+        Ok(a.get(&0, 0)?)
+    }
+
     /// Drop events: emitted, suppressed by the rate limit, lost (ring buffer full);
     /// summed over CPUs.
     pub fn event_totals(&self) -> Result<netpath_common::EventLimit> {
@@ -190,6 +197,8 @@ impl Maps {
         Ok(per_cpu.iter().fold(PeerStats::default(), |a, s| PeerStats {
             tx: sum([a.tx, s.tx]),
             rx: sum([a.rx, s.rx]),
+            #[cfg(feature = "layout-test")]
+            layout_test: sum([a.layout_test, s.layout_test]),
         }))
     }
 }

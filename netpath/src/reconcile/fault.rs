@@ -1,10 +1,14 @@
 //! Fault injection for tests: makes the N-th map write of the reconcilers fail, or kills
-//! the process there with SIGKILL. Off unless a test turns it on, in-process with
-//! [`set`] or for an agent with `NETPATH_TEST_FAULT=fail-after:N` or `abort-after:N`
-//! (read once, by `netpath run`). Costs two relaxed atomic operations per write when off;
+//! the process there with SIGKILL; or kills it at a named point ([`at`]). Off unless a
+//! test turns it on, in-process with [`set`] or for an agent with
+//! `NETPATH_TEST_FAULT=fail-after:N`, `abort-after:N` or `abort-at:POINT` (read once,
+//! by `netpath run`). Costs two relaxed atomic operations per write when off;
 //! the same hook counts the writes for `netpath bench`.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+};
 
 use anyhow::{Result, bail};
 
@@ -14,6 +18,9 @@ static LEFT: AtomicI64 = AtomicI64::new(-1);
 static WRITES: AtomicU64 = AtomicU64::new(0);
 /// What the fault does: abort the process (true) or fail the write.
 static ABORT: AtomicBool = AtomicBool::new(false);
+
+/// The point [`at`] kills the process at (`abort-at:POINT`).
+static POINT: OnceLock<String> = OnceLock::new();
 
 /// The environment variable `netpath run` reads.
 pub const ENV: &str = "NETPATH_TEST_FAULT";
@@ -36,10 +43,30 @@ pub fn from_env() -> Result<()> {
     match parsed {
         Some(("fail-after", n)) => set(Some(n), false),
         Some(("abort-after", n)) => set(Some(n), true),
-        _ => bail!("{ENV}={v:?}: use fail-after:N or abort-after:N"),
+        _ => match v.split_once(':') {
+            Some(("abort-at", point)) if POINTS.contains(&point) => {
+                let _ = POINT.set(point.to_owned());
+            }
+            _ => bail!(
+                "{ENV}={v:?}: use fail-after:N, abort-after:N or abort-at:POINT ({})",
+                POINTS.join(", ")
+            ),
+        },
     }
     log::warn!("{ENV}={v}: a test fault is armed");
     Ok(())
+}
+
+/// The named points: `swapped` (a migration's programs swapped, its old maps not yet
+/// unpinned).
+pub const POINTS: &[&str] = &["swapped"];
+
+/// Kills the process (SIGKILL) when the armed point is `point`.
+pub fn at(point: &str) {
+    if POINT.get().is_some_and(|p| p == point) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        std::process::abort();
+    }
 }
 
 /// Called before each map write of a reconciler.

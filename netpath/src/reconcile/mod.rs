@@ -14,11 +14,14 @@
 //! - [`publish`]: `NP_PUBLISH` (and the flows of ports that go);
 //! - [`policy`]: `NP_POLICY_INFO`, `NP_GROUPS`, the tries and `NP_POLICY_STATE`;
 //! - [`endpoints`]: `NP_ENDPOINTS` (its desired state is the kernel's neighbours, not the
-//!   config: the agent reconciles it on neighbour and link events).
+//!   config: the agent reconciles it on neighbour and link events);
+//! - [`migrate`]: not a family but every map of an older layout, carried into this
+//!   build's maps at an upgrade (its desired state is the old map).
 
 pub mod endpoints;
 pub mod fault;
 pub mod host;
+pub mod migrate;
 pub mod peers;
 pub mod policy;
 pub mod publish;

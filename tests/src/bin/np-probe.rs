@@ -14,6 +14,10 @@
 //!                                      among them), "timeout" (3 s), "error ..."
 //!   np-probe flows udp|tcp ADDR PORT N open N flows at once, each with its own message;
 //!                                      exit 0 if every flow got its own message back
+//!   np-probe hold ADDR PORT N GOFILE   open N TCP connections, each echoing its own
+//!                                      message; print "N open", wait (up to 10 min)
+//!                                      for GOFILE to exist, then each echoes again;
+//!                                      print "K of N answered again", exit 0 if all did
 //!   np-probe connrate ADDR PORT SECONDS
 //!                                      open, use and close TCP connections one after the
 //!                                      other; print connections per second
@@ -308,6 +312,54 @@ fn flows(proto: &str, to: SocketAddr, n: usize) -> std::io::Result<usize> {
     }
 }
 
+/// Opens `n` TCP connections to `to`, each echoing its own message; once `go` exists,
+/// each echoes a second one. Returns (open after the first echo, answered again).
+fn hold(to: SocketAddr, n: usize, go: &std::path::Path) -> std::io::Result<(usize, usize)> {
+    let tag = |i: usize, round: u8| format!("{round} hold {i} of {}", std::process::id());
+    let mut conns = Vec::new();
+    for i in 0..n {
+        if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            && s.write_all(tag(i, 1).as_bytes()).is_ok()
+        {
+            conns.push((i, s));
+        }
+    }
+    let echo = |conns: &mut Vec<(usize, TcpStream)>, round: u8| {
+        conns.retain_mut(|(i, s)| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            read_n(s, tag(*i, round).len()).is_ok_and(|g| g == tag(*i, round).as_bytes())
+        });
+    };
+    echo(&mut conns, 1);
+    let open = conns.len();
+    println!("{open} open");
+    let _ = std::io::stdout().flush();
+    let until = Instant::now() + Duration::from_secs(600);
+    while !go.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every message first, then every echo: the connections answer in parallel.
+    conns.retain_mut(|(i, s)| s.write_all(tag(*i, 2).as_bytes()).is_ok());
+    echo(&mut conns, 2);
+    Ok((open, conns.len()))
+}
+
+/// Lets the process hold as many sockets as its hard limit allows (thousands of
+/// connections from one process).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// TCP connections opened, used (one echo) and closed in `secs` seconds, one at a time.
 fn connrate(to: SocketAddr, secs: f64) -> (u64, u64) {
     let until = Instant::now() + Duration::from_secs_f64(secs);
@@ -407,6 +459,7 @@ fn udpflood(to: SocketAddr, secs: f64, size: usize) -> std::io::Result<(u64, f64
 }
 
 fn main() -> ExitCode {
+    raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
@@ -434,6 +487,15 @@ fn main() -> ExitCode {
                 .map(|k| {
                     println!("{k} of {n} flows echoed");
                     k == n
+                })
+        }
+        ["hold", host, port, n, go] => {
+            let n = num(n) as usize;
+            addr(host, num(port) as u16)
+                .and_then(|to| hold(to, n, std::path::Path::new(go)))
+                .map(|(open, again)| {
+                    println!("{again} of {n} answered again ({open} were open)");
+                    open == n && again == n
                 })
         }
         ["connrate", host, port, t] => addr(host, num(port) as u16).map(|to| {
