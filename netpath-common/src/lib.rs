@@ -55,6 +55,7 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "NP_ENDPOINTS_V1";
     pub const FLEET: &str = "NP_FLEET_V1";
     pub const DOCKER: &str = "NP_DOCKER_V1";
+    pub const DEBUG: &str = "NP_DEBUG_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -83,6 +84,7 @@ pub mod map_names {
         ENDPOINTS,
         FLEET,
         DOCKER,
+        DEBUG,
     ];
 }
 
@@ -485,6 +487,58 @@ pub struct MonitorState {
     pub _pad: u32,
 }
 
+/// The one entry of `NP_DEBUG`: the per-packet decision log (`netpath debug on|off`).
+/// Off (zero) it costs each TC program one read of this entry per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DebugState {
+    /// `DEBUG_F_*`.
+    pub flags: u32,
+    /// Only packets with a source or destination in this network are logged (network
+    /// byte order; mask 0: every packet).
+    pub match_addr: u32,
+    pub match_mask: u32,
+    pub _pad: u32,
+}
+
+/// One decision of the log, as the programs write it (through aya-log, as hex bytes: one
+/// argument keeps the programs' stack small) and netpath reads it back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DebugRecord {
+    /// `PROG_*`.
+    pub prog: u8,
+    /// The reason counted ([`Reason`]).
+    pub reason: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    /// The program's return value (TC action or XDP action).
+    pub action: i32,
+    /// The packet as it came in: addresses and ports in network byte order.
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// As it left (translated, or the inner packet of a decapsulated one).
+    pub out_src: u32,
+    pub out_dst: u32,
+    pub out_sport: u16,
+    pub out_dport: u16,
+    /// The peer routed to or come from (its id in `NP_PEER_STATS`), u32::MAX for none.
+    pub peer: u32,
+    /// The policy rule of the packet's flow, u32::MAX for none (no tracked flow).
+    pub rule: u32,
+}
+
+/// `netpath debug on`: every decision is logged (aya-log's ring buffer).
+pub const DEBUG_F_ON: u32 = 1;
+
+/// The programs, as the decision log names them.
+pub const PROG_FROM_BRIDGE: u8 = 1;
+pub const PROG_FROM_UPLINK: u8 = 2;
+pub const PROG_FROM_CONTAINER: u8 = 3;
+pub const PROG_XDP_UPLINK: u8 = 4;
+
 /// Per-CPU state of the drop-event rate limit (`NP_EVENT_LIMIT`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -744,6 +798,7 @@ mod user {
     unsafe impl aya::Pod for super::RejectLimit {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::MonitorState {}
+    unsafe impl aya::Pod for super::DebugState {}
     unsafe impl aya::Pod for super::EventLimit {}
     unsafe impl aya::Pod for super::BuildInfo {}
 }

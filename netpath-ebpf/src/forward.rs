@@ -1,7 +1,8 @@
 //! Routing between container subnets of different hosts, unencapsulated ("direct",
 //! host-gw) or through the VXLAN tunnel (see vxlan.rs), and delivery to local containers
 //! straight into their namespaces (`deliver`, from `NP_ENDPOINTS`).
-//! Each function returns the TC action; the one exit (`finish`) counts the outcome.
+//! Each function returns the TC action; the one exit (`finish`) counts the outcome and
+//! logs it when the decision log is on (debug.rs).
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
@@ -9,23 +10,33 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use netpath_common::{Config, MODE_DIRECT, MODE_VXLAN, Reason, reason::Verdict};
+use netpath_common::{
+    Config, MODE_DIRECT, MODE_VXLAN, PROG_FROM_BRIDGE, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    Reason, reason::Verdict,
+};
 
 use crate::{
     counters::{self, PeerDir, count, count_peer},
-    ct, events, icmp,
+    ct, debug, events, icmp,
     maps::{self, CT, ENDPOINTS, PEERS},
-    mtu, nat, parse,
+    mtu, nat,
+    parse::{self, Tuple},
     policy::{self, Decision},
     vxlan, xdp,
 };
 
 const AF_INET: u32 = 2;
 
-/// Counts `outcome` and turns it into a TC action. `Err` reasons pass the packet on
+/// Counts `outcome` (and logs it with `seen`, the input tuple, when the decision log
+/// keeps this packet) and turns it into a TC action. `Err` reasons pass the packet on
 /// unchanged (TC_ACT_UNSPEC, so later TC programs still run) or drop it.
 #[inline(always)]
-fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
+fn finish(
+    ctx: &TcContext,
+    outcome: Result<(i32, Reason), Reason>,
+    seen: Option<Tuple>,
+    prog: u8,
+) -> i32 {
     let (action, reason) = match outcome {
         Ok(done) => done,
         Err(reason) => match reason.verdict() {
@@ -39,11 +50,13 @@ fn finish(ctx: &TcContext, outcome: Result<(i32, Reason), Reason>) -> i32 {
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         events::dropped(ctx, reason, ifindex, false);
     }
+    debug::decided(ctx, seen, prog, reason, action);
     action
 }
 
 pub fn from_bridge(ctx: &TcContext) -> i32 {
-    finish(ctx, try_from_bridge(ctx))
+    let seen = debug::start(ctx);
+    finish(ctx, try_from_bridge(ctx), seen, PROG_FROM_BRIDGE)
 }
 
 /// A container's packet to be routed. Local destinations (the host, its own subnet) are
@@ -215,7 +228,8 @@ fn admit(ctx: &TcContext, ip: &parse::Ipv4, back: Back) -> Result<Option<(i32, R
 }
 
 pub fn from_uplink(ctx: &TcContext) -> i32 {
-    finish(ctx, try_from_uplink(ctx))
+    let seen = debug::start(ctx);
+    finish(ctx, try_from_uplink(ctx), seen, PROG_FROM_UPLINK)
 }
 
 /// A packet from the underlay. Tunnel traffic is checked and decapsulated (vxlan.rs).
@@ -320,8 +334,9 @@ fn peer(ifindex: u32) -> i32 {
 }
 
 pub fn from_container(ctx: &TcContext) -> i32 {
+    let seen = debug::start(ctx);
     match try_from_container(ctx) {
-        Some(outcome) => finish(ctx, outcome),
+        Some(outcome) => finish(ctx, outcome, seen, PROG_FROM_CONTAINER),
         // The host's own, or nothing netpath routes: the bridge (and its program, which
         // counts it) sees it as before.
         None => TC_ACT_UNSPEC,

@@ -5,6 +5,7 @@
 
 mod counters;
 mod ct;
+mod debug;
 mod events;
 mod forward;
 mod icmp;

@@ -9,10 +9,11 @@ use aya_ebpf::{
 };
 use netpath_common::{
     AgentInfo, BuildInfo, CONFIG_F_READY, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE,
-    DockerInfo, EVENTS_SIZE, Endpoint, EventLimit, FleetInfo, GroupMember, MAX_ENDPOINTS,
-    MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS,
-    MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue, PolicyRuleInfo,
-    PolicyState, PolicyVerdict, PublishKey, PublishValue, Reason, RejectLimit, UnderlayValue,
+    DebugState, DockerInfo, EVENTS_SIZE, Endpoint, EventLimit, FleetInfo, GroupMember,
+    MAX_ENDPOINTS, MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH,
+    MAX_REASONS, MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue,
+    PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey, PublishValue, Reason, RejectLimit,
+    UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V2")]
@@ -105,6 +106,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_SIZE, 0);
 /// The rate of drop events the agent allows.
 #[map(name = "NP_MONITOR_V1")]
 pub static MONITOR: Array<MonitorState> = Array::with_max_entries(1, 0);
+
+/// The decision log's switch and match (debug.rs).
+#[map(name = "NP_DEBUG_V1")]
+pub static DEBUG: Array<DebugState> = Array::with_max_entries(1, 0);
 
 /// Drop events emitted this second, suppressed and lost, per CPU.
 #[map(name = "NP_EVENT_LIMIT_V1")]

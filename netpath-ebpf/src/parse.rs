@@ -274,3 +274,49 @@ pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
         + (n & 0xffff) as u64;
     (!fold(sum)).to_be()
 }
+
+/// A packet's addresses, protocol and ports, as a log or an event shows them (network
+/// byte order; ports 0 where the packet has none: a later fragment, another protocol).
+#[derive(Clone, Copy, Default)]
+pub struct Tuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// The tuple of an IPv4 frame, read without validating it (the programs do that): None
+/// for another ethertype or a frame too short for an IPv4 header.
+#[inline(always)]
+pub fn tuple<P: Packet>(ctx: &P) -> Option<Tuple> {
+    let proto = ptr_at::<u16, P>(ctx, 12)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { *proto } != ETH_P_IP_BE {
+        return None;
+    }
+    let ip = ptr_at::<[u8; 20], P>(ctx, ETH_LEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let mut t = Tuple {
+        proto: ip[9],
+        src: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        dst: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        ..Tuple::default()
+    };
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    // Later fragments carry no ports.
+    if ip[6] & 0x1f != 0 || ip[7] != 0 || !(20..=60).contains(&ihl) {
+        return Some(t);
+    }
+    if !matches!(t.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+        return Some(t);
+    }
+    if let Some(l4) = ptr_at::<[u8; 4], P>(ctx, ETH_LEN + ihl) {
+        // SAFETY: bounds checked by ptr_at.
+        let l4 = unsafe { &*l4 };
+        t.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+        t.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+    }
+    Some(t)
+}

@@ -8,12 +8,13 @@
 //! counts each packet once. When the driver has no room for metadata, the packet passes
 //! whole and TC decapsulates it.
 
-use crate::{counters::count, events, maps, parse, vxlan};
+use crate::{counters::count, debug, events, maps, parse, vxlan};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_xdp_adjust_meta,
     programs::{TcContext, XdpContext},
 };
+use netpath_common::PROG_XDP_UPLINK;
 
 /// The metadata XDP puts in front of a packet it decapsulated.
 #[repr(C)]
@@ -44,6 +45,9 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
             // SAFETY: reading a field of the program's own xdp_md.
             let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
             events::dropped(ctx, reason, ifindex, true);
+            // Logged only when dropped: what XDP passes, np_from_uplink logs.
+            let seen = debug::start(ctx);
+            debug::decided(ctx, seen, PROG_XDP_UPLINK, reason, XDP_DROP as i32);
             return XDP_DROP;
         }
     };

@@ -4,12 +4,14 @@
 //! A private copy of the datapath (nothing attached, no map pinned; BPF_PROG_TEST_RUN) is
 //! set up with the agent's own code for a host like the lab's first one: a direct and a
 //! vxlan peer, masquerade, two published ports, policy rules of every action, an
-//! endpoint; the default action is allow, deny and reject for a third of the frames each. Frames are made from a seeded generator (the same seed gives the same frames
-//! and the same outcome): containers' traffic to every kind of destination, traffic
-//! from the underlay (peers' containers, the outside, replies to flows the fuzz saw
-//! masqueraded, VXLAN with good and wrong flags, VNI, peers and inner frames), ICMP
-//! errors quoting such packets, every TCP flag combination; then mutated: truncated,
-//! grown, bad IHL, IP options, fragments, wrong checksums and lengths, flipped bytes.
+//! endpoint; the default action is allow, deny and reject for a third of the frames each,
+//! and the decision log (`netpath debug`) is on for every other thousand. Frames are made
+//! from a seeded generator (the same seed gives the same frames and the same outcome):
+//! containers' traffic to every kind of destination, traffic from the underlay (peers'
+//! containers, the outside, replies to flows the fuzz saw masqueraded, VXLAN with good
+//! and wrong flags, VNI, peers and inner frames), ICMP errors quoting such packets,
+//! every TCP flag combination; then mutated: truncated, grown, bad IHL, IP options,
+//! fragments, wrong checksums and lengths, flipped bytes.
 //!
 //! Checked on every frame: exactly one reason counted (np_from_container: at most one,
 //! exactly one when it acts; XDP: one only when it drops); the verdict is the reason's
@@ -1016,6 +1018,20 @@ pub fn run(frames: u64, seed: u64) -> Result<Report> {
             c.policy.default = [Action::Allow, Action::Deny, Action::Reject][phase.min(2)];
             reconcile::all(&mut maps, &sources::from_config(&c))
                 .context("setting the default action")?;
+        }
+        // The decision log on for every other 1000 frames: logging must change no verdict
+        // and no output (nobody reads its ring buffer, so it soon refuses records, as on a
+        // host where nobody watches).
+        if i % 1000 == 0 {
+            let on = (i / 1000) % 2 == 1;
+            maps.debug.set(
+                0,
+                netpath_common::DebugState {
+                    flags: if on { netpath_common::DEBUG_F_ON } else { 0 },
+                    ..Default::default()
+                },
+                0,
+            )?;
         }
         let program = g.pick(&PROGRAMS);
         let input = if program == prog_names::FROM_BRIDGE || program == prog_names::FROM_CONTAINER {

@@ -208,6 +208,15 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
             l(MapType::Array, 4, size_of::<netpath_common::FleetInfo>(), 1),
         ),
         (
+            map_names::DEBUG,
+            l(
+                MapType::Array,
+                4,
+                size_of::<netpath_common::DebugState>(),
+                1,
+            ),
+        ),
+        (
             map_names::DOCKER,
             l(
                 MapType::Array,

@@ -218,6 +218,7 @@ fn object_maps_match_common_names_and_layouts() {
     let mut names: Vec<&str> = ebpf.maps().map(|(n, _)| n).collect();
     names.sort();
     let mut want = map_names::ALL.to_vec();
+    want.extend(datapath::PRIVATE_MAPS);
     want.sort();
     assert_eq!(names, want);
     for (name, layout) in pin::expected_layouts() {

@@ -356,6 +356,91 @@ fn monitor_sees_a_drop_caused_on_purpose() {
     }
 }
 
+/// `netpath monitor --debug --json` on host `i` while `traffic` runs: its decisions.
+fn decisions_during(lab: &Lab, i: usize, traffic: impl FnOnce()) -> Vec<serde_json::Value> {
+    let mon = lab
+        .netpath(i, &["monitor", "--debug", "--json", "--duration", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(800));
+    traffic();
+    let o = mon.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["event"] == "decision")
+        .collect()
+}
+
+#[test]
+fn the_decision_log_explains_each_packet_it_matches_and_switches_off() {
+    let spec = Spec {
+        containers: 2,
+        ..Spec::default()
+    };
+    let Some(lab) = direct_lab(spec, &[]) else {
+        return;
+    };
+    let (c1, c1_ip) = (
+        lab.hosts[0].containers[0].ns.clone(),
+        lab.hosts[0].containers[0].ip.clone(),
+    );
+    let c2 = lab.hosts[0].containers[1].ns.clone();
+    let peer_ip = lab.hosts[1].containers[0].ip.clone();
+    let (ok, text) = on_host(&lab, 0, &["debug", "on", "--match", &c1_ip]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("for packets from or to {c1_ip}/32")),
+        "{text}"
+    );
+    // status says it is on (it needs attention: it costs while on).
+    let (ok, text) = on_host(&lab, 0, &["status"]);
+    assert!(!ok && text.contains("the decision log is on"), "{text}");
+    let got = decisions_during(&lab, 0, || {
+        assert_eq!(ping(&c1, &peer_ip, 3, "0.2").unwrap().1, 3);
+        // Not matched: another container's traffic.
+        assert_eq!(ping(&c2, &peer_ip, 3, "0.2").unwrap().1, 3);
+    });
+    let out: Vec<_> = got
+        .iter()
+        .filter(|d| d["program"] == "np_from_container" && d["src"] == c1_ip.as_str())
+        .collect();
+    // Each echo request (ping may count its first one again after a neighbour lookup).
+    assert!(out.len() >= 3, "{got:?}");
+    for d in &out {
+        assert_eq!(d["reason"], "fwd-direct", "{d}");
+        assert_eq!(d["action"], "forward", "{d}");
+        assert_eq!(d["dst"], peer_ip.as_str(), "{d}");
+        assert_eq!(d["proto"], "icmp", "{d}");
+        assert_eq!(d["peer"], "h2", "{d}");
+    }
+    // The replies, delivered from the uplink.
+    let back = got
+        .iter()
+        .filter(|d| d["program"] == "np_from_uplink" && d["dst"] == c1_ip.as_str())
+        .count();
+    assert!(back >= 3, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|d| d["src"] == c1_ip.as_str() || d["dst"] == c1_ip.as_str()),
+        "{got:?}"
+    );
+    // Off: nothing more.
+    let (ok, text) = on_host(&lab, 0, &["debug", "off"]);
+    assert!(ok && text.contains("is off"), "{text}");
+    let (ok, text) = on_host(&lab, 0, &["status"]);
+    assert!(ok && !text.contains("decision log"), "{text}");
+    let got = decisions_during(&lab, 0, || {
+        assert_eq!(ping(&c1, &peer_ip, 2, "0.2").unwrap().1, 2);
+    });
+    assert!(got.is_empty(), "{got:?}");
+    // A bad network is refused by the CLI.
+    let (ok, _) = on_host(&lab, 0, &["debug", "on", "--match", "10.244.300.0/24"]);
+    assert!(!ok);
+}
+
 #[test]
 fn monitor_rate_limit_suppresses_a_flood_and_counts_every_drop() {
     let spec = Spec {

@@ -504,6 +504,14 @@ fn start(
         );
     }
     let before = maps.agent()?;
+    if let Ok(d) = maps.debug.get(&0, 0)
+        && d.flags & netpath_common::DEBUG_F_ON != 0
+    {
+        log::warn!(
+            "{} (set by `netpath debug`; it stays on across restarts): `netpath debug off` stops it",
+            crate::inspect::decisions::state_text(&d)
+        );
+    }
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
     let observed = reconcile::observe(&maps).context("reading the pinned maps")?;

@@ -76,6 +76,9 @@ pub enum DumpMap {
     /// since when it has not answered.
     #[value(alias = "NP_FLEET_V1")]
     Fleet,
+    /// The decision log's switch (`netpath debug`): on, and for which network.
+    #[value(alias = "NP_DEBUG_V1")]
+    Debug,
 }
 
 pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
@@ -122,6 +125,11 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         ),
         DumpMap::Fleet => show(
             &crate::inspect::status::fleet(maps, crate::maps::now())?,
+            json,
+            None,
+        ),
+        DumpMap::Debug => show(
+            &crate::inspect::decisions::view(&maps.debug.get(&0, 0)?),
             json,
             None,
         ),

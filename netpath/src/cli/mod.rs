@@ -91,12 +91,25 @@ enum Cmd {
     Monitor {
         #[arg(long)]
         json: bool,
-        /// Stop after this many drops.
+        /// Also the decision log: what each program decided about each packet `netpath
+        /// debug on` selects (program, reason, action, the tuple in and out, peer, rule).
+        #[arg(long)]
+        debug: bool,
+        /// Stop after this many drops (and decisions).
         #[arg(long)]
         count: Option<u64>,
         /// Stop after this many seconds.
         #[arg(long, value_name = "SECONDS", value_parser = watch_secs)]
         duration: Option<f64>,
+    },
+    /// Switch the decision log: each program logs what it decides about each packet
+    /// (through aya-log), shown by `netpath monitor --debug`. Off, it costs one map read
+    /// per packet; it stays as set across agent restarts.
+    ///
+    /// Example: netpath debug on --match 10.244.11.2/32
+    Debug {
+        #[command(subcommand)]
+        what: DebugCmd,
     },
     /// Explain, step by step, what this host's datapath would do with a packet: where it
     /// enters, which peer or local container, policy rule and verdict, conntrack, NAT,
@@ -197,7 +210,8 @@ enum Cmd {
         /// Policy rule counts to measure the lookup at.
         #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
         rules: Vec<usize>,
-        /// Runs per case (the kernel reports their mean).
+        /// Runs per case: each path's packet is run this many times, each time afresh,
+        /// and the kernel's timings averaged; the policy lookup uses the kernel's repeat.
         #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
         /// Peers of the host whose agent reconcile is timed (cold start, restart, one
@@ -303,6 +317,28 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Log every packet's decision, or only packets from or to --match.
+    On {
+        /// A network (or an address, as /32): packets with a source or destination in it.
+        #[arg(long = "match", value_name = "CIDR", value_parser = cidr_or_addr)]
+        matching: Option<ipnet::Ipv4Net>,
+    },
+    /// Stop logging.
+    Off,
+    /// Whether it is on, and for what.
+    Show,
+}
+
+/// A network (its host bits dropped) or one address (/32).
+fn cidr_or_addr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    s.parse::<ipnet::Ipv4Net>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from))
+        .map_err(|_| format!("{s:?}: an IPv4 network (10.244.11.0/24) or address"))
 }
 
 fn watch_secs(s: &str) -> Result<f64, String> {
@@ -482,10 +518,28 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Monitor {
             json,
+            debug,
             count,
             duration,
-        } => {
-            crate::inspect::monitor::run(&pins, json, count, duration.map(Duration::from_secs_f64))
+        } => crate::inspect::monitor::run(
+            &pins,
+            json,
+            count,
+            duration.map(Duration::from_secs_f64),
+            debug,
+        ),
+        Cmd::Debug { what } => {
+            use crate::inspect::decisions;
+            let s = match what {
+                DebugCmd::On { matching } => decisions::set(&pins, true, matching)?,
+                DebugCmd::Off => decisions::set(&pins, false, None)?,
+                DebugCmd::Show => Maps::open(&pins)?.debug.get(&0, 0)?,
+            };
+            println!("{}", decisions::state_text(&s));
+            if s.flags & netpath_common::DEBUG_F_ON != 0 {
+                println!("watch it with `netpath monitor --debug`; `netpath debug off` stops it");
+            }
+            Ok(())
         }
         Cmd::Trace {
             from,

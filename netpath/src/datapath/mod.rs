@@ -19,6 +19,11 @@ use netpath_common::{map_names, prog_names};
 
 use crate::pin::PinDir;
 
+/// Maps of the object that are not netpath's: aya-log's ring buffer of the decision log
+/// and its level (`.rodata`). Each loading process has its own; never pinned (`netpath
+/// monitor --debug` finds the running programs' ring buffer by their id).
+pub const PRIVATE_MAPS: &[&str] = &[".rodata", "AYA_LOGS"];
+
 /// The compiled programs, built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpath"));
 

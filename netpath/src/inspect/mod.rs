@@ -2,6 +2,7 @@
 //! rows and tables, `status`, `dump`, `trace`, `doctor`, `monitor`, and the Prometheus
 //! metrics the agent serves. Nothing here writes a map the programs read.
 
+pub mod decisions;
 pub mod doctor;
 pub mod dump;
 pub mod flows;

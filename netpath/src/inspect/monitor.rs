@@ -1,7 +1,8 @@
 //! `netpath monitor`: drop events as they happen, from the `NP_EVENTS` ring buffer the
 //! programs write (netpath-ebpf events.rs), with the interface and peer resolved here.
 //! The programs report at most `[monitor] rate` drops per second and CPU; the rest are
-//! counted as suppressed, and this reports how many.
+//! counted as suppressed, and this reports how many. With `--debug`, the decision log
+//! too (inspect/decisions.rs).
 
 use std::{
     net::Ipv4Addr,
@@ -15,7 +16,7 @@ use netpath_common::{DropEvent, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Reason, 
 use serde::Serialize;
 
 use crate::{
-    inspect::report,
+    inspect::{decisions, report},
     maps::{Maps, addr_of},
     pin::PinDir,
 };
@@ -107,15 +108,29 @@ pub fn drop_text(d: &DropReport) -> String {
     )
 }
 
-/// Runs until Ctrl-C, `count` drops, or `duration`. One reader at a time: two monitors
-/// on one host share the events between them.
+/// Runs until Ctrl-C, `count` drops (and decisions), or `duration`. One reader at a
+/// time: two monitors on one host share the events between them. With `debug`, the
+/// decision log too (`netpath debug on`), followed across agent restarts.
 pub fn run(
     pins: &PinDir,
     json: bool,
     count: Option<u64>,
     duration: Option<Duration>,
+    debug: bool,
 ) -> Result<()> {
     let maps = Maps::open(pins)?;
+    let mut log = if debug {
+        let state = maps.debug.get(&0, 0)?;
+        if !json {
+            eprintln!("{}", decisions::state_text(&state));
+            if state.flags & netpath_common::DEBUG_F_ON == 0 {
+                eprintln!("note: switch it on with `netpath debug on [--match CIDR]`");
+            }
+        }
+        Some(decisions::Reader::open(pins)?)
+    } else {
+        None
+    };
     let rate = maps.monitor.get(&0, 0)?.rate;
     let map = pins.open(map_names::EVENTS)?;
     let mut ring = RingBuf::try_from(map).context("opening the drop-event ring buffer")?;
@@ -144,10 +159,13 @@ pub fn run(
             None => Duration::from_secs(1),
         };
         let wait = left.min(Duration::from_millis(250));
-        let mut fds = [nix::poll::PollFd::new(
+        let mut fds = vec![nix::poll::PollFd::new(
             ring.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
+        if let Some(l) = &log {
+            fds.push(nix::poll::PollFd::new(l.fd(), nix::poll::PollFlags::POLLIN));
+        }
         match nix::poll::poll(
             &mut fds,
             nix::poll::PollTimeout::try_from(wait).unwrap_or(nix::poll::PollTimeout::MAX),
@@ -155,9 +173,32 @@ pub fn run(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("waiting for drop events"),
         }
+        drop(fds);
         if peers_read.elapsed() > Duration::from_secs(5) {
             peers = report::peer_rows(&maps)?;
             peers_read = Instant::now();
+            // A restarted agent loaded other programs, with their own log.
+            if let Some(l) = &log
+                && decisions::running_prog(pins).is_ok_and(|id| id != l.prog_id)
+            {
+                log = Some(decisions::Reader::open(pins)?);
+            }
+        }
+        if let Some(l) = &mut log {
+            for r in l.take() {
+                let d = decisions::describe(&r, |id| {
+                    peers.iter().find(|p| p.id == id).map(|p| p.name.clone())
+                });
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!("{}", decisions::text(&d));
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
         }
         while let Some(item) = ring.next() {
             let Some(ev) = bytemuck::try_pod_read_unaligned::<DropEvent>(&item).ok() else {

@@ -240,6 +240,13 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             ));
         }
     }
+    let debug = maps.debug.get(&0, 0)?;
+    if debug.flags & netpath_common::DEBUG_F_ON != 0 {
+        problems.push(format!(
+            "{}: each packet it matches costs a log record (netpath monitor --debug shows them); `netpath debug off` when done",
+            crate::inspect::decisions::state_text(&debug)
+        ));
+    }
     let maps_rows = map_rows(pins)?;
     for m in &maps_rows {
         if let Some(f) = m.fill_pct.filter(|f| *f >= FILL_WARN_PCT) {

@@ -65,6 +65,7 @@ pub struct Maps {
     pub endpoints: HashMap<MapData, u32, netpath_common::Endpoint>,
     pub fleet: Array<MapData, netpath_common::FleetInfo>,
     pub docker: Array<MapData, netpath_common::DockerInfo>,
+    pub debug: Array<MapData, netpath_common::DebugState>,
 }
 
 impl Maps {
@@ -100,6 +101,7 @@ impl Maps {
             endpoints: take(map_names::ENDPOINTS)?.try_into()?,
             fleet: take(map_names::FLEET)?.try_into()?,
             docker: take(map_names::DOCKER)?.try_into()?,
+            debug: take(map_names::DEBUG)?.try_into()?,
         })
     }
 
@@ -132,6 +134,7 @@ impl Maps {
             endpoints: pins.open(map_names::ENDPOINTS)?.try_into()?,
             fleet: pins.open(map_names::FLEET)?.try_into()?,
             docker: pins.open(map_names::DOCKER)?.try_into()?,
+            debug: pins.open(map_names::DEBUG)?.try_into()?,
         })
     }
 
