@@ -642,6 +642,14 @@ impl Lab {
         self.hosts[i].agent.as_ref().map(|c| c.id())
     }
 
+    /// Stops the agent of host `i` as an operator would (SIGTERM), and waits for it.
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].agent.take() {
+            let _ = nix_kill(c.id(), libc::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILLs the agent of host `i`: the datapath must stay.
     pub fn kill_agent(&mut self, i: usize) {
         if let Some(mut c) = self.hosts[i].agent.take() {
@@ -1134,4 +1142,14 @@ pub fn remove_lab(id: &str) {
     docker::unmount_under(&dir);
     remove_namespaces(|ns| ns.starts_with(&prefix));
     let _ = fs::remove_dir_all(dir);
+}
+
+/// kill(2).
+fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: a plain syscall.
+    if unsafe { libc::kill(pid as i32, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod fleet_bench;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,6 +41,14 @@ enum Cmd {
     /// Build a lab of 3 hosts with 2 containers each in network namespaces, run netpath
     /// on every host, show traffic crossing and the counters, then tear it all down.
     Demo,
+    /// Soak: three hosts under mixed traffic in every mode for minutes, agents restarted
+    /// every 30 s, peers, ports and rules changed every 10 s; then counters, conntrack
+    /// and memory checked (results in target/soak). Not part of `test`.
+    Soak {
+        /// How long the traffic and the churn run (at least 1).
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
     /// Run the whole test suite: unit tests, packet tests (BPF_PROG_TEST_RUN) and lab tests
     /// in network namespaces (root needed for the last two).
     Test {
@@ -268,6 +277,15 @@ fn run(cli: Cli) -> Result<()> {
                 c
             };
             run_status(cmd.args(args))
+        }
+        Cmd::Soak { minutes } => {
+            if !netpath_tests::is_root() {
+                bail!("the soak builds network namespaces: run it as root");
+            }
+            setup::ensure(true)?;
+            use_binary(&build(true)?);
+            netpath_tests::reap_stale();
+            soak::run(minutes)
         }
         Cmd::Demo => {
             if !netpath_tests::is_root() {

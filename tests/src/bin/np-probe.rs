@@ -18,12 +18,14 @@
 //!                                      message; print "N open", wait (up to 10 min)
 //!                                      for GOFILE to exist, then each echoes again;
 //!                                      print "K of N answered again", exit 0 if all did
-//!   np-probe connrate ADDR PORT SECONDS
+//!   np-probe connrate ADDR PORT SECONDS [PER_SECOND]
 //!                                      open, use and close TCP connections one after the
-//!                                      other; print connections per second
-//!   np-probe rr ADDR PORT SECONDS      TCP request/response on one connection (1 byte
-//!                                      each way, Nagle off) to an echo server; print
-//!                                      "TPS P50_US P99_US COUNT"
+//!                                      other (at most PER_SECOND); print connections per
+//!                                      second
+//!   np-probe rr ADDR PORT SECONDS [PER_SECOND]
+//!                                      TCP request/response on one connection (1 byte
+//!                                      each way, Nagle off; at most PER_SECOND) to an echo
+//!                                      server; print "TPS P50_US P99_US COUNT"
 //!   np-probe udpsink PORT SECONDS      count UDP datagrams on PORT until SECONDS pass or
 //!                                      0.5 s of silence after the first; print
 //!                                      "RECEIVED PPS" (rate between first and last)
@@ -360,11 +362,25 @@ fn raise_fd_limit() {
     }
 }
 
-/// TCP connections opened, used (one echo) and closed in `secs` seconds, one at a time.
-fn connrate(to: SocketAddr, secs: f64) -> (u64, u64) {
-    let until = Instant::now() + Duration::from_secs_f64(secs);
+/// Waits until the `n`-th of `rate` events per second since `start` is due (no wait
+/// without a rate).
+fn pace(start: Instant, n: u64, rate: Option<f64>) {
+    if let Some(r) = rate.filter(|r| *r > 0.0) {
+        let due = start + Duration::from_secs_f64(n as f64 / r);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+}
+
+/// TCP connections opened, used (one echo) and closed in `secs` seconds, one at a time,
+/// at most `rate` per second.
+fn connrate(to: SocketAddr, secs: f64, rate: Option<f64>) -> (u64, u64) {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
     let (mut ok, mut failed) = (0, 0);
     while Instant::now() < until {
+        pace(start, ok + failed, rate);
         let r = TcpStream::connect_timeout(&to, Duration::from_secs(3)).and_then(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             s.write_all(b"x")?;
@@ -380,7 +396,8 @@ fn connrate(to: SocketAddr, secs: f64) -> (u64, u64) {
 
 /// Request/response over one TCP connection for `secs`: transactions per second and the
 /// 50th and 99th percentile of their latency in microseconds, and how many there were.
-fn rr(to: SocketAddr, secs: f64) -> std::io::Result<(f64, f64, f64, usize)> {
+/// At most `rate` transactions per second.
+fn rr(to: SocketAddr, secs: f64, rate: Option<f64>) -> std::io::Result<(f64, f64, f64, usize)> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -389,6 +406,7 @@ fn rr(to: SocketAddr, secs: f64) -> std::io::Result<(f64, f64, f64, usize)> {
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     while Instant::now() < until {
+        pace(start, lat.len() as u64, rate);
         let t = Instant::now();
         s.write_all(b"r")?;
         s.read_exact(&mut b)?;
@@ -498,17 +516,18 @@ fn main() -> ExitCode {
                     open == n && again == n
                 })
         }
-        ["connrate", host, port, t] => addr(host, num(port) as u16).map(|to| {
-            let secs = secs(t);
-            let (ok, failed) = connrate(to, secs);
-            println!(
-                "{:.1} connections/s ({ok} in {secs} s, {failed} failed)",
-                ok as f64 / secs
-            );
-            ok > 0
-        }),
-        ["rr", host, port, t] => addr(host, num(port) as u16)
-            .and_then(|to| rr(to, secs(t)))
+        ["connrate", host, port, t, rest @ ..] if rest.len() <= 1 => addr(host, num(port) as u16)
+            .map(|to| {
+                let secs = secs(t);
+                let (ok, failed) = connrate(to, secs, rest.first().and_then(|r| r.parse().ok()));
+                println!(
+                    "{:.1} connections/s ({ok} in {secs} s, {failed} failed)",
+                    ok as f64 / secs
+                );
+                ok > 0
+            }),
+        ["rr", host, port, t, rest @ ..] if rest.len() <= 1 => addr(host, num(port) as u16)
+            .and_then(|to| rr(to, secs(t), rest.first().and_then(|r| r.parse().ok())))
             .map(|(tps, p50, p99, n)| {
                 println!("{tps:.1} {p50:.1} {p99:.1} {n}");
                 n > 0
