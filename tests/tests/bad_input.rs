@@ -39,6 +39,18 @@ fn bpftool(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The value under `key` (bpftool's words) in the map pinned at `map`, as bytes.
+fn lookup(map: &str, key: &[&str]) -> Vec<u8> {
+    let out = bpftool(&[&["-j", "map", "lookup", "pinned", map, "key"], key].concat()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect()
+}
+
 /// Bytes as bpftool takes them: `0x0a 0xf4 ...`.
 fn hex_args(bytes: &[u8]) -> Vec<String> {
     bytes.iter().map(|b| format!("0x{b:02x}")).collect()
@@ -109,18 +121,7 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
     };
     let h2 = route([10, 244, 12]);
     let stray = route([10, 244, 77]);
-    let value = {
-        let mut a: Vec<&str> = vec!["map", "lookup", "pinned", peers, "key"];
-        a.extend(h2.iter().map(String::as_str));
-        let out = bpftool(&[&["-j"], &a[..]].concat()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect::<Vec<u8>>()
-    };
+    let value = lookup(peers, &h2.iter().map(String::as_str).collect::<Vec<_>>());
     let mut del: Vec<&str> = vec!["map", "delete", "pinned", peers, "key"];
     del.extend(h2.iter().map(String::as_str));
     bpftool(&del).unwrap();
@@ -154,6 +155,50 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
     // stray one counted as removed.
     assert!(
         log.contains("maps changed behind netpath's back, put right: host settings unchanged; peers: 0 added, 0 updated, 0 removed, 1 stray entries removed"),
+        "{log}"
+    );
+    lab.teardown().unwrap();
+}
+
+#[test]
+fn garbage_written_into_the_config_map_is_put_right_by_the_agent() {
+    let Some(mut lab) = lab(2) else { return };
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
+    let config = lab.hosts[0].pin_dir.join("maps").join(map_names::CONFIG);
+    let config = config.to_str().unwrap();
+    let read = || lookup(config, &["0", "0", "0", "0"]);
+    let good = read();
+    assert_eq!(good.len(), size_of::<netpath_common::Config>());
+    // Every byte 0xa5: a subnet, addresses, flags and ifindexes that are nobody's.
+    let garbage = hex_args(&vec![0xa5; good.len()]);
+    let mut update: Vec<&str> = vec![
+        "map", "update", "pinned", config, "key", "0", "0", "0", "0", "value",
+    ];
+    update.extend(garbage.iter().map(String::as_str));
+    bpftool(&update).unwrap();
+    assert_ne!(read(), good);
+    // The agent's next check (every 30 s) writes the host's settings back.
+    let until = Instant::now() + Duration::from_secs(40);
+    while read() != good {
+        assert!(
+            Instant::now() < until,
+            "not put right: {}",
+            lab.diagnose(&[0])
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        ping(&from, &to, 2, "0.1").unwrap().1,
+        2,
+        "{}",
+        lab.diagnose(&[0])
+    );
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(
+        log.contains("maps changed behind netpath's back, put right: host settings written"),
         "{log}"
     );
     lab.teardown().unwrap();

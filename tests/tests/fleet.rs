@@ -49,6 +49,27 @@ fn json_of(lab: &Lab, i: usize, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {o:?}"))
 }
 
+/// `netpath cluster init` (10.244.0.0/16, direct) with host 0's config; its arguments.
+fn init_cluster(lab: &Lab) -> Vec<String> {
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let init: Vec<String> = [
+        "cluster",
+        "init",
+        "--config",
+        &config,
+        "--cidr",
+        "10.244.0.0/16",
+        "--mode",
+        "direct",
+    ]
+    .map(String::from)
+    .to_vec();
+    let args: Vec<&str> = init.iter().map(String::as_str).collect();
+    let o = lab.netpath(0, &args).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    init
+}
+
 fn crosses(lab: &Lab, a: usize, b: usize) {
     let from = &lab.hosts[a].containers[0].ns;
     let to = &lab.hosts[b].containers[0].ip;
@@ -71,18 +92,8 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
     let endpoints = lab.etcd(1).unwrap();
     lab.write_fleet_configs(&endpoints, 5).unwrap();
     let config = lab.hosts[0].config.to_str().unwrap().to_owned();
-    let init = [
-        "cluster",
-        "init",
-        "--config",
-        &config,
-        "--cidr",
-        "10.244.0.0/16",
-        "--mode",
-        "direct",
-    ];
-    let o = lab.netpath(0, &init).output().unwrap();
-    assert!(o.status.success(), "{o:?}");
+    let init = init_cluster(&lab);
+    let init: Vec<&str> = init.iter().map(String::as_str).collect();
     let again = lab.netpath(0, &init).output().unwrap();
     assert!(!again.status.success());
     assert!(
@@ -494,5 +505,48 @@ fn a_full_disk_for_the_subnet_file_refuses_the_start_and_gives_the_lease_back() 
     lab.start(0).unwrap();
     let file_text = std::fs::read_to_string(&file).unwrap();
     assert!(file_text.contains("NETPATH_SUBNET=10.244."), "{file_text}");
+    lab.teardown().unwrap();
+}
+
+#[test]
+fn garbage_registrations_in_etcd_are_skipped_and_logged_and_change_nothing() {
+    let Some(mut lab) = lab(2) else { return };
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    init_cluster(&lab);
+    lab.start_all().unwrap();
+    // Both ways before the first ping: h2 must know h1 to answer.
+    wait_peers(&lab, 0, &["h2"], 10);
+    wait_peers(&lab, 1, &["h1"], 10);
+    crosses(&lab, 0, 1);
+    let h2 = lab
+        .etcdctl("get /netpath/subnets/10.244.12.0-24 --print-value-only")
+        .unwrap();
+    let h2 = h2.trim();
+    assert!(h2.contains("\"host\":\"h2\""), "{h2}");
+    // What a broken or hostile writer could leave: not JSON, a key that is no subnet, a
+    // well-formed registration of another host over part of h2's subnet.
+    let evil = h2.replace("\"host\":\"h2\"", "\"host\":\"evil\"");
+    for (key, value) in [
+        ("10.244.50.0-24", "not-json"),
+        ("not-a-subnet", h2),
+        ("10.244.12.0-25", evil.as_str()),
+    ] {
+        lab.etcdctl(&format!("put /netpath/subnets/{key} {value}"))
+            .unwrap();
+    }
+    thread::sleep(Duration::from_secs(2));
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert!(log.contains("etcd: skipping"), "{log}");
+    assert!(log.contains("etcd: skipped"), "{log}");
+    // Nothing changed: the same peer, traffic both ways, and after a restart (which
+    // lists the garbage afresh) too.
+    assert_eq!(etcd_peers(&lab, 0), ["h2"]);
+    crosses(&lab, 0, 1);
+    crosses(&lab, 1, 0);
+    lab.kill_agent(0);
+    lab.start(0).unwrap();
+    wait_peers(&lab, 0, &["h2"], 10);
+    crosses(&lab, 0, 1);
     lab.teardown().unwrap();
 }
