@@ -9,7 +9,7 @@ pub use reason::Reason;
 
 /// Layout version of the set of maps below: bumped whenever one map's key or value changes
 /// (and that map's own `_V<n>` suffix with it), so an agent never reuses a pinned map of
-/// another layout: it migrates the pinned maps of an older one (netpath/src/datapath/
+/// another layout: it migrates the pinned maps of an older one (netpath/src/reconcile/
 /// migrate.rs says how each map is carried) and refuses a newer one.
 #[cfg(not(feature = "layout-test"))]
 pub const LAYOUT_VERSION: u32 = 2;

@@ -1,5 +1,5 @@
 //! The decision log (`netpath debug on [--match CIDR]`): each program's verdict on each
-//! packet, through aya-log's ring buffer, read by `netpath monitor --debug` or the agent.
+//! packet, through aya-log's ring buffer, read by `netpath monitor --debug`.
 //! Off, it costs one read of `NP_DEBUG` per packet ([`start`]); on, a matching packet's
 //! input tuple is kept and, at the program's exit, logged with the reason, the action,
 //! the output tuple, the peer and the policy rule of its flow ([`decided`]).

@@ -330,24 +330,15 @@ pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
     // on, a packet it does not match costs the tuple read and the match; one it matches
     // the lookups of its peer and rule and the record (here the ring buffer fills at once,
     // nobody reading it, so from then on the record is refused, not written).
-    let on = |net: [u8; 4], len: u32| netpath_common::DebugState {
-        flags: netpath_common::DEBUG_F_ON,
-        match_addr: u32::from_ne_bytes(net),
-        match_mask: if len == 0 {
-            0
-        } else {
-            (u32::MAX << (32 - len)).to_be()
-        },
-        _pad: 0,
-    };
+    use crate::inspect::decisions;
     for (case, state) in [
         (
             "forward to a direct peer, decision log on, not matching",
-            on([10, 244, 99, 0], 24),
+            decisions::state(true, Some(Ipv4Net::new(Ipv4Addr::new(10, 244, 99, 0), 24)?)),
         ),
         (
             "forward to a direct peer, decision log on, matching (ring buffer full)",
-            on([0; 4], 0),
+            decisions::state(true, None),
         ),
     ] {
         maps.debug.set(0, state, 0)?;
@@ -359,8 +350,7 @@ pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
             ns_per_packet: per_packet(&mut ebpf, case, program, &input, TC_ACT_REDIRECT, repeat)?,
         });
     }
-    maps.debug
-        .set(0, netpath_common::DebugState::default(), 0)?;
+    maps.debug.set(0, decisions::state(false, None), 0)?;
     Ok(rows)
 }
 

@@ -1024,14 +1024,8 @@ pub fn run(frames: u64, seed: u64) -> Result<Report> {
         // host where nobody watches).
         if i % 1000 == 0 {
             let on = (i / 1000) % 2 == 1;
-            maps.debug.set(
-                0,
-                netpath_common::DebugState {
-                    flags: if on { netpath_common::DEBUG_F_ON } else { 0 },
-                    ..Default::default()
-                },
-                0,
-            )?;
+            maps.debug
+                .set(0, crate::inspect::decisions::state(on, None), 0)?;
         }
         let program = g.pick(&PROGRAMS);
         let input = if program == prog_names::FROM_BRIDGE || program == prog_names::FROM_CONTAINER {

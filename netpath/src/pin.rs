@@ -43,6 +43,7 @@ pub fn split_name(name: &str) -> Option<(&str, u32)> {
     }
     Some((family, v.parse().ok()?))
 }
+
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 #[derive(Clone, Debug)]

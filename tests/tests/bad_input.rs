@@ -26,6 +26,27 @@ fn lab(hosts: usize) -> Option<Lab> {
     Some(lab)
 }
 
+/// Two hosts running netpath, and a container of the first with the address of one of
+/// the second, shown to reach it.
+fn two_hosts_up() -> Option<(Lab, String, String)> {
+    let mut lab = lab(2)?;
+    lab.start_all().unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
+    Some((lab, from, to))
+}
+
+/// Writes `value` under `key` (bytes) in the map pinned at `map`.
+fn update(map: &str, key: &[u8], value: &[u8]) {
+    let (key, value) = (hex_args(key), hex_args(value));
+    let mut args: Vec<&str> = vec!["map", "update", "pinned", map, "key"];
+    args.extend(key.iter().map(String::as_str));
+    args.push("value");
+    args.extend(value.iter().map(String::as_str));
+    bpftool(&args).unwrap();
+}
+
 /// `bpftool ARGS`; its stdout, or Err with its stderr.
 fn bpftool(args: &[&str]) -> Result<String, String> {
     let o = Command::new("bpftool")
@@ -105,11 +126,9 @@ fn a_pinned_map_of_another_layout_is_refused_and_nothing_is_attached() {
 
 #[test]
 fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
-    let Some(mut lab) = lab(2) else { return };
-    lab.start_all().unwrap();
-    let from = lab.hosts[0].containers[0].ns.clone();
-    let to = lab.hosts[1].containers[0].ip.clone();
-    assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
     let peers = lab.hosts[0].pin_dir.join("maps").join(map_names::PEERS);
     let peers = peers.to_str().unwrap();
     // LPM keys: prefix length (u32, host order), then the address.
@@ -117,20 +136,15 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
         let mut k = 24u32.to_ne_bytes().to_vec();
         k.extend(net);
         k.push(0);
-        hex_args(&k)
+        k
     };
-    let h2 = route([10, 244, 12]);
-    let stray = route([10, 244, 77]);
+    let (h2_key, stray_key) = (route([10, 244, 12]), route([10, 244, 77]));
+    let (h2, stray) = (hex_args(&h2_key), hex_args(&stray_key));
     let value = lookup(peers, &h2.iter().map(String::as_str).collect::<Vec<_>>());
     let mut del: Vec<&str> = vec!["map", "delete", "pinned", peers, "key"];
     del.extend(h2.iter().map(String::as_str));
     bpftool(&del).unwrap();
-    let value = hex_args(&value);
-    let mut add: Vec<&str> = vec!["map", "update", "pinned", peers, "key"];
-    add.extend(stray.iter().map(String::as_str));
-    add.push("value");
-    add.extend(value.iter().map(String::as_str));
-    bpftool(&add).unwrap();
+    update(peers, &stray_key, &value);
     // h2's containers are unreachable now...
     assert_eq!(
         ping(&from, &to, 2, "0.1").unwrap().1,
@@ -162,23 +176,16 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
 
 #[test]
 fn garbage_written_into_the_config_map_is_put_right_by_the_agent() {
-    let Some(mut lab) = lab(2) else { return };
-    lab.start_all().unwrap();
-    let from = lab.hosts[0].containers[0].ns.clone();
-    let to = lab.hosts[1].containers[0].ip.clone();
-    assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
+    let Some((mut lab, from, to)) = two_hosts_up() else {
+        return;
+    };
     let config = lab.hosts[0].pin_dir.join("maps").join(map_names::CONFIG);
     let config = config.to_str().unwrap();
     let read = || lookup(config, &["0", "0", "0", "0"]);
     let good = read();
     assert_eq!(good.len(), size_of::<netpath_common::Config>());
     // Every byte 0xa5: a subnet, addresses, flags and ifindexes that are nobody's.
-    let garbage = hex_args(&vec![0xa5; good.len()]);
-    let mut update: Vec<&str> = vec![
-        "map", "update", "pinned", config, "key", "0", "0", "0", "0", "value",
-    ];
-    update.extend(garbage.iter().map(String::as_str));
-    bpftool(&update).unwrap();
+    update(config, &[0; 4], &vec![0xa5; good.len()]);
     assert_ne!(read(), good);
     // The agent's next check (every 30 s) writes the host's settings back.
     let until = Instant::now() + Duration::from_secs(40);

@@ -17,7 +17,7 @@ use netpath_common::{
 };
 use serde::Serialize;
 
-use crate::{inspect::report, maps::Maps, pin::PinDir, sys};
+use crate::{maps::Maps, pin::PinDir, sys};
 
 /// What `describe` makes of a record.
 #[derive(Serialize, Debug, Clone)]
@@ -191,14 +191,6 @@ pub fn text(d: &DecisionReport) -> String {
     )
 }
 
-/// Peer names by id, for `describe`.
-pub fn peer_names(maps: &Maps) -> Result<std::collections::HashMap<u32, String>> {
-    Ok(report::peer_rows(maps)?
-        .into_iter()
-        .map(|p| (p.id, p.name))
-        .collect())
-}
-
 /// `NP_DEBUG`, readable (`dump debug`).
 #[derive(Serialize, Debug)]
 pub struct DebugView {
@@ -232,6 +224,17 @@ pub fn state_text(s: &DebugState) -> String {
     }
 }
 
+/// The `NP_DEBUG` entry for the log on (for packets from or to `matching`, or every
+/// packet) or off.
+pub fn state(on: bool, matching: Option<ipnet::Ipv4Net>) -> DebugState {
+    DebugState {
+        flags: if on { DEBUG_F_ON } else { 0 },
+        match_addr: matching.map_or(0, |n| u32::from(n.network()).to_be()),
+        match_mask: matching.map_or(0, |n| u32::from(n.netmask()).to_be()),
+        _pad: 0,
+    }
+}
+
 /// Switches the log: `on` with an optional network to match, or off.
 pub fn set(pins: &PinDir, on: bool, matching: Option<ipnet::Ipv4Net>) -> Result<DebugState> {
     if !on && matching.is_some() {
@@ -239,12 +242,7 @@ pub fn set(pins: &PinDir, on: bool, matching: Option<ipnet::Ipv4Net>) -> Result<
     }
     let _lock = pins.lock()?;
     let mut maps = Maps::open(pins)?;
-    let s = DebugState {
-        flags: if on { DEBUG_F_ON } else { 0 },
-        match_addr: matching.map_or(0, |n| u32::from(n.network()).to_be()),
-        match_mask: matching.map_or(0, |n| u32::from(n.netmask()).to_be()),
-        _pad: 0,
-    };
+    let s = state(on, matching);
     maps.debug.set(0, s, 0)?;
     Ok(s)
 }

@@ -64,9 +64,14 @@ pub const POINTS: &[&str] = &["swapped"];
 /// Kills the process (SIGKILL) when the armed point is `point`.
 pub fn at(point: &str) {
     if POINT.get().is_some_and(|p| p == point) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        std::process::abort();
+        die();
     }
+}
+
+/// kill -9 of this process: no destructor, no flush, no core file.
+fn die() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    std::process::abort();
 }
 
 /// Called before each map write of a reconciler.
@@ -77,9 +82,7 @@ pub fn write() -> Result<()> {
     }
     if LEFT.fetch_sub(1, Ordering::SeqCst) == 0 {
         if ABORT.load(Ordering::SeqCst) {
-            // kill -9 itself: no destructor, no flush, no core file.
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-            std::process::abort();
+            die();
         }
         LEFT.store(-1, Ordering::SeqCst);
         bail!("injected fault ({ENV})");

@@ -223,21 +223,16 @@ struct Shape {
 
 impl Shape {
     fn of(info: &MapInfo) -> Result<Shape> {
-        let map_type = info.map_type()?;
-        let per_cpu = matches!(
-            map_type,
-            MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash
-        );
-        Ok(Shape {
-            map_type,
+        let mut shape = Shape {
+            map_type: info.map_type()?,
             key: info.key_size() as usize,
             value: info.value_size() as usize,
-            cpus: if per_cpu {
-                aya::util::nr_cpus().map_err(|(_, e)| e)?
-            } else {
-                1
-            },
-        })
+            cpus: 1,
+        };
+        if shape.per_cpu() {
+            shape.cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        }
+        Ok(shape)
     }
 
     fn per_cpu(&self) -> bool {
@@ -270,8 +265,8 @@ fn append(old: &Shape, new: &Shape, v: &[u8]) -> Vec<u8> {
     } else {
         (old.value, new.value)
     };
+    let n = old.value.min(new.value);
     for c in 0..old.cpus.min(new.cpus) {
-        let n = old.value.min(new.value);
         out[c * ns..c * ns + n].copy_from_slice(&v[c * os..c * os + n]);
     }
     out
@@ -516,12 +511,16 @@ fn carry_again(pins: &PinDir, step: &mut Step) -> Result<usize> {
     let pair = Pair::open(pins, step)?;
     let mut again = 0;
     for (k, v) in entries(&pair.old, &pair.old_shape)? {
-        let cur = sys::lookup(pair.new.as_fd(), &k, pair.new_shape.value_len())?;
         let then = step.snapshot.get(&k);
+        // Most entries did not change since the last pass: nothing to carry, no lookup.
+        if then == Some(&v) {
+            continue;
+        }
+        let cur = sys::lookup(pair.new.as_fd(), &k, pair.new_shape.value_len())?;
         let write = match (cur, then) {
-            // Made by an old program after the copy (arrays always have every entry).
+            // Made by an old program after the last pass (arrays always have every entry).
             (None, _) => Some((pair.convert(&v), 1)),
-            (Some(cur), Some(then)) if *then != v => match step.carry {
+            (Some(cur), Some(then)) => match step.carry {
                 Carry::Sums => Some((add_delta(&cur, &pair.convert(&v), &pair.convert(then)), 0)),
                 // Refreshed by an old program; kept if a new one wrote it since.
                 _ if cur == pair.convert(then) => Some((pair.convert(&v), 0)),
