@@ -599,6 +599,19 @@ impl Lab {
     /// Starts host `i`'s agent from `bin` (another build of netpath: the upgrade tests),
     /// with `env` added to its environment, and waits for it to attach.
     pub fn start_bin(&mut self, i: usize, bin: &Path, env: &[(&str, &str)]) -> Result<()> {
+        self.start_with(i, bin, |c| {
+            c.envs(env.iter().copied());
+        })
+    }
+
+    /// Starts host `i`'s agent from `bin`, its command first given to `set` (a test's
+    /// environment, or a cgroup to start in), and waits for it to attach.
+    pub fn start_with(
+        &mut self,
+        i: usize,
+        bin: &Path,
+        set: impl FnOnce(&mut Command),
+    ) -> Result<()> {
         ensure_bpffs()?;
         let h = &mut self.hosts[i];
         let marker = format!("datapath at {}", h.pin_dir.display());
@@ -611,10 +624,10 @@ impl Lab {
             .append(true)
             .open(&h.log)?;
         let config = h.config.clone();
-        let child = self
-            .netpath_bin(i, bin, &["run", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
+        let mut cmd = self.netpath_bin(i, bin, &["run", "--config"]);
+        cmd.arg(config);
+        set(&mut cmd);
+        let child = cmd
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -1,6 +1,7 @@
 //! Bad input that is not a config file, a CLI argument or a packet (those have their own
 //! tests): pinned maps changed behind netpath's back with bpftool, as an operator might.
-//! Each gets a clear error or is put right; nothing is half-done.
+//! Each gets a clear error or is put right; nothing is half-done. And maps the kernel has
+//! no memory for (bpffs itself has no size to fill).
 
 use std::{
     process::Command,
@@ -208,5 +209,210 @@ fn garbage_written_into_the_config_map_is_put_right_by_the_agent() {
         log.contains("maps changed behind netpath's back, put right: host settings written"),
         "{log}"
     );
+    lab.teardown().unwrap();
+}
+
+/// A memory cgroup of the test's own under the test's (v1 `memory.limit_in_bytes` or v2
+/// `memory.max`), removed when dropped.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = format!("np-test-{}", std::process::id());
+        let (dir, file) = if let Some(v1) = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            (f.nth(1)? == "memory").then(|| f.next().unwrap().to_string())
+        }) {
+            let base = std::path::Path::new("/sys/fs/cgroup/memory");
+            (
+                base.join(v1.trim_start_matches('/')).join(&name),
+                "memory.limit_in_bytes",
+            )
+        } else {
+            let v2 = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            let base = std::path::Path::new("/sys/fs/cgroup");
+            (
+                base.join(v2.trim_start_matches('/')).join(&name),
+                "memory.max",
+            )
+        };
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let cg = MemoryCgroup(dir);
+        std::fs::write(cg.0.join(file), limit.to_string()).unwrap();
+        cg
+    }
+
+    /// Makes `cmd`'s process start in this cgroup.
+    fn enter(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.0
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: between fork and exec only open, write and close, on memory made before.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // A process still in it (a test that failed before stopping its agent) goes back
+        // to the parent, which a cgroup must be empty to be removed.
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        let parent = self.0.parent().unwrap().join("cgroup.procs");
+        for pid in procs.lines() {
+            let _ = std::fs::write(&parent, pid);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn maps_the_kernel_has_no_memory_for_are_refused_clearly_and_nothing_is_left() {
+    let Some(mut lab) = lab(2) else { return };
+    // bpffs has no size to fill: what runs out is the memory maps are charged to (the
+    // creating process's memory cgroup). 16M entries of the conntrack and of the NAT
+    // table, the largest the config takes, are more than the agent's cgroup may have.
+    let config = lab.hosts[0].config.clone();
+    let good = std::fs::read_to_string(&config).unwrap();
+    lab.append_config(0, "[conntrack]\nsize = 16777216\n")
+        .unwrap();
+    let cg = MemoryCgroup::new(256 << 20);
+    let mut run = lab.netpath(0, &["run", "--config"]);
+    run.arg(&config);
+    cg.enter(&mut run);
+    let out = run.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // Either table can be the first created.
+    assert!(
+        [map_names::CT, map_names::NAT]
+            .iter()
+            .any(|m| err.contains(&format!("the kernel has no memory for map {m} ")))
+            && err.contains("16777216 entries")
+            && err.contains("lower [conntrack].size (default 65536)"),
+        "{err}"
+    );
+    // Nothing was attached and nothing is left pinned.
+    let pins = &lab.hosts[0].pin_dir;
+    for dir in ["maps", "links"] {
+        let left: Vec<_> = std::fs::read_dir(pins.join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    // As the message says: with the default size it starts in the same cgroup, and
+    // forwards.
+    std::fs::write(&config, good).unwrap();
+    lab.start_with(0, &netpath_tests::netpath_bin(), |c| cg.enter(c))
+        .unwrap();
+    lab.start(1).unwrap();
+    let (from, to) = (
+        &lab.hosts[0].containers[0].ns,
+        &lab.hosts[1].containers[0].ip,
+    );
+    assert_eq!(
+        ping(from, to, 2, "0.1").unwrap().1,
+        2,
+        "{}",
+        lab.diagnose(&[0, 1])
+    );
+    lab.stop_agent(0);
+    drop(cg);
+    lab.teardown().unwrap();
+}
+
+/// Agents a test started by hand, killed when dropped.
+struct Agents(Vec<std::process::Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn two_agents_racing_for_one_pin_dir_leave_one_running_and_the_other_refused() {
+    let Some(mut lab) = lab(2) else { return };
+    lab.start(1).unwrap();
+    let from = lab.hosts[0].containers[0].ns.clone();
+    let to = lab.hosts[1].containers[0].ip.clone();
+    let dir = lab.hosts[0].log.parent().unwrap().to_path_buf();
+    for round in ["fresh", "adopting"] {
+        // Started together: on an empty pin dir, then on the datapath the first round's
+        // winner left when it was killed.
+        let logs: Vec<_> = (0..2)
+            .map(|k| dir.join(format!("race-{round}-{k}.log")))
+            .collect();
+        let mut agents = Agents(Vec::new());
+        for log in &logs {
+            let out = std::fs::File::create(log).unwrap();
+            let mut run = lab.netpath(0, &["run", "--config"]);
+            run.arg(&lab.hosts[0].config)
+                .stdout(out.try_clone().unwrap())
+                .stderr(out);
+            agents.0.push(run.spawn().unwrap());
+        }
+        let read = |k: usize| std::fs::read_to_string(&logs[k]).unwrap_or_default();
+        let until = Instant::now() + Duration::from_secs(30);
+        let loser = loop {
+            if let Some(k) = (0..2).find(|&k| agents.0[k].try_wait().unwrap().is_some()) {
+                break k;
+            }
+            assert!(
+                Instant::now() < until,
+                "{round}: both still run:\n{}\n{}",
+                read(0),
+                read(1)
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        let winner = 1 - loser;
+        let status = agents.0[loser].wait().unwrap();
+        assert!(!status.success(), "{round}: {}", read(loser));
+        assert!(
+            read(loser).contains("already manages") && !read(loser).contains("datapath at"),
+            "{round}: {}",
+            read(loser)
+        );
+        let marker = format!("datapath at {}", lab.hosts[0].pin_dir.display());
+        while !read(winner).contains(&marker) {
+            assert!(
+                agents.0[winner].try_wait().unwrap().is_none() && Instant::now() < until,
+                "{round}: {}",
+                read(winner)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            ping(&from, &to, 2, "0.1").unwrap().1,
+            2,
+            "{round}: {}",
+            lab.diagnose(&[0, 1])
+        );
+        // The winner is killed (-9): the datapath stays for the next round.
+        drop(agents);
+        assert_eq!(
+            ping(&from, &to, 2, "0.1").unwrap().1,
+            2,
+            "{round}: after the kill"
+        );
+    }
     lab.teardown().unwrap();
 }

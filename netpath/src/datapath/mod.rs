@@ -47,7 +47,10 @@ pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32)
             loader.map_pin_path(name, path);
         }
     }
-    let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| no_memory(&e, ct_size).unwrap_or_else(|| e.into()))
+        .context("loading the eBPF object")?;
     // XDP is loaded even with `xdp = "off"`: a config change needs no other object.
     for name in [
         prog_names::FROM_BRIDGE,
@@ -67,6 +70,34 @@ pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32)
             )
         })?;
     Ok(ebpf)
+}
+
+/// A map the kernel would not create for want of memory (the memory cgroup it is charged
+/// to, or RLIMIT_MEMLOCK before Linux 5.11), said with its size and what to do.
+fn no_memory(e: &aya::EbpfError, ct_size: u32) -> Option<anyhow::Error> {
+    use netpath_common::{CtEntry, CtKey, NatKey, NatValue};
+    let chain = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
+    let (name, io) = chain.into_iter().find_map(|e| match e.downcast_ref() {
+        Some(aya::maps::MapError::CreateError { name, io_error }) => Some((name, io_error)),
+        _ => None,
+    })?;
+    if !matches!(io.raw_os_error(), Some(libc::ENOMEM | libc::EPERM)) {
+        return None;
+    }
+    let entry = match name.as_str() {
+        map_names::CT => size_of::<CtKey>() + size_of::<CtEntry>(),
+        map_names::NAT => size_of::<NatKey>() + size_of::<NatValue>(),
+        _ => {
+            return Some(anyhow::anyhow!(
+                "the kernel has no memory for map {name} ({io}): give the agent more (its memory cgroup's limit, or RLIMIT_MEMLOCK before Linux 5.11)"
+            ));
+        }
+    };
+    let mib = (ct_size as u64 * entry as u64) >> 20;
+    Some(anyhow::anyhow!(
+        "the kernel has no memory for map {name} ({io}): {ct_size} entries of {entry} bytes, at least {mib} MiB; lower [conntrack].size (default {}) or give the agent more memory (its memory cgroup's limit, or RLIMIT_MEMLOCK before Linux 5.11)",
+        netpath_common::DEFAULT_CT_SIZE
+    ))
 }
 
 /// The program `name` of the object, as its type.
