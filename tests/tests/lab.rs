@@ -408,7 +408,7 @@ fn agent_killed_in_the_middle_of_a_large_change_finishes_it_after_restart() {
     let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
     let last = log.lines().rfind(|l| l.contains("reconciled in")).unwrap();
     assert!(
-        last.contains("peers: 0 added, 0 updated, 0 removed, 0 stray entries removed")
+        last.contains("peers: 0 added, 0 updated, 0 removed, 0 restored, 0 stray entries removed")
             && last.contains("policy unchanged"),
         "{last}"
     );

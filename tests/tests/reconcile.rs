@@ -174,7 +174,8 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         .unwrap();
     let fixed = reconcile::peers::reconcile(&mut dp.maps, &next.peers).unwrap();
     assert_eq!(fixed.orphans, 2, "{fixed:?}");
-    assert!(fixed.added.is_empty() && fixed.removed.is_empty());
+    assert_eq!(fixed.restored, ["d"], "{fixed:?}");
+    assert!(fixed.added.is_empty() && fixed.updated.is_empty() && fixed.removed.is_empty());
     assert_eq!(snapshot(&dp.maps), after);
     assert_eq!(dp.peer("d").id, d.id);
 

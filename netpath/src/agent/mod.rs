@@ -421,14 +421,26 @@ fn apply(
     }
     if news == News::Repair {
         if !c.is_empty() {
+            let restored = match c.peers.restored.as_slice() {
+                [] => String::new(),
+                names => format!(" (restored: {})", names.join(", ")),
+            };
             log::warn!(
-                "maps changed behind netpath's back, put right: {}",
+                "maps changed behind netpath's back, put right: {}{restored}",
                 c.summary()
             );
         }
         return Some(merge);
     }
-    if !c.peers.is_empty() {
+    let p = &c.peers;
+    if !p.restored.is_empty() || p.orphans > 0 {
+        log::warn!(
+            "maps changed behind netpath's back, put right: peers {:?} restored, {} stray entries removed",
+            p.restored,
+            p.orphans
+        );
+    }
+    if !(p.added.is_empty() && p.updated.is_empty() && p.removed.is_empty()) {
         log::info!(
             "etcd: {} hosts as peers; {} added {:?}, {} updated {:?}, {} removed {:?}",
             merge.kept_etcd,
@@ -549,6 +561,7 @@ fn start(
         ("peers added", &c.peers.added),
         ("peers updated", &c.peers.updated),
         ("peers removed", &c.peers.removed),
+        ("peers restored", &c.peers.restored),
         ("ports added", &c.publish.added),
         ("ports updated", &c.publish.updated),
         ("ports removed", &c.publish.removed),

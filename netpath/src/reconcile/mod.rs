@@ -54,7 +54,7 @@ impl Changes {
     /// One line for the log: what each reconciler did.
     pub fn summary(&self) -> String {
         format!(
-            "host settings {}; peers: {} added, {} updated, {} removed, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
+            "host settings {}; peers: {} added, {} updated, {} removed, {} restored, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
             if self.host.any() {
                 "written"
             } else {
@@ -63,6 +63,7 @@ impl Changes {
             self.peers.added.len(),
             self.peers.updated.len(),
             self.peers.removed.len(),
+            self.peers.restored.len(),
             self.peers.orphans,
             self.publish.added.len(),
             self.publish.updated.len(),

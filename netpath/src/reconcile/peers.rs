@@ -83,6 +83,9 @@ pub struct PeerChanges {
     pub added: Vec<String>,
     pub updated: Vec<String>,
     pub removed: Vec<String>,
+    /// Peers whose info was right but whose route or underlay entry was missing or
+    /// another's (a change cut short, or an entry deleted by hand): written back.
+    pub restored: Vec<String>,
     /// Route and underlay entries that no peer owned (left by a crash), removed.
     pub orphans: usize,
 }
@@ -92,6 +95,7 @@ impl PeerChanges {
         self.added.is_empty()
             && self.updated.is_empty()
             && self.removed.is_empty()
+            && self.restored.is_empty()
             && self.orphans == 0
     }
 }
@@ -144,7 +148,8 @@ pub(crate) fn reconcile_from(
                     puts.push((*id, info, false));
                 } else if !in_place {
                     // Its info is right but a route or underlay entry is missing or
-                    // another's: a change was cut short.
+                    // another's: a change was cut short, or a hand deleted it.
+                    changes.restored.push(d.item.name.clone());
                     puts.push((*id, info, false));
                 }
                 want.insert(*id, info);
