@@ -72,8 +72,9 @@ pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32)
     Ok(ebpf)
 }
 
-/// A map the kernel would not create for want of memory (the memory cgroup it is charged
-/// to, or RLIMIT_MEMLOCK before Linux 5.11), said with its size and what to do.
+/// A map the kernel would not create for want of memory (charged to the creating
+/// process's memory cgroup) or of permission (root, or RLIMIT_MEMLOCK before Linux 5.11),
+/// said with its size and what to do; None for other errors.
 fn no_memory(e: &aya::EbpfError, ct_size: u32) -> Option<anyhow::Error> {
     use netpath_common::{CtEntry, CtKey, NatKey, NatValue};
     let chain = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
@@ -81,21 +82,27 @@ fn no_memory(e: &aya::EbpfError, ct_size: u32) -> Option<anyhow::Error> {
         Some(aya::maps::MapError::CreateError { name, io_error }) => Some((name, io_error)),
         _ => None,
     })?;
-    if !matches!(io.raw_os_error(), Some(libc::ENOMEM | libc::EPERM)) {
-        return None;
+    match io.raw_os_error() {
+        Some(libc::ENOMEM) => {}
+        Some(libc::EPERM) => {
+            return Some(anyhow::anyhow!(
+                "the kernel did not permit creating map {name} ({io}): the agent needs root (CAP_BPF and CAP_NET_ADMIN); before Linux 5.11 a too small RLIMIT_MEMLOCK gives this too"
+            ));
+        }
+        _ => return None,
     }
     let entry = match name.as_str() {
         map_names::CT => size_of::<CtKey>() + size_of::<CtEntry>(),
         map_names::NAT => size_of::<NatKey>() + size_of::<NatValue>(),
         _ => {
             return Some(anyhow::anyhow!(
-                "the kernel has no memory for map {name} ({io}): give the agent more (its memory cgroup's limit, or RLIMIT_MEMLOCK before Linux 5.11)"
+                "the kernel has no memory for map {name} ({io}): give the agent more (its memory cgroup's limit)"
             ));
         }
     };
     let mib = (ct_size as u64 * entry as u64) >> 20;
     Some(anyhow::anyhow!(
-        "the kernel has no memory for map {name} ({io}): {ct_size} entries of {entry} bytes, at least {mib} MiB; lower [conntrack].size (default {}) or give the agent more memory (its memory cgroup's limit, or RLIMIT_MEMLOCK before Linux 5.11)",
+        "the kernel has no memory for map {name} ({io}): {ct_size} entries of {entry} bytes, at least {mib} MiB; lower [conntrack].size (default {}) or give the agent more memory (its memory cgroup's limit)",
         netpath_common::DEFAULT_CT_SIZE
     ))
 }
@@ -116,4 +123,40 @@ pub fn object_digest() -> u64 {
     OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(name: &str, errno: i32) -> aya::EbpfError {
+        aya::maps::MapError::CreateError {
+            name: name.into(),
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_map_refused_for_memory_or_permission_is_explained_and_others_are_left_alone() {
+        let ct = no_memory(&refused(map_names::CT, libc::ENOMEM), 1 << 24).unwrap();
+        let ct = ct.to_string();
+        assert!(
+            ct.starts_with(&format!(
+                "the kernel has no memory for map {}",
+                map_names::CT
+            )) && ct.contains("16777216 entries of")
+                && ct.contains("lower [conntrack].size (default 65536)"),
+            "{ct}"
+        );
+        let other = no_memory(&refused(map_names::PEERS, libc::ENOMEM), 1 << 24).unwrap();
+        let other = other.to_string();
+        assert!(
+            other.contains(map_names::PEERS) && !other.contains("[conntrack]"),
+            "{other}"
+        );
+        let perm = no_memory(&refused(map_names::NAT, libc::EPERM), 1024).unwrap();
+        assert!(perm.to_string().contains("needs root"), "{perm}");
+        assert!(no_memory(&refused(map_names::CT, libc::EINVAL), 1024).is_none());
+    }
 }
