@@ -223,7 +223,8 @@ impl MemoryCgroup {
         let name = format!("np-test-{}", std::process::id());
         let (dir, file) = if let Some(v1) = own.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
-            (f.nth(1)? == "memory").then(|| f.next().unwrap().to_string())
+            let memory = f.nth(1)?.split(',').any(|c| c == "memory");
+            memory.then(|| f.next().unwrap().to_string())
         }) {
             let base = std::path::Path::new("/sys/fs/cgroup/memory");
             (
