@@ -980,6 +980,29 @@ impl Drop for Lab {
     }
 }
 
+/// A memory figure of process `pid` from /proc/PID/status (`field`: "VmRSS:", "VmHWM:"),
+/// in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{field} in /proc/{pid}/status"))
+}
+
+/// Polls `done` every 100 ms until it holds; panics after `secs` with `why()` (what the
+/// test saw, for the failure's message).
+pub fn wait_for(secs: u64, mut done: impl FnMut() -> bool, why: impl FnOnce() -> String) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        if Instant::now() > until {
+            panic!("not within {secs} s: {}", why());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `iptables-restore --noflush` of `rules` in `ns`.
 pub fn iptables_restore(ns: &str, rules: &str) -> Result<()> {
     use std::io::Write;

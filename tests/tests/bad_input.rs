@@ -10,7 +10,7 @@ use std::{
 };
 
 use netpath_common::map_names;
-use netpath_tests::{Lab, PeerMode, Spec, ping};
+use netpath_tests::{Lab, PeerMode, Spec, ping, wait_for};
 
 fn lab(hosts: usize) -> Option<Lab> {
     if !netpath_tests::can_run_lab() {
@@ -36,6 +36,12 @@ fn two_hosts_up() -> Option<(Lab, String, String)> {
     let to = lab.hosts[1].containers[0].ip.clone();
     assert_eq!(ping(&from, &to, 2, "0.1").unwrap().1, 2);
     Some((lab, from, to))
+}
+
+/// Where host 0's map `name` is pinned.
+fn pinned(lab: &Lab, name: &str) -> String {
+    let path = lab.hosts[0].pin_dir.join("maps").join(name);
+    path.to_str().unwrap().to_owned()
 }
 
 /// Writes `value` under `key` (bytes) in the map pinned at `map`.
@@ -130,8 +136,7 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
     let Some((mut lab, from, to)) = two_hosts_up() else {
         return;
     };
-    let peers = lab.hosts[0].pin_dir.join("maps").join(map_names::PEERS);
-    let peers = peers.to_str().unwrap();
+    let peers = &pinned(&lab, map_names::PEERS);
     // LPM keys: prefix length (u32, host order), then the address.
     let route = |net: [u8; 3]| {
         let mut k = 24u32.to_ne_bytes().to_vec();
@@ -153,15 +158,11 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
         "the route is gone"
     );
     // ... until the agent's next check (every 30 s) puts both right.
-    let until = Instant::now() + Duration::from_secs(40);
-    while ping(&from, &to, 1, "0.1").unwrap().1 == 0 {
-        assert!(
-            Instant::now() < until,
-            "not put right: {}",
-            lab.diagnose(&[0])
-        );
-        thread::sleep(Duration::from_secs(1));
-    }
+    wait_for(
+        40,
+        || ping(&from, &to, 1, "0.1").unwrap().1 == 1,
+        || format!("not put right: {}", lab.diagnose(&[0])),
+    );
     let mut look: Vec<&str> = vec!["map", "lookup", "pinned", peers, "key"];
     look.extend(stray.iter().map(String::as_str));
     assert!(bpftool(&look).is_err(), "the stray route is still there");
@@ -181,8 +182,7 @@ fn garbage_written_into_the_config_map_is_put_right_by_the_agent() {
     let Some((mut lab, from, to)) = two_hosts_up() else {
         return;
     };
-    let config = lab.hosts[0].pin_dir.join("maps").join(map_names::CONFIG);
-    let config = config.to_str().unwrap();
+    let config = &pinned(&lab, map_names::CONFIG);
     let read = || lookup(config, &["0", "0", "0", "0"]);
     let good = read();
     assert_eq!(good.len(), size_of::<netpath_common::Config>());
@@ -190,15 +190,11 @@ fn garbage_written_into_the_config_map_is_put_right_by_the_agent() {
     update(config, &[0; 4], &vec![0xa5; good.len()]);
     assert_ne!(read(), good);
     // The agent's next check (every 30 s) writes the host's settings back.
-    let until = Instant::now() + Duration::from_secs(40);
-    while read() != good {
-        assert!(
-            Instant::now() < until,
-            "not put right: {}",
-            lab.diagnose(&[0])
-        );
-        thread::sleep(Duration::from_secs(1));
-    }
+    wait_for(
+        40,
+        || read() == good,
+        || format!("not put right: {}", lab.diagnose(&[0])),
+    );
     assert_eq!(
         ping(&from, &to, 2, "0.1").unwrap().1,
         2,

@@ -3,10 +3,7 @@
 //! hosts, and `docker run -p` ports served by netpath from Docker's API, with
 //! `"userland-proxy": false` and the nat table flushed.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use netpath_tests::{
     Lab, PeerMode, Spec, can_run_lab,
@@ -51,12 +48,8 @@ fn docker_ports(lab: &Lab, i: usize) -> Vec<String> {
     out
 }
 
-fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < until, "{what}: not within {secs} s");
-        thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, secs: u64, done: impl FnMut() -> bool) {
+    netpath_tests::wait_for(secs, done, || what.to_string());
 }
 
 /// `docker exec NAME ping` from host `i`: how many of 3 came back.

@@ -27,15 +27,6 @@ use serde_json::{Value, json};
 
 const PING_INTERVAL: f64 = 0.1;
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
 fn lab() -> Result<Lab> {
     let lab = Lab::new(Spec {
         hosts: 3,
@@ -223,7 +214,10 @@ pub fn run(minutes: f64) -> Result<()> {
             }
         }
         if t.is_multiple_of(10) {
-            if let Some(kib) = lab.agent_pid(2).and_then(rss_kib) {
+            if let Some(kib) = lab
+                .agent_pid(2)
+                .and_then(|p| netpath_tests::status_kib(p, "VmRSS:").ok())
+            {
                 mem.push((t, kib));
             }
             for (i, m) in ct_max.iter_mut().enumerate() {

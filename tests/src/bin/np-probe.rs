@@ -482,6 +482,8 @@ fn main() -> ExitCode {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     let secs = |s: &str| s.parse::<f64>().ok().filter(|x| *x > 0.0).unwrap_or(1.0);
+    // The optional PER_SECOND of connrate and rr (none: as fast as it goes).
+    let rate = |rest: &[&str]| rest.first().and_then(|r| r.parse::<f64>().ok());
     let result = match a.as_slice() {
         ["serve", port, secs] => serve(num(port) as u16, num(secs).max(1)).map(|_| true),
         ["check", proto, host, port, rest @ ..] if rest.len() <= 2 => {
@@ -519,7 +521,7 @@ fn main() -> ExitCode {
         ["connrate", host, port, t, rest @ ..] if rest.len() <= 1 => addr(host, num(port) as u16)
             .map(|to| {
                 let secs = secs(t);
-                let (ok, failed) = connrate(to, secs, rest.first().and_then(|r| r.parse().ok()));
+                let (ok, failed) = connrate(to, secs, rate(rest));
                 println!(
                     "{:.1} connections/s ({ok} in {secs} s, {failed} failed)",
                     ok as f64 / secs
@@ -527,7 +529,7 @@ fn main() -> ExitCode {
                 ok > 0
             }),
         ["rr", host, port, t, rest @ ..] if rest.len() <= 1 => addr(host, num(port) as u16)
-            .and_then(|to| rr(to, secs(t), rest.first().and_then(|r| r.parse().ok())))
+            .and_then(|to| rr(to, secs(t), rate(rest)))
             .map(|(tps, p50, p99, n)| {
                 println!("{tps:.1} {p50:.1} {p99:.1} {n}");
                 n > 0
