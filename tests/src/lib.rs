@@ -71,18 +71,24 @@ pub fn probe_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/np-probe")
 }
 
-/// Mounts bpffs on /sys/fs/bpf once, before agents start in parallel (two agents racing
-/// to mount it would stack two filesystems and hide each other's pins).
+/// Mounts bpffs on /sys/fs/bpf unless it is there (a machine just booted has none: there
+/// /sys/fs/bpf is a plain sysfs directory where mkdir fails). Every lab calls it when it is
+/// built, before anything touches /sys/fs/bpf and before agents start in parallel (two
+/// agents racing to mount it would stack two filesystems and hide each other's pins).
 pub fn ensure_bpffs() -> Result<()> {
     let _g = BPFFS.lock().unwrap_or_else(|e| e.into_inner());
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    if !mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
-    {
+    if !bpffs_mounted()? {
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
+}
+
+/// Whether bpffs is mounted on /sys/fs/bpf in this process's mount namespace.
+pub fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.split(' ').nth(2) == Some("bpf")))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +197,7 @@ impl Lab {
     /// Builds the topology. Every namespace created is recorded first, so a failure half
     /// way still cleans up on drop.
     pub fn new(spec: Spec) -> Result<Lab> {
+        ensure_bpffs().context("mounting bpffs on /sys/fs/bpf for the lab's pin dirs")?;
         let id = format!(
             "np{}x{}",
             std::process::id(),
@@ -612,7 +619,6 @@ impl Lab {
         bin: &Path,
         set: impl FnOnce(&mut Command),
     ) -> Result<()> {
-        ensure_bpffs()?;
         let h = &mut self.hosts[i];
         let marker = format!("datapath at {}", h.pin_dir.display());
         let before = fs::read_to_string(&h.log)

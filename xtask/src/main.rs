@@ -249,6 +249,43 @@ fn use_binary(bin: &Path) {
     }
 }
 
+/// Runs the rest of this process and its children (the tests) in a mount namespace of
+/// their own where /sys/fs/bpf starts without bpffs, as on a machine just booted: every
+/// test, lab and agent must mount it before it pins (a lab that forgets fails on every
+/// run, not only on a newcomer's first). Pins made here are this namespace's alone, so
+/// the tests never see, nor leave, pins of the machine's own. Called before any thread
+/// starts (unshare(CLONE_NEWNS) refuses a process with several).
+fn as_on_first_boot() -> Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("unshare(CLONE_NEWNS): a mount namespace for the tests")?;
+    // Private first: an unmount in a namespace still sharing propagation with the
+    // machine's would unmount bpffs there too.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the tests' mounts private")?;
+    let mut unmounted = 0;
+    while netpath_tests::bpffs_mounted()? {
+        umount2("/sys/fs/bpf", MntFlags::MNT_DETACH)
+            .context("unmounting bpffs from /sys/fs/bpf in the tests' mount namespace")?;
+        unmounted += 1;
+    }
+    eprintln!(
+        "[test] in a mount namespace of their own, /sys/fs/bpf without bpffs (as on first boot{})",
+        if unmounted > 0 {
+            "; the machine's is untouched"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
             unsafe { std::env::set_var("NETPATH_LAYOUT_TEST_BIN", &layout_test) };
             if netpath_tests::is_root() {
                 netpath_tests::reap_stale();
+                as_on_first_boot()?;
             } else {
                 eprintln!("[test] not root: packet and lab tests will be skipped (they say so)");
             }

@@ -17,7 +17,6 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::file::Unleased;
 use crate::{
     reconcile::Observed,
     state::{Etcd, Host, Mode, Origin, Peer},
@@ -439,6 +438,15 @@ pub async fn hosts(client: &mut Client, prefix: &str) -> Result<(Option<Cluster>
         });
     }
     Ok((cluster, rows))
+}
+
+/// A host without `[host].subnet` that has not leased one yet: everything but the subnet
+/// is checked (published ports are checked once it is known).
+#[derive(Debug, Clone)]
+pub struct Unleased {
+    /// The host, its subnet not set yet.
+    pub host: Host,
+    pub etcd: crate::state::Etcd,
 }
 
 /// The subnet remembered in `path` (`NETPATH_SUBNET=a.b.c.d/len`); None when there is no

@@ -4,93 +4,21 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 
-use ipnet::Ipv4Net;
-use serde::Deserialize;
+mod written;
 
+use ipnet::Ipv4Net;
+use written::{File, GroupFile, PeerFile, PolicyFile};
+
+use super::etcd::{self, Unleased};
 use crate::{
     iface,
     state::{
-        Conntrack, EVENT_RATE_MAX, Host, MASQUERADE_PORTS, Mode, Monitor, Peer, Proto, Publish,
-        VNI_MAX, XdpMode, check_conntrack, check_name, check_peer, check_publish, parse_addr,
-        parse_mac, parse_port_range, parse_subnet,
-        policy::{Action, Groups, PortSpec, Rule, RuleProto},
+        Conntrack, EVENT_RATE_MAX, Host, MASQUERADE_PORTS, Mode, Monitor, Peer, Publish, VNI_MAX,
+        check_conntrack, check_name, check_peer, check_publish, parse_addr, parse_mac,
+        parse_port_range, parse_subnet,
+        policy::{Action, Groups, Rule},
     },
 };
-
-/// The file as written. Unknown keys are refused (a typo must not be silently ignored).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    host: HostFile,
-    #[serde(default, rename = "peer")]
-    peers: Vec<PeerFile>,
-    #[serde(default, rename = "publish")]
-    publish: Vec<PublishFile>,
-    #[serde(default)]
-    conntrack: Conntrack,
-    #[serde(default, rename = "group")]
-    groups: Vec<GroupFile>,
-    #[serde(default, rename = "policy")]
-    policies: Vec<PolicyFile>,
-    #[serde(default)]
-    monitor: Monitor,
-    #[serde(default)]
-    metrics: MetricsFile,
-    etcd: Option<EtcdFile>,
-    docker: Option<DockerFile>,
-}
-
-/// `[docker]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DockerFile {
-    socket: Option<String>,
-}
-
-/// `[etcd]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EtcdFile {
-    endpoints: Vec<String>,
-    prefix: Option<String>,
-    lease_ttl: Option<u64>,
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-    subnet_file: Option<String>,
-}
-
-/// `[metrics]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MetricsFile {
-    /// Address and port to serve Prometheus metrics on, e.g. "127.0.0.1:9464".
-    listen: Option<String>,
-}
-
-/// A named group as written: `[[group]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupFile {
-    name: String,
-    cidrs: Vec<String>,
-}
-
-/// A rule as written: `[[policy]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    from: String,
-    to: String,
-    #[serde(default = "default_rule_proto")]
-    proto: RuleProto,
-    port: Option<PortSpec>,
-    action: Action,
-}
-
-fn default_rule_proto() -> RuleProto {
-    RuleProto::Any
-}
 
 /// `[[group]]`, `[[policy]]` and the host's default action, validated.
 #[derive(Debug, Clone)]
@@ -113,76 +41,6 @@ impl Default for PolicyConfig {
             reject_rate: crate::state::policy::REJECT_RATE,
         }
     }
-}
-
-/// A published port as written: `[[publish]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishFile {
-    proto: Proto,
-    host_port: u16,
-    container: String,
-    port: u16,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostFile {
-    name: String,
-    uplink: String,
-    bridge: String,
-    /// Left out with `[etcd]`: leased from the cluster's range.
-    subnet: Option<String>,
-    address: Option<String>,
-    #[serde(default = "default_vni")]
-    vni: u32,
-    #[serde(default = "default_xdp")]
-    xdp: XdpMode,
-    #[serde(default = "default_vxlan_port")]
-    vxlan_port: u16,
-    /// MAC that peers put as inner destination when they encapsulate to this host.
-    vtep_mac: Option<String>,
-    #[serde(default)]
-    masquerade: bool,
-    masquerade_ports: Option<String>,
-    /// What policy does with new flows that no rule matches.
-    #[serde(default = "default_action")]
-    default_action: Action,
-    /// Reject answers per second, per CPU.
-    #[serde(default = "default_reject_rate")]
-    reject_rate: u32,
-}
-
-fn default_action() -> Action {
-    Action::Allow
-}
-
-fn default_reject_rate() -> u32 {
-    crate::state::policy::REJECT_RATE
-}
-
-fn default_vxlan_port() -> u16 {
-    netpath_common::VXLAN_PORT
-}
-
-fn default_vni() -> u32 {
-    1
-}
-
-fn default_xdp() -> XdpMode {
-    XdpMode::Off
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeerFile {
-    name: String,
-    subnet: String,
-    underlay: String,
-    mode: Mode,
-    /// The peer's VTEP MAC (a Linux vxlan device's address); default: netpath's own
-    /// scheme, 02:4e:<underlay address>.
-    vtep_mac: Option<String>,
 }
 
 /// A validated config, with interfaces resolved on this host.
@@ -302,7 +160,7 @@ impl Config {
         let mut pending = false;
         let subnet = match (&h.subnet, &etcd) {
             (Some(s), _) => parse_subnet("[host].subnet", s),
-            (None, Some(e)) => match super::etcd::remembered(&e.subnet_file) {
+            (None, Some(e)) => match etcd::remembered(&e.subnet_file) {
                 Ok(Some(net)) => Ok(net),
                 Ok(None) => {
                     pending = true;
@@ -511,15 +369,6 @@ pub enum Parsed {
     Unleased(Unleased),
 }
 
-/// A host without `[host].subnet` that has not leased one yet: everything but the subnet
-/// is checked (published ports are checked once it is known).
-#[derive(Debug, Clone)]
-pub struct Unleased {
-    /// The host, its subnet not set yet.
-    pub host: Host,
-    pub etcd: crate::state::Etcd,
-}
-
 /// Validates groups and rules; an exact duplicate rule (same from, to, proto and ports)
 /// is refused, whatever its action: only one of them could ever decide.
 fn check_policy(
@@ -640,6 +489,7 @@ fn check_peers(
 mod tests {
     use super::*;
     use crate::iface::fake::Fake;
+    use crate::state::{Proto, XdpMode};
 
     fn sys() -> Fake {
         Fake::new()
