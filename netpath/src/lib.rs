@@ -2,7 +2,8 @@
 //! same code as the `netpath` binary.
 //!
 //! Layers, each using only those above it in this list (a unit test checks it):
-//! - base: [`pin`] (the pin dir), [`iface`], [`sys`] (raw syscalls), [`packet`] (frames);
+//! - base: [`pin`] (the pin dir), [`iface`], [`sys`] (raw syscalls), [`packet`] (frames),
+//!   [`caps`] (the capabilities the agent needs);
 //! - [`maps`]: typed handles on the pinned maps; [`state`]: the desired state's types
 //!   and checks. Neither knows the other;
 //! - [`datapath`]: loading the programs, attaching them, removing them;
@@ -16,6 +17,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod caps;
 pub mod cli;
 pub mod datapath;
 pub mod fuzz;
@@ -37,7 +39,7 @@ mod layers {
     /// Top-level modules by layer, lowest first; modules of one layer may not use each
     /// other.
     const LAYERS: &[&[&str]] = &[
-        &["pin", "iface", "sys", "packet"],
+        &["pin", "iface", "sys", "packet", "caps"],
         &["maps", "state"],
         &["datapath"],
         &["reconcile"],

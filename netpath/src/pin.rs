@@ -277,7 +277,7 @@ impl PinDir {
                 nix::mount::MsFlags::empty(),
                 None::<&str>,
             )
-            .context("mounting bpffs on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
+            .context("bpffs is not mounted on /sys/fs/bpf and mounting it failed (it takes CAP_SYS_ADMIN, which the service does not give the agent): mount it first, `mount -t bpf bpf /sys/fs/bpf` (systemd does at boot)")?;
             log::info!("mounted bpffs on /sys/fs/bpf");
         }
         fs::create_dir_all(self.maps())

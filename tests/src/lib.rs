@@ -83,6 +83,19 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// The capabilities the service unit (dist/netpath.service) bounds the agent to: every
+/// lab agent runs with exactly these.
+pub fn agent_caps() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/netpath.service");
+    let unit = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    unit.lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap_or_else(|| panic!("{}: no CapabilityBoundingSet=", path.display()))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether bpffs is mounted on /sys/fs/bpf in this process's mount namespace.
 pub fn bpffs_mounted() -> Result<bool> {
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
@@ -683,15 +696,36 @@ impl Lab {
         self.netpath_bin(i, &netpath_bin(), args)
     }
 
-    /// As [`Lab::netpath`], with the netpath binary `bin`.
+    /// As [`Lab::netpath`], with the netpath binary `bin`. An agent (`run`) is bounded to
+    /// the service unit's capabilities ([`agent_caps`]), as the unit bounds it.
     pub fn netpath_bin(&self, i: usize, bin: &Path, args: &[&str]) -> Command {
+        let caps = (args.first() == Some(&"run")).then(agent_caps);
+        self.netpath_with_caps(i, bin, caps.as_deref(), args)
+    }
+
+    /// `netpath ARGS` on host `i` from `bin`; with `caps` (names as in the unit, `CAP_BPF`)
+    /// setpriv clears the inheritable and ambient sets and keeps only `caps` in the
+    /// bounding set, so netpath, root, runs with exactly them.
+    pub fn netpath_with_caps(
+        &self,
+        i: usize,
+        bin: &Path,
+        caps: Option<&[String]>,
+        args: &[&str],
+    ) -> Command {
         let h = &self.hosts[i];
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", h.ns))
-            .arg(bin)
-            .arg("--pin-dir")
-            .arg(&h.pin_dir)
-            .args(args);
+        c.arg(format!("--net=/run/netns/{}", h.ns));
+        if let Some(caps) = caps {
+            let bounding: String = caps
+                .iter()
+                .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+                .collect();
+            c.args(["setpriv", "--inh-caps=-all", "--ambient-caps=-all"])
+                .arg(format!("--bounding-set=-all{bounding}"))
+                .arg("--");
+        }
+        c.arg(bin).arg("--pin-dir").arg(&h.pin_dir).args(args);
         c
     }
 

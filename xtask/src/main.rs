@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod fleet_bench;
+mod package;
 mod setup;
 mod soak;
 
@@ -31,9 +32,14 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs and the agent (release).
     Build,
+    /// Build a Debian package of the release build (binary, systemd unit, example config,
+    /// man pages, completions, docs) into target/debian.
+    ///
+    /// Example: cargo xtask package && apt install ./target/debian/netpath_*.deb
+    Package,
     /// Build, then run netpath as root with the given arguments.
     ///
-    /// Example: cargo xtask run -- run --config /etc/netpath.toml
+    /// Example: cargo xtask run -- run --config /etc/netpath/netpath.toml
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -303,6 +309,12 @@ fn run(cli: Cli) -> Result<()> {
             setup::ensure(false)?;
             build(true).map(|p| eprintln!("[build] {}", p.display()))
         }
+        Cmd::Package => {
+            setup::ensure(false)?;
+            let deb = package::build(&build(true)?)?;
+            eprintln!("[package] {}", deb.display());
+            Ok(())
+        }
         Cmd::Run { args } => {
             setup::ensure(false)?;
             let bin = build(true)?;
@@ -369,9 +381,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => {
             setup::ensure(true)?;
             let layout_test = build_layout_test()?;
+            // The package of the release build, for its test (tests/tests/service.rs).
+            let deb = package::build(&build(true)?)?;
             use_binary(&build(false)?);
             // SAFETY: no thread has started yet.
-            unsafe { std::env::set_var("NETPATH_LAYOUT_TEST_BIN", &layout_test) };
+            unsafe {
+                std::env::set_var("NETPATH_LAYOUT_TEST_BIN", &layout_test);
+                std::env::set_var("NETPATH_DEB", &deb);
+            }
             if netpath_tests::is_root() {
                 netpath_tests::reap_stale();
                 as_on_first_boot()?;

@@ -34,6 +34,10 @@ const DEBIAN: &[(&str, &str)] = &[
     ("/usr/bin/busybox", "busybox-static"),
     // The bad-input tests edit pinned maps behind netpath's back, as an operator would.
     ("bpftool", "bpftool"),
+    // The lab's agents run bounded to the service unit's capabilities.
+    ("setpriv", "util-linux"),
+    // The package's test checks it as Debian's archive would.
+    ("lintian", "lintian"),
 ];
 
 /// What every build needs: etcd-client (the crate) compiles etcd's protobuf definitions.
@@ -44,6 +48,9 @@ const DEBIAN_BUILD: &[(&str, &str)] = &[
         "/usr/include/google/protobuf/descriptor.proto",
         "libprotobuf-dev",
     ),
+    // `cargo xtask package`: the libraries' Depends, and the stripped binary.
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("strip", "binutils"),
 ];
 
 /// Debian's invoke-rc.d asks this file whether a package may start its service. etcd-server

@@ -21,7 +21,7 @@ use crate::{
 pub enum PolicyCmd {
     /// Add a rule to the running datapath, checked like a config rule; it decides new
     /// flows from the next packet and is kept across agent restarts until `policy del`.
-    /// Where several rules match, the most specific wins (see README, "Policies").
+    /// Where several rules match, the most specific wins (see docs/how-it-works.md, "Policies").
     ///
     /// Example: netpath policy add --from 10.244.11.0/24 --to db --proto tcp --port 5432 --action allow
     Add {

@@ -41,7 +41,7 @@ enum Cmd {
     /// Validate the config, attach the datapath (or adopt a pinned one), fill its maps,
     /// then stay in the foreground logging. The datapath outlives the agent.
     ///
-    /// Example: netpath run --config /etc/netpath.toml
+    /// Example: netpath run --config /etc/netpath/netpath.toml
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -51,7 +51,7 @@ enum Cmd {
     },
     /// Validate a config without touching anything.
     ///
-    /// Example: netpath check --config /etc/netpath.toml
+    /// Example: netpath check --config /etc/netpath/netpath.toml
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -173,7 +173,7 @@ enum Cmd {
     /// What to put in Docker's daemon.json for this host's subnet (as flannel's
     /// subnet.env): the bridge address (`bip`) and the MTU containers may use.
     ///
-    /// Example: netpath subnet --config /etc/netpath.toml --json
+    /// Example: netpath subnet --config /etc/netpath/netpath.toml --json
     Subnet {
         #[arg(long)]
         config: PathBuf,
@@ -248,7 +248,7 @@ enum Cmd {
 enum ClusterCmd {
     /// Write the cluster settings to <prefix>/config, once: refused if present.
     ///
-    /// Example: netpath cluster init --config /etc/netpath.toml --cidr 10.244.0.0/16 --mode direct
+    /// Example: netpath cluster init --config /etc/netpath/netpath.toml --cidr 10.244.0.0/16 --mode direct
     Init {
         /// A config with an [etcd] section (which etcd, which prefix).
         #[arg(long)]
@@ -271,7 +271,7 @@ enum ClusterCmd {
     /// The etcd members and whether they answer, the cluster settings and how full its
     /// range is, this host's registration, and which hosts it has as peers.
     ///
-    /// Example: netpath cluster status --config /etc/netpath.toml
+    /// Example: netpath cluster status --config /etc/netpath/netpath.toml
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -281,7 +281,7 @@ enum ClusterCmd {
     /// Every host registered in etcd: subnet, underlay, mode, its lease's seconds left,
     /// and whether this host (--pin-dir) has it as a peer yet.
     ///
-    /// Example: netpath cluster hosts --config /etc/netpath.toml --json
+    /// Example: netpath cluster hosts --config /etc/netpath/netpath.toml --json
     Hosts {
         #[arg(long)]
         config: PathBuf,
@@ -367,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             report_every,
         } => {
+            crate::caps::check_agent()?;
             let rt = runtime()?;
             let cfg = match Config::load_leasing(&config)? {
                 Parsed::Ready(cfg) => cfg,

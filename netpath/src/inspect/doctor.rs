@@ -83,7 +83,7 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
                 "datapath",
                 Level::Fail,
                 format!("{e:#}"),
-                "start the agent: netpath run --config /etc/netpath.toml",
+                "start the agent: netpath run --config /etc/netpath/netpath.toml",
             ));
             return Ok(f);
         }

@@ -415,6 +415,16 @@ mod tests {
                 p.join("\n")
             );
         }
+        // The config the package installs, on a host with its interfaces.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/netpath.toml");
+        let shipped = std::fs::read_to_string(path).unwrap();
+        let sys =
+            Fake::new()
+                .with("eth0", 2, &["192.0.2.11/24"])
+                .with("docker0", 3, &["10.244.1.1/24"]);
+        if let Err(p) = Config::parse(&shipped, &sys) {
+            panic!("{path} does not validate:\n{}", p.join("\n"));
+        }
     }
 
     #[test]
