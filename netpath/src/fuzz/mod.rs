@@ -26,9 +26,6 @@
 mod check;
 mod frames;
 
-pub use check::{Facts, Outcome, World, check, facts, vxlan_inner};
-use check::{check_tables, ipv4};
-use frames::Gen;
 use std::{
     collections::{BTreeMap, HashSet},
     os::fd::AsFd,
@@ -61,6 +58,10 @@ use crate::{
 use crate::bench::{
     CONTAINER as C1, HOST, OUTSIDE, TC_ACT_REDIRECT, TC_ACT_SHOT, VXLAN_PEER, XDP_PASS,
 };
+
+pub use check::{Facts, Outcome, World, check, facts, vxlan_inner};
+use check::{check_tables, ipv4};
+use frames::Gen;
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
 const XDP_DROP: u32 = 1;
 const C2: [u8; 4] = [10, 244, 11, 3];

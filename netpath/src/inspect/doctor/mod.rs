@@ -4,6 +4,9 @@
 //! conntrack pressure, and whether each peer's underlay address answers. Every finding
 //! says what to do.
 
+mod peers;
+mod services;
+
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -19,6 +22,9 @@ use crate::{
     maps::Maps,
     pin::PinDir,
 };
+
+use peers::peers;
+use services::{docker, etcd};
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -396,146 +402,6 @@ fn in_this_netns(name: &str) -> usize {
         .count()
 }
 
-/// A Docker host: the engine as the agent last saw it (`NP_DOCKER`), docker0's subnet
-/// against netpath's, the userland proxy, and Docker's rules that meet what netpath
-/// leaves to the stack.
-fn docker(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<()> {
-    use crate::iface::Interfaces;
-    let d = status::docker(maps, crate::maps::now())?;
-    let Some(d) = d else {
-        if bridge == "docker0" {
-            f.push(bad(
-                "docker",
-                Level::Warn,
-                "the bridge is docker0 but [docker] is not configured: `docker run -p` ports are Docker's DNAT and docker-proxy, cut by a flushed nat table",
-                "add [docker] (socket = \"/var/run/docker.sock\") to the config and restart the agent",
-            ));
-        }
-        return Ok(());
-    };
-    f.push(match (d.away_s, d.refused) {
-        (Some(away), _) => bad(
-            "docker",
-            Level::Fail,
-            format!(
-                "the Docker engine has not answered for {away} s ({}): its published ports stay as they were, new containers' ports are not served",
-                d.note.as_deref().unwrap_or("not reached yet")
-            ),
-            "check [docker].socket and that dockerd runs (docker version)",
-        ),
-        (None, n) if n > 0 => bad(
-            "docker",
-            Level::Warn,
-            format!(
-                "{n} port(s) Docker publishes are not served by netpath: {}",
-                d.note.as_deref().unwrap_or("")
-            ),
-            "publish it on another host port, or remove the config's entry of that port (see the agent's log)",
-        ),
-        _ => ok(
-            "docker",
-            format!(
-                "engine answering; {} running containers, {} published ports served in BPF",
-                d.containers, d.ports
-            ),
-        ),
-    });
-    let subnet = maps.subnet().ok();
-    let addrs = crate::iface::System.ipv4_addrs(bridge);
-    if let Some(subnet) = subnet {
-        f.push(if addrs.iter().any(|a| a.trunc() == subnet) {
-            ok("docker", format!("{bridge}'s subnet is netpath's ({subnet})"))
-        } else {
-            let first = subnet.hosts().next().unwrap_or(subnet.network());
-            bad(
-                "docker",
-                Level::Fail,
-                format!(
-                    "{bridge} has {}, netpath's subnet is {subnet}: Docker gives containers addresses netpath does not route",
-                    if addrs.is_empty() {
-                        "no IPv4 address".to_owned()
-                    } else {
-                        addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-                    }
-                ),
-                format!(
-                    "set \"bip\": \"{first}/{}\" in /etc/docker/daemon.json and restart dockerd (`netpath subnet --config ...` prints it)",
-                    subnet.prefix_len()
-                ),
-            )
-        });
-    }
-    let proxies = in_this_netns("docker-proxy");
-    if proxies > 0 {
-        f.push(bad(
-            "docker",
-            Level::Warn,
-            format!(
-                "Docker's userland proxy runs ({proxies} docker-proxy processes): netpath serves the published ports before it sees them, it only holds their ports and memory"
-            ),
-            "set \"userland-proxy\": false in /etc/docker/daemon.json and restart dockerd",
-        ));
-    }
-    // Docker 28's raw-table drops for container addresses, and its FORWARD chains, only
-    // meet what netpath leaves to the host's stack.
-    if let Some(raw) = command("iptables-save", &["-t", "raw"]) {
-        let drops = raw
-            .lines()
-            .filter(|l| {
-                l.starts_with("-A PREROUTING")
-                    && l.contains(&format!("! -i {bridge}"))
-                    && l.ends_with("-j DROP")
-            })
-            .count();
-        if drops > 0 {
-            f.push(ok(
-                "docker",
-                format!(
-                    "{drops} raw PREROUTING drops for container addresses (Docker 28): netpath delivers into containers without the host's stack, so its traffic never meets them; only what it passes to the stack does"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The fleet's store, as the agent last saw it (`NP_FLEET`); nothing without `[etcd]`.
-fn etcd(maps: &Maps, f: &mut Vec<Finding>) -> Result<()> {
-    let Some(s) = status::fleet(maps, crate::maps::now())? else {
-        return Ok(());
-    };
-    f.push(if s.subnet_taken {
-        bad(
-            "etcd",
-            Level::Fail,
-            "this host's subnet is registered in etcd by another host: this host is not registered, the others do not route to it",
-            "give it another [host].subnet (`netpath cluster hosts --config ...` shows who holds what)",
-        )
-    } else if let Some(away) = s.away_s {
-        bad(
-            "etcd",
-            Level::Warn,
-            format!("etcd has not answered for {away} s: the datapath stays as it was ({} other hosts as peers); changes in the fleet are not seen", s.hosts),
-            "check [etcd].endpoints, the members (etcdctl endpoint health) and the route to them",
-        )
-    } else {
-        ok(
-            "etcd",
-            format!(
-                "registered, {} other hosts, last answer {} s ago{}",
-                s.hosts,
-                s.last_answer_s.unwrap_or(0),
-                if s.skipped > 0 {
-                    format!(", {} registrations skipped (see the agent's log)", s.skipped)
-                } else {
-                    String::new()
-                }
-            ),
-        )
-    });
-    Ok(())
-}
-
 fn command(cmd: &str, args: &[&str]) -> Option<String> {
     let o = std::process::Command::new(cmd).args(args).output().ok()?;
     o.status
@@ -630,105 +496,6 @@ fn conntrack(maps: &[status::MapRow], f: &mut Vec<Finding>) {
             ok("conntrack", format!("the kernel's conntrack table: {n} of {max}"))
         });
     }
-}
-
-/// Sends one ICMP echo to every peer's underlay address and waits up to `wait` for
-/// the answers.
-fn peers(maps: &Maps, wait: Duration, f: &mut Vec<Finding>) -> Result<()> {
-    let rows = report::peer_rows(maps)?;
-    if rows.is_empty() {
-        f.push(ok("peers", "no peers configured"));
-        return Ok(());
-    }
-    let targets: Vec<Ipv4Addr> = rows
-        .iter()
-        .filter_map(|p| p.underlay.parse().ok())
-        .collect();
-    let answered = match echo(&targets, wait) {
-        Ok(a) => a,
-        Err(e) => {
-            f.push(bad(
-                "peers",
-                Level::Warn,
-                format!("cannot probe the peers: {e:#}"),
-                "run netpath doctor as root",
-            ));
-            return Ok(());
-        }
-    };
-    let silent: Vec<String> = rows
-        .iter()
-        .filter(|p| {
-            p.underlay
-                .parse()
-                .is_ok_and(|a: Ipv4Addr| !answered.contains(&a))
-        })
-        .map(|p| format!("{} ({})", p.name, p.underlay))
-        .collect();
-    f.push(if silent.is_empty() {
-        ok("peers", format!("all {} peers' underlay addresses answer ICMP echo", rows.len()))
-    } else {
-        bad(
-            "peers",
-            Level::Warn,
-            format!("no answer within {:?} from {}", wait, silent.join(", ")),
-            "check that the peer host is up and reachable on the underlay (ip route get ADDR; a firewall dropping ICMP also causes this)",
-        )
-    });
-    Ok(())
-}
-
-/// ICMP echo over a raw socket: the set of addresses that answered.
-fn echo(targets: &[Ipv4Addr], wait: Duration) -> Result<std::collections::HashSet<Ipv4Addr>> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recvfrom, sendto,
-        socket,
-    };
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Raw,
-        SockFlag::SOCK_NONBLOCK,
-        SockProtocol::Icmp,
-    )?;
-    let id = (std::process::id() & 0xffff) as u16;
-    for (seq, t) in targets.iter().enumerate() {
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend(id.to_be_bytes());
-        pkt.extend((seq as u16).to_be_bytes());
-        pkt.extend(b"netpath doctor");
-        let c = crate::packet::checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        let to = SockaddrIn::from(std::net::SocketAddrV4::new(*t, 0));
-        let _ = sendto(sock.as_raw_fd(), &pkt, &to, MsgFlags::empty());
-    }
-    let mut got = std::collections::HashSet::new();
-    let start = Instant::now();
-    let mut buf = [0u8; 1500];
-    while got.len() < targets.len() {
-        let Some(left) = wait.checked_sub(start.elapsed()) else {
-            break;
-        };
-        let mut fds = [nix::poll::PollFd::new(
-            sock.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let t = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
-        if nix::poll::poll(&mut fds, t).unwrap_or(0) == 0 {
-            continue;
-        }
-        while let Ok((n, from)) = recvfrom::<SockaddrIn>(sock.as_raw_fd(), &mut buf) {
-            // The IP header comes with a raw socket's data.
-            let ihl = (buf[0] & 0xf) as usize * 4;
-            let icmp = &buf[ihl.min(n)..n];
-            if let (true, Some(a)) = (
-                icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes(),
-                from,
-            ) {
-                got.insert(a.ip());
-            }
-        }
-    }
-    Ok(got)
 }
 
 pub fn text(findings: &[Finding]) -> String {
