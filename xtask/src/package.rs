@@ -176,16 +176,9 @@ fn crate_version(root: &Path) -> Result<String> {
     bail!("no version in [workspace.package] of Cargo.toml")
 }
 
+/// `cmd`'s stdout, trimmed.
 fn command_output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Ok(crate::setup::output(cmd)?.trim().to_owned())
 }
 
 /// gzip -9n: no name or time stamp in the header, so a rebuild gives the same bytes.

@@ -71,7 +71,8 @@ impl Step {
     }
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd`; its stdout, or an error with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
