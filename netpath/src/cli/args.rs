@@ -30,7 +30,9 @@ pub(super) struct Cli {
 #[derive(Subcommand)]
 pub(super) enum Cmd {
     /// Validate the config, attach the datapath (or adopt a pinned one), fill its maps,
-    /// then stay in the foreground logging. The datapath outlives the agent.
+    /// then stay in the foreground logging. The datapath outlives the agent. Needs
+    /// CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_PTRACE (the service unit gives it
+    /// exactly these); refuses to start, naming any it lacks.
     ///
     /// Example: netpath run --config /etc/netpath/netpath.toml
     Run {
@@ -333,6 +335,21 @@ mod tests {
             assert!(
                 DumpMap::from_str(name, false).is_ok(),
                 "`netpath dump {name}` is refused"
+            );
+        }
+    }
+
+    #[test]
+    fn run_names_the_capabilities_it_needs() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        let about = run.get_long_about().unwrap().to_string();
+        for cap in crate::caps::AGENT {
+            assert!(
+                about.contains(cap.name),
+                "`netpath run --help` lacks {}",
+                cap.name
             );
         }
     }
