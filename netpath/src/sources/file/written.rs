@@ -415,15 +415,33 @@ mod tests {
                 p.join("\n")
             );
         }
-        // The config the package installs, on a host with its interfaces.
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/netpath.toml");
-        let shipped = std::fs::read_to_string(path).unwrap();
+        // The config the package installs and the README's, on a host with their
+        // interfaces.
         let sys =
             Fake::new()
                 .with("eth0", 2, &["192.0.2.11/24"])
                 .with("docker0", 3, &["10.244.1.1/24"]);
-        if let Err(p) = Config::parse(&shipped, &sys) {
-            panic!("{path} does not validate:\n{}", p.join("\n"));
+        let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/netpath.toml");
+        let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme_toml = std::fs::read_to_string(readme)
+            .unwrap()
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|t| t.split("```").next())
+            .map(|t| {
+                t.lines()
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .expect("the README's config, a ```toml block");
+        for (path, text) in [
+            (dist, std::fs::read_to_string(dist).unwrap()),
+            (readme, readme_toml),
+        ] {
+            if let Err(p) = Config::parse(&text, &sys) {
+                panic!("{path}'s config does not validate:\n{}", p.join("\n"));
+            }
         }
     }
 
