@@ -729,7 +729,7 @@ fn metrics_endpoint_serves_prometheus_text() {
     ping(&a1.ns, &b1.ip, 3, "0.2").unwrap();
     let ns = lab.hosts[0].ns.clone();
     let (status, body) = http_get(&ns, 9464, "/metrics");
-    assert!(status.contains("200"), "{status}");
+    assert!(status.contains("200"), "{status}: {body}");
     assert!(body.contains("# TYPE netpath_packets counter"), "{body}");
     let fwd = sample(
         &body,

@@ -5,7 +5,7 @@
 use std::{os::fd::AsFd, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{MapInfo, MapType};
+use aya::maps::{MapData, MapType};
 use netpath_common::{AGENT_F_TCX, LAYOUT_VERSION, Reason, map_names, name_str, prog_names};
 use serde::Serialize;
 
@@ -426,11 +426,14 @@ pub fn map_rows(pins: &PinDir) -> Result<Vec<MapRow>> {
     let mut counted = std::collections::HashMap::new();
     for name in map_names::ALL {
         let path = pins.map_path(name);
-        let info =
-            MapInfo::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        // The pinned map's own fd (BPF_OBJ_GET): reopening it by id would take
+        // CAP_SYS_ADMIN, which the agent serving metrics does not have.
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = data.info()?;
         let kind = info.map_type().ok();
         if let Some(MapType::Hash | MapType::LruHash | MapType::LpmTrie) = kind {
-            counted.insert(*name, sys::count_keys(info.fd()?.as_fd(), info.key_size())?);
+            counted.insert(*name, sys::count_keys(data.fd().as_fd(), info.key_size())?);
         }
         maps.push((*name, kind, info));
     }
