@@ -74,8 +74,9 @@ const FILES: &[&str] = &[
     "usr/share/zsh/vendor-completions/_netpath",
     "usr/share/fish/vendor_completions.d/netpath.fish",
     "usr/share/doc/netpath/README.md",
-    "usr/share/doc/netpath/configuration.md",
-    "usr/share/doc/netpath/install.md",
+    "usr/share/doc/netpath/docs/configuration.md",
+    "usr/share/doc/netpath/docs/install.md",
+    "usr/share/doc/netpath/docs/bench/history.md",
     "usr/share/doc/netpath/copyright",
     "usr/share/doc/netpath/changelog.gz",
 ];

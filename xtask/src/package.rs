@@ -97,21 +97,21 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
         put(rel, format!("{script}\n").as_bytes(), 0o644)?;
     }
 
-    // Docs: the front page and every page of docs/, the bench history with them.
+    // Docs: the front page and docs/ as in the tree, so the README's links hold.
     let doc = "usr/share/doc/netpath";
     put(&format!("{doc}/README.md"), &read("README.md")?, 0o644)?;
     for entry in fs::read_dir(root.join("docs"))?.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "md") {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            put(&format!("{doc}/{name}"), &fs::read(&p)?, 0o644)?;
+            put(&format!("{doc}/docs/{name}"), &fs::read(&p)?, 0o644)?;
         }
     }
     for entry in fs::read_dir(root.join("docs/bench"))?.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "md") {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            put(&format!("{doc}/bench/{name}"), &fs::read(&p)?, 0o644)?;
+            put(&format!("{doc}/docs/bench/{name}"), &fs::read(&p)?, 0o644)?;
         }
     }
     put(&format!("{doc}/copyright"), copyright().as_bytes(), 0o644)?;
