@@ -1,8 +1,8 @@
 //! The capabilities the agent needs, and the check `netpath run` makes before it changes
 //! anything: a missing one is named with what it is for, instead of a kernel's EPERM from
 //! somewhere deep in loading or attaching. The service unit (dist/netpath.service) bounds
-//! the agent to exactly this set; a test holds the two together, and the lab runs every
-//! agent under it.
+//! the agent to exactly this set; tests/tests/service.rs holds the two together, and the
+//! lab runs every agent under it.
 
 /// A capability the agent needs: its number (linux/capability.h), its name, and why.
 pub struct Cap {
@@ -16,7 +16,7 @@ pub const AGENT: &[Cap] = &[
     Cap {
         bit: 12,
         name: "CAP_NET_ADMIN",
-        why: "to load and attach the TC and XDP programs (BPF_PROG_LOAD of these types is refused without it) and to change links and routes over rtnetlink",
+        why: "to load the TC and XDP programs (BPF_PROG_LOAD of these types is refused without it) and attach them to interfaces",
     },
     Cap {
         bit: 19,
@@ -36,13 +36,11 @@ pub const AGENT: &[Cap] = &[
 ];
 
 /// The effective capabilities of this process (`CapEff` of /proc/self/status).
-pub fn effective() -> std::io::Result<u64> {
-    parse_effective(&std::fs::read_to_string("/proc/self/status")?).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "no CapEff line in /proc/self/status",
-        )
-    })
+pub fn effective() -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading this process's capabilities (/proc/self/status)")?;
+    parse_effective(&status).context("no CapEff line in /proc/self/status")
 }
 
 fn parse_effective(status: &str) -> Option<u64> {
@@ -62,9 +60,7 @@ pub fn missing(effective: u64, needed: &'static [Cap]) -> Vec<&'static Cap> {
 
 /// Refuses, naming each capability the agent lacks and what for, before anything changes.
 pub fn check_agent() -> anyhow::Result<()> {
-    let eff =
-        effective().map_err(|e| anyhow::anyhow!("reading this process's capabilities: {e}"))?;
-    let lacking = missing(eff, AGENT);
+    let lacking = missing(effective()?, AGENT);
     if lacking.is_empty() {
         return Ok(());
     }
@@ -95,26 +91,5 @@ mod tests {
         assert!(missing(u64::MAX, AGENT).is_empty());
         assert_eq!(missing(0, AGENT).len(), AGENT.len());
         assert_eq!(parse_effective("Name:\tx\n"), None);
-    }
-
-    /// The unit bounds the agent to exactly this set: no more, no less.
-    #[test]
-    fn the_service_unit_bounds_the_agent_to_this_set() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/netpath.service");
-        let unit = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let set = |key: &str| -> Vec<String> {
-            let mut v: Vec<String> = unit
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .unwrap_or_else(|| panic!("{path}: no {key}"))
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
-        let mut ours: Vec<String> = AGENT.iter().map(|c| c.name.to_owned()).collect();
-        ours.sort();
-        assert_eq!(set("CapabilityBoundingSet="), ours);
     }
 }

@@ -208,6 +208,22 @@ fn status_caps(pid: u32, key: &str) -> u64 {
     u64::from_str_radix(hex.trim(), 16).unwrap()
 }
 
+/// The unit bounds the agent to exactly the set `netpath run` checks: no more, no less.
+#[test]
+fn the_service_unit_bounds_the_agent_to_the_set_it_needs() {
+    let mut unit = agent_caps();
+    unit.sort();
+    let mut ours: Vec<String> = netpath::caps::AGENT
+        .iter()
+        .map(|c| c.name.to_owned())
+        .collect();
+    ours.sort();
+    assert_eq!(
+        unit, ours,
+        "dist/netpath.service against netpath::caps::AGENT"
+    );
+}
+
 #[test]
 fn the_agent_runs_with_exactly_the_units_capabilities_and_names_any_it_lacks() {
     let Some(mut lab) = Lab::hosts(2, 1) else {

@@ -29,7 +29,8 @@ fn maintainer() -> String {
 /// returns its path.
 pub fn build(bin: &Path) -> Result<PathBuf> {
     let root = workspace_root();
-    let version = crate_version(&root)?;
+    // xtask's version is the workspace's, which netpath's is too.
+    let version = env!("CARGO_PKG_VERSION");
     let arch = command_output(Command::new("dpkg").arg("--print-architecture"))?;
     let out = root.join("target/debian");
     let stage = out.join(format!("{NAME}_{version}_{arch}"));
@@ -48,6 +49,7 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
     };
 
     // The binary, stripped as policy asks (its debug info stays in target/).
+    let staged_bin = stage.join("usr/bin/netpath");
     put("usr/bin/netpath", &fs::read(bin)?, 0o755)?;
     run_status(
         Command::new("strip")
@@ -56,9 +58,8 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
                 "--remove-section=.note",
                 "--strip-unneeded",
             ])
-            .arg(stage.join("usr/bin/netpath")),
+            .arg(&staged_bin),
     )?;
-    let staged_bin = stage.join("usr/bin/netpath");
 
     put(
         "lib/systemd/system/netpath.service",
@@ -100,30 +101,30 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
     // Docs: the front page and docs/ as in the tree, so the README's links hold.
     let doc = "usr/share/doc/netpath";
     put(&format!("{doc}/README.md"), &read("README.md")?, 0o644)?;
-    for entry in fs::read_dir(root.join("docs"))?.flatten() {
-        let p = entry.path();
-        if p.extension().is_some_and(|e| e == "md") {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            put(&format!("{doc}/docs/{name}"), &fs::read(&p)?, 0o644)?;
-        }
-    }
-    for entry in fs::read_dir(root.join("docs/bench"))?.flatten() {
-        let p = entry.path();
-        if p.extension().is_some_and(|e| e == "md") {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            put(&format!("{doc}/docs/bench/{name}"), &fs::read(&p)?, 0o644)?;
+    for dir in ["docs", "docs/bench"] {
+        for entry in fs::read_dir(root.join(dir))?.flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "md") {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                put(&format!("{doc}/{dir}/{name}"), &fs::read(&p)?, 0o644)?;
+            }
         }
     }
     put(&format!("{doc}/copyright"), copyright().as_bytes(), 0o644)?;
     put(
         &format!("{doc}/changelog.gz"),
-        &gzip(changelog(&version)?.as_bytes())?,
+        &gzip(changelog(version)?.as_bytes())?,
         0o644,
     )?;
 
-    // Control files.
+    // Control files: what is installed, its size and sums, then the rest.
+    let mut files = Vec::new();
+    list_files(&stage, &stage, &mut files)?;
+    let mut size_kib = 0;
+    for f in &files {
+        size_kib += fs::metadata(stage.join(f))?.len().div_ceil(1024);
+    }
     let depends = shlib_depends(&out, &staged_bin)?;
-    let size_kib = du_kib(&stage)?;
     let maintainer = maintainer();
     let control = format!(
         "Package: {NAME}\n\
@@ -145,8 +146,6 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
     );
     put("DEBIAN/control", control.as_bytes(), 0o644)?;
     put("DEBIAN/conffiles", b"/etc/netpath/netpath.toml\n", 0o644)?;
-    let mut files = Vec::new();
-    list_files(&stage, &stage, &mut files)?;
     let sums = command_output(Command::new("md5sum").args(&files).current_dir(&stage))?;
     put("DEBIAN/md5sums", format!("{sums}\n").as_bytes(), 0o644)?;
     dirs_0755(&stage)?;
@@ -159,21 +158,6 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
             .arg(&deb),
     )?;
     Ok(deb)
-}
-
-/// The workspace's version (Cargo.toml's `[workspace.package] version`).
-fn crate_version(root: &Path) -> Result<String> {
-    let text = fs::read_to_string(root.join("Cargo.toml"))?;
-    let mut in_pkg = false;
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            in_pkg = l == "[workspace.package]";
-        } else if in_pkg && let Some(v) = l.strip_prefix("version = ") {
-            return Ok(v.trim_matches('"').to_owned());
-        }
-    }
-    bail!("no version in [workspace.package] of Cargo.toml")
 }
 
 /// `cmd`'s stdout, trimmed.
@@ -219,20 +203,7 @@ fn shlib_depends(out: &Path, bin: &Path) -> Result<String> {
         .with_context(|| format!("dpkg-shlibdeps said {line:?}"))
 }
 
-fn du_kib(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    for e in fs::read_dir(dir)?.flatten() {
-        let m = e.metadata()?;
-        if m.is_dir() {
-            total += du_kib(&e.path())?;
-        } else {
-            total += m.len().div_ceil(1024);
-        }
-    }
-    Ok(total)
-}
-
-/// The files under `dir`, relative to `stage`, but the control files.
+/// The files under `dir`, relative to `stage`, sorted: all but the control files.
 fn list_files(stage: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)?.flatten().collect();
     entries.sort_by_key(|e| e.path());
