@@ -171,8 +171,8 @@ mod tests {
     /// docs/configuration.md: one `## `[section]`` heading per section, a table row per
     /// key (`| `key` | default | range | what |`), and the complete example.
     struct Reference {
-        /// section -> key -> (default, range)
-        sections: BTreeMap<String, BTreeMap<String, (String, String)>>,
+        /// section -> key -> its default as documented (every row also has a range)
+        sections: BTreeMap<String, BTreeMap<String, String>>,
         example: String,
     }
 
@@ -200,18 +200,29 @@ mod tests {
                 let old = sections
                     .get_mut(s)
                     .unwrap()
-                    .insert(key.to_owned(), (cells[1].to_owned(), cells[2].to_owned()));
+                    .insert(key.to_owned(), cells[1].to_owned());
                 assert!(old.is_none(), "[{s}].{key} documented twice");
             }
         }
         let example = text
             .split("## A complete example")
             .nth(1)
-            .and_then(|t| t.split("```toml\n").nth(1))
-            .and_then(|t| t.split("```").next())
-            .expect("the complete example, a ```toml block under its heading")
-            .to_owned();
+            .and_then(first_toml)
+            .expect("the complete example, a ```toml block under its heading");
         Reference { sections, example }
+    }
+
+    /// The first ```toml block of a Markdown text, its lines unindented (a block in a
+    /// list item is indented).
+    fn first_toml(text: &str) -> Option<String> {
+        let block = text.split("```toml\n").nth(1)?.split("```").next()?;
+        Some(
+            block
+                .lines()
+                .map(str::trim_start)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     }
 
     /// The keys `T` accepts, as its deserializer names them when it refuses an unknown
@@ -352,7 +363,7 @@ mod tests {
                 unknown.is_empty(),
                 "[{s}]: {unknown:?} documented, but the parser refuses them"
             );
-            for (k, (default, _)) in doc {
+            for (k, default) in doc {
                 let says_required = default == "required";
                 assert_eq!(
                     says_required,
@@ -423,17 +434,7 @@ mod tests {
                 .with("docker0", 3, &["10.244.1.1/24"]);
         let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/netpath.toml");
         let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-        let readme_toml = std::fs::read_to_string(readme)
-            .unwrap()
-            .split("```toml\n")
-            .nth(1)
-            .and_then(|t| t.split("```").next())
-            .map(|t| {
-                t.lines()
-                    .map(str::trim_start)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
+        let readme_toml = first_toml(&std::fs::read_to_string(readme).unwrap())
             .expect("the README's config, a ```toml block");
         for (path, text) in [
             (dist, std::fs::read_to_string(dist).unwrap()),
