@@ -56,6 +56,7 @@ pub mod map_names {
     pub const FLEET: &str = "NP_FLEET_V1";
     pub const DOCKER: &str = "NP_DOCKER_V1";
     pub const DEBUG: &str = "NP_DEBUG_V1";
+    pub const NETWORKS: &str = "NP_NETWORKS_V1";
     /// Every map, for status, dumps and `netpath down`.
     pub const ALL: &[&str] = &[
         CONFIG,
@@ -85,6 +86,7 @@ pub mod map_names {
         FLEET,
         DOCKER,
         DEBUG,
+        NETWORKS,
     ];
 }
 
@@ -179,6 +181,67 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
+
+/// Capacity of `NP_NETWORKS`: the container networks of one host.
+pub const MAX_NETWORKS: u32 = 1024;
+
+/// Value of `NP_NETWORKS` (LPM trie; key: the network's subnet, an IPv4 address in
+/// network byte order with its prefix length): a container network of this host, a
+/// bridge with its subnet (docker0, and each user-defined bridge network of Docker).
+/// Containers of two different networks of one host do not reach each other, as
+/// Docker's isolation chains have it; the programs compare `bridge_ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Network {
+    /// ifindex of the network's bridge: where its containers' veths are ports.
+    pub bridge_ifindex: u32,
+    /// The bridge's address in the subnet (the containers' gateway), 0 if none; network
+    /// byte order. Packets for it are the host's.
+    pub gateway_addr: u32,
+    /// `NET_F_*` bits.
+    pub flags: u32,
+    /// The bridge's MAC: the source MAC of what is delivered into the network's containers.
+    pub bridge_mac: [u8; 6],
+    /// `ORIGIN_CONFIG` (the `[host].bridge`) or `ORIGIN_DOCKER`.
+    pub origin: u8,
+    pub prefix_len: u8,
+    /// Userspace only, NUL-padded UTF-8: the network's name (Docker's), its bridge, and
+    /// Docker's network id (the first 12 hex digits).
+    pub name: [u8; 64],
+    pub bridge: [u8; 16],
+    pub docker_id: [u8; 12],
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        bytemuck::Zeroable::zeroed()
+    }
+}
+
+impl Network {
+    /// The subnet's mask, network byte order.
+    #[inline(always)]
+    pub fn mask(&self) -> u32 {
+        match self.prefix_len {
+            0 => 0,
+            p => (u32::MAX << (32 - p.min(32) as u32)).to_be(),
+        }
+    }
+
+    /// Whether `addr` (network byte order, an address of this network) is its broadcast
+    /// address.
+    #[inline(always)]
+    pub fn is_broadcast(&self, addr: u32) -> bool {
+        addr | self.mask() == u32::MAX
+    }
+}
+
+/// Containers of the network may go to the outside masqueraded (with the host's
+/// `masquerade = true`; Docker's `com.docker.network.bridge.enable_ip_masquerade`).
+pub const NET_F_MASQUERADE: u32 = 1;
+/// `docker network create --internal`: nothing in or out of the host, only between the
+/// network's own containers (and to the host).
+pub const NET_F_INTERNAL: u32 = 2;
 
 /// Default size of the conntrack and NAT tables (LRU hashes, entries).
 pub const DEFAULT_CT_SIZE: u32 = 65536;
@@ -779,6 +842,7 @@ mod user {
     // pattern valid), which is what aya::Pod requires.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Network {}
     unsafe impl aya::Pod for super::FleetInfo {}
     unsafe impl aya::Pod for super::DockerInfo {}
     unsafe impl aya::Pod for super::PeerValue {}

@@ -126,6 +126,12 @@ reasons! {
     FwdViaBridge = 36, "fwd-via-bridge", Forward;
     /// From the bridge for a peer's subnet with a source that is not of this host's containers (a container sending with another address): not forwarded, so that no peer gets forged traffic from this host.
     DropForeignSrc = 37, "drop-foreign-src", Drop;
+    /// Between containers of two different networks of this host (neither is on the other's network): dropped, as Docker's isolation chains do. A container on both networks reaches each through its address there.
+    DropNetworkIsolated = 38, "drop-network-isolated", Drop;
+    /// To or from a container of an internal network (`docker network create --internal`) across the host's edge (peers, the outside, published ports): dropped.
+    DropNetworkInternal = 39, "drop-network-internal", Drop;
+    /// From a container of a network outside this host's subnet to a peer: not forwarded, since no peer routes that network back (give the network a subnet inside the host's).
+    DropOutsideRange = 40, "drop-outside-range", Drop;
 }
 
 #[cfg(test)]

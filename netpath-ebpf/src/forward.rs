@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    Config, MODE_DIRECT, MODE_VXLAN, PROG_FROM_BRIDGE, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
-    Reason, reason::Verdict,
+    Config, MODE_DIRECT, MODE_VXLAN, NET_F_INTERNAL, Network, PROG_FROM_BRIDGE,
+    PROG_FROM_CONTAINER, PROG_FROM_UPLINK, Reason, reason::Verdict,
 };
 
 use crate::{
@@ -59,8 +59,8 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
     finish(ctx, try_from_bridge(ctx), seen, PROG_FROM_BRIDGE)
 }
 
-/// A container's packet to be routed. Local destinations (the host, its own subnet) are
-/// the stack's; a peer's subnet is routed to the uplink with the peer's underlay address as
+/// A container's packet to be routed (on the bridge of any of the host's networks). Local
+/// destinations (the host, its subnet, its networks) are the stack's; a peer's subnet is routed to the uplink with the peer's underlay address as
 /// next hop, wrapped in VXLAN for a vxlan peer; anything else goes out of the uplink
 /// masqueraded (with `masquerade = true`) or is the stack's. A packet of a known flow
 /// passes policy without a lookup and is translated if the flow is (a reply on a
@@ -70,14 +70,26 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let cfg = maps::config()?;
     let ip = parse::ipv4(ctx)?;
-    if ip.dst & cfg.subnet_mask == cfg.subnet_addr || ip.dst == cfg.host_addr {
+    if ip.dst & cfg.subnet_mask == cfg.subnet_addr
+        || ip.dst == cfg.host_addr
+        || maps::network(ip.dst).is_some()
+    {
         return Err(Reason::PassLocal);
     }
-    route(ctx, cfg, ip, cfg.bridge_ifindex)
+    route(ctx, cfg, ip, ingress_ifindex(ctx))
 }
 
-/// Routes a container's packet for anything but this host and its own subnet (see
+/// The interface the packet came in on.
+#[inline(always)]
+fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the program's own skb.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Routes a container's packet for anything but this host and its networks (see
 /// `try_from_bridge`). `came_in` is the interface it came in on, where answers to it go.
+/// A container of an internal network goes nowhere; only containers of a network inside
+/// the host's subnet go to peers (no peer routes another network back).
 #[inline(always)]
 fn route(
     ctx: &TcContext,
@@ -86,9 +98,20 @@ fn route(
     came_in: u32,
 ) -> Result<(i32, Reason), Reason> {
     let peer = PEERS.get(Key::new(32, ip.dst));
-    if peer.is_some() && !cfg.is_container(ip.src) {
-        // Not one of this host's containers: a peer would take it for this host's.
-        return Err(Reason::DropForeignSrc);
+    let net = maps::network(ip.src);
+    if let Some(n) = net
+        && n.flags & NET_F_INTERNAL != 0
+    {
+        return Err(Reason::DropNetworkInternal);
+    }
+    if peer.is_some() {
+        match net {
+            // Not one of this host's containers: a peer would take it for this host's.
+            None => return Err(Reason::DropForeignSrc),
+            Some(n) if ip.src == n.gateway_addr => return Err(Reason::DropForeignSrc),
+            Some(_) if !cfg.is_container(ip.src) => return Err(Reason::DropOutsideRange),
+            Some(_) => {}
+        }
     }
     let l4 = parse::l4(ctx, &ip)?;
     let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
@@ -102,7 +125,7 @@ fn route(
         None => {
             if peer.is_none() {
                 // Only what netpath forwards is its policy's business.
-                nat::masqueradable(cfg, &ip, &l4)?;
+                nat::masqueradable(cfg, net, &ip, &l4)?;
             }
             let rule = match policy::live() {
                 None => 0,
@@ -143,7 +166,8 @@ fn route(
     if peer.mode == MODE_VXLAN && ip.hdr.ttl > 1 && icmp::too_big(ctx, cfg, &ip) {
         // A router answers DF packets with the MTU and fragments the others; netpath
         // answers both (Linux lowers its path MTU on either and fragments from then on).
-        icmp::frag_needed(ctx, cfg, &ip)?;
+        let gateway = net.map_or(cfg.gateway_addr, |n| n.gateway_addr);
+        icmp::frag_needed(ctx, cfg, gateway, &ip)?;
         return Ok((bounce(came_in), Reason::DropFragNeeded));
     }
     let mut ip = ip;
@@ -286,6 +310,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if !cfg.is_container(ip.dst) {
         return Err(Reason::PassNotForUs);
     }
+    if let Some(n) = maps::network(ip.dst)
+        && ip.dst == n.gateway_addr
+    {
+        // Another network's bridge: an address of the host.
+        return Err(Reason::PassNotForUs);
+    }
     let peer = PEERS
         .get(Key::new(32, ip.src))
         .ok_or(Reason::DropNotPublished)?;
@@ -303,9 +333,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
 
 /// Delivers a routed packet to the local container `dst` (network byte order): straight
 /// into its namespace (bpf_redirect_peer from TC ingress, skipping the bridge), its MACs
-/// written as the bridge, its gateway, would have sent it. A container whose endpoint
-/// the agent has not learned yet is reached through the bridge, counted as
-/// `fwd-via-bridge` instead of `reason`.
+/// written as its network's bridge, its gateway, would have sent it. A container whose
+/// endpoint the agent has not learned yet is reached through its network's bridge
+/// (docker0's for an address of no network), counted as `fwd-via-bridge` instead of
+/// `reason`. Nothing from outside the host reaches a container of an internal network.
 #[inline(always)]
 fn deliver(
     ctx: &TcContext,
@@ -313,13 +344,18 @@ fn deliver(
     dst: u32,
     reason: Reason,
 ) -> Result<(i32, Reason), Reason> {
+    let (bridge, bridge_mac) = match maps::network(dst) {
+        Some(n) if n.flags & NET_F_INTERNAL != 0 => return Err(Reason::DropNetworkInternal),
+        Some(n) => (n.bridge_ifindex, n.bridge_mac),
+        None => (cfg.bridge_ifindex, cfg.bridge_mac),
+    };
     // SAFETY: a value of a hash map; it is copied out at once.
     let Some(ep) = (unsafe { ENDPOINTS.get(dst) }).copied() else {
-        return Ok((redirect(cfg.bridge_ifindex, None), Reason::FwdViaBridge));
+        return Ok((redirect(bridge, None), Reason::FwdViaBridge));
     };
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&ep.mac);
-    macs[6..].copy_from_slice(&cfg.bridge_mac);
+    macs[6..].copy_from_slice(&bridge_mac);
     ctx.store(0, &macs, 0).map_err(|_| Reason::DropMalformed)?;
     Ok((peer(ep.ifindex), reason))
 }
@@ -344,37 +380,58 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 }
 
 /// A packet a container sends, seen on its veth before the bridge. Traffic to another
-/// container of this host is decided by policy (the bridge would forward it at layer 2,
-/// where no other program sees it) and delivered straight into that container. Traffic
-/// that netpath routes (to peers, masqueraded to the outside, replies on published
-/// ports) is routed here, so the bridge and the host's netfilter are not on its path. The
-/// rest (`None`: for the host, not from the container's subnet, a TTL that expires, what
-/// netpath leaves to the stack) goes on to the bridge unchanged and uncounted.
+/// container of its network is decided by policy (the bridge would forward it at layer 2,
+/// where no other program sees it) and delivered straight into that container; traffic
+/// to a container of another network of this host is dropped (Docker's isolation).
+/// Traffic that netpath routes (to peers, masqueraded to the outside, replies on
+/// published ports) is routed here, so the bridge and the host's netfilter are not on its
+/// path. The rest (`None`: for the host, not from a container of a local network, a TTL
+/// that expires, what netpath leaves to the stack) goes on to the bridge unchanged and
+/// uncounted.
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> {
     let cfg = maps::config().ok()?;
     let ip = parse::ipv4(ctx).ok()?;
-    if ip.src & cfg.subnet_mask != cfg.subnet_addr || ip.dst == cfg.host_addr {
+    let net = maps::network(ip.src)?;
+    if ip.dst == cfg.host_addr {
         return None;
     }
+    if let Some(to) = maps::network(ip.dst) {
+        return local(ctx, &ip, net, to);
+    }
     if ip.dst & cfg.subnet_mask == cfg.subnet_addr {
-        let broadcast = cfg.subnet_addr | !cfg.subnet_mask;
-        if ip.dst == cfg.gateway_addr || ip.dst == broadcast || ip.src == ip.dst {
-            return None;
-        }
-        return Some(same_host(ctx, &ip));
+        // In the host's subnet but on no network of it: the stack's.
+        return None;
     }
     if ip.hdr.ttl <= 1 {
         // The stack answers with time-exceeded, from the gateway's address.
         return None;
     }
-    // SAFETY: reading a field of the program's own skb.
-    let came_in = unsafe { (*ctx.skb.skb).ifindex };
-    match route(ctx, cfg, ip, came_in) {
+    match route(ctx, cfg, ip, ingress_ifindex(ctx)) {
         // Nothing was changed: the bridge program sees it and decides it again.
         Err(reason) if reason.verdict() == Verdict::Pass => None,
         outcome => Some(outcome),
     }
+}
+
+/// A container's packet (from network `from`) for an address of network `to` of this
+/// host: the same network's containers are the business of [`same_host`]; its gateway,
+/// broadcast and the container itself are the stack's (None), as is the gateway (the
+/// host's address) of another network; another network's containers are isolated.
+#[inline(always)]
+fn local(
+    ctx: &TcContext,
+    ip: &parse::Ipv4,
+    from: &Network,
+    to: &Network,
+) -> Option<Result<(i32, Reason), Reason>> {
+    if ip.dst == to.gateway_addr || to.is_broadcast(ip.dst) || ip.src == ip.dst {
+        return None;
+    }
+    if to.bridge_ifindex != from.bridge_ifindex {
+        return Some(Err(Reason::DropNetworkIsolated));
+    }
+    Some(same_host(ctx, ip))
 }
 
 #[inline(always)]

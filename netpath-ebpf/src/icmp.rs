@@ -34,17 +34,14 @@ pub fn too_big(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> bool {
 }
 
 /// Rewrites the packet (a frame from a local container, `ip` its IPv4 header, not yet
-/// changed) into the ICMP fragmentation-needed answer, from the containers' gateway to the
-/// sender, quoting the start of the original packet, with the MACs swapped. The caller
-/// sends it back out of the bridge it came in on. On error the packet is half-rewritten
+/// changed) into the ICMP fragmentation-needed answer, from the container's gateway
+/// (`gateway`; 0 for none: the host's address) to the sender, quoting the start of the
+/// original packet, with the MACs swapped. The caller sends it back out of the bridge it
+/// came in on. On error the packet is half-rewritten
 /// and must be dropped.
 #[inline(always)]
-pub fn frag_needed(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<(), Reason> {
-    let gateway = if cfg.gateway_addr != 0 {
-        cfg.gateway_addr
-    } else {
-        cfg.host_addr
-    };
+pub fn frag_needed(ctx: &TcContext, cfg: &Config, gateway: u32, ip: &Ipv4) -> Result<(), Reason> {
+    let gateway = if gateway != 0 { gateway } else { cfg.host_addr };
     error(
         ctx,
         ip,

@@ -10,10 +10,10 @@ use aya_ebpf::{
 use netpath_common::{
     AgentInfo, BuildInfo, CONFIG_F_READY, Config, Counter, CtEntry, CtInfo, CtKey, DEFAULT_CT_SIZE,
     DebugState, DockerInfo, EVENTS_SIZE, Endpoint, EventLimit, FleetInfo, GroupMember,
-    MAX_ENDPOINTS, MAX_GROUP_MEMBERS, MAX_PEERS, MAX_POLICY_ENTRIES, MAX_POLICY_RULES, MAX_PUBLISH,
-    MAX_REASONS, MonitorState, NatKey, NatValue, PeerInfo, PeerKey, PeerStats, PeerValue,
-    PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey, PublishValue, Reason, RejectLimit,
-    UnderlayValue,
+    MAX_ENDPOINTS, MAX_GROUP_MEMBERS, MAX_NETWORKS, MAX_PEERS, MAX_POLICY_ENTRIES,
+    MAX_POLICY_RULES, MAX_PUBLISH, MAX_REASONS, MonitorState, NatKey, NatValue, Network, PeerInfo,
+    PeerKey, PeerStats, PeerValue, PolicyRuleInfo, PolicyState, PolicyVerdict, PublishKey,
+    PublishValue, Reason, RejectLimit, UnderlayValue,
 };
 
 #[map(name = "NP_CONFIG_V2")]
@@ -135,6 +135,17 @@ pub static DOCKER: Array<DockerInfo> = Array::with_max_entries(1, 0);
 /// neighbours and forwarding database.
 #[map(name = "NP_ENDPOINTS_V1")]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// This host's container networks by subnet (docker0 and Docker's other bridge networks):
+/// which bridge a local address is on, its gateway, whether it is internal or masqueraded.
+#[map(name = "NP_NETWORKS_V1")]
+pub static NETWORKS: LpmTrie<u32, Network> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+
+/// The local network `addr` (network byte order) is in, if any.
+#[inline(always)]
+pub fn network(addr: u32) -> Option<&'static Network> {
+    NETWORKS.get(aya_ebpf::maps::lpm_trie::Key::new(32, addr))
+}
 
 /// The host's config, once the agent has written it (`CONFIG_F_READY`).
 #[inline(always)]

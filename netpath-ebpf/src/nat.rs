@@ -28,7 +28,7 @@ use aya_ebpf::{
 use netpath_common::{
     CONFIG_F_MASQUERADE, CT_F_FIN_CONTAINER, CT_F_FIN_REMOTE, CT_F_RST, CT_F_SEEN_CONTAINER,
     CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE, CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, NatKey, NatValue, PublishKey, Reason,
+    IPPROTO_TCP, IPPROTO_UDP, NET_F_MASQUERADE, NatKey, NatValue, Network, PublishKey, Reason,
 };
 
 use crate::{
@@ -160,18 +160,29 @@ pub fn egress_known(
 
 /// Whether a container's packet to the outside (no peer route, no known flow) is to be
 /// masqueraded: `Err` with the reason it is the stack's instead. Only with masquerade on,
-/// only TCP, UDP and ICMP echo requests that are not fragments, only from the local
-/// subnet's containers, only to unicast addresses.
+/// only TCP, UDP and ICMP echo requests that are not fragments, only from containers of a
+/// local network `net` that masquerades, only to unicast addresses.
 #[inline(always)]
-pub fn masqueradable(cfg: &Config, ip: &Ipv4, l4: &L4) -> Result<(), Reason> {
-    if cfg.flags & CONFIG_F_MASQUERADE == 0 {
+pub fn masqueradable(
+    cfg: &Config,
+    net: Option<&Network>,
+    ip: &Ipv4,
+    l4: &L4,
+) -> Result<(), Reason> {
+    // Only a container of a local network that masquerades (Docker's
+    // `enable_ip_masquerade` per network), never its gateway.
+    let masquerades = match net {
+        Some(n) => n.flags & NET_F_MASQUERADE != 0 && ip.src != n.gateway_addr,
+        None => false,
+    };
+    if cfg.flags & CONFIG_F_MASQUERADE == 0 || !masquerades {
         return Err(Reason::PassUnknownDst);
     }
     if !translatable(l4, ICMP_ECHO) {
         return Err(Reason::PassNatUnsupported);
     }
     let first = u32::from_be(ip.dst) >> 24;
-    if !cfg.is_container(ip.src) || first == 0 || first == 127 || first >= 224 {
+    if first == 0 || first == 127 || first >= 224 {
         return Err(Reason::PassUnknownDst);
     }
     Ok(())

@@ -176,6 +176,7 @@ pub(crate) fn host_config() -> Config {
             subnet: Ipv4Net::new(Ipv4Addr::new(10, 244, 11, 0), 24).expect("/24"),
             address,
             gateway: Some(Ipv4Addr::new(10, 244, 11, 1)),
+            bridge_subnet: "10.244.11.0/24".parse().unwrap(),
             vni: 42,
             xdp: config::XdpMode::Off,
             vxlan_port: netpath_common::VXLAN_PORT,

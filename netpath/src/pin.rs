@@ -226,6 +226,15 @@ pub fn expected_layouts() -> Vec<(&'static str, Layout)> {
                 1,
             ),
         ),
+        (
+            map_names::NETWORKS,
+            l(
+                MapType::LpmTrie,
+                4 + 4,
+                size_of::<netpath_common::Network>(),
+                netpath_common::MAX_NETWORKS,
+            ),
+        ),
     ]
 }
 

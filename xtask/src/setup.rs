@@ -32,6 +32,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // at install: see POLICY_RC); images are made from busybox-static's busybox.
     ("dockerd", "docker.io"),
     ("/usr/bin/busybox", "busybox-static"),
+    // Compose users' networks: the Docker test brings a project up with Debian's client.
+    ("docker-compose", "docker-compose"),
     // The bad-input tests edit pinned maps behind netpath's back, as an operator would.
     ("bpftool", "bpftool"),
     // The lab's agents run bounded to the service unit's capabilities.

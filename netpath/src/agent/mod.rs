@@ -86,14 +86,14 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         ))
         .context("subscribing to link, address and neighbour events")?;
     tokio::spawn(conn);
-    let mut ports_done = HashSet::new();
+    let mut done = Done::default();
     sync(
         &mut ebpf,
         &mut maps,
         &pins,
         &handle,
         &mut cfg,
-        &mut ports_done,
+        &mut done,
         &Views::default(),
     )
     .await;
@@ -150,7 +150,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             Some(_) = futures::StreamExt::next(&mut events) => {
                 // Coalesce a burst (a container start is several events).
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
             }
             Some(update) = async {
                 match fleet.as_mut() {
@@ -188,12 +188,13 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                             log::info!("docker: {s}");
                         }
                         views.docker = Some(v);
-                        sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
+                        // The networks first: the endpoints and programs follow them.
                         if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
                             docker_info.refused = m.skipped_docker.len() as u32;
                             docker_info.note = name_bytes(m.skipped_docker.first().map_or("", |s| s.as_str()));
                         }
+                        sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
                     }
                     sources::docker::Update::Away(why) => {
                         docker_info.flags &= !netpath_common::DOCKER_F_UP;
@@ -209,7 +210,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 apply(&mut maps, &pins, &cfg, &views, News::Repair);
             }
             _ = gc.tick() => {
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut ports_done, &views).await;
+                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
                 match collector::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -236,53 +237,97 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     Ok(())
 }
 
-/// Follows the bridge's ports, address and neighbours: np_from_container on the ports that
-/// lack it (see attach::sync_container_links), the containers' gateway in `NP_CONFIG` (the
-/// bridge's address in the subnet: Docker sets it from `bip`, maybe after this agent
-/// started), `NP_ENDPOINTS` made to say what the kernel's neighbours say
-/// (sources::neigh). Logs what changed; a failure is logged and the next event or tick
-/// tries again.
+/// The interfaces known to run this build's programs: bridges of the networks (but the
+/// `[host].bridge`, attached at start) and their ports.
+#[derive(Default)]
+struct Done {
+    bridges: HashSet<u32>,
+    ports: HashSet<u32>,
+}
+
+/// Follows the networks' bridges, their ports, addresses and neighbours: np_from_bridge on
+/// the bridge of each network but the `[host].bridge` (attached at start) and
+/// np_from_container on the ports that lack it (see attach::sync_iface_links), the
+/// containers' gateway in `NP_CONFIG` (the bridge's address in the subnet: Docker sets it
+/// from `bip`, maybe after this agent started), `NP_ENDPOINTS` made to say what the
+/// kernel's neighbours say (sources::neigh) and what Docker says of its containers. Logs
+/// what changed; a failure is logged and the next event or tick tries again.
 async fn sync(
     ebpf: &mut aya::Ebpf,
     maps: &mut Maps,
     pins: &PinDir,
     handle: &rtnetlink::Handle,
     cfg: &mut Config,
-    done: &mut HashSet<u32>,
+    done: &mut Done,
     views: &Views,
 ) {
-    follow_gateway(maps, cfg);
-    let bridge = cfg.host.bridge_ifindex;
-    let ports = match attach::bridge_ports(handle, bridge).await {
-        Ok(p) => p,
+    if follow_gateway(maps, cfg) {
+        // The [host].bridge's network follows its address.
+        apply(maps, pins, cfg, views, News::Gateway);
+    }
+    let nets = match reconcile::networks::observe(maps) {
+        Ok(n) => n,
         Err(e) => {
-            log::warn!("listing the bridge's ports: {e:#}");
+            log::warn!("reading the networks: {e:#}");
             return;
         }
     };
-    let (changes, errors) = attach::sync_container_links(ebpf, pins, &ports, done);
-    if !changes.attached.is_empty() || changes.adopted > 0 || changes.removed > 0 {
-        log::info!(
-            "{} on container ports: attached to {:?}, {} adopted, {} gone",
+    let mut by_bridge = match attach::bridge_ports(handle).await {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("listing the bridges' ports: {e:#}");
+            return;
+        }
+    };
+    let bridges: Vec<(u32, String)> = nets
+        .iter()
+        .filter(|n| n.bridge_ifindex != cfg.host.bridge_ifindex)
+        .map(|n| (n.bridge_ifindex, n.bridge.clone()))
+        .collect();
+    let ports: Vec<(u32, String)> = nets
+        .iter()
+        .flat_map(|n| by_bridge.remove(&n.bridge_ifindex).unwrap_or_default())
+        .collect();
+    for (prog, ifaces, done, what) in [
+        (
+            prog_names::FROM_BRIDGE,
+            &bridges,
+            &mut done.bridges,
+            "network bridges",
+        ),
+        (
             prog_names::FROM_CONTAINER,
-            changes.attached,
-            changes.adopted,
-            changes.removed
-        );
+            &ports,
+            &mut done.ports,
+            "container ports",
+        ),
+    ] {
+        let (changes, errors) = attach::sync_iface_links(ebpf, pins, prog, ifaces, done);
+        if !changes.attached.is_empty() || changes.adopted > 0 || changes.removed > 0 {
+            log::info!(
+                "{prog} on {what}: attached to {:?}, {} adopted, {} gone",
+                changes.attached,
+                changes.adopted,
+                changes.removed
+            );
+        }
+        for e in errors {
+            log::warn!("attaching {prog} to {e}");
+        }
     }
-    for e in errors {
-        log::warn!("attaching {} to {e}", prog_names::FROM_CONTAINER);
-    }
-    let ports = ports.into_iter().map(|(i, _)| i).collect();
+    let ports: Vec<u32> = ports.into_iter().map(|(i, _)| i).collect();
     let result = async {
-        let kernel = sources::neigh::read(handle, bridge, ports).await?;
         let installed = reconcile::endpoints::observe(maps)?;
-        let mut desired = sources::neigh::endpoints(&cfg.host, &kernel, &installed);
+        let mut desired = Vec::new();
+        for n in &nets {
+            let kernel = sources::neigh::read(handle, n.bridge_ifindex, ports.clone()).await?;
+            desired.extend(sources::neigh::endpoints(n, &kernel, &installed));
+        }
         // Docker's word on its containers (address, MAC, veth) wins: it holds before
         // a container has sent anything.
         if let Some(v) = &views.docker {
             for e in &v.endpoints {
-                if cfg.host.subnet.contains(&e.addr) && kernel.ports.contains(&e.ifindex) {
+                if crate::state::network_of(&nets, e.addr).is_some() && ports.contains(&e.ifindex) {
                     desired.retain(|d| d.addr != e.addr);
                     desired.push(*e);
                 }
@@ -303,36 +348,41 @@ async fn sync(
 }
 
 /// Puts the bridge's address in the subnet, if it changed, in `NP_CONFIG` as the
-/// containers' gateway.
-fn follow_gateway(maps: &mut Maps, cfg: &mut Config) {
+/// containers' gateway. True when it changed (and was written).
+fn follow_gateway(maps: &mut Maps, cfg: &mut Config) -> bool {
     let h = &mut cfg.host;
-    let now = match crate::iface::System.try_ipv4_addrs(&h.bridge) {
-        Ok(addrs) => addrs
-            .into_iter()
-            .map(|n| n.addr())
-            .find(|a| h.subnet.contains(a)),
+    let (now, net) = match crate::iface::System.try_ipv4_addrs(&h.bridge) {
+        Ok(addrs) => crate::state::bridge_subnet(h.subnet, &addrs),
         Err(e) => {
             // Not the same as no address: the gateway stays; the next event tries again.
             log::warn!("reading {}'s addresses: {e}", h.bridge);
-            return;
+            return false;
         }
     };
-    if now == h.gateway {
-        return;
+    if now == h.gateway && net == h.bridge_subnet {
+        return false;
     }
-    let was = h.gateway;
+    let (was, was_net) = (h.gateway, h.bridge_subnet);
     h.gateway = now;
+    h.bridge_subnet = net;
     match reconcile::host::reconcile(maps, h, &cfg.conntrack, &cfg.monitor) {
-        Ok(_) => log::info!(
-            "gateway: {} has {} in {} (was {})",
-            h.bridge,
-            now.map_or("no address".to_owned(), |a| a.to_string()),
-            h.subnet,
-            was.map_or("none".to_owned(), |a| a.to_string())
-        ),
+        Ok(_) => {
+            log::info!(
+                "gateway: {} has {} in {}, its network is {} (was {})",
+                h.bridge,
+                now.map_or("no address".to_owned(), |a| a.to_string()),
+                h.subnet,
+                h.bridge_subnet,
+                was.map_or("none".to_owned(), |a| a.to_string())
+            );
+            true
+        }
         Err(e) => {
             log::warn!("writing the bridge's new gateway address: {e:#}");
-            h.gateway = was; // the next event tries again
+            // The next event tries again.
+            h.gateway = was;
+            h.bridge_subnet = was_net;
+            false
         }
     }
 }
@@ -352,18 +402,25 @@ impl Views {
         &self,
         cfg: &Config,
         observed: &reconcile::Observed,
-    ) -> (Vec<crate::state::Peer>, Vec<sources::docker::DockerPort>) {
+    ) -> (
+        Vec<crate::state::Peer>,
+        Vec<sources::docker::DockerPort>,
+        Vec<crate::state::Network>,
+    ) {
         let etcd = match (&self.etcd, &cfg.etcd) {
             (Some(v), _) => v.clone(),
             (None, Some(_)) => sources::etcd::live(observed),
             (None, None) => Vec::new(),
         };
-        let docker = match (&self.docker, &cfg.docker) {
-            (Some(v), _) => v.ports.clone(),
-            (None, Some(_)) => sources::docker::live(observed),
-            (None, None) => Vec::new(),
+        let (docker, networks) = match (&self.docker, &cfg.docker) {
+            (Some(v), _) => (v.ports.clone(), v.networks.clone()),
+            (None, Some(_)) => (
+                sources::docker::live(observed),
+                sources::docker::live_networks(observed),
+            ),
+            (None, None) => (Vec::new(), Vec::new()),
         };
-        (etcd, docker)
+        (etcd, docker, networks)
     }
 }
 
@@ -372,6 +429,8 @@ impl Views {
 enum News {
     Etcd,
     Docker,
+    /// The `[host].bridge`'s address changed (and its network with it).
+    Gateway,
     /// Nobody's news: the periodic check that the maps say what the sources do.
     Repair,
 }
@@ -393,9 +452,14 @@ fn apply(
         // would otherwise be undone.
         let _lock = pins.lock()?;
         let observed = reconcile::observe(maps)?;
-        let (etcd, docker) = views.inputs(cfg, &observed);
-        let (desired, merge) =
-            sources::desired(cfg, &sources::cli::live(&observed), &etcd, &docker)?;
+        let (etcd, docker, networks) = views.inputs(cfg, &observed);
+        let (desired, merge) = sources::desired(
+            cfg,
+            &sources::cli::live(&observed),
+            &etcd,
+            &docker,
+            &networks,
+        )?;
         Ok((reconcile::all_from(maps, observed, &desired)?, merge))
     })();
     let (c, merge) = match result {
@@ -403,7 +467,10 @@ fn apply(
         Err(e) => {
             match news {
                 News::Etcd => log::warn!("etcd: applying the fleet's view: {e:#}"),
-                News::Docker => log::warn!("docker: applying the engine's ports: {e:#}"),
+                News::Docker => {
+                    log::warn!("docker: applying the engine's networks and ports: {e:#}")
+                }
+                News::Gateway => log::warn!("applying the bridge's new network: {e:#}"),
                 News::Repair => log::warn!("checking the maps against the sources: {e:#}"),
             }
             return None;
@@ -415,7 +482,7 @@ fn apply(
         }
     }
     if news == News::Docker {
-        for s in &merge.skipped_docker {
+        for s in merge.skipped_docker.iter().chain(&merge.skipped_networks) {
             log::warn!("docker: refused {s}");
         }
     }
@@ -450,6 +517,18 @@ fn apply(
             c.peers.updated,
             c.peers.removed.len(),
             c.peers.removed
+        );
+    }
+    let n = &c.networks;
+    if !n.is_empty() {
+        log::info!(
+            "networks: {} added {:?}, {} updated {:?}, {} removed {:?}",
+            n.added.len(),
+            n.added,
+            n.updated.len(),
+            n.updated,
+            n.removed.len(),
+            n.removed
         );
     }
     if !c.publish.is_empty() {
@@ -527,9 +606,15 @@ fn start(
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
     let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
-    let (etcd, docker) = Views::default().inputs(cfg, &observed);
-    let (desired, merge) = sources::desired(cfg, &sources::cli::live(&observed), &etcd, &docker)?;
-    for s in &merge.skipped_docker {
+    let (etcd, docker, networks) = Views::default().inputs(cfg, &observed);
+    let (desired, merge) = sources::desired(
+        cfg,
+        &sources::cli::live(&observed),
+        &etcd,
+        &docker,
+        &networks,
+    )?;
+    for s in merge.skipped_docker.iter().chain(&merge.skipped_networks) {
         log::warn!("docker: refused {s}");
     }
     let changes = reconcile::all_from(&mut maps, observed, &desired)?;

@@ -164,14 +164,26 @@ pub(super) enum Cmd {
         cmd: PolicyCmd,
     },
     /// What to put in Docker's daemon.json for this host's subnet (as flannel's
-    /// subnet.env): the bridge address (`bip`) and the MTU containers may use.
+    /// subnet.env): docker0's address (`bip`, the subnet's first network), the pools
+    /// Docker's other networks come from (`default-address-pools`, the rest of the subnet)
+    /// and the MTU containers may use.
     ///
     /// Example: netpath subnet --config /etc/netpath/netpath.toml --json
     Subnet {
         #[arg(long)]
         config: PathBuf,
+        /// Prefix length of each Docker network (docker0's and every pool's); the host's
+        /// subnet is split into networks of this size.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+        network_len: u8,
         #[arg(long)]
         json: bool,
+    },
+    /// The host's container networks: docker0 and, with [docker], every bridge network
+    /// Docker has (compose's among them).
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
     },
     /// The fleet in etcd (the [etcd] section of a config): set it up, list its hosts.
     Cluster {
@@ -323,6 +335,18 @@ pub(super) fn watch_secs(s: &str) -> Result<f64, String> {
         Ok(x) if (0.1..=3600.0).contains(&x) => Ok(x),
         _ => Err(format!("{s:?}: seconds between 0.1 and 3600")),
     }
+}
+
+#[derive(Subcommand)]
+pub(super) enum NetworkCmd {
+    /// List the networks: bridge, subnet, origin, way out (masq, routed or internal),
+    /// containers, and whether other hosts reach it (same as `dump networks`).
+    ///
+    /// Example: netpath network list --json
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[cfg(test)]

@@ -273,24 +273,65 @@ pub fn status(config: &Path, pins: &PinDir, json: bool) -> Result<()> {
 #[derive(Serialize)]
 struct SubnetReport {
     subnet: String,
-    /// docker0's address: the subnet's first address, with its length.
+    /// docker0's address: the first address of the subnet's first network, with its
+    /// length.
     bip: String,
+    /// Where Docker's other networks come from: the rest of the subnet, in networks of
+    /// `size` bits. Empty when the subnet holds docker0's network only.
+    pools: Vec<Pool>,
     /// The largest MTU containers may use: the uplink's, less the tunnel's headers when
     /// any peer (or the fleet's default) is reached through VXLAN.
     mtu: u32,
     daemon_json: serde_json::Value,
 }
 
-/// `netpath subnet`: Docker's `bip` and `mtu` for this host's subnet.
-pub fn subnet(config: &Path, json: bool) -> Result<()> {
+/// One of Docker's `default-address-pools`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Pool {
+    pub base: String,
+    pub size: u8,
+}
+
+/// docker0's network (the first of `len` bits of `subnet`) and the pools that hold the
+/// rest of `subnet`, each as large as it can be (the first network's siblings, from the
+/// smallest up), with networks of `len` bits. `len` is at least the subnet's own length.
+pub fn split(subnet: Ipv4Net, len: u8) -> (Ipv4Net, Vec<Pool>) {
+    let len = len.max(subnet.prefix_len()).min(32);
+    let first = Ipv4Net::new(subnet.network(), len)
+        .expect("len <= 32")
+        .trunc();
+    let base = u32::from(subnet.network());
+    let pools = (subnet.prefix_len() + 1..=len)
+        .rev()
+        .map(|p| Pool {
+            base: format!(
+                "{}/{p}",
+                std::net::Ipv4Addr::from(base | 1 << (32 - p as u32))
+            ),
+            size: len,
+        })
+        .collect();
+    (first, pools)
+}
+
+/// `netpath subnet`: Docker's `bip`, `default-address-pools` and `mtu` for this host's
+/// subnet, split into networks of `network_len` bits.
+pub fn subnet(config: &Path, network_len: u8, json: bool) -> Result<()> {
     let cfg = Config::load(config)?;
     let h = &cfg.host;
-    let first = h
-        .subnet
+    if network_len < h.subnet.prefix_len() {
+        anyhow::bail!(
+            "--network-len {network_len}: Docker's networks must fit in this host's subnet {}: use {} to 30",
+            h.subnet,
+            h.subnet.prefix_len()
+        );
+    }
+    let (docker0, pools) = split(h.subnet, network_len);
+    let first = docker0
         .hosts()
         .next()
-        .with_context(|| format!("subnet {} has no address for the bridge", h.subnet))?;
-    let bip = format!("{first}/{}", h.subnet.prefix_len());
+        .with_context(|| format!("subnet {docker0} has no address for the bridge"))?;
+    let bip = format!("{first}/{}", docker0.prefix_len());
     // A fleet reaches this host in its cluster's mode, vxlan by default: leave room for
     // the tunnel unless every peer is direct.
     let tunnel = cfg.etcd.is_some()
@@ -299,23 +340,39 @@ pub fn subnet(config: &Path, json: bool) -> Result<()> {
             .iter()
             .any(|p| p.mode == crate::state::Mode::Vxlan);
     let mtu = if tunnel { h.tunnel_mtu() } else { h.uplink_mtu };
+    let mut daemon_json = serde_json::json!({"bip": bip, "mtu": mtu});
+    if !pools.is_empty() {
+        daemon_json["default-address-pools"] = serde_json::to_value(&pools)?;
+    }
     let r = SubnetReport {
         subnet: h.subnet.to_string(),
         bip: bip.clone(),
+        pools,
         mtu,
-        daemon_json: serde_json::json!({"bip": bip, "mtu": mtu}),
+        daemon_json,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
+        let pools: Vec<String> = r.pools.iter().map(|p| p.base.clone()).collect();
         println!(
-            "NETPATH_SUBNET={}\nNETPATH_BIP={}\nNETPATH_MTU={}",
-            r.subnet, r.bip, r.mtu
+            "NETPATH_SUBNET={}\nNETPATH_BIP={}\nNETPATH_POOLS={}\nNETPATH_NETWORK_LEN={}\nNETPATH_MTU={}",
+            r.subnet,
+            r.bip,
+            pools.join(","),
+            docker0.prefix_len(),
+            r.mtu
         );
         println!(
             "# /etc/docker/daemon.json: {}",
             serde_json::to_string(&r.daemon_json)?
         );
+        if r.pools.is_empty() {
+            println!(
+                "# {} holds docker0's network only: Docker gives its other networks (compose's) subnets of its own that no other host routes to. Give hosts wider subnets (`netpath cluster init --subnet-len 20`, or a wider [host].subnet).",
+                r.subnet
+            );
+        }
     }
     Ok(())
 }
@@ -329,4 +386,43 @@ pub fn cidr(s: &str) -> Result<Ipv4Net, String> {
         return Err(format!("{s:?}: host bits set; write {}", n.trunc()));
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_splits_into_docker0_and_pools_that_cover_the_rest_exactly() {
+        let (first, pools) = split("10.244.16.0/20".parse().unwrap(), 24);
+        assert_eq!(first.to_string(), "10.244.16.0/24");
+        let bases: Vec<&str> = pools.iter().map(|p| p.base.as_str()).collect();
+        assert_eq!(
+            bases,
+            [
+                "10.244.17.0/24",
+                "10.244.18.0/23",
+                "10.244.20.0/22",
+                "10.244.24.0/21"
+            ]
+        );
+        assert!(pools.iter().all(|p| p.size == 24));
+        // Every address of the subnet is in exactly one of them.
+        let mut nets: Vec<Ipv4Net> = pools.iter().map(|p| p.base.parse().unwrap()).collect();
+        nets.push(first);
+        let total: u64 = nets.iter().map(|n| 1u64 << (32 - n.prefix_len())).sum();
+        assert_eq!(total, 1 << 12);
+        for (i, a) in nets.iter().enumerate() {
+            for b in &nets[i + 1..] {
+                assert!(
+                    !a.contains(&b.network()) && !b.contains(&a.network()),
+                    "{a} {b}"
+                );
+            }
+        }
+        // A subnet of one network has no pool.
+        let (first, pools) = split("10.244.3.0/24".parse().unwrap(), 24);
+        assert_eq!(first.to_string(), "10.244.3.0/24");
+        assert!(pools.is_empty());
+    }
 }

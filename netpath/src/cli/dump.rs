@@ -79,6 +79,10 @@ pub enum DumpMap {
     /// The decision log's switch (`netpath debug`): on, and for which network.
     #[value(alias = "NP_DEBUG_V1")]
     Debug,
+    /// The host's container networks (docker0 and Docker's other bridge networks):
+    /// bridge, subnet, origin, internal, masquerade, containers (same as `network list`).
+    #[value(alias = "NP_NETWORKS_V1")]
+    Networks,
 }
 
 pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
@@ -118,6 +122,11 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         DumpMap::Events => show(&dump::events(maps)?, json, None),
         DumpMap::Build => show(&dump::build(maps)?, json, None),
         DumpMap::Endpoints => show(&dump::endpoints(maps)?, json, None),
+        DumpMap::Networks => show(
+            &inspect::networks::rows(maps)?,
+            json,
+            Some(inspect::networks::table),
+        ),
         DumpMap::Docker => show(
             &crate::inspect::status::docker(maps, crate::maps::now())?,
             json,

@@ -90,7 +90,21 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Subnet { config, json } => cluster::subnet(&config, json),
+        Cmd::Subnet {
+            config,
+            network_len,
+            json,
+        } => cluster::subnet(&config, network_len, json),
+        Cmd::Network {
+            cmd: args::NetworkCmd::List { json },
+        } => {
+            let maps = Maps::open(&pins)?;
+            show(
+                &crate::inspect::networks::rows(&maps)?,
+                json,
+                Some(crate::inspect::networks::table),
+            )
+        }
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Init {
                 config,

@@ -108,19 +108,22 @@ pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, a: &Attachment) -> Result<Attached
     }
 }
 
-/// Name of the pinned link of np_from_container on the bridge port `ifindex`.
-fn container_pin(ifindex: u32) -> String {
-    format!("{}@{ifindex}", prog_names::FROM_CONTAINER)
+/// Name of the pinned link of `prog` on the interface `ifindex` (np_from_container on a
+/// bridge port, np_from_bridge on the bridge of a network other than the `[host].bridge`).
+fn iface_pin(prog: &str, ifindex: u32) -> String {
+    format!("{prog}@{ifindex}")
 }
 
-/// The ports of the bridge `bridge` (ifindex): each container's host-side veth, as
-/// (ifindex, name). Asked over rtnetlink, so it is the calling process's network
+/// The ports of every bridge: each container's host-side veth, as (ifindex, name), by
+/// the bridge's ifindex. Asked over rtnetlink, so it is the calling process's network
 /// namespace whatever /sys shows.
-pub async fn bridge_ports(handle: &rtnetlink::Handle, bridge: u32) -> Result<Vec<(u32, String)>> {
+pub async fn bridge_ports(
+    handle: &rtnetlink::Handle,
+) -> Result<std::collections::HashMap<u32, Vec<(u32, String)>>> {
     use futures::TryStreamExt;
     use rtnetlink::packet_route::link::LinkAttribute;
     let mut links = handle.link().get().execute();
-    let mut out = Vec::new();
+    let mut out: std::collections::HashMap<u32, Vec<(u32, String)>> = Default::default();
     while let Some(msg) = links.try_next().await.context("listing links")? {
         let mut controller = None;
         let mut name = None;
@@ -131,10 +134,8 @@ pub async fn bridge_ports(handle: &rtnetlink::Handle, bridge: u32) -> Result<Vec
                 _ => {}
             }
         }
-        if let (Some(c), Some(n)) = (controller, name)
-            && c == bridge
-        {
-            out.push((msg.header.index, n));
+        if let (Some(c), Some(n)) = (controller, name) {
+            out.entry(c).or_default().push((msg.header.index, n));
         }
     }
     Ok(out)
@@ -148,27 +149,29 @@ pub struct PortChanges {
     pub removed: usize,
 }
 
-/// Puts np_from_container on every port of the bridge (`ports`, from [`bridge_ports`]):
-/// a port whose pinned link exists gets the new program in it (agent restart, atomic),
-/// `fresh` ports known to have one already are left alone, others get a new link;
-/// links of ports that are gone are unpinned. Returns what changed; an attach that fails
-/// is reported and the rest go on.
-pub fn sync_container_links(
+/// Puts `prog` on every interface of `ifaces` (np_from_container on every port of the
+/// networks' bridges, from [`bridge_ports`]; np_from_bridge on the networks' bridges): an
+/// interface whose pinned link exists gets the new program in it (agent restart, atomic),
+/// those in `done` (known to have one already) are left alone, others get a new link;
+/// links of `prog` on interfaces that are gone are unpinned. Returns what changed; an
+/// attach that fails is reported and the rest go on.
+pub fn sync_iface_links(
     ebpf: &mut Ebpf,
     pins: &PinDir,
-    ports: &[(u32, String)],
+    prog: &'static str,
+    ifaces: &[(u32, String)],
     done: &mut std::collections::HashSet<u32>,
 ) -> (PortChanges, Vec<String>) {
     let mut changes = PortChanges::default();
     let mut errors = Vec::new();
-    for (ifindex, name) in ports {
+    for (ifindex, name) in ifaces {
         if done.contains(ifindex) {
             continue;
         }
         let a = Attachment {
-            prog: prog_names::FROM_CONTAINER,
+            prog,
             iface: name.clone(),
-            pin: container_pin(*ifindex),
+            pin: iface_pin(prog, *ifindex),
             adopt: true,
         };
         match attach(ebpf, pins, &a) {
@@ -183,9 +186,9 @@ pub fn sync_container_links(
             Err(e) => errors.push(format!("{name}: {e:#}")),
         }
     }
-    let live: std::collections::HashSet<u32> = ports.iter().map(|(i, _)| *i).collect();
+    let live: std::collections::HashSet<u32> = ifaces.iter().map(|(i, _)| *i).collect();
     done.retain(|i| live.contains(i));
-    let prefix = format!("{}@", prog_names::FROM_CONTAINER);
+    let prefix = format!("{prog}@");
     if let Ok(entries) = std::fs::read_dir(pins.links()) {
         for e in entries.flatten() {
             let file = e.file_name().to_string_lossy().into_owned();
@@ -196,8 +199,9 @@ pub fn sync_container_links(
                 continue;
             };
             if !live.contains(&idx) {
-                // The veth is gone (its link with it) or left the bridge: drop the pin,
-                // which detaches a link that is still attached.
+                // The interface is gone (its link with it), a veth left its bridge, or a
+                // network is no longer served: drop the pin, which detaches a link that
+                // is still attached.
                 if let Ok(l) = PinnedLink::from_pin(e.path()) {
                     let _ = l.unpin();
                 } else {

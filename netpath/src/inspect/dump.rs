@@ -95,6 +95,8 @@ pub fn underlay(maps: &Maps) -> Result<Vec<UnderlayRow>> {
 #[derive(Serialize)]
 pub struct EndpointRow {
     pub address: Ipv4Addr,
+    /// The network it is on (None: on no network the datapath knows).
+    pub network: Option<String>,
     pub mac: String,
     /// The container's host-side veth.
     pub ifindex: u32,
@@ -102,9 +104,14 @@ pub struct EndpointRow {
     pub interface: Option<String>,
 }
 
-fn endpoint_row(addr: u32, e: &netpath_common::Endpoint) -> EndpointRow {
+fn endpoint_row(
+    addr: u32,
+    e: &netpath_common::Endpoint,
+    nets: &[crate::state::Network],
+) -> EndpointRow {
     EndpointRow {
         address: addr_of(addr),
+        network: crate::inspect::networks::name_of(nets, addr_of(addr)),
         mac: format_mac(e.mac),
         ifindex: e.ifindex,
         interface: crate::iface::name_of(e.ifindex),
@@ -113,9 +120,10 @@ fn endpoint_row(addr: u32, e: &netpath_common::Endpoint) -> EndpointRow {
 
 pub fn endpoints(maps: &Maps) -> Result<Vec<EndpointRow>> {
     let mut rows = Vec::new();
+    let nets = crate::reconcile::networks::observe(maps)?;
     for item in maps.endpoints.iter() {
         let (addr, e) = item?;
-        rows.push(endpoint_row(addr, &e));
+        rows.push(endpoint_row(addr, &e, &nets));
     }
     rows.sort_by_key(|r| u32::from(r.address));
     Ok(rows)
@@ -125,7 +133,11 @@ pub fn endpoints(maps: &Maps) -> Result<Vec<EndpointRow>> {
 pub fn endpoint(maps: &Maps, addr: Ipv4Addr) -> Result<Option<EndpointRow>> {
     let key = netpath_common::addr_to_be(addr.octets());
     match maps.endpoints.get(&key, 0) {
-        Ok(e) => Ok(Some(endpoint_row(key, &e))),
+        Ok(e) => Ok(Some(endpoint_row(
+            key,
+            &e,
+            &crate::reconcile::networks::observe(maps)?,
+        ))),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -8,6 +8,7 @@ pub mod dump;
 pub mod flows;
 pub mod metrics;
 pub mod monitor;
+pub mod networks;
 pub mod policy;
 pub mod report;
 pub mod status;

@@ -66,6 +66,7 @@ pub struct Maps {
     pub fleet: Array<MapData, netpath_common::FleetInfo>,
     pub docker: Array<MapData, netpath_common::DockerInfo>,
     pub debug: Array<MapData, netpath_common::DebugState>,
+    pub networks: LpmTrie<MapData, u32, netpath_common::Network>,
 }
 
 impl Maps {
@@ -102,6 +103,7 @@ impl Maps {
             fleet: take(map_names::FLEET)?.try_into()?,
             docker: take(map_names::DOCKER)?.try_into()?,
             debug: take(map_names::DEBUG)?.try_into()?,
+            networks: take(map_names::NETWORKS)?.try_into()?,
         })
     }
 
@@ -135,6 +137,7 @@ impl Maps {
             fleet: pins.open(map_names::FLEET)?.try_into()?,
             docker: pins.open(map_names::DOCKER)?.try_into()?,
             debug: pins.open(map_names::DEBUG)?.try_into()?,
+            networks: pins.open(map_names::NETWORKS)?.try_into()?,
         })
     }
 

@@ -13,6 +13,7 @@
 //! - [`peers`]: `NP_PEER_INFO`, `NP_UNDERLAY`, `NP_PEERS`;
 //! - [`publish`]: `NP_PUBLISH` (and the flows of ports that go);
 //! - [`policy`]: `NP_POLICY_INFO`, `NP_GROUPS`, the tries and `NP_POLICY_STATE`;
+//! - [`networks`]: `NP_NETWORKS`, the host's container networks;
 //! - [`endpoints`]: `NP_ENDPOINTS` (its desired state is the kernel's neighbours, not the
 //!   config: the agent reconciles it on neighbour and link events);
 //! - [`migrate`]: not a family but every map of an older layout, carried into this
@@ -22,6 +23,7 @@ pub mod endpoints;
 pub mod fault;
 pub mod host;
 pub mod migrate;
+pub mod networks;
 pub mod peers;
 pub mod policy;
 pub mod publish;
@@ -43,23 +45,31 @@ pub struct Changes {
     pub peers: peers::PeerChanges,
     pub publish: publish::PublishChanges,
     pub policy: policy::PolicyChanges,
+    pub networks: networks::NetworkChanges,
 }
 
 impl Changes {
     /// Whether nothing at all was written.
     pub fn is_empty(&self) -> bool {
-        !self.host.any() && self.peers.is_empty() && self.publish.is_empty() && !self.policy.applied
+        !self.host.any()
+            && self.networks.is_empty()
+            && self.peers.is_empty()
+            && self.publish.is_empty()
+            && !self.policy.applied
     }
 
     /// One line for the log: what each reconciler did.
     pub fn summary(&self) -> String {
         format!(
-            "host settings {}; peers: {} added, {} updated, {} removed, {} restored, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
+            "host settings {}; networks: {} added, {} updated, {} removed; peers: {} added, {} updated, {} removed, {} restored, {} stray entries removed; published ports: {} added, {} updated, {} removed ({} flows cut); policy {}",
             if self.host.any() {
                 "written"
             } else {
                 "unchanged"
             },
+            self.networks.added.len(),
+            self.networks.updated.len(),
+            self.networks.removed.len(),
             self.peers.added.len(),
             self.peers.updated.len(),
             self.peers.removed.len(),
@@ -85,6 +95,8 @@ pub struct Observed {
     pub(crate) peers: Vec<(u32, PeerInfo)>,
     pub(crate) publish: publish::Entries,
     pub policy: policy::Installed,
+    /// `NP_NETWORKS`.
+    pub networks: Vec<crate::state::Network>,
 }
 
 /// Reads what the reconcilers compare against (routes and underlay entries are read by
@@ -94,6 +106,7 @@ pub fn observe(maps: &Maps) -> Result<Observed> {
         peers: maps.peer_infos()?,
         publish: publish::entries(maps)?,
         policy: policy::installed(maps)?,
+        networks: networks::observe(maps)?,
     })
 }
 
@@ -117,11 +130,12 @@ pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
 
 /// Makes every map family say what `d` says, starting from `o` (read under the same
 /// lock): host settings first (the programs act on nothing before `NP_CONFIG` is ready),
-/// then peers, published ports and policy. A family that fails leaves its maps as they
+/// then networks, peers, published ports and policy. A family that fails leaves its maps as they
 /// were and stops the rest; a rerun goes on from there.
 pub fn all_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
     Ok(Changes {
         host: host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?,
+        networks: networks::reconcile(maps, &o.networks, &d.networks)?,
         peers: peers::reconcile_from(maps, &d.peers, o.peers)?,
         publish: publish::reconcile_from(maps, &d.publish, &o.publish)?,
         policy: policy::reconcile_from(maps, &o.policy, &d.policy)?,
@@ -150,6 +164,7 @@ enum Step {
     PolicyInfo(u32, Option<PolicyRuleInfo>),
     Group(GroupMember, Option<u8>),
     Endpoint(u32, Option<netpath_common::Endpoint>),
+    Network(Key<u32>, Option<netpath_common::Network>),
 }
 
 impl Undo {
@@ -174,6 +189,9 @@ impl Undo {
     pub(crate) fn endpoint(&mut self, key: u32, old: Option<netpath_common::Endpoint>) {
         self.0.push(Step::Endpoint(key, old));
     }
+    pub(crate) fn network(&mut self, key: Key<u32>, old: Option<netpath_common::Network>) {
+        self.0.push(Step::Network(key, old));
+    }
 
     /// Puts every value back, latest first. Best effort: the write that failed may fail
     /// again, and what cannot be put back is logged.
@@ -193,6 +211,8 @@ impl Undo {
                 Step::Group(k, None) => maps.groups.remove(&k).or(Ok(())),
                 Step::Endpoint(k, Some(v)) => maps.endpoints.insert(k, v, 0),
                 Step::Endpoint(k, None) => maps.endpoints.remove(&k).or(Ok(())),
+                Step::Network(k, Some(v)) => maps.networks.insert(&k, v, 0),
+                Step::Network(k, None) => maps.networks.remove(&k).or(Ok(())),
             };
             if let Err(e) = r {
                 log::error!("undoing a write after a failed change: {e}");

@@ -1,27 +1,37 @@
-//! Docker as a source (`[docker]`): the ports Docker publishes for its running containers
-//! (`docker run -p [IP:]HOST:CONTAINER[/tcp|udp]`), served by netpath in BPF (origin
-//! `docker`), so that they answer with `"userland-proxy": false` and a flushed nat table.
+//! Docker as a source (`[docker]`): the host's bridge networks (docker0 and every
+//! user-defined one, `br-<id>`: compose's project networks among them), the containers
+//! on them, and the ports Docker publishes for its running containers (`docker run -p
+//! [IP:]HOST:CONTAINER[/tcp|udp]`), served by netpath in BPF (origin `docker`), so that
+//! they answer with `"userland-proxy": false` and a flushed nat table.
 //!
-//! The engine is read, never written: a full listing of the running containers at every
-//! connection and after every container event (start, die, destroy, ...), so a restart of
-//! dockerd or of the agent resyncs from a listing and leaves nothing stale. While the
-//! engine does not answer, the ports the pinned maps hold stand ([`live`]).
+//! The engine is read, never written: a full listing of the networks and the running
+//! containers at every connection and after every container or network event (start,
+//! die, destroy, create, connect, disconnect, ...), so a restart of dockerd or of the
+//! agent resyncs from a listing and leaves nothing stale. While the engine does not
+//! answer, the networks and ports the pinned maps hold stand ([`live`]).
 //!
-//! Docker reports every field as optional (bollard's models): a container without an
-//! address on the bridge network, a port without a host port, or one bound to an address
+//! Docker reports every field as optional (bollard's models): a network without an IPv4
+//! subnet or whose bridge is not in this network namespace, a container without an
+//! address on a served network, a port without a host port, or one bound to an address
 //! that is neither 0.0.0.0 nor this host's underlay address is skipped with why.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::{
     models::{ContainerSummary, PortSummaryTypeEnum},
-    query_parameters::{EventsOptions, ListContainersOptions},
+    query_parameters::{EventsOptions, ListContainersOptions, ListNetworksOptions},
 };
 
 use crate::{
     reconcile::Observed,
-    state::{Docker, Endpoint, Origin, Proto, Publish},
+    state::{Docker, Endpoint, Network, Origin, Proto, Publish},
 };
+
+/// The name of Docker's default bridge network (docker0).
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// Docker's options of a bridge network that netpath follows.
+const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+const OPT_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
 
 /// A port Docker publishes, with the container it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +47,135 @@ pub struct View {
     /// Running containers.
     pub containers: usize,
     pub ports: Vec<DockerPort>,
-    /// Ports left out, each with why.
+    /// Networks and ports left out, each with why.
     pub skipped: Vec<String>,
-    /// The containers on the default bridge network as endpoints: address and MAC as
-    /// Docker gave them, the host side of their veth (see [`veth_of`]).
+    /// The containers on the served networks as endpoints (one per network a container
+    /// is on): address and MAC as Docker gave them, the host side of their veth (see
+    /// [`veth_of`]).
     pub endpoints: Vec<Endpoint>,
+    /// Docker's bridge networks whose bridge is in this network namespace, by name.
+    pub networks: Vec<Network>,
+}
+
+/// An interface of this host as [`networks`] needs it: ifindex and MAC of a bridge, and
+/// its IPv4 addresses.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> Option<(u32, [u8; 6], Vec<ipnet::Ipv4Net>)>;
+
+/// Docker's bridge networks of `list` as netpath serves them, each resolved to its bridge
+/// with `resolve`; the others are skipped with why (other drivers than `host` and `null`
+/// are named, those two have no subnet at all). Sorted by name.
+pub fn networks(
+    list: &[bollard::models::Network],
+    resolve: Resolve,
+) -> (Vec<Network>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for n in list {
+        let (Some(name), Some(id)) = (n.name.as_deref(), n.id.as_deref()) else {
+            skipped.push("a network without a name or id: skipped".to_owned());
+            continue;
+        };
+        match n.driver.as_deref() {
+            Some("bridge") => {}
+            Some("host" | "null") => continue,
+            d => {
+                skipped.push(format!(
+                    "network {name}: driver {}: netpath serves bridge networks",
+                    d.unwrap_or("(none)")
+                ));
+                continue;
+            }
+        }
+        let short: String = id.chars().take(12).collect();
+        let opts = n.options.clone().unwrap_or_default();
+        let bridge = opts
+            .get(OPT_BRIDGE_NAME)
+            .cloned()
+            .unwrap_or_else(|| format!("br-{short}"));
+        let ipam = n
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .into_iter()
+            .flatten()
+            .find_map(|c| {
+                let subnet = c.subnet.as_deref()?.parse::<ipnet::Ipv4Net>().ok()?;
+                let gateway = c
+                    .gateway
+                    .as_deref()
+                    .and_then(|g| g.split('/').next())
+                    .and_then(|g| g.parse().ok());
+                Some((subnet.trunc(), gateway))
+            });
+        let Some((subnet, gateway)) = ipam else {
+            skipped.push(format!(
+                "network {name}: no IPv4 subnet in its IPAM config: netpath serves IPv4 networks"
+            ));
+            continue;
+        };
+        let Some((ifindex, mac, addrs)) = resolve(&bridge) else {
+            skipped.push(format!(
+                "network {name}: its bridge {bridge} is not in this network namespace"
+            ));
+            continue;
+        };
+        // Docker leaves the gateway out of the default network's IPAM config: the
+        // bridge's address in the subnet is it.
+        let gateway =
+            gateway.or_else(|| addrs.iter().map(|a| a.addr()).find(|a| subnet.contains(a)));
+        out.push(Network {
+            name: name.to_owned(),
+            docker_id: short,
+            bridge,
+            bridge_ifindex: ifindex,
+            bridge_mac: mac,
+            subnet,
+            gateway,
+            internal: n.internal.unwrap_or(false),
+            masquerade: opts.get(OPT_MASQUERADE).map(String::as_str) != Some("false"),
+            origin: Origin::Docker,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    (out, skipped)
+}
+
+/// The network of `c` whose address its published ports lead to: Docker's default
+/// network if it is on it, else the first (by name) of the served networks it is on that
+/// is not internal (the one that gives it a way out). None when it is on none of them;
+/// `Err` names the internal network it is on only.
+fn port_network<'a>(
+    c: &'a ContainerSummary,
+    nets: &[Network],
+) -> Result<Option<(&'a bollard::models::EndpointSettings, Ipv4Addr)>, String> {
+    let Some(on) = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+    else {
+        return Ok(None);
+    };
+    let mut names: Vec<&String> = on.keys().collect();
+    names.sort_by_key(|n| (n.as_str() != DEFAULT_NETWORK, n.as_str()));
+    let mut internal = None;
+    for name in names {
+        let Some(net) = nets.iter().find(|n| &n.name == name) else {
+            continue;
+        };
+        let e = &on[name];
+        let Some(addr) = e.ip_address.as_deref().and_then(|a| a.parse().ok()) else {
+            continue;
+        };
+        if net.internal {
+            internal.get_or_insert(name.clone());
+            continue;
+        }
+        return Ok(Some((e, addr)));
+    }
+    match internal {
+        Some(n) => Err(n),
+        None => Ok(None),
+    }
 }
 
 /// The name Docker shows for `c`.
@@ -54,11 +188,14 @@ fn name_of(c: &ContainerSummary) -> String {
         .unwrap_or_else(|| "(unnamed)".to_owned())
 }
 
-/// The published ports of the running containers `list`, for a host whose underlay
-/// address is `underlay`. Pure: the listing is Docker's, the checks against the config
-/// and the subnet are the merge's (sources::desired).
-pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
-    let mut v = View::default();
+/// The published ports of the running containers `list` on the networks `nets`, for a
+/// host whose underlay address is `underlay`. Pure: the listing is Docker's, the checks
+/// against the config and the networks are the merge's (sources::desired).
+pub fn view(list: &[ContainerSummary], nets: &[Network], underlay: Ipv4Addr) -> View {
+    let mut v = View {
+        networks: nets.to_vec(),
+        ..View::default()
+    };
     for c in list {
         let name = name_of(c);
         v.containers += 1;
@@ -66,14 +203,20 @@ pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
         if !ports.iter().any(|p| p.public_port.is_some()) {
             continue;
         }
-        let addr = bridge_endpoint(c)
-            .and_then(|e| e.ip_address.as_deref())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        let Some(container) = addr else {
-            v.skipped.push(format!(
-                "container {name}: its ports are not served (no address on Docker's default bridge network)"
-            ));
-            continue;
+        let container = match port_network(c, nets) {
+            Ok(Some((_, addr))) => addr,
+            Ok(None) => {
+                v.skipped.push(format!(
+                    "container {name}: its ports are not served (no address on a bridge network netpath serves)"
+                ));
+                continue;
+            }
+            Err(internal) => {
+                v.skipped.push(format!(
+                    "container {name}: its ports are not served (its only network, {internal}, is internal)"
+                ));
+                continue;
+            }
         };
         let mut seen = Vec::new();
         for p in ports {
@@ -124,22 +267,23 @@ pub fn view(list: &[ContainerSummary], underlay: Ipv4Addr) -> View {
     v
 }
 
-/// The container's endpoint on Docker's default bridge network ("bridge", docker0): the
-/// one netpath serves.
-fn bridge_endpoint(c: &ContainerSummary) -> Option<&bollard::models::EndpointSettings> {
-    c.network_settings
-        .as_ref()?
-        .networks
-        .as_ref()?
-        .get("bridge")
-}
-
-/// The container's address and MAC on Docker's default bridge network.
-fn on_bridge(c: &ContainerSummary) -> Option<(Ipv4Addr, [u8; 6])> {
-    let e = bridge_endpoint(c)?;
-    let addr = e.ip_address.as_deref()?.parse().ok()?;
-    let mac = crate::state::parse_mac("", e.mac_address.as_deref()?).ok()?;
-    Some((addr, mac))
+/// The container's address and MAC on each network of `nets` it is on.
+fn on_networks(c: &ContainerSummary, nets: &[Network]) -> Vec<(Ipv4Addr, [u8; 6])> {
+    let Some(on) = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+    else {
+        return Vec::new();
+    };
+    on.iter()
+        .filter(|(name, _)| nets.iter().any(|n| &n.name == *name))
+        .filter_map(|(_, e)| {
+            let addr = e.ip_address.as_deref()?.parse().ok()?;
+            let mac = crate::state::parse_mac("", e.mac_address.as_deref()?).ok()?;
+            Some((addr, mac))
+        })
+        .collect()
 }
 
 /// The host-side ifindex of the veth whose container side has `mac`, in the network
@@ -161,11 +305,17 @@ pub fn veth_of(pid: u32, mac: [u8; 6]) -> Option<u32> {
     })
 }
 
-/// The endpoints of the running containers `list` (their processes from `docker inspect`).
-async fn endpoints(docker: &bollard::Docker, list: &[ContainerSummary]) -> Vec<Endpoint> {
+/// The endpoints of the running containers `list` on the networks `nets` (their
+/// processes from `docker inspect`).
+async fn endpoints(
+    docker: &bollard::Docker,
+    list: &[ContainerSummary],
+    nets: &[Network],
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for c in list {
-        let (Some(id), Some((addr, mac))) = (c.id.as_deref(), on_bridge(c)) else {
+        let on = on_networks(c, nets);
+        let Some(id) = c.id.as_deref().filter(|_| !on.is_empty()) else {
             continue;
         };
         let pid = docker
@@ -176,18 +326,36 @@ async fn endpoints(docker: &bollard::Docker, list: &[ContainerSummary]) -> Vec<E
             .and_then(|s| s.pid)
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p > 0);
-        if let Some(ifindex) = pid.and_then(|p| veth_of(p, mac)) {
-            out.push(Endpoint { addr, ifindex, mac });
+        let Some(pid) = pid else { continue };
+        for (addr, mac) in on {
+            if let Some(ifindex) = veth_of(pid, mac) {
+                out.push(Endpoint { addr, ifindex, mac });
+            }
         }
     }
     out
 }
 
-/// A listing: the view of `list`, with its endpoints.
+/// A bridge of this network namespace, for [`networks`].
+fn resolve_bridge(name: &str) -> Option<(u32, [u8; 6], Vec<ipnet::Ipv4Net>)> {
+    use crate::iface::Interfaces;
+    let sys = crate::iface::System;
+    let ifindex = sys.ifindex(name).ok()?;
+    Some((ifindex, sys.mac(name)?, sys.ipv4_addrs(name)))
+}
+
+/// A listing: the networks, the view of the running containers on them, their endpoints.
 async fn listing(docker: &bollard::Docker, underlay: Ipv4Addr) -> anyhow::Result<View> {
+    use anyhow::Context;
+    let nets = docker
+        .list_networks(None::<ListNetworksOptions>)
+        .await
+        .context("listing the networks")?;
+    let (nets, skipped) = networks(&nets, &resolve_bridge);
     let list = list(docker).await?;
-    let mut v = view(&list, underlay);
-    v.endpoints = endpoints(docker, &list).await;
+    let mut v = view(&list, &nets, underlay);
+    v.skipped.splice(0..0, skipped);
+    v.endpoints = endpoints(docker, &list, &nets).await;
     Ok(v)
 }
 
@@ -200,6 +368,15 @@ pub fn live(o: &Observed) -> Vec<DockerPort> {
             container: format!("{}:{}", p.item.container, p.item.port),
             publish: p.item,
         })
+        .collect()
+}
+
+/// The Docker networks in the pinned maps: this source until the engine answers.
+pub fn live_networks(o: &Observed) -> Vec<Network> {
+    o.networks
+        .iter()
+        .filter(|n| n.origin == Origin::Docker)
+        .cloned()
         .collect()
 }
 
@@ -280,7 +457,10 @@ async fn session(
     // it is first polled, after the listing; `since` replays what happened between):
     // nothing between the two is missed, at worst one listing too many.
     let since = crate::maps::now().saturating_sub(1).to_string();
-    let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned()])]);
+    let filters = HashMap::from([(
+        "type".to_owned(),
+        vec!["container".to_owned(), "network".to_owned()],
+    )]);
     let mut events = docker.events(Some(EventsOptions {
         since: Some(since),
         filters: Some(filters),
@@ -288,7 +468,13 @@ async fn session(
     }));
     let mut last = listing(&docker, underlay).await?;
     log::info!(
-        "docker: {} running containers ({} on the default bridge network), {} published ports (engine at {})",
+        "docker: {} bridge networks ({}), {} running containers ({} endpoints on them), {} published ports (engine at {})",
+        last.networks.len(),
+        last.networks
+            .iter()
+            .map(|n| format!("{} {} on {}", n.name, n.subnet, n.bridge))
+            .collect::<Vec<_>>()
+            .join(", "),
         last.containers,
         last.endpoints.len(),
         last.ports.len(),
@@ -305,10 +491,20 @@ async fn session(
             .ok_or_else(|| anyhow::anyhow!("the engine closed its event stream"))?;
         let ev = ev.map_err(|e| anyhow::anyhow!("following the engine's events: {e}"))?;
         let action = ev.action.as_deref().unwrap_or("");
-        // Only what changes the running set or its ports.
+        // Only what changes the networks, the running set or its ports.
         if !matches!(
             action,
-            "start" | "die" | "stop" | "kill" | "destroy" | "pause" | "unpause" | "restart"
+            "start"
+                | "die"
+                | "stop"
+                | "kill"
+                | "destroy"
+                | "pause"
+                | "unpause"
+                | "restart"
+                | "create"
+                | "connect"
+                | "disconnect"
         ) {
             continue;
         }
@@ -333,23 +529,194 @@ mod tests {
     use bollard::models::{ContainerSummaryNetworkSettings, EndpointSettings, PortSummary};
 
     fn container(name: &str, ip: Option<&str>, ports: Vec<PortSummary>) -> ContainerSummary {
+        on(
+            name,
+            ip.map(|ip| vec![("bridge", ip)]).unwrap_or_default(),
+            ports,
+        )
+    }
+
+    /// A container on the networks `nets` (name, address).
+    fn on(name: &str, nets: Vec<(&str, &str)>, ports: Vec<PortSummary>) -> ContainerSummary {
         ContainerSummary {
             id: Some(format!("{name}0123456789abcdef")),
             names: Some(vec![format!("/{name}")]),
             ports: Some(ports),
             network_settings: Some(ContainerSummaryNetworkSettings {
-                networks: ip.map(|ip| {
-                    HashMap::from([(
-                        "bridge".to_owned(),
-                        EndpointSettings {
-                            ip_address: Some(ip.to_owned()),
-                            ..Default::default()
-                        },
-                    )])
+                networks: (!nets.is_empty()).then(|| {
+                    nets.into_iter()
+                        .map(|(n, ip)| {
+                            let e = EndpointSettings {
+                                ip_address: Some(ip.to_owned()),
+                                ..Default::default()
+                            };
+                            (n.to_owned(), e)
+                        })
+                        .collect()
                 }),
             }),
             ..Default::default()
         }
+    }
+
+    /// Docker's listing of a network.
+    fn net(
+        name: &str,
+        driver: &str,
+        subnet: Option<&str>,
+        opts: &[(&str, &str)],
+        internal: bool,
+    ) -> bollard::models::Network {
+        bollard::models::Network {
+            name: Some(name.to_owned()),
+            id: Some(format!("{:0<64}", name.len())),
+            driver: Some(driver.to_owned()),
+            internal: Some(internal),
+            options: Some(
+                opts.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ipam: Some(bollard::models::Ipam {
+                config: subnet.map(|s| {
+                    vec![bollard::models::IpamConfig {
+                        subnet: Some(s.to_owned()),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The bridges of a host: docker0 (10.244.11.1/24) and br-<id> of each network.
+    fn resolve(name: &str) -> Option<(u32, [u8; 6], Vec<ipnet::Ipv4Net>)> {
+        match name {
+            "docker0" => Some((
+                3,
+                [2, 0, 0, 0, 0, 3],
+                vec!["10.244.11.1/24".parse().unwrap()],
+            )),
+            "gone" => None,
+            n => Some((n.len() as u32 + 100, [2, 0, 0, 0, 0, 4], vec![])),
+        }
+    }
+
+    fn served() -> Vec<Network> {
+        let list = vec![
+            net(
+                "bridge",
+                "bridge",
+                Some("10.244.11.0/24"),
+                &[(OPT_BRIDGE_NAME, "docker0")],
+                false,
+            ),
+            net("app", "bridge", Some("10.244.12.0/24"), &[], false),
+            net("back", "bridge", Some("10.244.13.0/24"), &[], true),
+        ];
+        networks(&list, &resolve).0
+    }
+
+    #[test]
+    fn bridge_networks_are_served_and_the_others_skipped_with_why() {
+        let list = vec![
+            net(
+                "bridge",
+                "bridge",
+                Some("10.244.11.0/24"),
+                &[(OPT_BRIDGE_NAME, "docker0")],
+                false,
+            ),
+            net("host", "host", None, &[], false),
+            net("none", "null", None, &[], false),
+            net(
+                "quiet",
+                "bridge",
+                Some("10.244.12.0/24"),
+                &[(OPT_MASQUERADE, "false")],
+                false,
+            ),
+            net("sealed", "bridge", Some("10.244.13.0/24"), &[], true),
+            net("v6only", "bridge", Some("fd00:1::/64"), &[], false),
+            net(
+                "elsewhere",
+                "bridge",
+                Some("10.250.0.0/24"),
+                &[(OPT_BRIDGE_NAME, "gone")],
+                false,
+            ),
+            net("ov", "overlay", Some("10.0.9.0/24"), &[], false),
+        ];
+        let (nets, skipped) = networks(&list, &resolve);
+        let got: Vec<String> = nets
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {} {} gw {:?} masquerade {} internal {}",
+                    n.name, n.bridge, n.subnet, n.gateway, n.masquerade, n.internal
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "bridge docker0 10.244.11.0/24 gw Some(10.244.11.1) masquerade true internal false",
+                "quiet br-500000000000 10.244.12.0/24 gw None masquerade false internal false",
+                "sealed br-600000000000 10.244.13.0/24 gw None masquerade true internal true",
+            ]
+        );
+        assert_eq!(nets[0].bridge_ifindex, 3);
+        let skipped = skipped.join("\n");
+        assert!(
+            skipped.contains("network v6only: no IPv4 subnet"),
+            "{skipped}"
+        );
+        assert!(
+            skipped.contains("network elsewhere: its bridge gone is not in this network namespace"),
+            "{skipped}"
+        );
+        assert!(skipped.contains("network ov: driver overlay"), "{skipped}");
+        assert_eq!(skipped.lines().count(), 3, "{skipped}");
+    }
+
+    #[test]
+    fn ports_lead_to_the_address_on_the_network_with_a_way_out() {
+        use PortSummaryTypeEnum::*;
+        let p = || vec![port("0.0.0.0", 80, Some(8080), TCP)];
+        let nets = served();
+        let cases = [
+            (vec![("app", "10.244.12.2")], Some("10.244.12.2")),
+            (
+                vec![("app", "10.244.12.2"), ("bridge", "10.244.11.2")],
+                Some("10.244.11.2"),
+            ),
+            (
+                vec![("back", "10.244.13.2"), ("app", "10.244.12.2")],
+                Some("10.244.12.2"),
+            ),
+            (vec![("back", "10.244.13.2")], None),
+            (vec![("unknown", "10.9.9.9")], None),
+        ];
+        for (on_nets, want) in cases {
+            let label = format!("{on_nets:?}");
+            let v = view(&[on("c", on_nets, p())], &nets, Ipv4Addr::UNSPECIFIED);
+            let got = v.ports.first().map(|p| p.publish.container.to_string());
+            assert_eq!(got.as_deref(), want, "{label}");
+            if want.is_none() {
+                assert_eq!(v.skipped.len(), 1, "{label}");
+            }
+        }
+        let v = view(
+            &[on("db", vec![("back", "10.244.13.2")], p())],
+            &nets,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        assert!(
+            v.skipped[0].contains("its only network, back, is internal"),
+            "{:?}",
+            v.skipped
+        );
     }
 
     fn port(ip: &str, private: u16, public: Option<u16>, t: PortSummaryTypeEnum) -> PortSummary {
@@ -385,7 +752,7 @@ mod tests {
                 vec![port("0.0.0.0", 80, Some(8081), TCP)],
             ),
         ];
-        let v = view(&list, underlay);
+        let v = view(&list, &served(), underlay);
         assert_eq!(v.containers, 3);
         let got: Vec<(String, Proto, u16, String, u16)> = v
             .ports
@@ -414,13 +781,21 @@ mod tests {
         );
         assert!(skipped.contains("sctp/7007"), "{skipped}");
         assert!(skipped.contains("container other-net"), "{skipped}");
+        assert!(
+            skipped.contains("no address on a bridge network netpath serves"),
+            "{skipped}"
+        );
         assert_eq!(v.skipped.len(), 3, "{skipped}");
     }
 
     #[test]
     fn a_listing_of_garbage_is_skipped_not_trusted() {
         // Every field missing: counted, nothing served, no panic.
-        let v = view(&[ContainerSummary::default()], Ipv4Addr::UNSPECIFIED);
+        let v = view(
+            &[ContainerSummary::default()],
+            &served(),
+            Ipv4Addr::UNSPECIFIED,
+        );
         assert_eq!(v.containers, 1);
         assert!(v.ports.is_empty());
     }

@@ -5,8 +5,9 @@
 //!   read back from the pinned maps, where each entry carries its origin;
 //! - [`etcd`]: the other hosts of the fleet, registered in etcd (`[etcd]`): from the
 //!   pinned maps until etcd answers, then from etcd's listing and watch;
-//! - [`docker`]: the ports Docker publishes for its running containers (`[docker]`):
-//!   from the pinned maps until the engine answers, then from its listings.
+//! - [`docker`]: the host's bridge networks, and the ports Docker publishes for its
+//!   running containers (`[docker]`): from the pinned maps until the engine answers,
+//!   then from its listings.
 //!
 //! [`desired`] merges them. Where two sources say something of the same thing, the rule
 //! is this, and only here:
@@ -22,8 +23,11 @@
 //!   error: another host's registration cannot stop this one;
 //! - **Docker's ports come after the config's and the CLI's**: a port of the same
 //!   protocol and number as one of theirs (or of an earlier container), or one whose
-//!   container is not in this host's subnet, is refused for that container and logged,
-//!   never an error: the others are served.
+//!   container is not on a network of this host, is refused for that container and
+//!   logged, never an error: the others are served;
+//! - **the networks**: the `[host].bridge` is always the first; Docker's network on that
+//!   bridge (docker0's "bridge") lends it its name and options; another network whose
+//!   bridge or subnet an earlier one has is skipped and logged.
 
 pub mod cli;
 pub mod docker;
@@ -75,6 +79,41 @@ pub struct Merge {
     pub kept_docker: usize,
     /// Docker's ports refused, each with why.
     pub skipped_docker: Vec<String>,
+    /// Docker's networks left out, each with why.
+    pub skipped_networks: Vec<String>,
+}
+
+/// The host's networks: the `[host].bridge` first (with the name and options of the
+/// Docker network on it), then Docker's others (`docker`, sorted); one whose bridge or
+/// subnet an earlier network has is skipped with why.
+pub fn networks(
+    h: &crate::state::Host,
+    docker: &[crate::state::Network],
+) -> (Vec<crate::state::Network>, Vec<String>) {
+    let mut own = crate::state::Network::of_host(h);
+    let mut out: Vec<crate::state::Network> = Vec::new();
+    let mut skipped = Vec::new();
+    for n in docker {
+        if n.bridge_ifindex == own.bridge_ifindex {
+            own.name = n.name.clone();
+            own.docker_id = n.docker_id.clone();
+            own.masquerade = n.masquerade;
+            continue;
+        }
+        if let Some(o) = std::iter::once(&own)
+            .chain(&out)
+            .find(|o| o.subnet == n.subnet || o.bridge_ifindex == n.bridge_ifindex)
+        {
+            skipped.push(format!(
+                "network {} ({} on {}): network {} has that subnet or bridge",
+                n.name, n.subnet, n.bridge, o.name
+            ));
+            continue;
+        }
+        out.push(n.clone());
+    }
+    out.insert(0, own);
+    (out, skipped)
 }
 
 /// The desired state: the config file `cfg` with the live CLI entries `cli`, the other
@@ -85,10 +124,13 @@ pub fn desired(
     cli: &Part,
     etcd: &[Peer],
     docker: &[docker::DockerPort],
+    docker_networks: &[crate::state::Network],
 ) -> Result<(Desired, Merge)> {
     let mut merge = Merge::default();
     let mut problems = Vec::new();
     let h = &cfg.host;
+    let (nets, skipped) = networks(h, docker_networks);
+    merge.skipped_networks = skipped;
 
     let mut peers: Vec<Peer> = cfg.peers.clone();
     let mut cli_peers = Vec::new();
@@ -197,7 +239,17 @@ pub fn desired(
             "container {} ({}/{} -> {}:{}, published by Docker)",
             d.container, p.proto, p.host_port, p.container, p.port
         );
-        let found = check_publish(&field, p, h.subnet, h.gateway, h.vxlan_port, &publish);
+        // Checked against the container's network (the host's subnet without one, which
+        // refuses it).
+        let net = crate::state::network_of(&nets, p.container);
+        let (subnet, gateway) = net.map_or((h.subnet, h.gateway), |n| (n.subnet, n.gateway));
+        let mut found = check_publish(&field, p, subnet, gateway, h.vxlan_port, &publish);
+        if net.is_none() {
+            found.push(format!(
+                "{field}: {} is on no network of this host",
+                p.container
+            ));
+        }
         if found.is_empty() {
             publish.push(*p);
             docker_publish.push(*p);
@@ -257,6 +309,7 @@ pub fn desired(
                 default: p.default,
                 reject_rate: p.reject_rate,
             },
+            networks: nets,
         },
         merge,
     ))
@@ -264,7 +317,7 @@ pub fn desired(
 
 /// The desired state of a fresh datapath (no CLI entry yet): the config alone.
 pub fn from_config(cfg: &Config) -> Desired {
-    desired(cfg, &Part::default(), &[], &[])
+    desired(cfg, &Part::default(), &[], &[], &[])
         .expect("a valid config merges with no CLI entry")
         .0
 }

@@ -9,13 +9,12 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
 use rtnetlink::packet_route::{
     AddressFamily,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
 };
 
-use crate::state::{Endpoint, Host};
+use crate::state::{Endpoint, Network};
 
 /// What the kernel says about the bridge: its neighbours (address, MAC, whether the entry
 /// is usable) and forwarding database (MAC, port).
@@ -99,19 +98,13 @@ fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
 }
 
 /// The local containers as the kernel shows them: every usable neighbour of the bridge
-/// with a container address of `host`'s subnet and a unicast MAC, on the port where the
+/// with a container address of the bridge's network `net` and a unicast MAC, on the port where the
 /// bridge learned that MAC. The bridge forgets a MAC it no longer sees (300 s), and
 /// traffic that netpath delivers straight never passes it: an endpoint in `known` (the
 /// map now) keeps its port while that port exists and the neighbour still has that MAC.
 /// A neighbour that failed, or that has another MAC, ends it.
-pub fn endpoints(host: &Host, b: &Bridge, known: &BTreeMap<Ipv4Addr, Endpoint>) -> Vec<Endpoint> {
-    let subnet: Ipv4Net = host.subnet;
-    let container = |a: Ipv4Addr| {
-        subnet.contains(&a)
-            && a != subnet.network()
-            && a != subnet.broadcast()
-            && Some(a) != host.gateway
-    };
+pub fn endpoints(net: &Network, b: &Bridge, known: &BTreeMap<Ipv4Addr, Endpoint>) -> Vec<Endpoint> {
+    let container = |a: Ipv4Addr| net.holds_container(a);
     let mut out = BTreeMap::new();
     for &(addr, mac, usable) in &b.neighbours {
         let Some(mac) = mac else { continue };
@@ -145,6 +138,7 @@ pub fn endpoints(host: &Host, b: &Bridge, known: &BTreeMap<Ipv4Addr, Endpoint>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Host;
 
     fn host() -> Host {
         Host {
@@ -156,6 +150,7 @@ mod tests {
             subnet: "10.244.1.0/24".parse().unwrap(),
             address: "198.18.0.10".parse().unwrap(),
             gateway: Some("10.244.1.1".parse().unwrap()),
+            bridge_subnet: "10.244.1.0/24".parse().unwrap(),
             vni: 42,
             xdp: crate::state::XdpMode::Off,
             vxlan_port: 4789,
@@ -201,7 +196,7 @@ mod tests {
             fdb: vec![(A, 10), (B, 11), ([2, 0, 0, 0, 0, 5], 11)],
         };
         assert_eq!(
-            endpoints(&host(), &b, &BTreeMap::new()),
+            endpoints(&Network::of_host(&host()), &b, &BTreeMap::new()),
             vec![ep("10.244.1.2", 10, A), ep("10.244.1.3", 11, B)]
         );
     }
@@ -222,7 +217,7 @@ mod tests {
             fdb: vec![],
         };
         assert_eq!(
-            endpoints(&host(), &b, &known),
+            endpoints(&Network::of_host(&host()), &b, &known),
             vec![ep("10.244.1.2", 10, A)]
         );
         // The neighbour entry was collected: the endpoint stays while its port does.
@@ -231,7 +226,7 @@ mod tests {
             neighbours: vec![],
             fdb: vec![],
         };
-        assert_eq!(endpoints(&host(), &b, &known).len(), 2);
+        assert_eq!(endpoints(&Network::of_host(&host()), &b, &known).len(), 2);
         // A failed neighbour, or the address now at another MAC (a new container), ends it.
         let b = Bridge {
             ports: vec![10, 11],
@@ -242,7 +237,7 @@ mod tests {
             fdb: vec![(A, 10)],
         };
         assert_eq!(
-            endpoints(&host(), &b, &known),
+            endpoints(&Network::of_host(&host()), &b, &known),
             vec![ep("10.244.1.3", 10, A)]
         );
     }

@@ -103,6 +103,8 @@ pub struct Desired {
     pub peers: Vec<Owned<Peer>>,
     pub publish: Vec<Owned<Publish>>,
     pub policy: DesiredPolicy,
+    /// The host's container networks: the `[host].bridge` first, then Docker's others.
+    pub networks: Vec<Network>,
 }
 
 /// Largest VXLAN network identifier (24 bits).
@@ -299,10 +301,15 @@ pub struct Host {
     pub uplink_ifindex: u32,
     pub bridge: String,
     pub bridge_ifindex: u32,
+    /// The host's container subnet: what peers route to this host. It holds the bridge's
+    /// network and, on a Docker host, the pool its other networks come from.
     pub subnet: Ipv4Net,
     pub address: Ipv4Addr,
     /// The bridge's own address inside `subnet`, if it has one.
     pub gateway: Option<Ipv4Addr>,
+    /// The bridge's network: the subnet of its address (`bip`) inside `subnet`, or all of
+    /// `subnet` while the bridge has no address there.
+    pub bridge_subnet: Ipv4Net,
     pub vni: u32,
     pub xdp: XdpMode,
     pub vxlan_port: u16,
@@ -554,6 +561,70 @@ pub fn listed(items: &[String]) -> String {
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A container network of this host: a bridge and its subnet (the `[host].bridge`, and
+/// each user-defined bridge network Docker has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Docker's name ("bridge" for docker0), or the bridge's own without `[docker]`.
+    pub name: String,
+    /// Docker's network id (its first 12 hex digits); empty for the config's bridge.
+    pub docker_id: String,
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    pub bridge_mac: [u8; 6],
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    /// `--internal`: no way in or out of the host.
+    pub internal: bool,
+    /// Docker's `com.docker.network.bridge.enable_ip_masquerade` (on unless "false").
+    pub masquerade: bool,
+    pub origin: Origin,
+}
+
+impl Network {
+    /// The `[host].bridge` as a network: its address's subnet.
+    pub fn of_host(h: &Host) -> Network {
+        Network {
+            name: h.bridge.clone(),
+            docker_id: String::new(),
+            bridge: h.bridge.clone(),
+            bridge_ifindex: h.bridge_ifindex,
+            bridge_mac: h.bridge_mac,
+            subnet: h.bridge_subnet,
+            gateway: h.gateway,
+            internal: false,
+            masquerade: true,
+            origin: Origin::Config,
+        }
+    }
+
+    /// Whether `a` can be a container of this network: in its subnet, and neither its
+    /// gateway nor its network or broadcast address.
+    pub fn holds_container(&self, a: Ipv4Addr) -> bool {
+        self.subnet.contains(&a)
+            && a != self.subnet.network()
+            && a != self.subnet.broadcast()
+            && Some(a) != self.gateway
+    }
+}
+
+/// The subnet of the bridge's network: that of `addrs`' first address inside `subnet`
+/// (never wider than `subnet`), or `subnet` itself when there is none.
+pub fn bridge_subnet(subnet: Ipv4Net, addrs: &[Ipv4Net]) -> (Option<Ipv4Addr>, Ipv4Net) {
+    match addrs.iter().find(|n| subnet.contains(&n.addr())) {
+        Some(n) if n.prefix_len() >= subnet.prefix_len() => (Some(n.addr()), n.trunc()),
+        Some(n) => (Some(n.addr()), subnet),
+        None => (None, subnet),
+    }
+}
+
+/// The network of `nets` that holds `a` (the most specific, as the datapath's lookup).
+pub fn network_of(nets: &[Network], a: Ipv4Addr) -> Option<&Network> {
+    nets.iter()
+        .filter(|n| n.subnet.contains(&a))
+        .max_by_key(|n| n.subnet.prefix_len())
 }
 
 /// A local container as netpath delivers to it: its address, the host-side veth (a port

@@ -43,6 +43,7 @@ pub fn cfg(ready: bool) -> Config {
             subnet: "10.244.11.0/24".parse().unwrap(),
             address: HOST.into(),
             gateway: Some(GATEWAY.into()),
+            bridge_subnet: "10.244.11.0/24".parse().unwrap(),
             vni: 42,
             xdp: XdpMode::Off,
             vxlan_port: 4789,

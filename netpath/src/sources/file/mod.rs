@@ -241,11 +241,8 @@ impl Config {
                 "[host].address = \"{address}\" is inside [host].subnet = \"{subnet}\": the underlay address is the host's address on the uplink"
             ));
         }
-        let gateway = sys
-            .ipv4_addrs(&h.bridge)
-            .into_iter()
-            .map(|n| n.addr())
-            .find(|a| subnet.contains(a));
+        let (gateway, bridge_subnet) =
+            crate::state::bridge_subnet(subnet, &sys.ipv4_addrs(&h.bridge));
         let peers = check_peers(&file.peers, subnet, address, &mut problems);
         let mut publish: Vec<Publish> = Vec::new();
         // Published ports are checked against the subnet once it is leased.
@@ -327,6 +324,7 @@ impl Config {
                 subnet,
                 address,
                 gateway,
+                bridge_subnet,
                 vni: h.vni,
                 xdp: h.xdp,
                 vxlan_port: h.vxlan_port,
