@@ -38,6 +38,9 @@ pub struct DockerOptions {
     pub iptables: bool,
     /// Containers keep running while dockerd restarts.
     pub live_restore: bool,
+    /// More daemon.json settings (an object), e.g. what `netpath subnet` prints: `bip`
+    /// (in place of the host's gateway), `default-address-pools`, `mtu`.
+    pub daemon: serde_json::Value,
 }
 
 impl Default for DockerOptions {
@@ -46,6 +49,7 @@ impl Default for DockerOptions {
             userland_proxy: false,
             iptables: true,
             live_restore: false,
+            daemon: serde_json::json!({}),
         }
     }
 }
@@ -110,7 +114,7 @@ fn with_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 
 impl Lab {
     /// Starts a dockerd in host `i`'s namespace, its docker0 at the host's gateway
-    /// address (`--bip`), and loads the lab's images into it. The host's br0 gives its
+    /// address (`--bip`, unless `o.daemon` sets `bip`), and loads the lab's images into it. The host's br0 gives its
     /// address up to docker0. Returns the socket. Waits until the engine answers.
     pub fn dockerd(&mut self, i: usize, o: &DockerOptions) -> Result<PathBuf> {
         let (ns, name, gateway) = {
@@ -121,12 +125,19 @@ impl Lab {
         fs::create_dir_all(&dir)?;
         let socket = dir.join("docker.sock");
         let config = dir.join("daemon.json");
-        fs::write(
-            &config,
-            serde_json::json!({"userland-proxy": o.userland_proxy, "iptables": o.iptables,
-                "live-restore": o.live_restore})
-            .to_string(),
-        )?;
+        let mut daemon = serde_json::json!({"userland-proxy": o.userland_proxy,
+            "iptables": o.iptables, "live-restore": o.live_restore});
+        if let Some(more) = o.daemon.as_object() {
+            for (k, v) in more {
+                daemon[k] = v.clone();
+            }
+        }
+        fs::write(&config, daemon.to_string())?;
+        // dockerd refuses a setting given both in daemon.json and as a flag.
+        let bip = match daemon.get("bip") {
+            Some(_) => vec![],
+            None => vec!["--bip".to_owned(), format!("{gateway}/24")],
+        };
         run(ip(&ns, "addr flush dev br0"))?;
         let log = fs::File::create(dir.join("dockerd.log"))?;
         // nsenter --net, not ip netns exec: dockerd needs the machine's /sys (cgroups).
@@ -143,8 +154,7 @@ impl Lab {
             .arg(format!("unix://{}", socket.display()))
             .arg("--pidfile")
             .arg(dir.join("docker.pid"))
-            .arg("--bip")
-            .arg(format!("{gateway}/24"))
+            .args(&bip)
             .args(["--storage-driver", "vfs"])
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -224,18 +234,28 @@ impl Lab {
         Ok(())
     }
 
-    /// The docker CLI against host `i`'s engine (more arguments may be appended).
-    pub fn docker(&self, i: usize, args: &[&str]) -> Command {
+    /// Host `i`'s engine as DOCKER_HOST names it (`unix://...`).
+    pub fn docker_host(&self, i: usize) -> String {
         let d = self
             .dockerds
             .iter()
             .find(|d| d.host == i)
             .expect("host has no dockerd");
+        format!("unix://{}", d.socket.display())
+    }
+
+    /// The docker CLI against host `i`'s engine (more arguments may be appended).
+    pub fn docker(&self, i: usize, args: &[&str]) -> Command {
         let mut c = Command::new("docker");
-        c.arg("-H")
-            .arg(format!("unix://{}", d.socket.display()))
-            .args(args);
+        c.arg("-H").arg(self.docker_host(i)).args(args);
         c
+    }
+
+    /// The address of container `name` on host `i`'s network `net`.
+    pub fn docker_addr(&self, i: usize, name: &str, net: &str) -> Result<String> {
+        let f = format!("{{{{(index .NetworkSettings.Networks {net:?}).IPAddress}}}}");
+        let addr = output(self.docker(i, &["inspect", "-f", &f, name]))?;
+        Ok(addr.trim().to_owned())
     }
 
     /// Runs a detached container on host `i`: `docker run -d --name NAME ARGS...`;
@@ -289,6 +309,44 @@ impl Lab {
             stop(&mut d);
         }
     }
+}
+
+/// Host `i`'s published ports of origin docker, as "proto/port -> addr:port".
+pub fn docker_ports(lab: &Lab, i: usize) -> Vec<String> {
+    let v = lab.netpath_json(i, &["publish", "list", "--json"]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["origin"] == "docker")
+        .map(|p| {
+            format!(
+                "{}/{} -> {}",
+                p["proto"].as_str().unwrap_or("?"),
+                p["host_port"],
+                p["container"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `docker exec NAME ping` from host `i`: how many of 3 came back.
+pub fn ping_from(lab: &Lab, i: usize, name: &str, to: &str) -> u32 {
+    let o = lab
+        .docker(
+            i,
+            &["exec", name, "ping", "-c", "3", "-i", "0.2", "-W", "1", to],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// SIGTERM, up to 15 s for dockerd to stop its containers and containerd, then SIGKILL;

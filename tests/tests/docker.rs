@@ -7,7 +7,7 @@ use std::{thread, time::Duration};
 
 use netpath_tests::{
     Lab, PeerMode, Spec, can_run_lab,
-    docker::{DockerOptions, have_dockerd},
+    docker::{DockerOptions, docker_ports, have_dockerd, ping_from},
     in_ns, output, probe_bin,
 };
 
@@ -27,46 +27,8 @@ fn docker_lab() -> Option<Lab> {
     )
 }
 
-/// Host `i`'s published ports of origin docker, as "proto/port -> addr:port".
-fn docker_ports(lab: &Lab, i: usize) -> Vec<String> {
-    let v = lab.netpath_json(i, &["publish", "list", "--json"]);
-    let mut out: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["origin"] == "docker")
-        .map(|p| {
-            format!(
-                "{}/{} -> {}",
-                p["proto"].as_str().unwrap_or("?"),
-                p["host_port"],
-                p["container"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 fn wait_for(what: &str, secs: u64, done: impl FnMut() -> bool) {
     netpath_tests::wait_for(secs, done, || what.to_string());
-}
-
-/// `docker exec NAME ping` from host `i`: how many of 3 came back.
-fn ping_from(lab: &Lab, i: usize, name: &str, to: &str) -> u32 {
-    let o = lab
-        .docker(
-            i,
-            &["exec", name, "ping", "-c", "3", "-i", "0.2", "-W", "1", to],
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    text.split(" packets received")
-        .next()
-        .and_then(|s| s.rsplit(", ").next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

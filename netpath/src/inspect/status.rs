@@ -28,6 +28,8 @@ pub struct Status {
     pub etcd: Option<FleetStatus>,
     /// The Docker engine as the agent last saw it; None without `[docker]`.
     pub docker: Option<DockerStatus>,
+    /// The host's container networks (docker0 and Docker's others), with their containers.
+    pub networks: Vec<crate::inspect::networks::NetworkRow>,
     /// What needs the operator's attention, each with what to do; empty when all is well.
     pub problems: Vec<String>,
 }
@@ -240,6 +242,11 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             ));
         }
     }
+    let networks = crate::inspect::networks::rows(&maps)?;
+    problems.extend(crate::inspect::networks::outside(
+        &crate::reconcile::networks::observe(&maps)?,
+        maps.subnet()?,
+    ));
     let debug = maps.debug.get(&0, 0)?;
     if debug.flags & netpath_common::DEBUG_F_ON != 0 {
         problems.push(format!(
@@ -280,6 +287,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         maps: maps_rows,
         etcd,
         docker,
+        networks,
         problems,
     })
 }
@@ -402,18 +410,20 @@ fn attachments(
         }
         rows.push(row);
     }
-    // np_from_container, one link per bridge port.
-    let prefix = format!("{}@", prog_names::FROM_CONTAINER);
-    let mut ports: Vec<_> = std::fs::read_dir(pins.links())
-        .with_context(|| format!("reading {}", pins.links().display()))?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect();
-    ports.sort();
-    for p in ports {
-        let row = from_link(&p, prog_names::FROM_CONTAINER, "tc ingress", "tcx".into());
-        rows.push(row);
+    // np_from_bridge on each other network's bridge, np_from_container on every bridge
+    // port: one link per interface.
+    for prog in [prog_names::FROM_BRIDGE, prog_names::FROM_CONTAINER] {
+        let prefix = format!("{prog}@");
+        let mut links: Vec<_> = std::fs::read_dir(pins.links())
+            .with_context(|| format!("reading {}", pins.links().display()))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        links.sort();
+        for p in links {
+            rows.push(from_link(&p, prog, "tc ingress", "tcx".into()));
+        }
     }
     Ok(rows)
 }
@@ -579,6 +589,10 @@ pub fn text(s: &Status) -> String {
                 String::new()
             }
         );
+    }
+    if s.networks.len() > 1 {
+        let _ = writeln!(o, "\nnetworks");
+        o.push_str(&crate::inspect::networks::table(&s.networks));
     }
     let _ = writeln!(o, "\nattachments");
     o.push_str(&report::table(

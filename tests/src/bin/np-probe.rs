@@ -118,10 +118,14 @@ fn message(proto: &str, size: usize) -> Vec<u8> {
     msg
 }
 
+/// `addr` (an IPv4 address, or a name the container's resolver knows, e.g. a compose
+/// service through Docker's embedded DNS) and `port`.
 fn addr(addr: &str, port: u16) -> std::io::Result<SocketAddr> {
-    format!("{addr}:{port}")
-        .parse()
-        .map_err(std::io::Error::other)
+    use std::net::ToSocketAddrs;
+    (addr, port)
+        .to_socket_addrs()?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no IPv4 address")))
 }
 
 fn check(proto: &str, to: SocketAddr, size: usize, sport: u16) -> std::io::Result<bool> {

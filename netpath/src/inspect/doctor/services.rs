@@ -50,8 +50,19 @@ pub(super) fn docker(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<
     let subnet = maps.subnet().ok();
     let addrs = crate::iface::System.ipv4_addrs(bridge);
     if let Some(subnet) = subnet {
+        let inside = addrs
+            .iter()
+            .find(|a| subnet.contains(&a.addr()) && a.prefix_len() >= subnet.prefix_len());
         f.push(if addrs.iter().any(|a| a.trunc() == subnet) {
             ok("docker", format!("{bridge}'s subnet is netpath's ({subnet})"))
+        } else if let Some(a) = inside {
+            ok(
+                "docker",
+                format!(
+                    "{bridge}'s network {} is inside netpath's subnet {subnet}; the rest is for Docker's other networks",
+                    a.trunc()
+                ),
+            )
         } else {
             let first = subnet.hosts().next().unwrap_or(subnet.network());
             bad(
@@ -66,11 +77,29 @@ pub(super) fn docker(maps: &Maps, bridge: &str, f: &mut Vec<Finding>) -> Result<
                     }
                 ),
                 format!(
-                    "set \"bip\": \"{first}/{}\" in /etc/docker/daemon.json and restart dockerd (`netpath subnet --config ...` prints it)",
+                    "set \"bip\": \"{first}/{}\" in /etc/docker/daemon.json and restart dockerd (`netpath subnet --config ...` prints it, with the pools for Docker's other networks)",
                     subnet.prefix_len()
                 ),
             )
         });
+        let nets = crate::reconcile::networks::observe(maps)?;
+        let served: Vec<String> = nets
+            .iter()
+            .map(|n| format!("{} {}", n.name, n.subnet))
+            .collect();
+        f.push(ok(
+            "docker",
+            format!("{} networks served: {}", nets.len(), served.join(", ")),
+        ));
+        for why in crate::inspect::networks::outside(&nets, subnet) {
+            let (problem, fix) = why.split_once(". ").unwrap_or((&why, ""));
+            f.push(bad(
+                "docker",
+                Level::Warn,
+                problem.to_owned(),
+                fix.to_owned(),
+            ));
+        }
     }
     let proxies = in_this_netns("docker-proxy");
     if proxies > 0 {
