@@ -337,6 +337,13 @@ impl PinDir {
                     self.root.display()
                 );
             }
+            if self.map_path(map_names::AGENT).exists() {
+                // A datapath is there, of a netpath that had no such map.
+                bail!(
+                    "the datapath at {} has no {name}: an older netpath made it. Restart its agent with this netpath (it adds the map and keeps every flow, see upgrades.md), or use the older netpath's CLI until then",
+                    self.root.display()
+                );
+            }
             bail!(
                 "no netpath datapath at {} (missing {name}): is `netpath run` started with this --pin-dir?",
                 self.root.display()

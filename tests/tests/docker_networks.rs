@@ -222,6 +222,14 @@ fn user_defined_networks_cross_hosts_and_keep_dockers_isolation() {
     assert_eq!(ping_from(&lab, 0, "ca", &b), 0);
     assert!(!tcp_from(&lab, 0, "cb", &a));
     assert!(lab.counter(0, "drop-network-isolated") > isolated);
+    let t = lab.netpath_json(0, &["trace", "--from", &a, "--to", &b, "--json"]);
+    assert_eq!(t["reason"], "drop-network-isolated", "{t}");
+    assert!(
+        t["steps"]
+            .to_string()
+            .contains("two networks, which Docker keeps apart"),
+        "{t}"
+    );
     let both_b = lab.docker_addr(0, "cboth", "other").unwrap();
     assert_eq!(ping_from(&lab, 0, "cboth", &a), 3);
     assert_eq!(ping_from(&lab, 0, "cboth", &b), 3);

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpath_tests::{Lab, ping};
+use netpath_tests::{Lab, ping, wait_for};
 
 fn lab(hosts: usize) -> Option<Lab> {
     Lab::hosts(hosts, 1)
@@ -361,6 +361,67 @@ fn subnet_of(lab: &Lab, i: usize) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+#[test]
+fn a_wide_lease_holds_docker0s_network_and_the_pools_of_dockers_others() {
+    let Some(mut lab) = Lab::hosts(2, 0) else {
+        return;
+    };
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    for i in 0..2 {
+        lab.lease_subnet(i).unwrap();
+    }
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let o = lab
+        .netpath(0, &["cluster", "init", "--config", &config])
+        .args([
+            "--cidr",
+            "10.244.0.0/16",
+            "--subnet-len",
+            "20",
+            "--mode",
+            "direct",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    lab.start_all().unwrap();
+    let leased = [subnet_of(&lab, 0), subnet_of(&lab, 1)];
+    let s = lab.netpath_json(0, &["subnet", "--config", &config, "--json"]);
+    let net: std::net::Ipv4Addr = leased[0].strip_suffix("/20").unwrap().parse().unwrap();
+    let at = |plus: u32| std::net::Ipv4Addr::from(u32::from(net) + plus);
+    assert_eq!(s["daemon_json"]["bip"], format!("{}/24", at(1)), "{s}");
+    assert_eq!(
+        s["daemon_json"]["default-address-pools"],
+        serde_json::json!([
+            {"base": format!("{}/24", at(256)), "size": 24},
+            {"base": format!("{}/23", at(512)), "size": 24},
+            {"base": format!("{}/22", at(1024)), "size": 24},
+            {"base": format!("{}/21", at(2048)), "size": 24},
+        ]),
+        "{s}"
+    );
+    // docker0 takes the bip: its network is the lease's first /24, peers route the /20.
+    for (i, s) in leased.iter().enumerate() {
+        lab.move_subnet(i, s).unwrap();
+        lab.add_container(i).unwrap();
+    }
+    // The bridge's network follows its address.
+    wait_for(
+        5,
+        || lab.netpath_json(0, &["network", "list", "--json"])[0]["subnet"] == format!("{net}/24"),
+        || {
+            lab.netpath_json(0, &["network", "list", "--json"])
+                .to_string()
+        },
+    );
+    crosses(&lab, 0, 1);
+    crosses(&lab, 1, 0);
+    let peers = lab.netpath_json(1, &["peer", "list", "--json"]).to_string();
+    assert!(peers.contains(&leased[0]), "{peers}");
+    lab.teardown().unwrap();
 }
 
 #[test]

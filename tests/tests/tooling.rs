@@ -761,6 +761,11 @@ fn metrics_endpoint_serves_prometheus_text() {
         body.contains("netpath_drop_events_total{result=\"suppressed\"}"),
         "{body}"
     );
+    let on_br0 = format!(
+        r#"netpath_network_endpoints{{network="br0",bridge="br0",subnet="{}",origin="config",reachable="true"}}"#,
+        lab.hosts[0].subnet
+    );
+    assert!(sample(&body, &on_br0).unwrap_or(0.0) >= 1.0, "{body}");
     // Per-rule counters once a rule exists; the scrape follows the maps.
     output(lab.netpath(
         0,

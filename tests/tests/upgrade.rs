@@ -417,3 +417,35 @@ fn an_upgrade_killed_while_copying_starts_again_and_one_killed_after_its_swap_fi
     );
     lab.teardown().unwrap();
 }
+
+#[test]
+fn a_datapath_without_a_map_of_this_build_is_named_by_the_cli_and_completed_by_the_agent() {
+    // What a netpath from before NP_NETWORKS left: every other map pinned, the programs
+    // running. The new CLI says what to do; the new agent adds the map, nothing is cut.
+    let Some(mut lab) = Lab::hosts(2, 1) else {
+        return;
+    };
+    lab.write_configs(|_, _| PeerMode::Direct).unwrap();
+    lab.start_all().unwrap();
+    lab.kill_agent(0);
+    let map = lab.hosts[0]
+        .pin_dir
+        .join("maps")
+        .join(netpath_common::map_names::NETWORKS);
+    std::fs::remove_file(&map).unwrap();
+    let o = lab.netpath(0, &["status"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("has no NP_NETWORKS_V1: an older netpath made it. Restart its agent"),
+        "{err}"
+    );
+    lab.start(0).unwrap();
+    assert!(map.exists());
+    let to = lab.hosts[1].containers[0].ip.clone();
+    let (sent, got, _) = ping(&lab.hosts[0].containers[0].ns, &to, 3, "0.1").unwrap();
+    assert_eq!(got, sent);
+    let nets = lab.netpath_json(0, &["network", "list", "--json"]);
+    assert_eq!(nets[0]["bridge"], "br0", "{nets}");
+    lab.teardown().unwrap();
+}

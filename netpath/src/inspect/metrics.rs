@@ -210,6 +210,27 @@ pub fn render(pins: &PinDir) -> Result<String> {
         );
     }
 
+    let nets = gauge_family(
+        &mut reg,
+        "netpath_network_endpoints",
+        "Local containers netpath delivers to, by network (docker0 and Docker's other bridge networks); reachable=\"false\" for a network outside the host's subnet",
+    );
+    for n in crate::inspect::networks::rows(&maps)? {
+        let reachable = if n.reachable_from_peers {
+            "true"
+        } else {
+            "false"
+        };
+        nets.get_or_create(&labels(&[
+            ("network", &n.network),
+            ("bridge", &n.bridge),
+            ("subnet", &n.subnet),
+            ("origin", n.origin),
+            ("reachable", reachable),
+        ]))
+        .set(n.containers as i64);
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).context("encoding the metrics")?;
     Ok(out)

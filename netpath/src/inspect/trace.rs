@@ -36,6 +36,7 @@ use crate::{
 const SHARED: &[&str] = &[
     map_names::CONFIG,
     map_names::ENDPOINTS,
+    map_names::NETWORKS,
     map_names::PEERS,
     map_names::UNDERLAY,
     map_names::PUBLISH,
@@ -188,9 +189,23 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let live = Maps::open(pins)?;
     let cfg = live.config()?;
     let agent = report::agent_row(&live)?;
-    let subnet = live.subnet().context("the datapath's subnet")?;
     let host_addr = addr_of(cfg.host_addr);
-    let gateway = addr_of(cfg.gateway_addr);
+    let nets = crate::reconcile::networks::observe(&live)?;
+    let net_of = |a: Ipv4Addr| crate::state::network_of(&nets, a);
+    // "network NAME (SUBNET) on BRIDGE" of a local address.
+    let on = |a: Ipv4Addr| {
+        net_of(a).map_or_else(
+            || {
+                format!(
+                    "{} on {}",
+                    live.subnet().map(|s| s.to_string()).unwrap_or_default(),
+                    agent.bridge
+                )
+            },
+            |n| format!("network {} ({}) on {}", n.name, n.subnet, n.bridge),
+        )
+    };
+    let bridge_of = |a: Ipv4Addr| net_of(a).map_or(agent.bridge.clone(), |n| n.bridge.clone());
     let peers = report::peer_rows(&live)?;
     let peer_of = |a: Ipv4Addr| report::peer_of(&peers, a, false);
     let endpoint = crate::inspect::dump::endpoint(&live, q.to)?;
@@ -200,13 +215,25 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     }
 
     // Where the packet enters netpath.
-    let local = |a: Ipv4Addr| subnet.contains(&a) && a != gateway && a != subnet.broadcast();
+    let local = |a: Ipv4Addr| net_of(a).is_some_and(|n| n.holds_container(a));
     let (program, iface) = if local(q.from) && local(q.to) {
+        let (from, to) = (net_of(q.from), net_of(q.to));
+        let how = if from.map(|n| n.bridge_ifindex) == to.map(|n| n.bridge_ifindex) {
+            format!("both on {}", on(q.to))
+        } else {
+            format!(
+                "{} is on {}, {} on {}: two networks, which Docker keeps apart",
+                q.from,
+                on(q.from),
+                q.to,
+                on(q.to)
+            )
+        };
         steps.push(step(
             "enters",
             format!(
-                "np_from_container on the sender's veth: {} and {} are both containers of this host ({subnet}), bridged by {}",
-                q.from, q.to, agent.bridge
+                "np_from_container on the sender's veth: {} and {} are containers of this host, {how}",
+                q.from, q.to
             ),
         ));
         (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
@@ -214,8 +241,9 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         steps.push(step(
             "enters",
             format!(
-                "np_from_container on the sender's veth: {} is a container of this host ({subnet}) sending to its gateway; netpath routes it there, the bridge is not on its path",
-                q.from
+                "np_from_container on the sender's veth: {} is a container of this host ({}) sending to its gateway; netpath routes it there, the bridge is not on its path",
+                q.from,
+                on(q.from)
             ),
         ));
         (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
@@ -223,11 +251,13 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         steps.push(step(
             "enters",
             format!(
-                "np_from_bridge on {}: {} is a container of this host ({subnet}) sending to its gateway",
-                agent.bridge, q.from
+                "np_from_bridge on {}: {} is a container of this host ({}) sending to its gateway",
+                bridge_of(q.from),
+                q.from,
+                on(q.from)
             ),
         ));
-        (prog_names::FROM_BRIDGE, agent.bridge.clone())
+        (prog_names::FROM_BRIDGE, bridge_of(q.from))
     } else {
         let how = match peer_of(q.from) {
             Some(p) => format!(
@@ -253,7 +283,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     } else if local(q.to) {
         steps.push(step(
             "destination",
-            format!("{} is a container of this host ({subnet})", q.to),
+            format!("{} is a container of this host ({})", q.to, on(q.to)),
         ));
         steps.push(step(
             "endpoint",
@@ -264,11 +294,12 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                     e.interface.as_deref().unwrap_or("an interface of another namespace"),
                     e.ifindex,
                     e.mac,
-                    agent.bridge
+                    bridge_of(q.to)
                 ),
                 None => format!(
                     "{} is not in the endpoints (not learned yet from {}'s neighbours): reached through the bridge",
-                    q.to, agent.bridge
+                    q.to,
+                    bridge_of(q.to)
                 ),
             },
         ));
@@ -403,10 +434,10 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
             "enters",
             format!(
                 "np_from_bridge on {}: np_from_container leaves it to the bridge",
-                agent.bridge
+                bridge_of(q.from)
             ),
         ));
-        (program, iface) = (prog_names::FROM_BRIDGE, agent.bridge.clone());
+        (program, iface) = (prog_names::FROM_BRIDGE, bridge_of(q.from));
         (r, out, reason) = run(program)?;
     }
     let rule_stats: PerCpuArray<MapData, Counter> = take(&mut ebpf, map_names::POLICY_STATS)?;
@@ -529,7 +560,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     let leaves = leaves_by(
         reason,
         &agent.uplink,
-        &agent.bridge,
+        &bridge_of(q.to),
         &iface,
         veth.as_deref(),
     );
