@@ -16,10 +16,37 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Lab, ip, output, probe_bin, run};
 
+/// A lab of two hosts without containers and an outside host, for dockerds; None (the
+/// test is skipped, saying why) where labs or dockerd cannot run.
+pub fn docker_lab() -> Option<Lab> {
+    if !crate::can_run_lab() || !have_dockerd() {
+        eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
+        return None;
+    }
+    Some(
+        Lab::new(crate::Spec {
+            hosts: 2,
+            containers: 0,
+            locked_down: true,
+            outside: true,
+        })
+        .expect("build lab"),
+    )
+}
+
+/// Waits up to `secs` for `done`, failing with `what` (see [`crate::wait_for`]).
+pub fn wait_for(what: &str, secs: u64, done: impl FnMut() -> bool) {
+    crate::wait_for(secs, done, || what.to_string());
+}
+
 /// Whether this machine can run dockerd (Debian's docker.io installed).
 pub fn have_dockerd() -> bool {
     Path::new("/usr/sbin/dockerd").exists() && Path::new("/usr/bin/busybox").exists()
 }
+
+/// The subnets `Lab::network_configs` gives the lab's two hosts: each holds the host's
+/// /24 (10.244.11.0/24, 10.244.12.0/24) and another for Docker's other networks.
+pub const NETWORK_RANGES: [&str; 2] = ["10.244.10.0/23", "10.244.12.0/23"];
 
 /// A dockerd the lab started.
 pub struct Dockerd {
@@ -244,6 +271,71 @@ impl Lab {
         format!("unix://{}", d.socket.display())
     }
 
+    /// Writes every host's config with a subnet of two /24s (`NETWORK_RANGES`: h1's
+    /// /24 and the one below it, h2's and the one above; peers' too), peers in `mode`;
+    /// returns what `netpath subnet --network-len 27` says each host's daemon.json needs
+    /// (docker0's network, the pools of its other networks in /27s). With `docker`, the
+    /// configs are then Docker hosts' (see [`Lab::write_docker_configs`]). For two hosts.
+    pub fn network_configs(
+        &self,
+        mode: crate::PeerMode,
+        docker: bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.write_configs(|_, _| mode)?;
+        self.widen()?;
+        let mut daemon = Vec::new();
+        for i in 0..self.hosts.len() {
+            let config = self.hosts[i].config.display().to_string();
+            let args = [
+                "subnet",
+                "--config",
+                &config,
+                "--network-len",
+                "27",
+                "--json",
+            ];
+            let out = output(self.netpath(i, &args))?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            daemon.push(v["daemon_json"].clone());
+        }
+        if docker {
+            self.write_docker_configs(mode)?;
+            self.widen()?;
+        }
+        Ok(daemon)
+    }
+
+    /// The lab's /24s in every config (each host's own and its peers') made the /23s of
+    /// `NETWORK_RANGES`.
+    fn widen(&self) -> Result<()> {
+        for h in &self.hosts {
+            let mut t = fs::read_to_string(&h.config)?;
+            for (from, to) in self.hosts.iter().zip(NETWORK_RANGES) {
+                t = t.replace(&format!("\"{}\"", from.subnet), &format!("\"{to}\""));
+            }
+            fs::write(&h.config, t)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a dockerd on every host with the daemon.json settings `daemon` (one per
+    /// host, as [`Lab::network_configs`] returns them). Returns the options of the last.
+    pub fn dockerds_with(
+        &mut self,
+        daemon: &[serde_json::Value],
+        live_restore: bool,
+    ) -> Result<DockerOptions> {
+        let mut o = DockerOptions {
+            live_restore,
+            ..DockerOptions::default()
+        };
+        for (i, d) in daemon.iter().enumerate() {
+            o.daemon = d.clone();
+            self.dockerd(i, &o)?;
+        }
+        Ok(o)
+    }
+
     /// The docker CLI against host `i`'s engine (more arguments may be appended).
     pub fn docker(&self, i: usize, args: &[&str]) -> Command {
         let mut c = Command::new("docker");
@@ -291,6 +383,37 @@ impl Lab {
             terminate(c);
         }
         self.dockerd(i, o).map(|_| ())
+    }
+
+    /// Under traffic (one TCP connection from the outside host to host 1's port `port`,
+    /// request/response for 12 s, which a cut fails; a ping every 100 ms from the
+    /// container `peer` of host 2 to `to`), host 1's dockerd restarts with `o` and so
+    /// does its agent; panics unless every request and every ping was answered.
+    pub fn restart_under_traffic(&mut self, port: u16, to: &str, o: &DockerOptions) {
+        let probe = probe_bin().display().to_string();
+        let out = self.outside().ns.clone();
+        let h1 = self.hosts[0].underlay.clone();
+        let rr = {
+            let cmd = format!("{probe} rr {h1} {port} 12");
+            std::thread::spawn(move || crate::in_ns(&out, &cmd).output().unwrap())
+        };
+        let args = [
+            "exec", "peer", "ping", "-c", "100", "-i", "0.1", "-W", "1", to,
+        ];
+        let ping = self
+            .docker(1, &args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        self.restart_dockerd(0, o).unwrap();
+        self.kill_agent(0);
+        self.start(0).unwrap();
+        let rr = rr.join().unwrap();
+        assert!(rr.status.success(), "the connection was cut: {rr:?}");
+        let ping = ping.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&ping.stdout);
+        assert!(text.contains("100 packets received"), "{text}");
     }
 
     /// Removes every container and stops every dockerd the lab started; their

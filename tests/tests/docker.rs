@@ -3,33 +3,13 @@
 //! hosts, and `docker run -p` ports served by netpath from Docker's API, with
 //! `"userland-proxy": false` and the nat table flushed.
 
-use std::{thread, time::Duration};
+use std::thread;
 
 use netpath_tests::{
-    Lab, PeerMode, Spec, can_run_lab,
-    docker::{DockerOptions, docker_ports, have_dockerd, ping_from},
+    Lab, PeerMode,
+    docker::{DockerOptions, docker_lab, docker_ports, ping_from, wait_for},
     in_ns, output, probe_bin,
 };
-
-fn docker_lab() -> Option<Lab> {
-    if !can_run_lab() || !have_dockerd() {
-        eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
-        return None;
-    }
-    Some(
-        Lab::new(Spec {
-            hosts: 2,
-            containers: 0,
-            locked_down: true,
-            outside: true,
-        })
-        .expect("build lab"),
-    )
-}
-
-fn wait_for(what: &str, secs: u64, done: impl FnMut() -> bool) {
-    netpath_tests::wait_for(secs, done, || what.to_string());
-}
 
 #[test]
 fn docker_containers_cross_hosts_and_their_published_ports_answer_with_the_nat_table_flushed() {
@@ -300,7 +280,6 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
     };
     lab.dockerd(0, &o).unwrap();
     lab.dockerd(1, &o).unwrap();
-    let probe = probe_bin().display().to_string();
     let web = lab.docker_serve(0, "web", &["8080:7000"]).unwrap();
     lab.docker_serve(1, "peer", &[]).unwrap();
     lab.write_docker_configs(PeerMode::Direct).unwrap();
@@ -311,35 +290,8 @@ fn a_dockerd_restart_and_an_agent_restart_cut_nothing_and_leave_nothing_stale() 
     for h in &lab.hosts {
         output(in_ns(&h.ns, "iptables -t nat -F")).unwrap();
     }
-    // Under traffic: one TCP connection to the published port from the outside host
-    // (request/response for 12 s: a cut fails it), and a ping from the other host's
-    // container every 100 ms.
-    let out = lab.outside().ns.clone();
-    let h1 = lab.hosts[0].underlay.clone();
-    let rr = {
-        let cmd = format!("{probe} rr {h1} 8080 12");
-        let ns = out.clone();
-        thread::spawn(move || in_ns(&ns, &cmd).output().unwrap())
-    };
-    let ping = lab
-        .docker(
-            1,
-            &[
-                "exec", "peer", "ping", "-c", "100", "-i", "0.1", "-W", "1", &web,
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    thread::sleep(Duration::from_secs(1));
-    lab.restart_dockerd(0, &o).unwrap();
-    lab.kill_agent(0);
-    lab.start(0).unwrap();
-    let rr = rr.join().unwrap();
-    assert!(rr.status.success(), "the connection was cut: {rr:?}");
-    let ping = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&ping.stdout);
-    assert!(text.contains("100 packets received"), "{text}");
+    // Under traffic, a dockerd restart and an agent restart cut nothing.
+    lab.restart_under_traffic(8080, &web, &o);
 
     // Nothing stale: exactly the running container's port, and it goes with it.
     wait_for("the engine listed again", 15, || {

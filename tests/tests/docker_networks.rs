@@ -2,91 +2,14 @@
 //! namespace, Docker's iptables rules in place): user-defined bridge networks made with
 //! `docker network create` and by Debian's docker-compose 1.29, served by netpath from
 //! Docker's API with no per-network config. Each host's subnet is a /23 that holds
-//! docker0's network and the pools `netpath subnet` prints for daemon.json.
-
-use std::{thread, time::Duration};
+//! docker0's network and the pools `netpath subnet` prints for daemon.json
+//! (`Lab::network_configs`).
 
 use netpath_tests::{
-    Lab, PeerMode, Spec, can_run_lab,
-    docker::{DockerOptions, docker_ports, have_dockerd, ping_from},
+    Lab, PeerMode,
+    docker::{docker_lab, docker_ports, ping_from, wait_for},
     in_ns, output, probe_bin,
 };
-
-/// Each host's subnet: docker0's and the pools of its other networks.
-const RANGES: [&str; 2] = ["10.244.10.0/23", "10.244.12.0/23"];
-/// The lab's hosts' own /24s, which the configs name before they are widened.
-const LAB_SUBNETS: [&str; 2] = ["10.244.11.0/24", "10.244.12.0/24"];
-
-fn docker_lab() -> Option<Lab> {
-    if !can_run_lab() || !have_dockerd() {
-        eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
-        return None;
-    }
-    Some(
-        Lab::new(Spec {
-            hosts: 2,
-            containers: 0,
-            locked_down: true,
-            outside: true,
-        })
-        .expect("build lab"),
-    )
-}
-
-fn wait_for(what: &str, secs: u64, done: impl FnMut() -> bool) {
-    netpath_tests::wait_for(secs, done, || what.to_string());
-}
-
-/// Writes every host's config with its /23 (peers' too), peers in `mode`; returns what
-/// `netpath subnet` says daemon.json needs for each host, docker0's networks and the
-/// pools cut in /27s. Then makes the configs Docker hosts' (see `write_docker_configs`).
-fn configs(lab: &Lab, mode: PeerMode, docker: bool) -> Vec<serde_json::Value> {
-    lab.write_configs(|_, _| mode).unwrap();
-    widen(lab);
-    let daemon: Vec<serde_json::Value> = (0..lab.hosts.len())
-        .map(|i| {
-            let config = lab.hosts[i].config.display().to_string();
-            let args = [
-                "subnet",
-                "--config",
-                &config,
-                "--network-len",
-                "27",
-                "--json",
-            ];
-            lab.netpath_json(i, &args)["daemon_json"].clone()
-        })
-        .collect();
-    if docker {
-        lab.write_docker_configs(mode).unwrap();
-        widen(lab);
-    }
-    daemon
-}
-
-/// The lab's /24s in every config (each host's own and its peers') made /23s.
-fn widen(lab: &Lab) {
-    for h in &lab.hosts {
-        let mut t = std::fs::read_to_string(&h.config).unwrap();
-        for (from, to) in LAB_SUBNETS.iter().zip(RANGES) {
-            t = t.replace(&format!("\"{from}\""), &format!("\"{to}\""));
-        }
-        std::fs::write(&h.config, t).unwrap();
-    }
-}
-
-/// Starts a dockerd on every host with what `netpath subnet` printed.
-fn dockerds(lab: &mut Lab, daemon: &[serde_json::Value], live_restore: bool) -> DockerOptions {
-    let mut o = DockerOptions {
-        live_restore,
-        ..DockerOptions::default()
-    };
-    for (i, d) in daemon.iter().enumerate() {
-        o.daemon = d.clone();
-        lab.dockerd(i, &o).unwrap();
-    }
-    o
-}
 
 /// The probe's echo server on port 7000 in a container `name` of host `i` on network
 /// `net` (`docker run --net`), with `more` docker-run arguments; returns its address
@@ -123,7 +46,7 @@ fn networks(lab: &Lab, i: usize) -> std::collections::BTreeMap<String, serde_jso
 #[test]
 fn user_defined_networks_cross_hosts_and_keep_dockers_isolation() {
     let Some(mut lab) = docker_lab() else { return };
-    let daemon = configs(&lab, PeerMode::Direct, false);
+    let daemon = lab.network_configs(PeerMode::Direct, false).unwrap();
     assert_eq!(daemon[0]["bip"], "10.244.10.1/27", "{}", daemon[0]);
     assert_eq!(
         daemon[0]["default-address-pools"],
@@ -136,8 +59,8 @@ fn user_defined_networks_cross_hosts_and_keep_dockers_isolation() {
         "{}",
         daemon[0]
     );
-    dockerds(&mut lab, &daemon, false);
-    configs(&lab, PeerMode::Direct, true);
+    lab.dockerds_with(&daemon, false).unwrap();
+    lab.network_configs(PeerMode::Direct, true).unwrap();
     lab.start_all().unwrap();
 
     // Networks made while the agents run, from the pools and with --subnet, on both hosts.
@@ -295,12 +218,22 @@ fn user_defined_networks_cross_hosts_and_keep_dockers_isolation() {
         .count();
     assert_eq!(links, 4, "appnet, other, sealed, fixed");
 
-    // VXLAN between the hosts: the same networks cross in the tunnel.
-    configs(&lab, PeerMode::Vxlan, true);
+    // VXLAN between the hosts: the same networks cross in the tunnel. A same-host policy
+    // on a user-defined network: decided on the sender's veth.
+    lab.network_configs(PeerMode::Vxlan, true).unwrap();
+    lab.append_config(
+        0,
+        &format!("[[policy]]\nfrom = \"{a}/32\"\nto = \"{both}/32\"\nproto = \"tcp\"\nport = 7000\naction = \"deny\"\n"),
+    )
+    .unwrap();
     for i in 0..2 {
         lab.kill_agent(i);
         lab.start(i).unwrap();
     }
+    let denied = lab.counter(0, "drop-policy-deny");
+    assert!(!tcp_from(&lab, 0, "ca", &both));
+    assert!(lab.counter(0, "drop-policy-deny") > denied);
+    assert_eq!(ping_from(&lab, 0, "ca", &both), 3, "the rest is allowed");
     let vx = lab.counter(1, "fwd-vxlan-encap");
     assert_eq!(ping_from(&lab, 1, "cp", &a), 3);
     assert!(tcp_from(&lab, 1, "cp", &f));
@@ -316,9 +249,9 @@ fn a_compose_project_crosses_hosts_and_its_ports_answer_through_restarts() {
         eprintln!("skipped: needs Debian's docker-compose (cargo xtask setup)");
         return;
     }
-    let daemon = configs(&lab, PeerMode::Direct, false);
-    let o = dockerds(&mut lab, &daemon, true);
-    configs(&lab, PeerMode::Direct, true);
+    let daemon = lab.network_configs(PeerMode::Direct, false).unwrap();
+    let o = lab.dockerds_with(&daemon, true).unwrap();
+    lab.network_configs(PeerMode::Direct, true).unwrap();
     lab.start_all().unwrap();
     let peer = serve_on(&lab, 1, "peer", "bridge", &[]);
 
@@ -372,32 +305,9 @@ fn a_compose_project_crosses_hosts_and_its_ports_answer_through_restarts() {
     // Under traffic (a TCP connection to the port from the outside host, a ping from the
     // other host's container every 100 ms), dockerd restarts (live-restore keeps the
     // containers) and so does the agent: nothing is cut.
-    let rr = {
-        let cmd = format!("{probe} rr {h1} 8090 12");
-        let ns = out.clone();
-        thread::spawn(move || in_ns(&ns, &cmd).output().unwrap())
-    };
-    let ping = lab
-        .docker(
-            1,
-            &[
-                "exec", "peer", "ping", "-c", "100", "-i", "0.1", "-W", "1", &web,
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    thread::sleep(Duration::from_secs(1));
     let mut o = o;
     o.daemon = daemon[0].clone();
-    lab.restart_dockerd(0, &o).unwrap();
-    lab.kill_agent(0);
-    lab.start(0).unwrap();
-    let rr = rr.join().unwrap();
-    assert!(rr.status.success(), "the connection was cut: {rr:?}");
-    let ping = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&ping.stdout);
-    assert!(text.contains("100 packets received"), "{text}");
+    lab.restart_under_traffic(8090, &web, &o);
 
     // Down: the project's network and port go.
     output(&mut compose(&["down"])).unwrap();

@@ -93,9 +93,10 @@ fn outside_traffic(lab: &mut Lab) -> Result<()> {
 }
 
 /// Two hosts running real dockerd (Debian's 20.10, Docker's iptables rules in place,
-/// `userland-proxy` off): `docker run` containers across the hosts, a `docker run -p`
-/// port from the outside host with the nat table flushed, served by netpath from Docker's
-/// API.
+/// `userland-proxy` off, `bip` and `default-address-pools` from `netpath subnet`):
+/// `docker run` containers across the hosts, a user-defined network's container reached
+/// from the other host, a `docker run -p` port from the outside host with the nat table
+/// flushed, served by netpath from Docker's API.
 fn docker_hosts() -> Result<()> {
     title(
         "Docker hosts: 2 hosts each running its own dockerd, userland-proxy off, Docker's iptables rules in place",
@@ -106,17 +107,29 @@ fn docker_hosts() -> Result<()> {
         locked_down: true,
         outside: true,
     })?;
-    let o = netpath_tests::docker::DockerOptions::default();
-    lab.dockerd(0, &o)?;
-    lab.dockerd(1, &o)?;
+    let daemon = lab.network_configs(PeerMode::Vxlan, false)?;
+    eprintln!(
+        "h1's daemon.json from `netpath subnet --network-len 27`: {}",
+        daemon[0]
+    );
+    lab.dockerds_with(&daemon, false)?;
     let probe = netpath_tests::probe_bin().display().to_string();
     let web = lab.docker_serve(0, "web", &["8080:7000"])?;
     let client = lab.docker_run(1, "client", &["np-probe", "sleep", "3600"])?;
     eprintln!(
         "h1: docker run -p 8080:7000 --name web -> {web}; h2: docker run --name client -> {client}"
     );
-    lab.write_docker_configs(PeerMode::Vxlan)?;
+    lab.network_configs(PeerMode::Vxlan, true)?;
     lab.start_all()?;
+    // A user-defined network, as compose makes one, created while the agents run.
+    output(lab.docker(0, &["network", "create", "shop"]))?;
+    output(lab.docker(
+        0,
+        &[
+            "run", "-d", "--name", "cart", "--net", "shop", "np-probe", "sleep", "3600",
+        ],
+    ))?;
+    let cart = lab.docker_addr(0, "cart", "shop")?;
     // The agent's first listing of the engine.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !output(lab.netpath(0, &["publish", "list"]))?.contains("docker") {
@@ -151,6 +164,23 @@ fn docker_hosts() -> Result<()> {
             Ok(_) => "answered".to_owned(),
             Err(e) => format!("FAILED: {e:#}"),
         }
+    );
+    title("netpath network list on h1 (every bridge network, from Docker's API)");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !output(lab.netpath(0, &["network", "list"]))?.contains("shop") {
+        if std::time::Instant::now() > until {
+            anyhow::bail!("h1's agent did not take network shop from Docker within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprint!("{}", output(lab.netpath(0, &["network", "list"]))?);
+    title("client (h2) -> cart (h1, network shop) through vxlan");
+    eprint!(
+        "{}",
+        output(lab.docker(
+            1,
+            &["exec", "client", "ping", "-c", "3", "-i", "0.2", &cart]
+        ))?
     );
     title("netpath status on h1 (docker line)");
     let st = lab.netpath(0, &["status"]).output()?;

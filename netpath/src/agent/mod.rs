@@ -396,8 +396,20 @@ struct Views {
 }
 
 impl Views {
-    /// The etcd peers and Docker ports of the desired state: the sources' views, or what
-    /// the pinned maps hold of them.
+    /// The desired state: the config, the CLI's entries in `observed` and the sources'
+    /// views (see [`Views::inputs`]).
+    fn desired(
+        &self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> Result<(crate::state::Desired, sources::Merge)> {
+        let (etcd, docker, networks) = self.inputs(cfg, observed);
+        let cli = sources::cli::live(observed);
+        sources::desired(cfg, &cli, &etcd, &docker, &networks)
+    }
+
+    /// The etcd peers, Docker ports and Docker networks of the desired state: the
+    /// sources' views, or what the pinned maps hold of them.
     fn inputs(
         &self,
         cfg: &Config,
@@ -452,14 +464,7 @@ fn apply(
         // would otherwise be undone.
         let _lock = pins.lock()?;
         let observed = reconcile::observe(maps)?;
-        let (etcd, docker, networks) = views.inputs(cfg, &observed);
-        let (desired, merge) = sources::desired(
-            cfg,
-            &sources::cli::live(&observed),
-            &etcd,
-            &docker,
-            &networks,
-        )?;
+        let (desired, merge) = views.desired(cfg, &observed)?;
         Ok((reconcile::all_from(maps, observed, &desired)?, merge))
     })();
     let (c, merge) = match result {
@@ -606,14 +611,7 @@ fn start(
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
     let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
-    let (etcd, docker, networks) = Views::default().inputs(cfg, &observed);
-    let (desired, merge) = sources::desired(
-        cfg,
-        &sources::cli::live(&observed),
-        &etcd,
-        &docker,
-        &networks,
-    )?;
+    let (desired, merge) = Views::default().desired(cfg, &observed)?;
     for s in merge.skipped_docker.iter().chain(&merge.skipped_networks) {
         log::warn!("docker: refused {s}");
     }

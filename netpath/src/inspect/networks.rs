@@ -86,10 +86,12 @@ pub fn table(rows: &Vec<NetworkRow>) -> String {
         } else {
             "outside the host's subnet: not reachable from other hosts".to_owned()
         };
-        out += &format!(
-            "{:<24} {:<16} {:<18} {:<8} {:<10} {:>10}  {note}\n",
+        let line = format!(
+            "{:<24} {:<16} {:<18} {:<8} {:<10} {:>10}  {note}",
             r.network, r.bridge, r.subnet, r.origin, out_way, r.containers
         );
+        out += line.trim_end();
+        out += "\n";
     }
     out
 }

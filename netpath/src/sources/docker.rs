@@ -603,15 +603,15 @@ mod tests {
         }
     }
 
+    /// Docker's default network, on docker0.
+    fn docker0() -> bollard::models::Network {
+        let opts = [(OPT_BRIDGE_NAME, "docker0")];
+        net("bridge", "bridge", Some("10.244.11.0/24"), &opts, false)
+    }
+
     fn served() -> Vec<Network> {
         let list = vec![
-            net(
-                "bridge",
-                "bridge",
-                Some("10.244.11.0/24"),
-                &[(OPT_BRIDGE_NAME, "docker0")],
-                false,
-            ),
+            docker0(),
             net("app", "bridge", Some("10.244.12.0/24"), &[], false),
             net("back", "bridge", Some("10.244.13.0/24"), &[], true),
         ];
@@ -621,13 +621,7 @@ mod tests {
     #[test]
     fn bridge_networks_are_served_and_the_others_skipped_with_why() {
         let list = vec![
-            net(
-                "bridge",
-                "bridge",
-                Some("10.244.11.0/24"),
-                &[(OPT_BRIDGE_NAME, "docker0")],
-                false,
-            ),
+            docker0(),
             net("host", "host", None, &[], false),
             net("none", "null", None, &[], false),
             net(

@@ -321,3 +321,71 @@ pub fn from_config(cfg: &Config) -> Desired {
         .expect("a valid config merges with no CLI entry")
         .0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Network, Origin};
+
+    /// A host whose subnet is a /20 and whose bridge (ifindex 3) has the first /24's
+    /// first address, as dockerd gives docker0 from `bip`.
+    fn host() -> crate::state::Host {
+        let sys = crate::iface::fake::Fake::new()
+            .with("eth0", 2, &["198.18.0.11/24"])
+            .with("br0", 3, &["10.244.16.1/24"]);
+        let text = "[host]\nname = \"a\"\nuplink = \"eth0\"\nbridge = \"br0\"\nsubnet = \"10.244.16.0/20\"\nvni = 42\n";
+        Config::parse(text, &sys).unwrap().host
+    }
+
+    fn docker_net(name: &str, subnet: &str, ifindex: u32) -> Network {
+        Network {
+            name: name.into(),
+            docker_id: format!("{name:0<12}"),
+            bridge: format!("br-{name}"),
+            bridge_ifindex: ifindex,
+            bridge_mac: [2, 0, 0, 0, 0, 9],
+            subnet: subnet.parse().unwrap(),
+            gateway: None,
+            internal: false,
+            masquerade: false,
+            origin: Origin::Docker,
+        }
+    }
+
+    #[test]
+    fn the_hosts_bridge_comes_first_with_dockers_name_and_clashes_are_skipped() {
+        let h = host();
+        let (nets, skipped) = networks(
+            &h,
+            &[
+                docker_net("app", "10.244.17.0/24", 10),
+                // Docker's network on the [host].bridge: its name and options, the
+                // bridge's own subnet.
+                docker_net("bridge", "10.244.16.0/24", 3),
+                docker_net("again", "10.244.17.0/24", 11),
+                docker_net("samebridge", "10.244.18.0/24", 10),
+            ],
+        );
+        let got: Vec<String> = nets
+            .iter()
+            .map(|n| format!("{} {} {} {}", n.name, n.subnet, n.origin, n.masquerade))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "bridge 10.244.16.0/24 config false",
+                "app 10.244.17.0/24 docker false"
+            ]
+        );
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].starts_with("network again (10.244.17.0/24 on br-again): network app has"),
+            "{skipped:?}"
+        );
+        // Without Docker: the bridge alone, named after itself.
+        let (nets, skipped) = networks(&h, &[]);
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].name, h.bridge);
+        assert!(nets[0].masquerade && skipped.is_empty());
+    }
+}
