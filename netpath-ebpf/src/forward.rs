@@ -60,8 +60,9 @@ pub fn from_bridge(ctx: &TcContext) -> i32 {
 }
 
 /// A container's packet to be routed (on the bridge of any of the host's networks). Local
-/// destinations (the host, its subnet, its networks) are the stack's; a peer's subnet is routed to the uplink with the peer's underlay address as
-/// next hop, wrapped in VXLAN for a vxlan peer; anything else goes out of the uplink
+/// destinations (the host, its subnet, its networks) are the stack's; a peer's subnet is
+/// routed to the uplink with the peer's underlay address as next hop, wrapped in VXLAN
+/// for a vxlan peer; anything else goes out of the uplink
 /// masqueraded (with `masquerade = true`) or is the stack's. A packet of a known flow
 /// passes policy without a lookup and is translated if the flow is (a reply on a
 /// published port, a masqueraded flow; nat.rs); the first packet of a new flow is

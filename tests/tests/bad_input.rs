@@ -170,7 +170,7 @@ fn a_route_deleted_and_one_added_with_bpftool_are_put_right_by_the_agent() {
     // The missing route is written back (the peer itself did not change: restored), the
     // stray one counted as removed.
     assert!(
-        log.contains("maps changed behind netpath's back, put right: host settings unchanged; peers: 0 added, 0 updated, 0 removed, 1 restored, 1 stray entries removed")
+        log.contains("maps changed behind netpath's back, put right: host settings unchanged; networks: 0 added, 0 updated, 0 removed; peers: 0 added, 0 updated, 0 removed, 1 restored, 1 stray entries removed")
             && log.contains(&format!("(restored: {})", lab.hosts[1].name)),
         "{log}"
     );

@@ -133,8 +133,11 @@ fn user_defined_networks_cross_hosts_and_keep_dockers_isolation() {
     assert_eq!(on(&a), Some(serde_json::json!("appnet")), "{eps}");
     assert_eq!(on(&s), Some(serde_json::json!("sealed")), "{eps}");
 
-    // Across hosts, direct: both ways, from the pools and from --subnet.
+    // Across hosts, direct: both ways, from the pools and from --subnet; delivered
+    // straight into the containers of a user-defined network.
+    let delivered = lab.counter(0, "fwd-deliver");
     assert_eq!(ping_from(&lab, 1, "cp", &a), 3);
+    assert!(lab.counter(0, "fwd-deliver") >= delivered + 3);
     assert_eq!(ping_from(&lab, 0, "ca", &p), 3);
     assert!(tcp_from(&lab, 1, "cp", &f));
     assert!(tcp_from(&lab, 0, "ca", &p));

@@ -22,6 +22,8 @@ pub struct NetworkRow {
     /// Docker's network id (12 hex digits), when Docker has the network.
     pub docker_id: Option<String>,
     pub internal: bool,
+    /// Whether its containers' traffic to the outside is masqueraded: the network's
+    /// option (Docker's `enable_ip_masquerade`) and the host's `masquerade` both on.
     pub masquerade: bool,
     /// Whether the subnet lies inside the host's (what peers route here): containers of
     /// a network outside it are not reachable from other hosts.
@@ -41,6 +43,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<NetworkRow>> {
     let nets = reconcile::networks::observe(maps)?;
     let range = host_subnet(maps)?;
     let endpoints = reconcile::endpoints::observe(maps)?;
+    let host_masquerades = maps.config()?.flags & netpath_common::CONFIG_F_MASQUERADE != 0;
     let mut rows: Vec<NetworkRow> = nets
         .iter()
         .map(|n| NetworkRow {
@@ -51,7 +54,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<NetworkRow>> {
             origin: n.origin.as_str(),
             docker_id: (!n.docker_id.is_empty()).then(|| n.docker_id.clone()),
             internal: n.internal,
-            masquerade: n.masquerade,
+            masquerade: n.masquerade && host_masquerades,
             reachable_from_peers: range.contains(&n.subnet),
             containers: endpoints
                 .keys()
