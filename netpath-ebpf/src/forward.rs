@@ -77,7 +77,8 @@ fn try_from_bridge(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     {
         return Err(Reason::PassLocal);
     }
-    route(ctx, cfg, ip, ingress_ifindex(ctx))
+    let net = maps::network(ip.src);
+    route(ctx, cfg, ip, net, ingress_ifindex(ctx))
 }
 
 /// The interface the packet came in on.
@@ -88,18 +89,19 @@ fn ingress_ifindex(ctx: &TcContext) -> u32 {
 }
 
 /// Routes a container's packet for anything but this host and its networks (see
-/// `try_from_bridge`). `came_in` is the interface it came in on, where answers to it go.
-/// A container of an internal network goes nowhere; only containers of a network inside
+/// `try_from_bridge`). `net` is the local network of its source (None: none); `came_in`
+/// is the interface it came in on, where answers to it go. A container of an internal
+/// network goes nowhere; only containers of a network inside
 /// the host's subnet go to peers (no peer routes another network back).
 #[inline(always)]
 fn route(
     ctx: &TcContext,
     cfg: &Config,
     ip: parse::Ipv4,
+    net: Option<&Network>,
     came_in: u32,
 ) -> Result<(i32, Reason), Reason> {
     let peer = PEERS.get(Key::new(32, ip.dst));
-    let net = maps::network(ip.src);
     if let Some(n) = net
         && n.flags & NET_F_INTERNAL != 0
     {
@@ -274,7 +276,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         }
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
-        return deliver(ctx, cfg, inner.dst, Reason::FwdVxlanDecapXdp);
+        let net = maps::network(inner.dst);
+        return deliver(ctx, cfg, inner.dst, net, Reason::FwdVxlanDecapXdp);
     }
     let ip = parse::ipv4(ctx)?;
     let ip = if ip.hdr.proto == netpath_common::IPPROTO_UDP
@@ -294,7 +297,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         hop(ctx, &mut inner, peer_id, PeerDir::Rx)?;
         // The other end may be a Linux vxlan host that clamps nothing.
         mtu::clamp_mss(ctx, &inner, cfg.tunnel_mss);
-        return deliver(ctx, cfg, inner.dst, Reason::FwdVxlanDecap);
+        let net = maps::network(inner.dst);
+        return deliver(ctx, cfg, inner.dst, net, Reason::FwdVxlanDecap);
     }
     if ip.dst == cfg.host_addr {
         let reason = match nat::ingress(ctx, cfg, &ip)? {
@@ -306,12 +310,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         };
         let mut ip = parse::ipv4(ctx)?;
         decrement_ttl(&mut ip)?;
-        return deliver(ctx, cfg, ip.dst, reason);
+        return deliver(ctx, cfg, ip.dst, maps::network(ip.dst), reason);
     }
     if !cfg.is_container(ip.dst) {
         return Err(Reason::PassNotForUs);
     }
-    if let Some(n) = maps::network(ip.dst)
+    let net = maps::network(ip.dst);
+    if let Some(n) = net
         && ip.dst == n.gateway_addr
     {
         // Another network's bridge: an address of the host.
@@ -329,10 +334,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     }
     let mut ip = parse::ipv4(ctx)?;
     hop(ctx, &mut ip, peer.id, PeerDir::Rx)?;
-    deliver(ctx, cfg, ip.dst, Reason::FwdDeliver)
+    deliver(ctx, cfg, ip.dst, net, Reason::FwdDeliver)
 }
 
-/// Delivers a routed packet to the local container `dst` (network byte order): straight
+/// Delivers a routed packet to the local container `dst` (network byte order; `net` its
+/// network, from [`maps::network`]): straight
 /// into its namespace (bpf_redirect_peer from TC ingress, skipping the bridge), its MACs
 /// written as its network's bridge, its gateway, would have sent it. A container whose
 /// endpoint the agent has not learned yet is reached through its network's bridge
@@ -343,9 +349,10 @@ fn deliver(
     ctx: &TcContext,
     cfg: &Config,
     dst: u32,
+    net: Option<&Network>,
     reason: Reason,
 ) -> Result<(i32, Reason), Reason> {
-    let (bridge, bridge_mac) = match maps::network(dst) {
+    let (bridge, bridge_mac) = match net {
         Some(n) if n.flags & NET_F_INTERNAL != 0 => return Err(Reason::DropNetworkInternal),
         Some(n) => (n.bridge_ifindex, n.bridge_mac),
         None => (cfg.bridge_ifindex, cfg.bridge_mac),
@@ -408,7 +415,7 @@ fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> 
         // The stack answers with time-exceeded, from the gateway's address.
         return None;
     }
-    match route(ctx, cfg, ip, ingress_ifindex(ctx)) {
+    match route(ctx, cfg, ip, Some(net), ingress_ifindex(ctx)) {
         // Nothing was changed: the bridge program sees it and decides it again.
         Err(reason) if reason.verdict() == Verdict::Pass => None,
         outcome => Some(outcome),
