@@ -140,14 +140,11 @@ pub fn networks(
     (out, skipped)
 }
 
-/// The network of `c` whose address its published ports lead to: Docker's default
-/// network if it is on it, else the first (by name) of the served networks it is on that
-/// is not internal (the one that gives it a way out). None when it is on none of them;
-/// `Err` names the internal network it is on only.
-fn port_network<'a>(
-    c: &'a ContainerSummary,
-    nets: &[Network],
-) -> Result<Option<(&'a bollard::models::EndpointSettings, Ipv4Addr)>, String> {
+/// The address of `c` its published ports lead to: on Docker's default network if it is
+/// on it, else on the first (by name) of the served networks it is on that is not
+/// internal (the one that gives it a way out). None when it is on none of them; `Err`
+/// names the internal network it is on only.
+fn port_address(c: &ContainerSummary, nets: &[Network]) -> Result<Option<Ipv4Addr>, String> {
     let Some(on) = c
         .network_settings
         .as_ref()
@@ -162,15 +159,14 @@ fn port_network<'a>(
         let Some(net) = nets.iter().find(|n| &n.name == name) else {
             continue;
         };
-        let e = &on[name];
-        let Some(addr) = e.ip_address.as_deref().and_then(|a| a.parse().ok()) else {
+        let Some(addr) = on[name].ip_address.as_deref().and_then(|a| a.parse().ok()) else {
             continue;
         };
         if net.internal {
             internal.get_or_insert(name.clone());
             continue;
         }
-        return Ok(Some((e, addr)));
+        return Ok(Some(addr));
     }
     match internal {
         Some(n) => Err(n),
@@ -203,8 +199,8 @@ pub fn view(list: &[ContainerSummary], nets: &[Network], underlay: Ipv4Addr) -> 
         if !ports.iter().any(|p| p.public_port.is_some()) {
             continue;
         }
-        let container = match port_network(c, nets) {
-            Ok(Some((_, addr))) => addr,
+        let container = match port_address(c, nets) {
+            Ok(Some(addr)) => addr,
             Ok(None) => {
                 v.skipped.push(format!(
                     "container {name}: its ports are not served (no address on a bridge network netpath serves)"
