@@ -32,16 +32,11 @@ pub struct NetworkRow {
     pub containers: usize,
 }
 
-/// The host's subnet, as `NP_CONFIG` has it.
-pub fn host_subnet(maps: &Maps) -> Result<Ipv4Net> {
-    Ok(reconcile::running_host(maps)?.subnet)
-}
-
 /// The networks of the running datapath, sorted by origin (the `[host].bridge` first),
 /// then by name.
 pub fn rows(maps: &Maps) -> Result<Vec<NetworkRow>> {
     let nets = reconcile::networks::observe(maps)?;
-    let range = host_subnet(maps)?;
+    let range = maps.subnet()?;
     let endpoints = reconcile::endpoints::observe(maps)?;
     let host_masquerades = maps.config()?.flags & netpath_common::CONFIG_F_MASQUERADE != 0;
     let mut rows: Vec<NetworkRow> = nets
