@@ -228,6 +228,25 @@ impl Network {
         }
     }
 
+    /// Whether `addr` (network byte order) is in this network's subnet (that of its
+    /// gateway: a network without one holds nothing by this test).
+    #[inline(always)]
+    pub fn holds(&self, addr: u32) -> bool {
+        self.gateway_addr != 0 && addr & self.mask() == self.gateway_addr & self.mask()
+    }
+
+    /// A network across hosts ([`NET_F_SPANS`]).
+    #[inline(always)]
+    pub fn spans(&self) -> bool {
+        self.flags & NET_F_SPANS != 0
+    }
+
+    /// The VNI of a network across hosts' packets in VXLAN.
+    #[inline(always)]
+    pub fn vni(&self) -> u32 {
+        self.flags >> NET_VNI_SHIFT
+    }
+
     /// Whether `addr` (network byte order, an address of this network) is its broadcast
     /// address.
     #[inline(always)]
@@ -242,6 +261,15 @@ pub const NET_F_MASQUERADE: u32 = 1;
 /// `docker network create --internal`: nothing in or out of the host, only between the
 /// network's own containers (and to the host).
 pub const NET_F_INTERNAL: u32 = 2;
+/// A network across hosts (`netpath network create`): one subnet on every host of the
+/// fleet, its containers on other hosts reached through their /32 routes in `NP_PEERS`
+/// ([`PEER_F_ENDPOINT`]), their ARP answered; kept apart from every other network on the
+/// wire too (its own VNI in vxlan, bits [`NET_VNI_SHIFT`].. of `flags`).
+pub const NET_F_SPANS: u32 = 4;
+/// Userspace only: a network across hosts carried in VXLAN (else direct).
+pub const NET_F_VXLAN: u32 = 8;
+/// Where a network across hosts keeps its VNI in [`Network::flags`].
+pub const NET_VNI_SHIFT: u32 = 8;
 
 /// Default size of the conntrack and NAT tables (LRU hashes, entries).
 pub const DEFAULT_CT_SIZE: u32 = 65536;
@@ -703,11 +731,17 @@ pub struct PeerValue {
     pub id: u32,
     /// `MODE_DIRECT` or `MODE_VXLAN`.
     pub mode: u8,
-    pub _pad: u8,
+    /// `PEER_F_*` bits.
+    pub flags: u8,
     /// The peer's VTEP MAC: the inner destination MAC of what is encapsulated to it (a
     /// Linux vxlan device accepts only frames for its own MAC).
     pub vtep_mac: [u8; 6],
 }
+
+/// A route of `NP_PEERS` that is one container (a /32) of a network across hosts
+/// ([`NET_F_SPANS`]) on that peer, not the peer's own subnet: only that network's
+/// containers may send to it or receive from it. Its `mode` is the network's.
+pub const PEER_F_ENDPOINT: u8 = 1;
 
 /// Value of `NP_UNDERLAY` (hash, key: underlay address in network byte order): the peer
 /// that owns an underlay address, for checking the outer source of tunnel packets.

@@ -132,6 +132,8 @@ reasons! {
     DropNetworkInternal = 39, "drop-network-internal", Drop;
     /// From a container of a network outside this host's subnet to a peer: not forwarded, since no peer routes that network back (give the network a subnet inside the host's).
     DropOutsideRange = 40, "drop-outside-range", Drop;
+    /// A container's ARP request for a container of its network (a network across hosts) that lives on another host: answered with the bridge's MAC, so that the container sends to it as on one LAN and netpath routes it to that host.
+    FwdArpAnswered = 41, "fwd-arp-answered", Forward;
 }
 
 #[cfg(test)]

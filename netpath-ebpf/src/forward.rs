@@ -11,11 +11,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpath_common::{
-    Config, MODE_DIRECT, MODE_VXLAN, NET_F_INTERNAL, Network, PROG_FROM_BRIDGE,
-    PROG_FROM_CONTAINER, PROG_FROM_UPLINK, Reason, reason::Verdict,
+    Config, MODE_DIRECT, MODE_VXLAN, NET_F_INTERNAL, Network, PEER_F_ENDPOINT, PROG_FROM_BRIDGE,
+    PROG_FROM_CONTAINER, PROG_FROM_UPLINK, PeerValue, Reason, reason::Verdict,
 };
 
 use crate::{
+    arp,
     counters::{self, PeerDir, count, count_peer},
     ct, debug, events, icmp,
     maps::{self, CT, ENDPOINTS, PEERS},
@@ -112,9 +113,16 @@ fn route(
             // Not one of this host's containers: a peer would take it for this host's.
             None => return Err(Reason::DropForeignSrc),
             Some(n) if ip.src == n.gateway_addr => return Err(Reason::DropForeignSrc),
-            Some(_) if !cfg.is_container(ip.src) => return Err(Reason::DropOutsideRange),
+            Some(n) if !n.spans() && !cfg.is_container(ip.src) => {
+                return Err(Reason::DropOutsideRange);
+            }
             Some(_) => {}
         }
+    }
+    if let Some(p) = peer
+        && !apart_ok(p, net, ip.dst)
+    {
+        return Err(Reason::DropNetworkIsolated);
     }
     let l4 = parse::l4(ctx, &ip)?;
     let key = ct::ct_key(ip.src, ip.dst, l4.sport, l4.dport, l4.proto);
@@ -177,9 +185,30 @@ fn route(
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
     if peer.mode == MODE_VXLAN {
         mtu::clamp_mss(ctx, &ip, cfg.tunnel_mss);
-        vxlan::encap(ctx, cfg, peer, true)?;
+        vxlan::encap(ctx, cfg, peer, vni_of(cfg, net), true)?;
     }
     Ok((redirect(cfg.uplink_ifindex, Some(peer.underlay)), reason))
+}
+
+/// Whether a container of `net` (None: of no local network) may exchange packets with
+/// `other`, an address that `peer` routes: a network across hosts only with its own
+/// containers on other hosts, every other network only with peers' subnets.
+#[inline(always)]
+fn apart_ok(peer: &PeerValue, net: Option<&Network>, other: u32) -> bool {
+    match net {
+        Some(n) if n.spans() => peer.flags & PEER_F_ENDPOINT != 0 && n.holds(other),
+        _ => peer.flags & PEER_F_ENDPOINT == 0,
+    }
+}
+
+/// The VNI of what a container of `net` sends in VXLAN: its network's for a network
+/// across hosts, the host's for every other.
+#[inline(always)]
+fn vni_of(cfg: &Config, net: Option<&Network>) -> u32 {
+    match net {
+        Some(n) if n.spans() => n.vni(),
+        _ => cfg.vni,
+    }
 }
 
 /// Where the answer to a refused packet goes.
@@ -219,7 +248,8 @@ fn refuse(
             if peer.mode != MODE_VXLAN {
                 return Err(Reason::DropRejectUnanswered);
             }
-            vxlan::encap(ctx, cfg, peer, false).map_err(|_| Reason::DropRejectUnanswered)?;
+            let vni = vni_of(cfg, maps::network(ip.src));
+            vxlan::encap(ctx, cfg, peer, vni, false).map_err(|_| Reason::DropRejectUnanswered)?;
             redirect(cfg.uplink_ifindex, Some(peer.underlay))
         }
     };
@@ -312,10 +342,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         decrement_ttl(&mut ip)?;
         return deliver(ctx, cfg, ip.dst, maps::network(ip.dst), reason);
     }
-    if !cfg.is_container(ip.dst) {
+    let net = maps::network(ip.dst);
+    let spans = net.is_some_and(|n| n.spans());
+    if !spans && !cfg.is_container(ip.dst) {
         return Err(Reason::PassNotForUs);
     }
-    let net = maps::network(ip.dst);
     if let Some(n) = net
         && ip.dst == n.gateway_addr
     {
@@ -328,6 +359,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if peer.mode != MODE_DIRECT {
         // A tunnel peer's traffic must arrive in the tunnel, never in the clear.
         return Err(Reason::DropNotPublished);
+    }
+    if !apart_ok(peer, net.filter(|_| spans), ip.src) {
+        return Err(Reason::DropNetworkIsolated);
     }
     if let Some(refused) = admit(ctx, &ip, Back::Out(cfg.uplink_ifindex))? {
         return Ok(refused);
@@ -399,15 +433,23 @@ pub fn from_container(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> {
     let cfg = maps::config().ok()?;
-    let ip = parse::ipv4(ctx).ok()?;
+    let ip = match parse::ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(_) => return arp::answer(ctx, ingress_ifindex(ctx)),
+    };
     let net = maps::network(ip.src)?;
     if ip.dst == cfg.host_addr {
         return None;
     }
     if let Some(to) = maps::network(ip.dst) {
-        return local(ctx, &ip, net, to);
-    }
-    if ip.dst & cfg.subnet_mask == cfg.subnet_addr {
+        if !(to.spans() && elsewhere(ip.dst)) {
+            return local(ctx, &ip, net, to);
+        }
+        if to.bridge_ifindex != net.bridge_ifindex {
+            return Some(Err(Reason::DropNetworkIsolated));
+        }
+        // A container of its network on another host: routed there, below.
+    } else if ip.dst & cfg.subnet_mask == cfg.subnet_addr {
         // In the host's subnet but on no network of it: the stack's.
         return None;
     }
@@ -420,6 +462,19 @@ fn try_from_container(ctx: &TcContext) -> Option<Result<(i32, Reason), Reason>> 
         Err(reason) if reason.verdict() == Verdict::Pass => None,
         outcome => Some(outcome),
     }
+}
+
+/// Whether `dst`, an address of a network across hosts, is a container of another host:
+/// not one of this host's, and routed to its host.
+#[inline(always)]
+fn elsewhere(dst: u32) -> bool {
+    // SAFETY: a value of a hash map, only tested for presence.
+    if unsafe { ENDPOINTS.get(dst) }.is_some() {
+        return false;
+    }
+    PEERS
+        .get(Key::new(32, dst))
+        .is_some_and(|p| p.flags & PEER_F_ENDPOINT != 0)
 }
 
 /// A container's packet (from network `from`) for an address of network `to` of this
@@ -439,11 +494,14 @@ fn local(
     if to.bridge_ifindex != from.bridge_ifindex {
         return Some(Err(Reason::DropNetworkIsolated));
     }
-    Some(same_host(ctx, ip))
+    Some(same_host(ctx, ip, to.spans()))
 }
 
+/// Policy and delivery between two containers of one network of this host. `spans`: a
+/// network across hosts, whose containers may have learned the bridge's MAC for this
+/// address (when it was on another host): the destination MAC is written.
 #[inline(always)]
-fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason> {
+fn same_host(ctx: &TcContext, ip: &parse::Ipv4, spans: bool) -> Result<(i32, Reason), Reason> {
     if let Some(st) = policy::live() {
         let l4 = parse::l4(ctx, ip)?;
         // Both ends are local: the lower address is the "container" end of the key, so both
@@ -474,7 +532,13 @@ fn same_host(ctx: &TcContext, ip: &parse::Ipv4) -> Result<(i32, Reason), Reason>
     // Bridged, not routed: the frame already carries both containers' MACs and its TTL.
     // SAFETY: a value of a hash map; it is copied out at once.
     match (unsafe { ENDPOINTS.get(ip.dst) }).copied() {
-        Some(ep) => Ok((peer(ep.ifindex), Reason::FwdSameHost)),
+        Some(ep) => {
+            if spans {
+                ctx.store(0, &ep.mac, 0)
+                    .map_err(|_| Reason::DropMalformed)?;
+            }
+            Ok((peer(ep.ifindex), Reason::FwdSameHost))
+        }
         None => Ok((TC_ACT_UNSPEC, Reason::FwdViaBridge)),
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! Decap accepts only what our tunnel may carry: UDP to our port and address, the I flag
 //! and our VNI, from the underlay address of a vxlan peer, an inner IPv4 source inside
-//! that same peer's subnet and an inner destination that is a local container.
+//! that same peer's subnet and an inner destination that is a local container. A network
+//! across hosts has a VNI of its own: with it, both inner ends must be containers of that
+//! network (the source one of the peer's, by its /32 route); with the host's VNI, neither
+//! may be.
 
 use aya_ebpf::{
     bindings::{
@@ -19,11 +22,13 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
-use netpath_common::{Config, IPPROTO_UDP, MODE_VXLAN, PeerValue, Reason, VXLAN_OVERHEAD};
+use netpath_common::{
+    Config, IPPROTO_UDP, MODE_VXLAN, PEER_F_ENDPOINT, PeerValue, Reason, VXLAN_OVERHEAD,
+};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    maps::{PEERS, UNDERLAY},
+    maps::{self, PEERS, UNDERLAY},
     parse::{self, ETH_LEN, ETH_P_IP_BE, Packet, ptr_at},
 };
 
@@ -48,7 +53,13 @@ const VXLAN_I: u8 = 0x08;
 /// in a tunnel: a BPF decap leaves the mark); an answer netpath builds itself is never
 /// GSO and is encapsulated without it.
 #[inline(always)]
-pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue, offload: bool) -> Result<(), Reason> {
+pub fn encap(
+    ctx: &TcContext,
+    cfg: &Config,
+    peer: &PeerValue,
+    vni: u32,
+    offload: bool,
+) -> Result<(), Reason> {
     let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
     // SAFETY: helper on the program's own skb.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
@@ -86,7 +97,7 @@ pub fn encap(ctx: &TcContext, cfg: &Config, peer: &PeerValue, offload: bool) -> 
     h[22..24].copy_from_slice(&cfg.vxlan_port.to_ne_bytes());
     h[24..26].copy_from_slice(&udp_len.to_be_bytes());
     h[28] = VXLAN_I;
-    let vni = cfg.vni.to_be_bytes();
+    let vni = vni.to_be_bytes();
     h[32..35].copy_from_slice(&vni[1..4]);
     h[36..42].copy_from_slice(&peer.vtep_mac);
     h[42..48].copy_from_slice(&cfg.vtep_mac);
@@ -142,12 +153,25 @@ pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u3
     // SAFETY: ptr_at checked the bounds.
     let vx = unsafe { *vx };
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    if vx[0] & VXLAN_I == 0 || vni != cfg.vni {
+    if vx[0] & VXLAN_I == 0 {
         return Err(Reason::DropVxlanWrongVni);
     }
+    // The host's VNI, or that of the network across hosts of the inner destination.
+    let spanning = if vni == cfg.vni {
+        None
+    } else {
+        let inner: *const Ipv4Hdr = ptr_at(ctx, INNER_IP_OFF).ok_or(Reason::DropVxlanWrongVni)?;
+        // SAFETY: ptr_at checked the bounds.
+        let idst = u32::from_ne_bytes(unsafe { (*inner).dst_addr });
+        match maps::network(idst) {
+            Some(n) if n.spans() && n.vni() == vni => Some(n),
+            _ => return Err(Reason::DropVxlanWrongVni),
+        }
+    };
     let peer = match UNDERLAY.get_ptr(src) {
-        // SAFETY: map value pointer, valid for this program run.
-        Some(p) if unsafe { (*p).mode } == MODE_VXLAN => unsafe { &*p },
+        // SAFETY: map value pointer, valid for this program run. A network across hosts
+        // has its own mode, whatever the peer's own subnet is reached in.
+        Some(p) if spanning.is_some() || unsafe { (*p).mode } == MODE_VXLAN => unsafe { &*p },
         _ => return Err(Reason::DropVxlanUnknownPeer),
     };
     let inner_type: *const u16 =
@@ -164,12 +188,20 @@ pub fn check<P: Packet>(ctx: &P, cfg: &Config, outer: &parse::Ipv4) -> Result<u3
     }
     let isrc = u32::from_ne_bytes(isrc);
     let idst = u32::from_ne_bytes(idst);
-    match PEERS.get(Key::new(32, isrc)) {
-        Some(p) if p.id == peer.id => {}
+    let from = match PEERS.get(Key::new(32, isrc)) {
+        Some(p) if p.id == peer.id => p,
         _ => return Err(Reason::DropVxlanSpoofedSrc),
-    }
-    if !cfg.is_container(idst) {
-        return Err(Reason::DropVxlanBadInnerDst);
+    };
+    let own = from.flags & PEER_F_ENDPOINT != 0;
+    match spanning {
+        // Only the network's own containers, on both ends.
+        Some(n) if !own || from.mode != MODE_VXLAN || !n.holds(isrc) || !n.holds(idst) => {
+            return Err(Reason::DropNetworkIsolated);
+        }
+        Some(_) => {}
+        None if own => return Err(Reason::DropNetworkIsolated),
+        None if !cfg.is_container(idst) => return Err(Reason::DropVxlanBadInnerDst),
+        None => {}
     }
     Ok(peer.id)
 }

@@ -48,6 +48,11 @@ pub fn have_dockerd() -> bool {
 /// /24 (10.244.11.0/24, 10.244.12.0/24) and another for Docker's other networks.
 pub const NETWORK_RANGES: [&str; 2] = ["10.244.10.0/23", "10.244.12.0/23"];
 
+/// The socket of host `h`'s IPAM plugin (its agent makes it with `[docker]` and `[etcd]`).
+pub fn plugin_socket(h: &crate::Host) -> PathBuf {
+    PathBuf::from("/run/docker/plugins").join(format!("{}.sock", h.ns))
+}
+
 /// A dockerd the lab started.
 pub struct Dockerd {
     pub host: usize,
@@ -230,7 +235,9 @@ impl Lab {
     }
 
     /// Makes host `i`'s config a Docker host's: `bridge = "docker0"` and `[docker]` with
-    /// the socket of its engine. For a config of `write_configs` or `write_fleet_configs`.
+    /// the socket of its engine and an IPAM plugin named after the host's namespace (the
+    /// dockerds of the lab share Docker's plugin folder; the teardown removes its socket).
+    /// For a config of `write_configs` or `write_fleet_configs`.
     pub fn use_docker(&self, i: usize) -> Result<()> {
         let d = self
             .dockerds
@@ -242,8 +249,9 @@ impl Lab {
         fs::write(
             path,
             format!(
-                "{text}\n[docker]\nsocket = {:?}\n",
-                d.socket.display().to_string()
+                "{text}\n[docker]\nsocket = {:?}\nplugin = {:?}\n",
+                d.socket.display().to_string(),
+                self.hosts[i].ns
             ),
         )?;
         Ok(())

@@ -990,6 +990,8 @@ impl Lab {
         for i in 0..self.hosts.len() {
             self.kill_agent(i);
             let h = &self.hosts[i];
+            // The agent's IPAM plugin socket (see Lab::use_docker), left for its next start.
+            let _ = fs::remove_file(docker::plugin_socket(h));
             if h.pin_dir.exists()
                 && let Err(e) = netpath_down(&h.pin_dir)
             {

@@ -41,6 +41,7 @@ fn net(name: &str, subnet: &str, ifindex: u32, internal: bool, masquerade: bool)
         internal,
         masquerade,
         origin: Origin::Docker,
+        span: None,
     }
 }
 

@@ -206,7 +206,15 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         rules: vec![(Some(900), rule("10.244.14.0/32", 5432, Action::Allow))],
     };
-    let (d2, merge) = sources::desired(&changed(cfg(true)), &cli, &[], &[], &[]).unwrap();
+    let (d2, merge) = sources::desired(
+        &changed(cfg(true)),
+        &cli,
+        &[],
+        &[],
+        &[],
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(
         merge.replaced_cli,
         sources::Counts {
@@ -240,9 +248,16 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         }],
         ..Default::default()
     };
-    let err = sources::desired(&changed(cfg(true)), &clash, &[], &[], &[])
-        .unwrap_err()
-        .to_string();
+    let err = sources::desired(
+        &changed(cfg(true)),
+        &clash,
+        &[],
+        &[],
+        &[],
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("netpath peer del y"), "{err}");
     // Peers from etcd come last: one that collides with the config's or the CLI's (name,
     // subnet, underlay) is skipped with why, never an error; the others are kept as etcd's.
@@ -259,7 +274,15 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         peer("z2", "10.244.52.0/24", 41),
         peer("e1", "10.244.53.0/24", 53),
     ];
-    let (d3, merge) = sources::desired(&changed(cfg(true)), &cli, &etcd, &[], &[]).unwrap();
+    let (d3, merge) = sources::desired(
+        &changed(cfg(true)),
+        &cli,
+        &etcd,
+        &[],
+        &[],
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(merge.kept_etcd, 1);
     assert_eq!(merge.skipped_etcd.len(), 3, "{:?}", merge.skipped_etcd);
     assert!(merge.skipped_etcd[0].contains("is used by another peer"));
@@ -288,7 +311,15 @@ fn reconcilers_are_idempotent_undo_failed_writes_and_finish_cut_short_changes() 
         port("web", 9091, [10, 244, 11, 21]),
         port("second", 9091, [10, 244, 11, 22]),
     ];
-    let (d4, merge) = sources::desired(&changed(cfg(true)), &cli, &[], &docker, &[]).unwrap();
+    let (d4, merge) = sources::desired(
+        &changed(cfg(true)),
+        &cli,
+        &[],
+        &docker,
+        &[],
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(merge.kept_docker, 1);
     let why = merge.skipped_docker.join("\n");
     assert_eq!(merge.skipped_docker.len(), 3, "{why}");

@@ -15,7 +15,10 @@ use netpath_common::{FLEET_F_CONFIGURED, FLEET_F_REGISTERED, FLEET_F_TAKEN, Flee
 
 use crate::{
     maps::now,
-    sources::etcd::{self as store, Claim, Registration},
+    sources::{
+        etcd::{self as store, Claim, Registration},
+        fleetnet::{self, FleetNet, Held},
+    },
     state::{Etcd, Host, Mode, Peer},
 };
 
@@ -25,6 +28,8 @@ pub enum Update {
     Peers(Vec<Peer>),
     /// How etcd is doing (for `NP_FLEET`; the loop adds the skipped count).
     Info(FleetInfo),
+    /// A new view of the networks across hosts and their held addresses.
+    Networks(fleetnet::View),
 }
 
 /// The longest wait between two attempts to reach etcd.
@@ -142,6 +147,11 @@ async fn session(
         log::warn!("etcd: skipping {b}");
     }
     let mut known: BTreeMap<String, Peer> = listed.into_iter().collect();
+    let nets = fleetnet::list(&mut client, &e.prefix, rev).await?;
+    for b in &nets.bad {
+        log::warn!("etcd: skipping {b}");
+    }
+    let (mut networks, mut held) = (nets.networks, nets.held);
     info.away_since = 0;
     info.last_ok = now();
     info.hosts = known.len() as u32;
@@ -158,12 +168,17 @@ async fn session(
         .send(Update::Peers(known.values().cloned().collect()))
         .await
         .is_err()
+        || tx
+            .send(Update::Networks(view(&networks, &held)))
+            .await
+            .is_err()
     {
         return Ok(());
     }
+    // Everything under the prefix: registrations, networks across hosts, their addresses.
     let mut watch = client
         .watch(
-            format!("{}/subnets/", e.prefix),
+            format!("{}/", e.prefix),
             Some(
                 WatchOptions::new()
                     .with_prefix()
@@ -192,10 +207,24 @@ async fn session(
                 if resp.canceled() {
                     bail!("the watch was cancelled (compacted at revision {}): listing again", resp.compact_revision());
                 }
-                let mut changed = false;
+                let (mut changed, mut nets_changed) = (false, false);
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let k = String::from_utf8_lossy(kv.key()).into_owned();
+                    let put = ev.event_type() == EventType::Put;
+                    if k.starts_with(&format!("{}/networks/", e.prefix)) {
+                        let v = put.then(|| fleetnet::network_of(&e.prefix, &k, kv.value()));
+                        nets_changed |= follow(&mut networks, k, v);
+                        continue;
+                    }
+                    if k.starts_with(&format!("{}/addresses/", e.prefix)) {
+                        let v = put.then(|| fleetnet::held_of(&e.prefix, &k, kv.value()));
+                        nets_changed |= follow(&mut held, k, v);
+                        continue;
+                    }
+                    if !k.starts_with(&format!("{}/subnets/", e.prefix)) {
+                        continue;
+                    }
                     match ev.event_type() {
                         EventType::Delete if k == key => {
                             log::warn!("etcd: {key} was deleted by someone else: registering it again");
@@ -217,6 +246,9 @@ async fn session(
                         },
                     }
                 }
+                if nets_changed && tx.send(Update::Networks(view(&networks, &held))).await.is_err() {
+                    return Ok(());
+                }
                 if changed {
                     info.hosts = known.len() as u32;
                     info.last_ok = now();
@@ -227,5 +259,33 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Applies one watched event to `known` (`value`: None for a delete, else what the put
+/// says, garbage skipped and logged). Returns whether `known` changed.
+fn follow<T: PartialEq>(
+    known: &mut BTreeMap<String, T>,
+    key: String,
+    value: Option<Result<T>>,
+) -> bool {
+    match value {
+        None => known.remove(&key).is_some(),
+        Some(Ok(v)) => {
+            let changed = known.get(&key) != Some(&v);
+            known.insert(key, v);
+            changed
+        }
+        Some(Err(err)) => {
+            log::warn!("etcd: skipping {err:#}");
+            known.remove(&key).is_some()
+        }
+    }
+}
+
+fn view(networks: &BTreeMap<String, FleetNet>, held: &BTreeMap<String, Held>) -> fleetnet::View {
+    fleetnet::View {
+        networks: networks.values().cloned().collect(),
+        held: held.values().cloned().collect(),
     }
 }

@@ -3,7 +3,9 @@
 //! programs on new bridge ports, the conntrack collector, metrics, periodic reports.
 
 pub mod collector;
+pub mod dockernet;
 pub mod fleet;
+pub mod ipam;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -134,6 +136,18 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         sources::docker::spawn(d.clone(), cfg.host.address)
     });
     let _ = maps.docker.set(0, docker_info, 0);
+    // Networks across hosts (with both [etcd] and [docker]): the IPAM plugin, and the
+    // task that makes etcd's networks on this host's Docker.
+    let (fleet_nets, fleet_nets_rx) = tokio::sync::watch::channel(None);
+    if let (Some(e), Some(d)) = (&cfg.etcd, &cfg.docker) {
+        let path = ipam::socket_path(crate::state::DOCKER_PLUGIN_DIR, &d.plugin);
+        ipam::spawn(e.clone(), cfg.host.name.clone(), path)?;
+        let mtu = cfg
+            .host
+            .uplink_mtu
+            .saturating_sub(netpath_common::VXLAN_OVERHEAD);
+        dockernet::spawn(d.clone(), fleet_nets_rx, mtu);
+    }
     let mut views = Views::default();
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
@@ -164,6 +178,11 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         fleet_info.skipped = m.skipped_etcd.len() as u32;
                     }
                     let _ = maps.fleet.set(0, fleet_info, 0);
+                }
+                fleet::Update::Networks(v) => {
+                    let _ = fleet_nets.send(Some(v.networks.clone()));
+                    views.fleet = Some(v);
+                    apply(&mut maps, &pins, &cfg, &views, News::Etcd);
                 }
                 fleet::Update::Info(info) => {
                     fleet_info = netpath_common::FleetInfo { skipped: fleet_info.skipped, ..info };
@@ -393,6 +412,8 @@ fn follow_gateway(maps: &mut Maps, cfg: &mut Config) -> bool {
 struct Views {
     etcd: Option<Vec<crate::state::Peer>>,
     docker: Option<sources::docker::View>,
+    /// The networks across hosts and their addresses.
+    fleet: Option<sources::fleetnet::View>,
 }
 
 impl Views {
@@ -405,7 +426,12 @@ impl Views {
     ) -> Result<(crate::state::Desired, sources::Merge)> {
         let (etcd, docker, networks) = self.inputs(cfg, observed);
         let cli = sources::cli::live(observed);
-        sources::desired(cfg, &cli, &etcd, &docker, &networks)
+        let fleet = match (&self.fleet, &cfg.etcd) {
+            (Some(v), _) => v.clone(),
+            (None, Some(_)) => sources::fleetnet::live(observed),
+            (None, None) => sources::fleetnet::View::default(),
+        };
+        sources::desired(cfg, &cli, &etcd, &docker, &networks, &fleet)
     }
 
     /// The etcd peers, Docker ports and Docker networks of the desired state: the

@@ -180,7 +180,8 @@ pub(super) enum Cmd {
         json: bool,
     },
     /// The host's container networks: docker0 and, with [docker], every bridge network
-    /// Docker has (compose's among them).
+    /// Docker has (compose's among them); networks across hosts (with [etcd]): create,
+    /// remove, show.
     Network {
         #[command(subcommand)]
         cmd: NetworkCmd,
@@ -344,6 +345,54 @@ pub(super) enum NetworkCmd {
     ///
     /// Example: netpath network list --json
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a network across hosts in etcd: one subnet on every host of the fleet.
+    /// Every host's agent (with [etcd] and [docker]) makes it on its Docker as a bridge
+    /// network with netpath as its IPAM driver, so an address (`--ip` or not) is one
+    /// container's in the whole fleet. Its containers reach each other on any host as on
+    /// one LAN, and no other network.
+    ///
+    /// Example: netpath network create net1 --subnet 10.10.10.0/24 --mode vxlan --config /etc/netpath/netpath.toml
+    Create {
+        name: String,
+        /// Its range: outside every host's subnet and every other network's.
+        #[arg(long, value_parser = cluster::cidr)]
+        subnet: ipnet::Ipv4Net,
+        /// The bridge's address on every host; the subnet's first address by default.
+        #[arg(long)]
+        gateway: Option<std::net::Ipv4Addr>,
+        /// How its containers on other hosts are reached: vxlan (a VNI of its own) or
+        /// direct (the hosts share a link).
+        #[arg(long, value_enum, default_value_t = ClusterMode::Vxlan)]
+        mode: ClusterMode,
+        /// Nothing in or out of the hosts: only between its containers.
+        #[arg(long)]
+        internal: bool,
+        /// Its containers' traffic to the outside is not masqueraded (left to routing).
+        #[arg(long)]
+        no_masquerade: bool,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove a network across hosts from etcd (refused while containers hold addresses
+    /// of it); every agent then removes it from its Docker.
+    ///
+    /// Example: netpath network rm net1 --config /etc/netpath/netpath.toml
+    Rm {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A network across hosts: its subnet, gateway, mode, VNI, the addresses each host
+    /// holds, and whether this host has it.
+    ///
+    /// Example: netpath network show net1 --config /etc/netpath/netpath.toml --json
+    Show {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
         #[arg(long)]
         json: bool,
     },

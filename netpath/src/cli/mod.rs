@@ -6,6 +6,7 @@ mod args;
 mod cluster;
 mod dump;
 mod edit;
+mod fleetnet;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -95,16 +96,42 @@ fn run(cli: Cli) -> Result<()> {
             network_len,
             json,
         } => cluster::subnet(&config, network_len, json),
-        Cmd::Network {
-            cmd: args::NetworkCmd::List { json },
-        } => {
-            let maps = Maps::open(&pins)?;
-            show(
-                &crate::inspect::networks::rows(&maps)?,
-                json,
-                Some(crate::inspect::networks::table),
-            )
-        }
+        Cmd::Network { cmd } => match cmd {
+            args::NetworkCmd::List { json } => {
+                let maps = Maps::open(&pins)?;
+                show(
+                    &crate::inspect::networks::rows(&maps)?,
+                    json,
+                    Some(crate::inspect::networks::table),
+                )
+            }
+            args::NetworkCmd::Create {
+                name,
+                subnet,
+                gateway,
+                mode,
+                internal,
+                no_masquerade,
+                config,
+            } => fleetnet::create(
+                &config,
+                crate::sources::fleetnet::Create {
+                    name,
+                    subnet,
+                    gateway,
+                    mode: match mode {
+                        ClusterMode::Direct => crate::state::Mode::Direct,
+                        ClusterMode::Vxlan => crate::state::Mode::Vxlan,
+                    },
+                    masquerade: !no_masquerade,
+                    internal,
+                },
+            ),
+            args::NetworkCmd::Rm { name, config } => fleetnet::remove(&config, &name),
+            args::NetworkCmd::Show { name, config, json } => {
+                fleetnet::show(&config, &pins, &name, json)
+            }
+        },
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Init {
                 config,

@@ -30,6 +30,17 @@ pub struct NetworkRow {
     pub reachable_from_peers: bool,
     /// Local containers netpath delivers to on it (its endpoints).
     pub containers: usize,
+    /// A network across hosts (`netpath network create`): its mode and VNI.
+    pub across_hosts: Option<Across>,
+}
+
+/// What a network across hosts adds to its row.
+#[derive(Debug, Serialize)]
+pub struct Across {
+    pub mode: String,
+    pub vni: u32,
+    /// Its containers on other hosts that this host routes to.
+    pub remote_containers: usize,
 }
 
 /// The networks of the running datapath, sorted by origin (the `[host].bridge` first),
@@ -39,6 +50,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<NetworkRow>> {
     let range = maps.subnet()?;
     let endpoints = reconcile::endpoints::observe(maps)?;
     let host_masquerades = maps.config()?.flags & netpath_common::CONFIG_F_MASQUERADE != 0;
+    let remote = reconcile::remote::installed(maps)?;
     let mut rows: Vec<NetworkRow> = nets
         .iter()
         .map(|n| NetworkRow {
@@ -50,7 +62,15 @@ pub fn rows(maps: &Maps) -> Result<Vec<NetworkRow>> {
             docker_id: (!n.docker_id.is_empty()).then(|| n.docker_id.clone()),
             internal: n.internal,
             masquerade: n.masquerade && host_masquerades,
-            reachable_from_peers: range.contains(&n.subnet),
+            reachable_from_peers: range.contains(&n.subnet) || n.span.is_some(),
+            across_hosts: n.span.map(|s| Across {
+                mode: s.mode.to_string(),
+                vni: s.vni,
+                remote_containers: remote
+                    .keys()
+                    .filter(|a| n.subnet.contains(&crate::maps::addr_of(**a)))
+                    .count(),
+            }),
             containers: endpoints
                 .keys()
                 .filter(|a| {
@@ -79,7 +99,12 @@ pub fn table(rows: &Vec<NetworkRow>) -> String {
         } else {
             "routed"
         };
-        let note = if r.reachable_from_peers {
+        let note = if let Some(a) = &r.across_hosts {
+            format!(
+                "across hosts ({}, vni {}): {} containers on other hosts",
+                a.mode, a.vni, a.remote_containers
+            )
+        } else if r.reachable_from_peers {
             String::new()
         } else {
             "outside the host's subnet: not reachable from other hosts".to_owned()
@@ -98,7 +123,7 @@ pub fn table(rows: &Vec<NetworkRow>) -> String {
 /// what to do (`status`, `doctor`).
 pub fn outside(nets: &[Network], range: Ipv4Net) -> Vec<String> {
     nets.iter()
-        .filter(|n| !range.contains(&n.subnet))
+        .filter(|n| !range.contains(&n.subnet) && n.span.is_none())
         .map(|n| {
             format!(
                 "network {} ({} on {}) lies outside this host's subnet {range}: its containers reach the outside and this host's other networks, but no other host routes to it. Recreate it inside the subnet (`docker network create --subnet` from `netpath subnet`'s pools, or let Docker pick from default-address-pools)",
@@ -130,6 +155,7 @@ mod tests {
             internal: false,
             masquerade: true,
             origin: Origin::Docker,
+            span: None,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod networks;
 pub mod peers;
 pub mod policy;
 pub mod publish;
+pub mod remote;
 
 use anyhow::{Context, Result};
 use aya::{Ebpf, maps::lpm_trie::Key};
@@ -46,6 +47,7 @@ pub struct Changes {
     pub publish: publish::PublishChanges,
     pub policy: policy::PolicyChanges,
     pub networks: networks::NetworkChanges,
+    pub remote: remote::RemoteChanges,
 }
 
 impl Changes {
@@ -54,6 +56,7 @@ impl Changes {
         !self.host.any()
             && self.networks.is_empty()
             && self.peers.is_empty()
+            && self.remote.is_empty()
             && self.publish.is_empty()
             && !self.policy.applied
     }
@@ -97,12 +100,15 @@ pub struct Observed {
     pub policy: policy::Installed,
     /// `NP_NETWORKS`.
     pub networks: Vec<crate::state::Network>,
+    /// The routes of containers on other hosts, by address (network byte order).
+    pub remote: std::collections::HashMap<u32, PeerValue>,
 }
 
 /// Reads what the reconcilers compare against (routes and underlay entries are read by
 /// the peers reconciler itself).
 pub fn observe(maps: &Maps) -> Result<Observed> {
     Ok(Observed {
+        remote: remote::installed(maps)?,
         peers: maps.peer_infos()?,
         publish: publish::entries(maps)?,
         policy: policy::installed(maps)?,
@@ -133,10 +139,15 @@ pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
 /// then networks, peers, published ports and policy. A family that fails leaves its maps as they
 /// were and stops the rest; a rerun goes on from there.
 pub fn all_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
+    let host = host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?;
+    let networks = networks::reconcile(maps, &o.networks, &d.networks)?;
+    let peers = peers::reconcile_from(maps, &d.peers, o.peers)?;
+    let remote = remote::reconcile(maps, &d.remote, &peers.slots)?;
     Ok(Changes {
-        host: host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?,
-        networks: networks::reconcile(maps, &o.networks, &d.networks)?,
-        peers: peers::reconcile_from(maps, &d.peers, o.peers)?,
+        host,
+        networks,
+        peers,
+        remote,
         publish: publish::reconcile_from(maps, &d.publish, &o.publish)?,
         policy: policy::reconcile_from(maps, &o.policy, &d.policy)?,
     })

@@ -4,12 +4,15 @@
 
 use anyhow::Result;
 use aya::maps::lpm_trie::Key;
-use netpath_common::{NET_F_INTERNAL, NET_F_MASQUERADE, addr_to_be, name_bytes, name_str};
+use netpath_common::{
+    NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_SPANS, NET_F_VXLAN, NET_VNI_SHIFT, addr_to_be,
+    name_bytes, name_str,
+};
 
 use super::{Undo, fault};
 use crate::{
     maps::{Maps, addr_of, net_key},
-    state::{Network, Origin},
+    state::{Mode, Network, Origin, Span},
 };
 
 /// What a reconcile of the networks changed (names).
@@ -32,7 +35,19 @@ pub fn value(n: &Network) -> netpath_common::Network {
         bridge_ifindex: n.bridge_ifindex,
         gateway_addr: n.gateway.map_or(0, |g| addr_to_be(g.octets())),
         flags: if n.masquerade { NET_F_MASQUERADE } else { 0 }
-            | if n.internal { NET_F_INTERNAL } else { 0 },
+            | if n.internal { NET_F_INTERNAL } else { 0 }
+            | match n.span {
+                None => 0,
+                Some(s) => {
+                    NET_F_SPANS
+                        | (s.vni << NET_VNI_SHIFT)
+                        | if s.mode == Mode::Vxlan {
+                            NET_F_VXLAN
+                        } else {
+                            0
+                        }
+                }
+            },
         bridge_mac: n.bridge_mac,
         origin: n.origin.to_map(),
         prefix_len: n.subnet.prefix_len(),
@@ -56,6 +71,14 @@ fn network(key: &Key<u32>, v: &netpath_common::Network) -> Option<Network> {
         internal: v.flags & NET_F_INTERNAL != 0,
         masquerade: v.flags & NET_F_MASQUERADE != 0,
         origin: Origin::from_map(v.origin),
+        span: (v.flags & NET_F_SPANS != 0).then_some(Span {
+            vni: v.flags >> NET_VNI_SHIFT,
+            mode: if v.flags & NET_F_VXLAN != 0 {
+                Mode::Vxlan
+            } else {
+                Mode::Direct
+            },
+        }),
     })
 }
 

@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
 use ipnet::Ipv4Net;
-use netpath_common::{MAX_PEERS, PeerInfo, PeerValue, addr_to_be, name_bytes, name_str};
+use netpath_common::{
+    MAX_PEERS, PEER_F_ENDPOINT, PeerInfo, PeerValue, addr_to_be, name_bytes, name_str,
+};
 
 use super::{Undo, fault};
 use crate::{
@@ -47,12 +49,12 @@ fn info_of(p: &Peer, origin: Origin) -> PeerInfo {
     }
 }
 
-fn value_of(id: u32, info: &PeerInfo) -> PeerValue {
+pub(crate) fn value_of(id: u32, info: &PeerInfo) -> PeerValue {
     PeerValue {
         underlay: info.underlay,
         id,
         mode: info.mode,
-        _pad: 0,
+        flags: 0,
         vtep_mac: info.vtep_mac,
     }
 }
@@ -88,6 +90,9 @@ pub struct PeerChanges {
     pub restored: Vec<String>,
     /// Route and underlay entries that no peer owned (left by a crash), removed.
     pub orphans: usize,
+    /// Every desired peer's slot and info once done, by name (for the routes of their
+    /// containers of networks across hosts, reconcile/remote.rs).
+    pub slots: HashMap<String, (u32, PeerInfo)>,
 }
 
 impl PeerChanges {
@@ -123,7 +128,11 @@ pub(crate) fn reconcile_from(
     let mut routes_now: HashMap<(u32, u32), PeerValue> = HashMap::new();
     for k in maps.peers.keys() {
         let k = k?;
-        routes_now.insert((k.prefix_len(), k.data()), maps.peers.get(&k, 0)?);
+        let v = maps.peers.get(&k, 0)?;
+        // A peer's container of a network across hosts: reconcile/remote.rs keeps those.
+        if v.flags & PEER_F_ENDPOINT == 0 {
+            routes_now.insert((k.prefix_len(), k.data()), v);
+        }
     }
     let mut underlay_now: HashMap<u32, PeerValue> = HashMap::new();
     for k in maps.underlay.keys() {
@@ -227,6 +236,10 @@ pub(crate) fn reconcile_from(
         undo.run(maps);
         return Err(e.context("updating the peers (the previous peers are restored)"));
     }
+    changes.slots = want
+        .into_iter()
+        .map(|(id, i)| (name_str(&i.name).to_owned(), (id, i)))
+        .collect();
     Ok(changes)
 }
 

@@ -134,6 +134,7 @@ pub fn networks(
             internal: n.internal.unwrap_or(false),
             masquerade: opts.get(OPT_MASQUERADE).map(String::as_str) != Some("false"),
             origin: Origin::Docker,
+            span: None,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -377,7 +378,7 @@ pub fn live_networks(o: &Observed) -> Vec<Network> {
 }
 
 /// Connects to the engine at `d.socket` and asks it to answer.
-async fn connect(d: &Docker) -> anyhow::Result<bollard::Docker> {
+pub async fn connect(d: &Docker) -> anyhow::Result<bollard::Docker> {
     use anyhow::Context;
     let socket = d.socket.display().to_string();
     let docker = bollard::Docker::connect_with_unix(&socket, 10, bollard::API_DEFAULT_VERSION)

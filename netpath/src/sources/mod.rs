@@ -33,6 +33,7 @@ pub mod cli;
 pub mod docker;
 pub mod etcd;
 pub mod file;
+pub mod fleetnet;
 pub mod neigh;
 
 use std::collections::HashSet;
@@ -125,12 +126,14 @@ pub fn desired(
     etcd: &[Peer],
     docker: &[docker::DockerPort],
     docker_networks: &[crate::state::Network],
+    fleet: &fleetnet::View,
 ) -> Result<(Desired, Merge)> {
     let mut merge = Merge::default();
     let mut problems = Vec::new();
     let h = &cfg.host;
-    let (nets, skipped) = networks(h, docker_networks);
+    let (mut nets, skipped) = networks(h, docker_networks);
     merge.skipped_networks = skipped;
+    spans(&mut nets, fleet, &mut merge.skipped_networks);
 
     let mut peers: Vec<Peer> = cfg.peers.clone();
     let mut cli_peers = Vec::new();
@@ -309,17 +312,79 @@ pub fn desired(
                 default: p.default,
                 reject_rate: p.reject_rate,
             },
+            remote: remote(h, fleet, &etcd_peers),
             networks: nets,
         },
         merge,
     ))
 }
 
+/// Marks each network of this host that is one across hosts (`fleet`'s, by name) with its
+/// VNI and mode. One whose subnet is not etcd's stays a network of this host only, with
+/// why in `skipped`.
+pub fn spans(
+    nets: &mut [crate::state::Network],
+    fleet: &fleetnet::View,
+    skipped: &mut Vec<String>,
+) {
+    for n in nets.iter_mut() {
+        let Some(f) = fleet.networks.iter().find(|f| f.name == n.name) else {
+            continue;
+        };
+        if f.subnet != n.subnet || n.gateway != Some(f.gateway) {
+            skipped.push(format!(
+                "network {} across hosts: this host's Docker network of that name has subnet {} (gateway {}), etcd says {} (gateway {}): it stays this host's only; remove it (`docker network rm {}`) and the agent makes it again",
+                n.name,
+                n.subnet,
+                n.gateway.map_or("none".to_owned(), |g| g.to_string()),
+                f.subnet,
+                f.gateway,
+                n.name
+            ));
+            continue;
+        }
+        n.span = Some(crate::state::Span {
+            vni: f.vni,
+            mode: f.mode,
+        });
+    }
+}
+
+/// The containers of networks across hosts that live on the peers `peers` (the hosts of
+/// the fleet): every held address but this host's.
+pub fn remote(
+    h: &crate::state::Host,
+    fleet: &fleetnet::View,
+    peers: &[Peer],
+) -> Vec<crate::state::Remote> {
+    fleet
+        .held
+        .iter()
+        .filter(|a| a.host != h.name && peers.iter().any(|p| p.name == a.host))
+        .filter_map(|a| {
+            let f = fleet.networks.iter().find(|f| f.name == a.network)?;
+            f.holds_container(a.addr).then(|| crate::state::Remote {
+                addr: a.addr,
+                network: a.network.clone(),
+                host: a.host.clone(),
+                mode: f.mode,
+            })
+        })
+        .collect()
+}
+
 /// The desired state of a fresh datapath (no CLI entry yet): the config alone.
 pub fn from_config(cfg: &Config) -> Desired {
-    desired(cfg, &Part::default(), &[], &[], &[])
-        .expect("a valid config merges with no CLI entry")
-        .0
+    desired(
+        cfg,
+        &Part::default(),
+        &[],
+        &[],
+        &[],
+        &fleetnet::View::default(),
+    )
+    .expect("a valid config merges with no CLI entry")
+    .0
 }
 
 #[cfg(test)]
@@ -349,6 +414,7 @@ mod tests {
             internal: false,
             masquerade: false,
             origin: Origin::Docker,
+            span: None,
         }
     }
 

@@ -105,6 +105,19 @@ pub struct Desired {
     pub policy: DesiredPolicy,
     /// The host's container networks: the `[host].bridge` first, then Docker's others.
     pub networks: Vec<Network>,
+    /// The containers of networks across hosts that live on peers: a /32 route each.
+    pub remote: Vec<Remote>,
+}
+
+/// A container of a network across hosts on another host (a peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub addr: Ipv4Addr,
+    pub network: String,
+    /// The peer (by name) it lives on.
+    pub host: String,
+    /// The network's mode.
+    pub mode: Mode,
 }
 
 /// Largest VXLAN network identifier (24 bits).
@@ -581,6 +594,16 @@ pub struct Network {
     /// Docker's `com.docker.network.bridge.enable_ip_masquerade` (on unless "false").
     pub masquerade: bool,
     pub origin: Origin,
+    /// A network across hosts (`netpath network create`): its VNI and mode.
+    pub span: Option<Span>,
+}
+
+/// What makes a network one across hosts: the VNI of its packets in VXLAN, and how its
+/// containers on other hosts are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub vni: u32,
+    pub mode: Mode,
 }
 
 impl Network {
@@ -597,6 +620,7 @@ impl Network {
             internal: false,
             masquerade: true,
             origin: Origin::Config,
+            span: None,
         }
     }
 
@@ -663,7 +687,15 @@ pub struct Etcd {
 pub struct Docker {
     /// The engine's API socket.
     pub socket: std::path::PathBuf,
+    /// The name of netpath's IPAM plugin for networks across hosts (with `[etcd]`): its
+    /// socket is `/run/docker/plugins/<plugin>.sock`.
+    pub plugin: String,
 }
+
+/// The IPAM plugin's name by default.
+pub const DOCKER_PLUGIN: &str = "netpath";
+/// Where Docker looks for the sockets of legacy plugins.
+pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 

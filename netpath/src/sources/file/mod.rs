@@ -296,8 +296,18 @@ impl Config {
                     crate::state::DOCKER_SOCKET
                 ));
             }
+            let plugin = d
+                .plugin
+                .unwrap_or_else(|| crate::state::DOCKER_PLUGIN.to_owned());
+            if crate::sources::fleetnet::check_name(&plugin).is_err() {
+                problems.push(format!(
+                    "[docker].plugin = {plugin:?}: a plugin name is letters, digits, '_', '.' or '-', like \"{}\"",
+                    crate::state::DOCKER_PLUGIN
+                ));
+            }
             crate::state::Docker {
                 socket: socket.into(),
+                plugin,
             }
         });
         if !problems.is_empty() {
@@ -362,6 +372,10 @@ const PENDING: Ipv4Net = match Ipv4Net::new(Ipv4Addr::BROADCAST, 32) {
 
 /// What a config file says, for the agent: ready, or waiting for a subnet from etcd.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per start or command, never stored"
+)]
 pub enum Parsed {
     Ready(Config),
     Unleased(Unleased),

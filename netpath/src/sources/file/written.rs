@@ -38,6 +38,7 @@ pub(super) struct File {
 #[serde(deny_unknown_fields)]
 pub(super) struct DockerFile {
     pub(super) socket: Option<String>,
+    pub(super) plugin: Option<String>,
 }
 
 /// `[etcd]` as written.
@@ -295,6 +296,7 @@ mod tests {
         put("etcd", "lease_ttl", literal(state::ETCD_LEASE_TTL));
         put("etcd", "subnet_file", literal(state::ETCD_SUBNET_FILE));
         put("docker", "socket", literal(state::DOCKER_SOCKET));
+        put("docker", "plugin", literal(state::DOCKER_PLUGIN));
         d
     }
 
@@ -457,7 +459,7 @@ mod tests {
         );
         assert_eq!(
             accepted::<DockerFile>(),
-            BTreeSet::from(["socket".to_owned()])
+            BTreeSet::from(["socket".to_owned(), "plugin".to_owned()])
         );
     }
 }

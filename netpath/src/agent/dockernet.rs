@@ -1,0 +1,176 @@
+//! Networks across hosts on this host's Docker: every network etcd has becomes a Docker
+//! bridge network of the same name, subnet and gateway, with netpath as its IPAM driver
+//! (agent/ipam.rs) and the label `netpath.network`; one that etcd no longer has is removed
+//! once no container is on it. So a `netpath network create` on one host is a `docker
+//! network ls` line on every host.
+//!
+//! A task of its own, away from the plugin's handlers: creating a network makes Docker
+//! call the plugin, which answers from etcd. It runs on every new view of etcd's networks
+//! and every [`CHECK_EVERY`] (a dockerd restarted, a network removed by hand).
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context, Result};
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use tokio::sync::watch;
+
+use crate::{
+    sources::{
+        docker::connect,
+        fleetnet::{FleetNet, IPAM_OPT_NETWORK, LABEL_NETWORK},
+    },
+    state::{Docker, Mode},
+};
+
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Starts the task: `nets` is etcd's latest word on the networks across hosts (None: not
+/// heard yet, nothing is done). `mtu`: the containers' MTU in a vxlan network.
+pub fn spawn(d: Docker, nets: watch::Receiver<Option<Vec<FleetNet>>>, vxlan_mtu: u32) {
+    tokio::spawn(run(d, nets, vxlan_mtu));
+}
+
+async fn run(d: Docker, mut nets: watch::Receiver<Option<Vec<FleetNet>>>, vxlan_mtu: u32) {
+    // What was last said of each network, so that a problem is logged once, not every pass.
+    let mut said: HashMap<String, String> = HashMap::new();
+    loop {
+        let want = nets.borrow_and_update().clone();
+        if let Some(want) = want {
+            match connect(&d).await {
+                Ok(docker) => {
+                    if let Err(e) = ensure(&docker, &d, &want, vxlan_mtu, &mut said).await {
+                        log::warn!("docker: making the networks across hosts: {e:#}");
+                    }
+                }
+                Err(e) => log::debug!("docker: {e:#}; the networks across hosts wait"),
+            }
+        }
+        tokio::select! {
+            changed = nets.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+/// The request that makes `f` on this host.
+pub fn request(f: &FleetNet, plugin: &str, vxlan_mtu: u32) -> NetworkCreateRequest {
+    let mut options = HashMap::from([(
+        "com.docker.network.bridge.enable_ip_masquerade".to_owned(),
+        f.masquerade.to_string(),
+    )]);
+    if f.mode == Mode::Vxlan {
+        options.insert(
+            "com.docker.network.driver.mtu".to_owned(),
+            vxlan_mtu.to_string(),
+        );
+    }
+    NetworkCreateRequest {
+        name: f.name.clone(),
+        driver: Some("bridge".to_owned()),
+        internal: Some(f.internal),
+        ipam: Some(Ipam {
+            driver: Some(plugin.to_owned()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(f.subnet.to_string()),
+                gateway: Some(f.gateway.to_string()),
+                ..Default::default()
+            }]),
+            options: Some(HashMap::from([(
+                IPAM_OPT_NETWORK.to_owned(),
+                f.name.clone(),
+            )])),
+        }),
+        options: Some(options),
+        labels: Some(HashMap::from([(LABEL_NETWORK.to_owned(), f.name.clone())])),
+        ..Default::default()
+    }
+}
+
+async fn ensure(
+    docker: &bollard::Docker,
+    d: &Docker,
+    want: &[FleetNet],
+    vxlan_mtu: u32,
+    said: &mut HashMap<String, String>,
+) -> Result<()> {
+    let have = docker
+        .list_networks(None)
+        .await
+        .context("listing the networks")?;
+    let mut say = |name: &str, what: String, warn: bool| {
+        if said.get(name) != Some(&what) {
+            if what.is_empty() {
+                // All is well again: nothing to say, but the next problem is said.
+            } else if warn {
+                log::warn!("docker: {what}");
+            } else {
+                log::info!("docker: {what}");
+            }
+            said.insert(name.to_owned(), what);
+        }
+    };
+    for f in want {
+        let Some(n) = have
+            .iter()
+            .find(|n| n.name.as_deref() == Some(f.name.as_str()))
+        else {
+            match docker
+                .create_network(request(f, &d.plugin, vxlan_mtu))
+                .await
+            {
+                Ok(r) => say(
+                    &f.name,
+                    format!(
+                        "made network {} ({}, {}) across hosts: id {}",
+                        f.name,
+                        f.subnet,
+                        f.mode,
+                        &r.id[..r.id.len().min(12)]
+                    ),
+                    false,
+                ),
+                Err(e) => say(
+                    &f.name,
+                    format!("cannot make network {} across hosts: {e}", f.name),
+                    true,
+                ),
+            }
+            continue;
+        };
+        let ours = n
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_NETWORK))
+            .is_some_and(|v| v == &f.name);
+        if !ours {
+            say(
+                &f.name,
+                format!(
+                    "a network named {} exists that netpath did not make: it is not the network across hosts of that name (remove it with `docker network rm {}`)",
+                    f.name, f.name
+                ),
+                true,
+            );
+        } else {
+            say(&f.name, String::new(), false);
+        }
+    }
+    for n in &have {
+        let Some(name) = n.labels.as_ref().and_then(|l| l.get(LABEL_NETWORK)) else {
+            continue;
+        };
+        if want.iter().any(|f| &f.name == name) {
+            continue;
+        }
+        let id = n.id.clone().unwrap_or_default();
+        match docker.remove_network(&id).await {
+            Ok(()) => log::info!("docker: removed network {name}: etcd no longer has it"),
+            Err(e) => say(
+                name,
+                format!("network {name} is gone from etcd but stays here: {e}"),
+                true,
+            ),
+        }
+    }
+    Ok(())
+}

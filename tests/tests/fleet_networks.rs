@@ -1,0 +1,229 @@
+//! Networks across hosts on real Docker hosts with real etcd: the overlay seed's workflow
+//! without swarm. Three lab hosts, each with its dockerd and agent (with `[etcd]` and
+//! `[docker]`, so the agent serves its IPAM plugin and makes etcd's networks on its
+//! Docker); `netpath network create` on one host, `docker run --net --ip` on each.
+
+use std::time::{Duration, Instant};
+
+use netpath_tests::{
+    Lab, Spec,
+    docker::{DockerOptions, have_dockerd, ping_from, wait_for},
+    output, probe_bin,
+};
+
+const NET1: &str = "10.244.64.0/24";
+
+/// Three Docker hosts on one etcd, agents running. None (skipped) where labs or dockerd
+/// cannot run.
+fn fleet_docker_lab() -> Option<Lab> {
+    if !netpath_tests::can_run_lab() || !have_dockerd() {
+        eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
+        return None;
+    }
+    let mut lab = Lab::new(Spec {
+        hosts: 3,
+        containers: 0,
+        locked_down: true,
+        outside: true,
+    })
+    .expect("build lab");
+    let endpoints = lab.etcd(1).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    for i in 0..3 {
+        lab.dockerd(i, &DockerOptions::default()).unwrap();
+        lab.set_host_option(i, "masquerade", "true").unwrap();
+        lab.use_docker(i).unwrap();
+    }
+    lab.start_all().unwrap();
+    Some(lab)
+}
+
+fn config(lab: &Lab, i: usize) -> String {
+    lab.hosts[i].config.display().to_string()
+}
+
+/// `netpath network create NAME --subnet SUBNET --mode MODE` on host `i`.
+fn create(lab: &Lab, i: usize, name: &str, subnet: &str, mode: &str) {
+    let c = config(lab, i);
+    let args = [
+        "network", "create", name, "--subnet", subnet, "--mode", mode, "--config", &c,
+    ];
+    output(lab.netpath(i, &args)).unwrap();
+}
+
+/// The names of host `i`'s Docker networks.
+fn docker_networks(lab: &Lab, i: usize) -> Vec<String> {
+    let out = lab
+        .docker(i, &["network", "ls", "--format", "{{.Name}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until every host's Docker has network `name`; returns how long that took.
+fn seen_everywhere(lab: &Lab, name: &str) -> Duration {
+    let t = Instant::now();
+    for i in 0..lab.hosts.len() {
+        wait_for(&format!("{name} on host {i}"), 15, || {
+            docker_networks(lab, i).iter().any(|n| n == name)
+        });
+    }
+    t.elapsed()
+}
+
+/// The probe's echo server (port 7000) in container `name` of host `i` on `net`, with
+/// `more` docker-run arguments; returns its address there.
+fn serve_on(lab: &Lab, i: usize, name: &str, net: &str, more: &[&str]) -> String {
+    let probe = probe_bin().display().to_string();
+    let mut args = vec!["run", "-d", "--name", name, "--net", net];
+    args.extend(more);
+    args.extend(["np-probe", &probe, "serve", "7000", "3600"]);
+    output(lab.docker(i, &args)).unwrap();
+    lab.docker_addr(i, name, net).unwrap()
+}
+
+/// Serves a 2 MiB file of random bytes over HTTP (busybox httpd, port 8080) in container
+/// `name` of host `i`; returns its md5.
+fn serve_blob(lab: &Lab, i: usize, name: &str) -> String {
+    let sh = "mkdir -p /www && busybox dd if=/dev/urandom of=/www/blob bs=1024 count=2048 2>/dev/null && busybox httpd -p 8080 -h /www && busybox md5sum /www/blob";
+    let out = output(lab.docker(i, &["exec", name, "sh", "-c", sh])).unwrap();
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// The md5 of the 2 MiB body that container `name` of host `i` fetches with an HTTP GET
+/// of `/blob` from `addr` port 8080 (busybox nc: its wget crashes, being static).
+fn fetch(lab: &Lab, i: usize, name: &str, addr: &str) -> String {
+    let sh = format!(
+        "printf 'GET /blob HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 10 {addr} 8080 | busybox tail -c 2097152 | busybox md5sum"
+    );
+    let url = format!("http://{addr}:8080/blob");
+    let out = lab
+        .docker(i, &["exec", name, "sh", "-c", &sh])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url} in {name}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next().unwrap_or("").to_owned()
+}
+
+/// The seed's workflow, word for word but for the driver: `network create` on node1, the
+/// network on the others, `--ip` and `--add-host` on each, ping and a 2 MB HTTP transfer
+/// both ways; a `--ip` another host holds is refused naming it; a removed container's
+/// route goes on the other hosts.
+fn seed_workflow(mode: &str) {
+    let Some(lab) = fleet_docker_lab() else {
+        return;
+    };
+    create(&lab, 0, "net1", NET1, mode);
+    let took = seen_everywhere(&lab, "net1");
+    eprintln!("net1 ({mode}) on every host's Docker after {took:?}");
+
+    let a = serve_on(
+        &lab,
+        0,
+        "test1",
+        "net1",
+        &["--ip", "10.244.64.3", "--add-host", "test2:10.244.64.4"],
+    );
+    let b = serve_on(
+        &lab,
+        1,
+        "test2",
+        "net1",
+        &["--ip", "10.244.64.4", "--add-host", "test1:10.244.64.3"],
+    );
+    assert_eq!((a.as_str(), b.as_str()), ("10.244.64.3", "10.244.64.4"));
+    wait_for("test1 reaches test2", 10, || {
+        ping_from(&lab, 0, "test1", "test2") == 3
+    });
+    assert_eq!(ping_from(&lab, 1, "test2", "test1"), 3);
+    // Same subnet from inside: no gateway between them, the other's MAC is the bridge's.
+    let route =
+        output(lab.docker(0, &["exec", "test1", "ip", "route", "get", "10.244.64.4"])).unwrap();
+    assert!(!route.contains(" via "), "{route}");
+
+    let md5_b = serve_blob(&lab, 1, "test2");
+    assert_eq!(fetch(&lab, 0, "test1", "10.244.64.4"), md5_b);
+    let md5_a = serve_blob(&lab, 0, "test1");
+    assert_eq!(fetch(&lab, 1, "test2", "10.244.64.3"), md5_a);
+
+    // The address test1 holds, asked for on host 3: refused, naming host 1.
+    let probe = probe_bin().display().to_string();
+    let clash = lab
+        .docker(2, &["run", "-d", "--name", "clash", "--net", "net1"])
+        .args([
+            "--ip",
+            "10.244.64.3",
+            "np-probe",
+            &probe,
+            "serve",
+            "7000",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(!clash.status.success(), "{clash:?}");
+    assert!(
+        err.contains(&format!("in use on host {}", lab.hosts[0].name)),
+        "{err}"
+    );
+    // Without --ip: an address nobody holds.
+    let c = serve_on(&lab, 2, "test3", "net1", &[]);
+    assert!(c != a && c != b && c.starts_with("10.244.64."), "{c}");
+    wait_for("test3 reaches test1", 10, || {
+        ping_from(&lab, 2, "test3", "10.244.64.3") == 3
+    });
+
+    // Gone on every host within a second or so of its removal.
+    let routed = |i: usize| -> u64 {
+        let v = lab.netpath_json(i, &["network", "list", "--json"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["network"] == "net1")
+            .map_or(0, |n| {
+                n["across_hosts"]["remote_containers"].as_u64().unwrap_or(0)
+            })
+    };
+    wait_for("host 1 routes to test2 and test3", 10, || routed(0) == 2);
+    output(lab.docker(1, &["rm", "-f", "test2"])).unwrap();
+    let t = Instant::now();
+    wait_for("test2's route gone on host 1", 10, || routed(0) == 1);
+    wait_for("test2's route gone on host 3", 10, || routed(2) == 1);
+    eprintln!(
+        "test2's route gone from hosts 1 and 3 {:?} after docker rm",
+        t.elapsed()
+    );
+    let show = lab.netpath_json(
+        0,
+        &[
+            "network",
+            "show",
+            "net1",
+            "--config",
+            &config(&lab, 0),
+            "--json",
+        ],
+    );
+    assert_eq!(show["vni"], 4096, "{show}");
+    assert!(show["hosts"].get(&lab.hosts[1].name).is_none(), "{show}");
+    assert_eq!(
+        show["hosts"][&lab.hosts[0].name],
+        serde_json::json!(["10.244.64.3"]),
+        "{show}"
+    );
+}
+
+#[test]
+fn the_seed_workflow_in_vxlan() {
+    seed_workflow("vxlan");
+}
+
+#[test]
+fn the_seed_workflow_direct() {
+    seed_workflow("direct");
+}
