@@ -227,3 +227,133 @@ fn the_seed_workflow_in_vxlan() {
 fn the_seed_workflow_direct() {
     seed_workflow("direct");
 }
+
+/// `probe check tcp ADDR 7000` from container `name` of host `i`: whether it echoed.
+fn tcp_from(lab: &Lab, i: usize, name: &str, to: &str) -> bool {
+    let probe = probe_bin().display().to_string();
+    lab.docker(i, &["exec", name, &probe, "check", "tcp", to, "7000"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Two networks across hosts are apart, as two networks of one host are; a container on
+/// both reaches each; a container on a network across hosts and a local one; `-p` of a
+/// network's container from the outside host with the nat table flushed; the way out
+/// masqueraded or not, per the network's option.
+#[test]
+fn networks_across_hosts_are_apart_and_reach_out_as_dockers_do() {
+    use netpath_tests::in_ns;
+    let Some(mut lab) = fleet_docker_lab() else {
+        return;
+    };
+    create(&lab, 0, "net1", NET1, "vxlan");
+    create(&lab, 1, "net2", "10.244.65.0/24", "direct");
+    let c = config(&lab, 2);
+    let quiet = [
+        "network",
+        "create",
+        "quiet",
+        "--subnet",
+        "10.244.66.0/24",
+        "--no-masquerade",
+        "--config",
+        &c,
+    ];
+    output(lab.netpath(2, &quiet)).unwrap();
+    for n in ["net1", "net2", "quiet"] {
+        seen_everywhere(&lab, n);
+    }
+    let c1 = serve_on(&lab, 0, "c1", "net1", &[]);
+    let c2 = serve_on(&lab, 1, "c2", "net2", &[]);
+    let both = serve_on(&lab, 1, "cboth", "net1", &[]);
+    output(lab.docker(1, &["network", "connect", "net2", "cboth"])).unwrap();
+    let both2 = lab.docker_addr(1, "cboth", "net2").unwrap();
+    output(lab.docker(2, &["network", "create", "loc"])).unwrap();
+    let cl = serve_on(&lab, 2, "cl", "loc", &[]);
+    output(lab.docker(2, &["network", "connect", "net1", "cl"])).unwrap();
+    let c3 = serve_on(&lab, 2, "c3", "net2", &[]);
+    serve_on(&lab, 2, "cq", "quiet", &[]);
+
+    // Each network's own containers, on any host.
+    wait_for("cboth reaches c1 (net1)", 10, || {
+        tcp_from(&lab, 1, "cboth", &c1)
+    });
+    wait_for("c3 reaches cboth (net2)", 10, || {
+        tcp_from(&lab, 2, "c3", &both2)
+    });
+    wait_for("c1 reaches cl (net1)", 10, || {
+        let cl1 = lab.docker_addr(2, "cl", "net1").unwrap();
+        tcp_from(&lab, 0, "c1", &cl1)
+    });
+    assert!(tcp_from(&lab, 2, "c3", &c2));
+    assert!(tcp_from(&lab, 0, "c1", &both));
+    assert!(tcp_from(&lab, 1, "cboth", &c3));
+    // Never another network's: net2's to net1's on another host, the local network's
+    // address of a container to one across hosts, quiet's to net1's.
+    let isolated =
+        lab.counter(0, "drop-network-isolated") + lab.counter(1, "drop-network-isolated");
+    assert!(!tcp_from(&lab, 1, "c2", &c1), "net2 reached net1");
+    assert!(
+        !tcp_from(&lab, 0, "c1", &cl),
+        "net1 reached loc on another host"
+    );
+    assert!(!tcp_from(&lab, 2, "cq", &c1), "quiet reached net1");
+    assert!(
+        !tcp_from(&lab, 0, "c1", &both2),
+        "net1 reached net2's address"
+    );
+    let now = lab.counter(0, "drop-network-isolated") + lab.counter(1, "drop-network-isolated");
+    assert!(now > isolated, "isolation not counted: {isolated} -> {now}");
+
+    // -p of a net1 container, from the outside host, with Docker's DNAT flushed; the way
+    // out through netpath's masquerade (net1) or not at all (quiet: no MASQUERADE rule).
+    output(
+        lab.docker(
+            1,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "pub",
+                "--net",
+                "net1",
+                "-p",
+                "8081:7000",
+            ],
+        )
+        .args([
+            "np-probe",
+            &probe_bin().display().to_string(),
+            "serve",
+            "7000",
+            "3600",
+        ]),
+    )
+    .unwrap();
+    for h in &lab.hosts {
+        output(in_ns(&h.ns, "iptables -t nat -F")).unwrap();
+    }
+    let probe = probe_bin().display().to_string();
+    let out = lab.outside().ns.clone();
+    let h2 = lab.hosts[1].underlay.clone();
+    wait_for("pub's port from the outside", 10, || {
+        in_ns(&out, &format!("{probe} check tcp {h2} 8081"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+    lab.spawn_in(&out, &probe_bin(), &["serve", "7000", "120"])
+        .unwrap();
+    let outside = lab.outside().addr.clone();
+    wait_for("c1 reaches the outside host", 5, || {
+        tcp_from(&lab, 0, "c1", &outside)
+    });
+    assert!(lab.counter(0, "fwd-masquerade") > 0);
+    assert!(
+        !tcp_from(&lab, 2, "cq", &outside),
+        "quiet went out masqueraded"
+    );
+}
