@@ -16,6 +16,11 @@ const NET1: &str = "10.244.64.0/24";
 /// Three Docker hosts on one etcd, agents running. None (skipped) where labs or dockerd
 /// cannot run.
 fn fleet_docker_lab() -> Option<Lab> {
+    fleet_docker_lab_with(&DockerOptions::default())
+}
+
+/// [`fleet_docker_lab`] with Docker's settings `o`.
+fn fleet_docker_lab_with(o: &DockerOptions) -> Option<Lab> {
     if !netpath_tests::can_run_lab() || !have_dockerd() {
         eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
         return None;
@@ -30,7 +35,7 @@ fn fleet_docker_lab() -> Option<Lab> {
     let endpoints = lab.etcd(1).unwrap();
     lab.write_fleet_configs(&endpoints, 5).unwrap();
     for i in 0..3 {
-        lab.dockerd(i, &DockerOptions::default()).unwrap();
+        lab.dockerd(i, o).unwrap();
         lab.set_host_option(i, "masquerade", "true").unwrap();
         lab.use_docker(i).unwrap();
     }
@@ -356,4 +361,156 @@ fn networks_across_hosts_are_apart_and_reach_out_as_dockers_do() {
         !tcp_from(&lab, 2, "cq", &outside),
         "quiet went out masqueraded"
     );
+}
+
+/// A ping every 100 ms from container `name` of host `i` to `to`, `count` of them, in the
+/// background; join it for how many were answered.
+fn pinging(lab: &Lab, i: usize, name: &str, to: &str, count: u32) -> std::process::Child {
+    let n = count.to_string();
+    lab.docker(
+        i,
+        &["exec", name, "ping", "-c", &n, "-i", "0.1", "-W", "1", to],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+fn answered(ping: std::process::Child) -> u32 {
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(" packets received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ping summary: {text}"))
+}
+
+/// Every restart beside dockerd: the agent killed and started again under traffic (no
+/// ping lost; a `docker run` meanwhile waits for it, then runs); dockerd restarted with
+/// live-restore under traffic; dockerd started before the agent with a restart-policy
+/// container on the network; etcd away: running containers keep talking, a new address
+/// is refused with an error that says why; a host that died has its containers' routes
+/// dropped with its lease and its addresses freed after the grace period.
+#[test]
+fn restarts_beside_dockerd_keep_the_networks_flows() {
+    let o = DockerOptions {
+        live_restore: true,
+        ..DockerOptions::default()
+    };
+    let Some(mut lab) = fleet_docker_lab_with(&o) else {
+        return;
+    };
+    for i in 0..3 {
+        lab.kill_agent(i);
+        let path = &lab.hosts[i].config;
+        let t = std::fs::read_to_string(path).unwrap();
+        let t = t.replace("lease_ttl = 5\n", "lease_ttl = 5\naddress_grace = 3\n");
+        std::fs::write(path, t).unwrap();
+        lab.start(i).unwrap();
+    }
+    create(&lab, 0, "net1", NET1, "vxlan");
+    seen_everywhere(&lab, "net1");
+    let c1 = serve_on(&lab, 0, "c1", "net1", &[]);
+    serve_on(&lab, 1, "c2", "net1", &[]);
+    wait_for("c2 reaches c1", 10, || ping_from(&lab, 1, "c2", &c1) == 3);
+
+    // The agent of host 1, killed and started again under traffic; a docker run meanwhile.
+    let ping = pinging(&lab, 1, "c2", &c1, 60);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.kill_agent(0);
+    let probe = probe_bin().display().to_string();
+    let mut late = lab.docker(0, &["run", "-d", "--name", "late", "--net", "net1"]);
+    late.args(["np-probe", &probe, "serve", "7000", "3600"]);
+    let t = Instant::now();
+    let late = std::thread::spawn(move || late.output().unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start(0).unwrap();
+    let late = late.join().unwrap();
+    assert!(
+        late.status.success(),
+        "docker run while the agent restarted: {late:?}"
+    );
+    eprintln!("docker run while the agent was away: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert_eq!(answered(ping), 60, "pings lost while the agent restarted");
+
+    // dockerd of host 1 restarted with live-restore, under traffic.
+    let ping = pinging(&lab, 1, "c2", &c1, 60);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.restart_dockerd(0, &o).unwrap();
+    assert_eq!(answered(ping), 60, "pings lost while dockerd restarted");
+    let late_addr = lab.docker_addr(0, "late", "net1").unwrap();
+    wait_for("c2 reaches late", 10, || {
+        ping_from(&lab, 1, "c2", &late_addr) == 3
+    });
+
+    // dockerd before the agent: host 3's restart-policy container on net1 comes up once
+    // the agent is there.
+    let mut always = lab.docker(2, &["run", "-d", "--name", "always", "--restart", "always"]);
+    always.args(["--net", "net1", "np-probe", &probe, "serve", "7000", "3600"]);
+    output(&mut always).unwrap();
+    lab.kill_agent(2);
+    let plain = DockerOptions::default();
+    lab.restart_dockerd(2, &plain).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.start(2).unwrap();
+    let log = lab
+        .dir
+        .join(format!("{}-docker/dockerd.log", lab.hosts[2].name));
+    netpath_tests::wait_for(
+        60,
+        || {
+            lab.docker(2, &["inspect", "-f", "{{.State.Running}}", "always"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+        },
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            format!(
+                "always runs again; dockerd says:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        },
+    );
+    let always_addr = lab.docker_addr(2, "always", "net1").unwrap();
+    wait_for("c1 reaches always", 15, || {
+        ping_from(&lab, 0, "c1", &always_addr) == 3
+    });
+
+    // Host 3 dies: its containers' routes go with its lease, its addresses after the
+    // grace period.
+    lab.kill_agent(2);
+    let routes = |lab: &Lab| {
+        lab.netpath_json(0, &["dump", "endpoints", "--json"])
+            .to_string()
+    };
+    wait_for("host 3's containers unrouted on host 1", 20, || {
+        !routes(&lab).contains(&format!("\"{always_addr}\""))
+    });
+    let held = |lab: &Lab| {
+        lab.etcdctl("get --prefix --keys-only /netpath/addresses/")
+            .unwrap()
+    };
+    wait_for("host 3's address freed", 20, || {
+        !held(&lab).contains(&always_addr)
+    });
+
+    // etcd away: the running containers keep talking; a new address cannot be made sure
+    // of, and docker run says so.
+    lab.kill_etcd(0);
+    let ping = pinging(&lab, 1, "c2", &c1, 30);
+    let mut new = lab.docker(0, &["run", "-d", "--name", "noetcd", "--net", "net1"]);
+    new.args(["np-probe", &probe, "serve", "7000", "60"]);
+    let t = Instant::now();
+    let refused = new.output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(err.contains("etcd"), "{err}");
+    eprintln!(
+        "docker run with etcd away refused after {:?}: {err}",
+        t.elapsed()
+    );
+    assert_eq!(answered(ping), 30, "pings lost with etcd away");
 }

@@ -7,6 +7,12 @@
 //! A task of its own, away from the plugin's handlers: creating a network makes Docker
 //! call the plugin, which answers from etcd. It runs on every new view of etcd's networks
 //! and every [`CHECK_EVERY`] (a dockerd restarted, a network removed by hand).
+//!
+//! It also starts the containers that Docker could not start without netpath: a dockerd
+//! that boots before the agent tries each restart-policy container on a network across
+//! hosts once, fails to reach the plugin, and never tries again. The agent starts those
+//! (`--restart always` or `unless-stopped`, not running, Docker's last error naming the
+//! plugin).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -40,6 +46,9 @@ async fn run(d: Docker, mut nets: watch::Receiver<Option<Vec<FleetNet>>>, vxlan_
                 Ok(docker) => {
                     if let Err(e) = ensure(&docker, &d, &want, vxlan_mtu, &mut said).await {
                         log::warn!("docker: making the networks across hosts: {e:#}");
+                    }
+                    if let Err(e) = revive(&docker, &d.plugin).await {
+                        log::warn!("docker: starting the containers Docker could not: {e:#}");
                     }
                 }
                 Err(e) => log::debug!("docker: {e:#}; the networks across hosts wait"),
@@ -173,4 +182,61 @@ async fn ensure(
         }
     }
     Ok(())
+}
+
+/// Starts the restart-policy containers that Docker gave up on because the plugin was
+/// not there (see the module comment). Returns how many it started.
+async fn revive(docker: &bollard::Docker, plugin: &str) -> Result<usize> {
+    use bollard::query_parameters::ListContainersOptions;
+    let filters = HashMap::from([(
+        "status".to_owned(),
+        vec!["exited".to_owned(), "created".to_owned()],
+    )]);
+    let stopped = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .context("listing the stopped containers")?;
+    let mut started = 0;
+    for c in stopped {
+        let Some(id) = c.id else { continue };
+        let Ok(info) = docker.inspect_container(&id, None).await else {
+            continue;
+        };
+        let policy = info
+            .host_config
+            .as_ref()
+            .and_then(|h| h.restart_policy.as_ref())
+            .and_then(|p| p.name)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let error = info
+            .state
+            .as_ref()
+            .and_then(|s| s.error.clone())
+            .unwrap_or_default();
+        if !matches!(policy.as_str(), "always" | "unless-stopped")
+            || !error.contains(&format!("{plugin}.sock"))
+        {
+            continue;
+        }
+        let name = info.name.unwrap_or_default();
+        match docker.start_container(&id, None).await {
+            Ok(()) => {
+                started += 1;
+                log::info!(
+                    "docker: started container {} (--restart {policy}), which Docker could not start without netpath's plugin",
+                    name.trim_start_matches('/')
+                );
+            }
+            Err(e) => log::warn!(
+                "docker: starting container {}: {e}",
+                name.trim_start_matches('/')
+            ),
+        }
+    }
+    Ok(started)
 }

@@ -5,7 +5,10 @@
 //! each session starts with a full listing, so what was deleted meanwhile (a lease that
 //! expired while this host was cut off) is seen as gone then.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{Client, EventType, WatchOptions};
@@ -189,9 +192,12 @@ async fn session(
         .context("watching the fleet")?;
     let mut renew = tokio::time::interval(Duration::from_secs((e.lease_ttl / 3).max(1)));
     renew.tick().await;
+    // Hosts that hold addresses but are not registered, since when (see `reclaim`).
+    let mut gone_since: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = renew.tick() => {
+                reclaim(&mut client, e, &host.name, &known, &held, &mut gone_since).await;
                 keeper.keep_alive().await.context("renewing the lease")?;
                 match acks.message().await.context("renewing the lease")? {
                     Some(a) if a.ttl() > 0 => {}
@@ -287,5 +293,44 @@ fn view(networks: &BTreeMap<String, FleetNet>, held: &BTreeMap<String, Held>) ->
     fleetnet::View {
         networks: networks.values().cloned().collect(),
         held: held.values().cloned().collect(),
+    }
+}
+
+/// Frees the addresses of hosts that have not been registered for `[etcd].address_grace`
+/// (their lease expired: the host died or was cut off that long). Every agent does it;
+/// the transactions make it once. A failure is logged and tried again at the next tick.
+async fn reclaim(
+    client: &mut Client,
+    e: &Etcd,
+    me: &str,
+    known: &BTreeMap<String, Peer>,
+    held: &BTreeMap<String, Held>,
+    gone_since: &mut HashMap<String, Instant>,
+) {
+    let registered: std::collections::HashSet<&str> =
+        known.values().map(|p| p.name.as_str()).collect();
+    let holders: std::collections::HashSet<&str> = held
+        .values()
+        .map(|h| h.host.as_str())
+        .filter(|h| *h != me && !registered.contains(h))
+        .collect();
+    gone_since.retain(|h, _| holders.contains(h.as_str()));
+    let grace = Duration::from_secs(e.address_grace);
+    for h in holders {
+        let since = *gone_since.entry(h.to_owned()).or_insert_with(Instant::now);
+        if since.elapsed() < grace {
+            continue;
+        }
+        let theirs: Vec<Held> = held.values().filter(|a| a.host == h).cloned().collect();
+        match fleetnet::free_host(client, &e.prefix, &theirs).await {
+            Ok(n) => {
+                log::info!(
+                    "etcd: host {h} has not been registered for {} s: freed {n} of its addresses",
+                    e.address_grace
+                );
+                gone_since.remove(h);
+            }
+            Err(err) => log::warn!("etcd: freeing the addresses of host {h}: {err:#}"),
+        }
     }
 }

@@ -195,18 +195,28 @@ impl Ipam {
         Ok(fresh)
     }
 
-    /// Runs `f` with a client; an error drops the client, so the next call reconnects.
+    /// Runs `f` with a client. An error of etcd's drops the client (the next call
+    /// reconnects) and says that etcd could not be asked.
     async fn with_client<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let c = self.client().await?;
+        let away = |e: anyhow::Error| {
+            e.context(format!(
+                "etcd at {} could not be asked, so no new address can be made sure of (running containers are not affected)",
+                self.etcd.endpoints.join(", ")
+            ))
+        };
+        let c = self.client().await.map_err(away)?;
         let r = f(c).await;
-        if r.is_err() {
-            *self.client.lock().await = None;
+        match r {
+            Err(e) if e.chain().any(|c| c.is::<etcd_client::Error>()) => {
+                *self.client.lock().await = None;
+                Err(away(e))
+            }
+            r => r,
         }
-        r
     }
 
     async fn network(&self, name: &str) -> Result<FleetNet> {

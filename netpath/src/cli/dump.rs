@@ -121,7 +121,7 @@ pub fn dump(maps: &Maps, map: DumpMap, json: bool) -> Result<()> {
         DumpMap::RejectLimit => show(&dump::reject_limit(maps)?, json, None),
         DumpMap::Events => show(&dump::events(maps)?, json, None),
         DumpMap::Build => show(&dump::build(maps)?, json, None),
-        DumpMap::Endpoints => show(&dump::endpoints(maps)?, json, None),
+        DumpMap::Endpoints => show(&dump::endpoints_all(maps)?, json, None),
         DumpMap::Networks => show(
             &inspect::networks::rows(maps)?,
             json,

@@ -102,6 +102,9 @@ pub struct EndpointRow {
     pub ifindex: u32,
     /// Its name, when the caller's network namespace has it.
     pub interface: Option<String>,
+    /// The host it lives on: None for this host's (delivered straight into it); a peer's
+    /// name for a container of a network across hosts there (routed to it by its /32).
+    pub host: Option<String>,
 }
 
 fn endpoint_row(
@@ -115,7 +118,39 @@ fn endpoint_row(
         mac: format_mac(e.mac),
         ifindex: e.ifindex,
         interface: crate::iface::name_of(e.ifindex),
+        host: None,
     }
+}
+
+/// This host's endpoints, then the containers of networks across hosts on other hosts
+/// (`dump endpoints`).
+pub fn endpoints_all(maps: &Maps) -> Result<Vec<EndpointRow>> {
+    let mut rows = endpoints(maps)?;
+    let nets = crate::reconcile::networks::observe(maps)?;
+    let names: std::collections::HashMap<u32, String> = maps
+        .peer_infos()?
+        .into_iter()
+        .map(|(id, i)| (id, netpath_common::name_str(&i.name).to_owned()))
+        .collect();
+    let mut remote: Vec<EndpointRow> = crate::reconcile::remote::installed(maps)?
+        .into_iter()
+        .map(|(addr, v)| EndpointRow {
+            address: addr_of(addr),
+            network: crate::inspect::networks::name_of(&nets, addr_of(addr)),
+            mac: "-".to_owned(),
+            ifindex: 0,
+            interface: None,
+            host: Some(
+                names
+                    .get(&v.id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("peer #{}", v.id)),
+            ),
+        })
+        .collect();
+    remote.sort_by_key(|r| u32::from(r.address));
+    rows.extend(remote);
+    Ok(rows)
 }
 
 pub fn endpoints(maps: &Maps) -> Result<Vec<EndpointRow>> {

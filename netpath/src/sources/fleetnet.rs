@@ -8,12 +8,13 @@
 //! - `<prefix>/addresses/<name>/<a.b.c.d>` = the [`Holder`] of one address, no lease: made
 //!   by a create-if-absent transaction (two hosts never both get it), deleted when Docker
 //!   releases it. A holder's host that is gone (its registration expired) keeps it until a
-//!   grace period has passed ([`GRACE`]); then any agent frees it.
+//!   grace period has passed (`[etcd].address_grace`, 300 s); then any agent frees it
+//!   ([`free_host`]).
 //!
 //! Everything read from etcd is checked: a key or value of another shape is skipped and
 //! logged, never trusted.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
@@ -21,10 +22,6 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Mode, VNI_MAX};
-
-/// How long the addresses of a host whose registration is gone are kept for it (a host
-/// that comes back within it finds its containers' addresses still its own).
-pub const GRACE: Duration = Duration::from_secs(300);
 
 /// The first VNI handed to a network across hosts (the hosts' own VNI is below, 42 by
 /// default); each network takes the lowest free one from here.
@@ -444,6 +441,19 @@ pub async fn remove(client: &mut Client, prefix: &str, name: &str) -> Result<Fle
     ]);
     client.txn(txn).await.context("deleting the network")?;
     Ok(net)
+}
+
+/// Frees each of `held` (the addresses of a host gone longer than the grace period): one
+/// transaction per address, each only if its host still holds it. Returns how many were
+/// freed.
+pub async fn free_host(client: &mut Client, prefix: &str, held: &[Held]) -> Result<usize> {
+    let mut n = 0;
+    for h in held {
+        if release(client, prefix, &h.network, h.addr, &h.host).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// What a reservation found.

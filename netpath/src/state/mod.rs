@@ -670,6 +670,9 @@ pub struct Etcd {
     pub prefix: String,
     /// Seconds a registration outlives its agent's last renewal.
     pub lease_ttl: u64,
+    /// Seconds the addresses (networks across hosts) of a host whose registration is gone
+    /// stay its own; then any agent frees them.
+    pub address_grace: u64,
     /// Client TLS: the CA that signed the members' certificates, and this host's
     /// certificate and key (PEM files).
     pub ca: Option<std::path::PathBuf>,
@@ -702,6 +705,9 @@ pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const ETCD_PREFIX: &str = "/netpath";
 pub const ETCD_SUBNET_FILE: &str = "/var/lib/netpath/subnet.env";
 pub const ETCD_LEASE_TTL: u64 = 60;
+/// Seconds the addresses of a host whose registration expired stay its own (networks
+/// across hosts), so that a host back from a short cut finds its containers' addresses.
+pub const ETCD_ADDRESS_GRACE: u64 = 300;
 pub const ETCD_LEASE_TTL_MIN: u64 = 5;
 pub const ETCD_LEASE_TTL_MAX: u64 = 86_400;
 

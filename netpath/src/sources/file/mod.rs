@@ -136,6 +136,15 @@ impl Config {
                 .prefix
                 .unwrap_or_else(|| crate::state::ETCD_PREFIX.to_owned());
             let lease_ttl = e.lease_ttl.unwrap_or(crate::state::ETCD_LEASE_TTL);
+            let address_grace = e
+                .address_grace
+                .unwrap_or(crate::state::ETCD_ADDRESS_GRACE);
+            if !(1..=crate::state::ETCD_LEASE_TTL_MAX).contains(&address_grace) {
+                problems.push(format!(
+                    "[etcd].address_grace = {address_grace}: use 1 to {} seconds (how long the addresses of a host whose registration expired stay its own)",
+                    crate::state::ETCD_LEASE_TTL_MAX
+                ));
+            }
             problems.extend(crate::state::check_etcd(
                 &e.endpoints,
                 &prefix,
@@ -146,6 +155,7 @@ impl Config {
                 endpoints: e.endpoints,
                 prefix,
                 lease_ttl,
+                address_grace,
                 ca: e.ca.map(Into::into),
                 cert: e.cert.map(Into::into),
                 key: e.key.map(Into::into),
