@@ -514,3 +514,236 @@ fn restarts_beside_dockerd_keep_the_networks_flows() {
     );
     assert_eq!(answered(ping), 30, "pings lost with etcd away");
 }
+
+/// Three hosts start containers on one network at once, without `--ip` (30 each here;
+/// `cargo xtask bench --only across` starts 100 each): no two addresses alike, each held
+/// in etcd by the host that runs it.
+#[test]
+fn addresses_handed_out_at_once_on_three_hosts_never_collide() {
+    let Some(lab) = fleet_docker_lab() else {
+        return;
+    };
+    create(&lab, 0, "big", "10.244.68.0/23", "vxlan");
+    seen_everywhere(&lab, "big");
+    const EACH: usize = 30;
+    let t = Instant::now();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let host = lab.docker_host(i);
+            std::thread::spawn(move || {
+                for k in 0..EACH {
+                    let o = std::process::Command::new("docker")
+                        .args(["-H", &host, "run", "-d", "--net", "big", "--name"])
+                        .arg(format!("m{i}x{k}"))
+                        .args(["np-busybox", "sleep", "3600"])
+                        .output()
+                        .unwrap();
+                    assert!(o.status.success(), "host {i} container {k}: {o:?}");
+                }
+            })
+        })
+        .collect();
+    for r in runs {
+        r.join().unwrap();
+    }
+    eprintln!("{} containers on 3 hosts in {:?}", 3 * EACH, t.elapsed());
+    let mut all = std::collections::BTreeMap::new();
+    for i in 0..3 {
+        let f = "{{range .Containers}}{{.IPv4Address}} {{end}}";
+        let out = output(lab.docker(i, &["network", "inspect", "big", "-f", f])).unwrap();
+        let addrs: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(addrs.len(), EACH, "host {i}: {out}");
+        for a in addrs {
+            let a = a.split('/').next().unwrap().to_owned();
+            if let Some(other) = all.insert(a.clone(), i) {
+                panic!("{a} given on hosts {other} and {i}");
+            }
+        }
+    }
+    let held = lab.etcdctl("get --prefix /netpath/addresses/big/").unwrap();
+    for (a, i) in &all {
+        let want = format!(
+            "/netpath/addresses/big/{a}\n{{\"host\":\"{}\"}}",
+            lab.hosts[*i].name
+        );
+        assert!(
+            held.contains(&want),
+            "{a} of host {i} not held by it in etcd"
+        );
+    }
+    // Every host routes to the other two hosts' containers.
+    let routed = |i: usize| -> u64 {
+        let v = lab.netpath_json(i, &["network", "list", "--json"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["network"] == "big")
+            .map_or(0, |n| {
+                n["across_hosts"]["remote_containers"].as_u64().unwrap_or(0)
+            })
+    };
+    wait_for("every host routes to the others' containers", 10, || {
+        (0..3).all(|i| routed(i) == 2 * EACH as u64)
+    });
+}
+
+/// One HTTP POST to the unix socket `path`: the response's body.
+fn post(path: &std::path::Path, what: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /{what} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
+}
+
+/// Garbage in the plugin's requests and in etcd's keys of networks across hosts: a clear
+/// error each, logged and skipped by the agents, nothing half-made; the CLI refuses what
+/// would clash. The plugin's socket is root's alone.
+#[test]
+fn garbage_in_plugin_requests_and_etcd_keys_gets_a_clear_error_and_nothing_half_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(lab) = fleet_docker_lab() else {
+        return;
+    };
+    create(&lab, 0, "net1", NET1, "direct");
+    seen_everywhere(&lab, "net1");
+    let sock = netpath_tests::docker::plugin_socket(&lab.hosts[0]);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", sock.display());
+    let held = |lab: &Lab| {
+        lab.etcdctl("get --prefix --keys-only /netpath/addresses/")
+            .unwrap()
+    };
+    let before = held(&lab);
+    for (what, body, says) in [
+        (
+            "IpamDriver.RequestAddress",
+            &b"{not json"[..],
+            "not the JSON Docker sends",
+        ),
+        (
+            "IpamDriver.RequestAddress",
+            &br#"{"PoolID":"nope"}"#[..],
+            "no network across hosts named \"nope\"",
+        ),
+        (
+            "IpamDriver.RequestAddress",
+            &br#"{"PoolID":"net1","Address":"10.9.9.9"}"#[..],
+            "not a container address of network net1",
+        ),
+        (
+            "IpamDriver.RequestAddress",
+            &br#"{"PoolID":"net1","Address":"banana"}"#[..],
+            "not an IPv4 address",
+        ),
+        (
+            "IpamDriver.RequestPool",
+            &br#"{"Pool":"10.99.0.0/24"}"#[..],
+            "netpath network create",
+        ),
+        (
+            "IpamDriver.RequestPool",
+            &br#"{"Pool":"10.244.64.0/24","V6":true}"#[..],
+            "IPv4 only",
+        ),
+        (
+            "IpamDriver.ReleaseAddress",
+            &br#"{"PoolID":"../x","Address":"10.244.64.9"}"#[..],
+            "network name",
+        ),
+        ("IpamDriver.Nonsense", &b"{}"[..], "not an IPAM call"),
+    ] {
+        let answer = post(&sock, what, body);
+        let v: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: {e}: {answer}"));
+        let err = v["Error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no Error: {answer}"));
+        assert!(
+            err.contains(says),
+            "{what} {}: {err}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(
+        post(&sock, "Plugin.Activate", b""),
+        r#"{"Implements":["IpamDriver"]}"#
+    );
+    assert_eq!(
+        held(&lab),
+        before,
+        "a refused request left an address behind"
+    );
+
+    // Garbage written into etcd by someone else: skipped and logged, nothing made of it.
+    for (k, v) in [
+        ("/netpath/networks/bad", "not json"),
+        (
+            "/netpath/networks/-x",
+            r#"{"subnet":"10.244.70.0/24","gateway":"10.244.70.1","mode":"direct","vni":4200,"masquerade":true,"internal":false}"#,
+        ),
+        (
+            "/netpath/networks/wide",
+            r#"{"subnet":"10.0.0.0/4","gateway":"10.0.0.1","mode":"direct","vni":4201,"masquerade":true,"internal":false}"#,
+        ),
+        ("/netpath/addresses/net1/10.244.64.300", r#"{"host":"h2"}"#),
+        ("/netpath/addresses/net1/10.244.64.9", "garbage"),
+        ("/netpath/addresses/net1/10.244.65.9", r#"{"host":"h2"}"#),
+    ] {
+        lab.etcdctl(&format!("put -- {k} {}", v.replace(' ', "_")))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..3 {
+        let nets = docker_networks(&lab, i);
+        assert!(
+            !nets.iter().any(|n| n == "bad" || n == "wide" || n == "-x"),
+            "{nets:?}"
+        );
+        let v = lab.netpath_json(i, &["network", "list", "--json"]);
+        let net1 = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["network"] == "net1")
+            .cloned();
+        assert_eq!(
+            net1.map(|n| n["across_hosts"]["remote_containers"].clone()),
+            Some(serde_json::json!(0)),
+            "host {i}"
+        );
+    }
+    // The CLI: names, subnets and overlaps refused with why.
+    let c = config(&lab, 0);
+    for (name, subnet, says) in [
+        ("x!", "10.244.70.0/24", "network name"),
+        ("net9", "10.244.11.0/24", "a host's subnet"),
+        ("net9", "10.244.64.128/25", "overlaps network net1"),
+        ("net1", "10.244.71.0/24", "exists already"),
+        ("net9", "10.244.72.0/30", "/8 to /29"),
+    ] {
+        let o = lab
+            .netpath(
+                0,
+                &[
+                    "network", "create", name, "--subnet", subnet, "--config", &c,
+                ],
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(says),
+            "{name} {subnet}: {err}"
+        );
+    }
+}
