@@ -709,6 +709,8 @@ impl Default for DockerInfo {
 pub const DOCKER_F_CONFIGURED: u32 = 1;
 /// The engine answers (listed, events followed).
 pub const DOCKER_F_UP: u32 = 2;
+/// The agent serves the IPAM plugin of networks across hosts (`[etcd]` and `[docker]`).
+pub const DOCKER_F_IPAM: u32 = 4;
 
 /// `[etcd]` is configured.
 pub const FLEET_F_CONFIGURED: u32 = 1;

@@ -16,11 +16,11 @@ const NET1: &str = "10.244.64.0/24";
 /// Three Docker hosts on one etcd, agents running. None (skipped) where labs or dockerd
 /// cannot run.
 fn fleet_docker_lab() -> Option<Lab> {
-    fleet_docker_lab_with(&DockerOptions::default())
+    fleet_docker_lab_with(&DockerOptions::default(), &[])
 }
 
-/// [`fleet_docker_lab`] with Docker's settings `o`.
-fn fleet_docker_lab_with(o: &DockerOptions) -> Option<Lab> {
+/// [`fleet_docker_lab`] with Docker's settings `o`, and `extra` config text per host.
+fn fleet_docker_lab_with(o: &DockerOptions, extra: &[(usize, &str)]) -> Option<Lab> {
     if !netpath_tests::can_run_lab() || !have_dockerd() {
         eprintln!("skipped: needs root and Debian's docker.io (cargo xtask setup)");
         return None;
@@ -38,6 +38,9 @@ fn fleet_docker_lab_with(o: &DockerOptions) -> Option<Lab> {
         lab.dockerd(i, o).unwrap();
         lab.set_host_option(i, "masquerade", "true").unwrap();
         lab.use_docker(i).unwrap();
+    }
+    for (i, text) in extra {
+        lab.append_config(*i, text).unwrap();
     }
     lab.start_all().unwrap();
     Some(lab)
@@ -250,7 +253,10 @@ fn tcp_from(lab: &Lab, i: usize, name: &str, to: &str) -> bool {
 #[test]
 fn networks_across_hosts_are_apart_and_reach_out_as_dockers_do() {
     use netpath_tests::in_ns;
-    let Some(mut lab) = fleet_docker_lab() else {
+    let Some(mut lab) = fleet_docker_lab_with(
+        &DockerOptions::default(),
+        &[(0, "[metrics]\nlisten = \"127.0.0.1:9464\"\n")],
+    ) else {
         return;
     };
     create(&lab, 0, "net1", NET1, "vxlan");
@@ -311,6 +317,7 @@ fn networks_across_hosts_are_apart_and_reach_out_as_dockers_do() {
     );
     let now = lab.counter(0, "drop-network-isolated") + lab.counter(1, "drop-network-isolated");
     assert!(now > isolated, "isolation not counted: {isolated} -> {now}");
+    tools_tell_networks_across_hosts(&lab, &c1, &both, &c2, &c3, &both2);
 
     // -p of a net1 container, from the outside host, with Docker's DNAT flushed; the way
     // out through netpath's masquerade (net1) or not at all (quiet: no MASQUERADE rule).
@@ -363,6 +370,162 @@ fn networks_across_hosts_are_apart_and_reach_out_as_dockers_do() {
     );
 }
 
+/// What trace, status, peer list, metrics and doctor say of the isolation test's networks:
+/// c1 (net1, vxlan, host 0), both (net1 and net2 at both2, host 1), c2 (net2, host 1),
+/// c3 (net2, direct, host 2).
+fn tools_tell_networks_across_hosts(
+    lab: &Lab,
+    c1: &str,
+    both: &str,
+    c2: &str,
+    c3: &str,
+    both2: &str,
+) {
+    let c = config(lab, 0);
+    let vni = lab.netpath_json(0, &["network", "show", "net1", "--config", &c, "--json"])["vni"]
+        .as_u64()
+        .unwrap();
+    let h2 = lab.hosts[1].name.clone();
+    // net1's container to its own network's on host 1: encapsulated with net1's VNI.
+    let t = lab.netpath_json(0, &["trace", "--from", c1, "--to", both, "--json"]);
+    assert_eq!(t["reason"], "fwd-vxlan-encap", "{t}");
+    assert_eq!(t["peer"], h2.as_str(), "{t}");
+    assert!(
+        t["out_packet"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("vni {vni}:")),
+        "{t}"
+    );
+    let said = t["steps"].to_string();
+    assert!(
+        said.contains("network net1") && said.contains("across hosts"),
+        "{t}"
+    );
+    assert!(said.contains(&format!("on host {h2}")), "{t}");
+    assert!(said.contains("one LAN across hosts"), "{t}");
+    // The way back, as host 1 sends it: decapsulated and delivered.
+    let t = lab.netpath_json(0, &["trace", "--from", both, "--to", c1, "--json"]);
+    assert_eq!(t["program"], "np_from_uplink", "{t}");
+    assert_eq!(t["reason"], "fwd-vxlan-decap", "{t}");
+    assert_eq!(t["outcome"], "forward", "{t}");
+    // net2 is direct: unencapsulated to host 2.
+    let t = lab.netpath_json(1, &["trace", "--from", both2, "--to", c3, "--json"]);
+    assert_eq!(t["reason"], "fwd-direct", "{t}");
+    // Two networks: apart, and the trace says so.
+    let t = lab.netpath_json(1, &["trace", "--from", c2, "--to", c1, "--json"]);
+    assert_eq!(t["reason"], "drop-network-isolated", "{t}");
+    assert_eq!(t["outcome"], "drop", "{t}");
+    assert!(t["steps"].to_string().contains("another network"), "{t}");
+
+    let status = output(lab.netpath(0, &["status"])).unwrap();
+    assert!(status.contains("across hosts: 3 networks"), "{status}");
+    assert!(
+        status.contains("IPAM plugin of networks across hosts served"),
+        "{status}"
+    );
+    let peers = lab.netpath_json(0, &["peer", "list", "--json"]);
+    let on_h2 = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == h2.as_str())
+        .unwrap_or_else(|| panic!("no peer {h2}: {peers}"));
+    // cboth (on net1 and net2) and c2 (net2).
+    assert_eq!(on_h2["across_hosts_containers"], 3, "{peers}");
+    let metrics = metrics(&lab.hosts[0].ns);
+    let series = format!(
+        "netpath_network_remote_endpoints{{network=\"net1\",subnet=\"{NET1}\",mode=\"vxlan\",vni=\"{vni}\"}} "
+    );
+    let n: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}: {metrics}"));
+    assert_eq!(n, 2, "net1's cboth (host 1) and cl (host 2): {metrics}");
+    assert!(
+        metrics.contains("netpath_docker{what=\"ipam_plugin\"} 1"),
+        "{metrics}"
+    );
+
+    // doctor: all three agree on host 0; a Docker network of the same name that netpath
+    // did not make fails on host 2; without the agent the plugin does not answer.
+    let doctor = |i: usize| {
+        let c = config(lab, i);
+        let out = lab
+            .netpath(i, &["doctor", "--config", &c, "--json", "--wait", "0.2"])
+            .output()
+            .unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "across-hosts")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let d = doctor(0);
+    assert!(d.iter().all(|f| f["level"] == "ok"), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|f| f["detail"].as_str().unwrap().contains("answers on")),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.iter()
+            .filter(|f| f["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Docker's agrees with etcd"))
+            .count(),
+        3,
+        "{d:?}"
+    );
+    output(lab.docker(
+        2,
+        &["network", "create", "--subnet", "10.244.98.0/24", "odd"],
+    ))
+    .unwrap();
+    create(lab, 0, "odd", "10.244.97.0/24", "vxlan");
+    let d = doctor(2);
+    let odd = d
+        .iter()
+        .find(|f| f["detail"].as_str().unwrap().contains("network odd"))
+        .unwrap_or_else(|| panic!("odd not told: {d:?}"));
+    assert_eq!(odd["level"], "fail", "{odd}");
+    let detail = odd["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("subnet 10.244.98.0/24, etcd's is 10.244.97.0/24")
+            && detail.contains("label netpath.network=(none)"),
+        "{odd}"
+    );
+    assert!(
+        odd["fix"]
+            .as_str()
+            .unwrap()
+            .contains("docker network rm odd"),
+        "{odd}"
+    );
+    output(lab.docker(2, &["network", "rm", "odd"])).unwrap();
+    output(lab.netpath(0, &["network", "rm", "odd", "--config", &c])).unwrap();
+}
+
+/// The agent's metrics (`[metrics] listen = "127.0.0.1:9464"`) in namespace `ns`.
+fn metrics(ns: &str) -> String {
+    let ns = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let f = std::fs::File::open(&ns).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 9464)).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    })
+    .join()
+    .unwrap()
+}
+
 /// A ping every 100 ms from container `name` of host `i` to `to`, `count` of them, in the
 /// background; join it for how many were answered.
 fn pinging(lab: &Lab, i: usize, name: &str, to: &str, count: u32) -> std::process::Child {
@@ -398,7 +561,7 @@ fn restarts_beside_dockerd_keep_the_networks_flows() {
         live_restore: true,
         ..DockerOptions::default()
     };
-    let Some(mut lab) = fleet_docker_lab_with(&o) else {
+    let Some(mut lab) = fleet_docker_lab_with(&o, &[]) else {
         return;
     };
     for i in 0..3 {
@@ -496,6 +659,26 @@ fn restarts_beside_dockerd_keep_the_networks_flows() {
     wait_for("host 3's address freed", 20, || {
         !held(&lab).contains(&always_addr)
     });
+    // Its plugin's socket is left without anyone answering: doctor says Docker cannot
+    // reach the plugin.
+    let c = config(&lab, 2);
+    let out = lab
+        .netpath(2, &["doctor", "--config", &c, "--json", "--wait", "0.2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugin = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "across-hosts" && f["detail"].to_string().contains("IPAM plugin"))
+        .unwrap_or_else(|| panic!("no word of the plugin: {all}"));
+    assert_eq!(plugin["level"], "fail", "{plugin}");
+    assert!(
+        plugin["detail"].to_string().contains("does not answer"),
+        "{plugin}"
+    );
 
     // etcd away: the running containers keep talking; a new address cannot be made sure
     // of, and docker run says so.

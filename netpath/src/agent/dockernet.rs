@@ -95,6 +95,51 @@ pub fn request(f: &FleetNet, plugin: &str, vxlan_mtu: u32) -> NetworkCreateReque
     }
 }
 
+/// How Docker's network `n` of the same name differs from `f` as etcd has it (driver,
+/// IPAM driver, subnet, gateway, label); None when it is `f` on this host. Said in the
+/// agent's log and by `netpath doctor`.
+pub fn disagrees(f: &FleetNet, n: &bollard::models::Network, plugin: &str) -> Option<String> {
+    let label = n.labels.as_ref().and_then(|l| l.get(LABEL_NETWORK));
+    let ipam = n.ipam.as_ref();
+    let conf = ipam.and_then(|i| i.config.as_ref()).and_then(|c| c.first());
+    let subnet = conf
+        .and_then(|c| c.subnet.clone())
+        .unwrap_or_else(|| "(none)".to_owned());
+    let gateway = conf
+        .and_then(|c| c.gateway.clone())
+        .unwrap_or_else(|| "(none)".to_owned());
+    let mut wrong = Vec::new();
+    if label != Some(&f.name) {
+        wrong.push(format!(
+            "label {LABEL_NETWORK}={}",
+            label.map_or("(none)", |l| l)
+        ));
+    }
+    let driver = n.driver.as_deref().unwrap_or("");
+    if driver != "bridge" {
+        wrong.push(format!("driver {driver}, not bridge"));
+    }
+    let ipam_driver = ipam.and_then(|i| i.driver.as_deref()).unwrap_or("default");
+    if ipam_driver != plugin {
+        wrong.push(format!("IPAM driver {ipam_driver}, not {plugin}"));
+    }
+    if subnet.parse::<ipnet::Ipv4Net>().ok() != Some(f.subnet) {
+        wrong.push(format!("subnet {subnet}, etcd's is {}", f.subnet));
+    }
+    let gw = gateway.split('/').next().unwrap_or("");
+    if gw.parse::<std::net::Ipv4Addr>().ok() != Some(f.gateway) {
+        wrong.push(format!("gateway {gateway}, etcd's is {}", f.gateway));
+    }
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "network {} on this host's Docker is not etcd's network across hosts of that name ({}): its containers are not routed across hosts. Disconnect them and `docker network rm {}`: the agent makes it again as etcd says",
+            f.name,
+            wrong.join("; "),
+            f.name
+        )
+    })
+}
+
 async fn ensure(
     docker: &bollard::Docker,
     d: &Docker,
@@ -160,6 +205,8 @@ async fn ensure(
                 ),
                 true,
             );
+        } else if let Some(why) = disagrees(f, n, &d.plugin) {
+            say(&f.name, why, true);
         } else {
             say(&f.name, String::new(), false);
         }
@@ -239,4 +286,83 @@ async fn revive(docker: &bollard::Docker, plugin: &str) -> Result<usize> {
         }
     }
     Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net1() -> FleetNet {
+        FleetNet {
+            name: "net1".to_owned(),
+            subnet: "10.10.10.0/24".parse().unwrap(),
+            gateway: "10.10.10.1".parse().unwrap(),
+            mode: Mode::Vxlan,
+            vni: 4096,
+            masquerade: true,
+            internal: false,
+        }
+    }
+
+    /// Docker's network as the agent's own request makes it.
+    fn made(f: &FleetNet) -> bollard::models::Network {
+        let r = request(f, "netpath", 1450);
+        bollard::models::Network {
+            name: Some(r.name),
+            driver: r.driver,
+            ipam: r.ipam,
+            labels: r.labels,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_network_the_agent_makes_agrees_and_every_difference_is_named() {
+        let f = net1();
+        assert_eq!(disagrees(&f, &made(&f), "netpath"), None);
+        let r = request(&f, "netpath", 1450);
+        assert_eq!(
+            r.options.unwrap()["com.docker.network.driver.mtu"],
+            "1450",
+            "vxlan: the overhead left out of the MTU"
+        );
+        // Docker reports the gateway without a prefix; some versions with one.
+        let mut n = made(&f);
+        n.ipam.as_mut().unwrap().config.as_mut().unwrap()[0].gateway =
+            Some("10.10.10.1/24".to_owned());
+        assert_eq!(disagrees(&f, &n, "netpath"), None);
+
+        let mut n = made(&f);
+        n.labels = None;
+        n.driver = Some("macvlan".to_owned());
+        n.ipam = Some(Ipam {
+            driver: Some("default".to_owned()),
+            config: Some(vec![IpamConfig {
+                subnet: Some("10.10.20.0/24".to_owned()),
+                gateway: Some("10.10.20.1".to_owned()),
+                ..Default::default()
+            }]),
+            options: None,
+        });
+        let why = disagrees(&f, &n, "netpath").unwrap();
+        for part in [
+            "label netpath.network=(none)",
+            "driver macvlan, not bridge",
+            "IPAM driver default, not netpath",
+            "subnet 10.10.20.0/24, etcd's is 10.10.10.0/24",
+            "gateway 10.10.20.1, etcd's is 10.10.10.1",
+            "docker network rm net1",
+        ] {
+            assert!(why.contains(part), "{part}: {why}");
+        }
+        // Another plugin name in the config: not this agent's network.
+        assert!(
+            disagrees(&f, &made(&f), "other")
+                .unwrap()
+                .contains("IPAM driver netpath, not other")
+        );
+        // Nothing at all from Docker: said, never a panic.
+        let why = disagrees(&f, &bollard::models::Network::default(), "netpath").unwrap();
+        assert!(why.contains("subnet (none), etcd's"), "{why}");
+    }
 }

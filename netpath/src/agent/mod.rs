@@ -135,19 +135,20 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         docker_info.flags = netpath_common::DOCKER_F_CONFIGURED;
         sources::docker::spawn(d.clone(), cfg.host.address)
     });
-    let _ = maps.docker.set(0, docker_info, 0);
     // Networks across hosts (with both [etcd] and [docker]): the IPAM plugin, and the
     // task that makes etcd's networks on this host's Docker.
     let (fleet_nets, fleet_nets_rx) = tokio::sync::watch::channel(None);
     if let (Some(e), Some(d)) = (&cfg.etcd, &cfg.docker) {
         let path = ipam::socket_path(crate::state::DOCKER_PLUGIN_DIR, &d.plugin);
         ipam::spawn(e.clone(), cfg.host.name.clone(), path)?;
+        docker_info.flags |= netpath_common::DOCKER_F_IPAM;
         let mtu = cfg
             .host
             .uplink_mtu
             .saturating_sub(netpath_common::VXLAN_OVERHEAD);
         dockernet::spawn(d.clone(), fleet_nets_rx, mtu);
     }
+    let _ = maps.docker.set(0, docker_info, 0);
     let mut views = Views::default();
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;

@@ -129,16 +129,20 @@ pub(super) enum Cmd {
     },
     /// Check this host for what breaks container networking: kernel features, bpffs,
     /// sysctls, rp_filter, MTU of uplink, bridge and tunnel, netfilter rules that still see
-    /// container traffic, conntrack pressure, peers whose underlay does not answer. Each
-    /// finding says what to do. Exits 1 when a check fails or warns.
+    /// container traffic, conntrack pressure, peers whose underlay does not answer; with
+    /// --config, networks across hosts against etcd and Docker, and the IPAM plugin's
+    /// socket. Each finding says what to do. Exits 1 when a check fails or warns.
     ///
-    /// Example: netpath doctor
+    /// Example: netpath doctor --config /etc/netpath/netpath.toml
     Doctor {
         #[arg(long)]
         json: bool,
         /// Seconds to wait for the peers' answers.
         #[arg(long, default_value_t = 1.0, value_parser = watch_secs)]
         wait: f64,
+        /// The agent's config: also check networks across hosts (etcd, Docker, plugin).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print one map in readable form.
     ///

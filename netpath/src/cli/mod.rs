@@ -296,8 +296,12 @@ fn run(cli: Cli) -> Result<()> {
             let t = crate::inspect::trace::trace(&pins, &q)?;
             show(&t, json, Some(crate::inspect::trace::text))
         }
-        Cmd::Doctor { json, wait } => {
-            let f = crate::inspect::doctor::run(&pins, Duration::from_secs_f64(wait))?;
+        Cmd::Doctor { json, wait, config } => {
+            let f = crate::inspect::doctor::run(
+                &pins,
+                Duration::from_secs_f64(wait),
+                config.as_deref(),
+            )?;
             if json {
                 print_json(&f)?;
             } else {

@@ -196,12 +196,13 @@ pub fn render(pins: &PinDir) -> Result<String> {
         what_gauges(
             &mut reg,
             "netpath_docker",
-            "The Docker engine ([docker]): up (1 while it answers), containers (running), ports (published ports served), refused (published ports not served), seconds_since_answer",
+            "The Docker engine ([docker]): up (1 while it answers), containers (running), ports (published ports served), refused (published ports not served), ipam_plugin (1 while the agent serves the IPAM plugin of networks across hosts), seconds_since_answer",
             &[
                 ("up", d.up as i64),
                 ("containers", d.containers as i64),
                 ("ports", d.ports as i64),
                 ("refused", d.refused as i64),
+                ("ipam_plugin", d.ipam_plugin as i64),
                 (
                     "seconds_since_answer",
                     d.last_answer_s.map_or(-1, |s| s as i64),
@@ -215,7 +216,25 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "netpath_network_endpoints",
         "Local containers netpath delivers to, by network (docker0 and Docker's other bridge networks); reachable=\"false\" for a network outside the host's subnet",
     );
-    for n in crate::inspect::networks::rows(&maps)? {
+    let remote = gauge_family(
+        &mut reg,
+        "netpath_network_remote_endpoints",
+        "Containers of a network across hosts on other hosts that this host routes to (a /32 route each), by network, its mode and VNI",
+    );
+    let rows = crate::inspect::networks::rows(&maps)?;
+    for n in &rows {
+        if let Some(a) = &n.across_hosts {
+            remote
+                .get_or_create(&labels(&[
+                    ("network", &n.network),
+                    ("subnet", &n.subnet),
+                    ("mode", &a.mode),
+                    ("vni", &a.vni.to_string()),
+                ]))
+                .set(a.remote_containers as i64);
+        }
+    }
+    for n in rows {
         let reachable = if n.reachable_from_peers {
             "true"
         } else {

@@ -28,6 +28,8 @@ pub struct PeerRow {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
+    /// Its containers of networks across hosts that this host routes to (/32 routes).
+    pub across_hosts_containers: usize,
 }
 
 #[derive(Serialize)]
@@ -103,6 +105,10 @@ pub fn counter_rows(maps: &Maps, all: bool) -> Result<Vec<CounterRow>> {
 
 pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
     let mut rows = Vec::new();
+    let mut across = std::collections::HashMap::<u32, usize>::new();
+    for v in crate::reconcile::remote::installed(maps)?.values() {
+        *across.entry(v.id).or_default() += 1;
+    }
     for (id, info) in maps.peer_infos()? {
         let p = crate::reconcile::peers::peer_from_info(&info);
         let s = maps.peer_stats(id)?;
@@ -117,6 +123,7 @@ pub fn peer_rows(maps: &Maps) -> Result<Vec<PeerRow>> {
             tx_bytes: s.tx.bytes,
             rx_packets: s.rx.packets,
             rx_bytes: s.rx.bytes,
+            across_hosts_containers: across.get(&id).copied().unwrap_or(0),
         });
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
@@ -388,8 +395,16 @@ pub fn counters_table(rows: &[CounterRow]) -> String {
 pub fn peers_table(rows: &[PeerRow]) -> String {
     table(
         &[
-            "PEER", "SUBNET", "UNDERLAY", "MODE", "ORIGIN", "TX PKTS", "TX BYTES", "RX PKTS",
+            "PEER",
+            "SUBNET",
+            "UNDERLAY",
+            "MODE",
+            "ORIGIN",
+            "TX PKTS",
+            "TX BYTES",
+            "RX PKTS",
             "RX BYTES",
+            "ACROSS-HOSTS",
         ],
         &rows
             .iter()
@@ -404,6 +419,7 @@ pub fn peers_table(rows: &[PeerRow]) -> String {
                     r.tx_bytes.to_string(),
                     r.rx_packets.to_string(),
                     r.rx_bytes.to_string(),
+                    r.across_hosts_containers.to_string(),
                 ]
             })
             .collect::<Vec<_>>(),

@@ -86,6 +86,8 @@ pub struct DockerStatus {
     pub last_answer_s: Option<u64>,
     /// Seconds the engine has not answered for; None while it answers.
     pub away_s: Option<u64>,
+    /// The agent serves the IPAM plugin of networks across hosts.
+    pub ipam_plugin: bool,
 }
 
 /// The Docker engine's state from `NP_DOCKER`; None without `[docker]`.
@@ -103,6 +105,7 @@ pub fn docker(maps: &Maps, now: u64) -> Result<Option<DockerStatus>> {
         note: (!note.is_empty()).then(|| note.to_owned()),
         last_answer_s: (d.last_ok != 0).then(|| now.saturating_sub(d.last_ok)),
         away_s: (d.away_since != 0).then(|| now.saturating_sub(d.away_since)),
+        ipam_plugin: d.flags & netpath_common::DOCKER_F_IPAM != 0,
     }))
 }
 
@@ -575,7 +578,7 @@ pub fn text(s: &Status) -> String {
     if let Some(d) = &s.docker {
         let _ = writeln!(
             o,
-            "docker: {}; {} running containers, {} published ports served{}",
+            "docker: {}; {} running containers, {} published ports served{}{}",
             match (d.away_s, d.last_answer_s) {
                 (Some(away), _) => format!("NOT ANSWERING for {}", ago(away)),
                 (None, Some(last)) => format!("answering (last {} ago)", ago(last)),
@@ -587,7 +590,34 @@ pub fn text(s: &Status) -> String {
                 format!(", {} REFUSED", d.refused)
             } else {
                 String::new()
+            },
+            if d.ipam_plugin {
+                "; IPAM plugin of networks across hosts served"
+            } else {
+                ""
             }
+        );
+    }
+    let across: Vec<_> = s
+        .networks
+        .iter()
+        .filter_map(|n| n.across_hosts.as_ref().map(|a| (n, a)))
+        .collect();
+    if !across.is_empty() {
+        let _ = writeln!(
+            o,
+            "across hosts: {} networks ({}), {} containers here, {} on other hosts routed",
+            across.len(),
+            across
+                .iter()
+                .map(|(n, a)| format!("{} {} vni {}", n.network, a.mode, a.vni))
+                .collect::<Vec<_>>()
+                .join(", "),
+            across.iter().map(|(n, _)| n.containers).sum::<usize>(),
+            across
+                .iter()
+                .map(|(_, a)| a.remote_containers)
+                .sum::<usize>()
         );
     }
     if s.networks.len() > 1 {

@@ -213,9 +213,28 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
     if q.proto.is_some() && q.dport == 0 {
         bail!("--port is needed for tcp and udp");
     }
+    // Containers of networks across hosts on other hosts: their /32 routes.
+    let remote = crate::reconcile::remote::installed(&live)?;
+    let remote_of = |a: Ipv4Addr| {
+        let v = remote.get(&netpath_common::addr_to_be(a.octets()))?;
+        Some((net_of(a)?, peers.iter().find(|p| p.id == v.id)?))
+    };
+    // "network NAME (SUBNET) across hosts in MODE" of a network across hosts.
+    let across = |n: &crate::state::Network| {
+        let how = match n.span {
+            Some(s) if s.mode == crate::state::Mode::Vxlan => format!("vxlan, vni {}", s.vni),
+            _ => "direct".to_owned(),
+        };
+        format!("network {} ({}) across hosts, {how}", n.name, n.subnet)
+    };
+    let same_net = |a: Ipv4Addr, b: Ipv4Addr| match (net_of(a), net_of(b)) {
+        (Some(x), Some(y)) => x.name == y.name,
+        _ => false,
+    };
 
     // Where the packet enters netpath.
-    let local = |a: Ipv4Addr| net_of(a).is_some_and(|n| n.holds_container(a));
+    let local =
+        |a: Ipv4Addr| net_of(a).is_some_and(|n| n.holds_container(a)) && remote_of(a).is_none();
     let (program, iface) = if local(q.from) && local(q.to) {
         let (from, to) = (net_of(q.from), net_of(q.to));
         let how = if from.map(|n| n.bridge_ifindex) == to.map(|n| n.bridge_ifindex) {
@@ -234,6 +253,24 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
             format!(
                 "np_from_container on the sender's veth: {} and {} are containers of this host, {how}",
                 q.from, q.to
+            ),
+        ));
+        (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
+    } else if let (true, Some((net, host))) = (local(q.from), remote_of(q.to)) {
+        steps.push(step(
+            "enters",
+            format!(
+                "np_from_container on the sender's veth: {} is a container of this host ({}) sending to {}, a container of {} on host {}{}",
+                q.from,
+                on(q.from),
+                q.to,
+                across(net),
+                host.name,
+                if same_net(q.from, q.to) {
+                    ": one LAN across hosts, reached without a gateway (netpath answers its ARP)"
+                } else {
+                    ": another network, which Docker keeps apart"
+                }
             ),
         ));
         (prog_names::FROM_CONTAINER, "the sender's veth".to_owned())
@@ -259,12 +296,18 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         ));
         (prog_names::FROM_BRIDGE, bridge_of(q.from))
     } else {
-        let how = match peer_of(q.from) {
-            Some(p) => format!(
+        let how = match (remote_of(q.from), peer_of(q.from)) {
+            (Some((net, host)), _) => format!(
+                "from a container of {} on host {} (underlay {})",
+                across(net),
+                host.name,
+                host.underlay
+            ),
+            (None, Some(p)) => format!(
                 "from peer {} ({}, {} mode, underlay {})",
                 p.name, p.subnet, p.mode, p.underlay
             ),
-            None => format!(
+            (None, None) => format!(
                 "{} is neither this host's container nor a peer's: from outside",
                 q.from
             ),
@@ -303,6 +346,17 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                 ),
             },
         ));
+    } else if let Some((net, host)) = remote_of(q.to) {
+        steps.push(step(
+            "destination",
+            format!(
+                "{} is a container of {} on host {} (underlay {}): a route of its own (/32) to that host",
+                q.to,
+                across(net),
+                host.name,
+                host.underlay
+            ),
+        ));
     } else if let Some(p) = peer_of(q.to) {
         steps.push(step(
             "destination",
@@ -329,15 +383,23 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
         Some(Proto::Udp) => Frame::udp(src, dst, q.sport, q.dport, b"netpath trace", true),
     }
     .build();
-    let tunnel_peer =
-        peer_of(q.from).filter(|p| p.mode == "vxlan" && program == prog_names::FROM_UPLINK);
+    // How the sender's host would send it: in the network's mode and VNI for a container
+    // of a network across hosts, else in the peer's.
+    let (tunnel_peer, vni) = match remote_of(q.from) {
+        Some((net, host)) => match net.span {
+            Some(s) if s.mode == crate::state::Mode::Vxlan => (Some(host), s.vni),
+            _ => (None, cfg.vni),
+        },
+        None => (peer_of(q.from).filter(|p| p.mode == "vxlan"), cfg.vni),
+    };
+    let tunnel_peer = tunnel_peer.filter(|_| program == prog_names::FROM_UPLINK);
     let input = match tunnel_peer {
         Some(p) => {
             let underlay: Ipv4Addr = p.underlay.parse()?;
             let mut f = crate::packet::vxlan(
                 underlay.octets(),
                 cfg.host_addr.to_ne_bytes(),
-                cfg.vni,
+                vni,
                 0x08,
                 &frame,
             );
@@ -350,7 +412,7 @@ pub fn trace(pins: &PinDir, q: &Query) -> Result<Trace> {
                 format!(
                     "arrives in VXLAN from {} (vni {}, port {}), as peer {} sends it",
                     p.underlay,
-                    cfg.vni,
+                    vni,
                     u16::from_be(cfg.vxlan_port),
                     p.name
                 ),

@@ -4,6 +4,7 @@
 //! conntrack pressure, and whether each peer's underlay address answers. Every finding
 //! says what to do.
 
+mod across;
 mod peers;
 mod services;
 
@@ -77,8 +78,9 @@ fn sysctl(key: &str) -> Option<String> {
 }
 
 /// Runs every check. Host facts are read in the caller's network namespace: run it where
-/// the agent runs.
-pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
+/// the agent runs. With the agent's `config`, networks across hosts are checked against
+/// etcd and Docker, and the IPAM plugin's socket is asked.
+pub fn run(pins: &PinDir, probe_wait: Duration, config: Option<&Path>) -> Result<Vec<Finding>> {
     let mut f = Vec::new();
     kernel(&mut f);
     bpffs(pins, &mut f);
@@ -128,6 +130,23 @@ pub fn run(pins: &PinDir, probe_wait: Duration) -> Result<Vec<Finding>> {
     endpoints(&maps, &agent.bridge, &mut f)?;
     etcd(&maps, &mut f)?;
     docker(&maps, &agent.bridge, &mut f)?;
+    match config {
+        Some(c) => across::across(c, &maps, &mut f)?,
+        None => {
+            let spanning = crate::reconcile::networks::observe(&maps)?
+                .iter()
+                .filter(|n| n.span.is_some())
+                .count();
+            if spanning > 0 {
+                f.push(bad(
+                    "across-hosts",
+                    Level::Warn,
+                    format!("{spanning} networks across hosts, not checked against etcd and Docker without the config"),
+                    "netpath doctor --config /etc/netpath/netpath.toml",
+                ));
+            }
+        }
+    }
     netfilter(&mut f);
     conntrack(
         st.as_ref().map(|s| s.maps.as_slice()).unwrap_or(&[]),
