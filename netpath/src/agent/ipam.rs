@@ -37,11 +37,6 @@ pub struct Ipam {
     client: Mutex<Option<Client>>,
 }
 
-/// The socket of plugin `name` in `dir`.
-pub fn socket_path(dir: &str, name: &str) -> PathBuf {
-    PathBuf::from(dir).join(format!("{name}.sock"))
-}
-
 /// Binds the plugin's socket (a stale one is replaced), root only, and serves it.
 pub fn spawn(etcd: Etcd, host: String, path: PathBuf) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -139,7 +139,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     // task that makes etcd's networks on this host's Docker.
     let (fleet_nets, fleet_nets_rx) = tokio::sync::watch::channel(None);
     if let (Some(e), Some(d)) = (&cfg.etcd, &cfg.docker) {
-        let path = ipam::socket_path(crate::state::DOCKER_PLUGIN_DIR, &d.plugin);
+        let path = crate::state::plugin_socket(crate::state::DOCKER_PLUGIN_DIR, &d.plugin);
         ipam::spawn(e.clone(), cfg.host.name.clone(), path)?;
         docker_info.flags |= netpath_common::DOCKER_F_IPAM;
         let mtu = cfg
@@ -549,6 +549,21 @@ fn apply(
             c.peers.updated,
             c.peers.removed.len(),
             c.peers.removed
+        );
+    }
+    let r = &c.remote;
+    if !r.is_empty() {
+        log::info!(
+            "across hosts: {} containers on other hosts routed; {} added, {} updated, {} removed{}",
+            r.routed,
+            r.added,
+            r.updated,
+            r.removed,
+            if r.unrouted > 0 {
+                format!(", {} whose host is no peer yet", r.unrouted)
+            } else {
+                String::new()
+            }
         );
     }
     let n = &c.networks;

@@ -24,6 +24,8 @@ pub struct RemoteChanges {
     pub removed: usize,
     /// Desired routes whose host is no peer (yet): left out.
     pub unrouted: usize,
+    /// Routes there are now (when the reconcile succeeded).
+    pub routed: usize,
 }
 
 impl RemoteChanges {
@@ -111,5 +113,6 @@ pub fn reconcile(
             "updating the routes of containers on other hosts (the previous ones are restored)",
         ));
     }
+    changes.routed = want.len();
     Ok(changes)
 }

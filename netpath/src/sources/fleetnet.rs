@@ -590,6 +590,51 @@ pub async fn release(
         .succeeded())
 }
 
+/// How Docker's network `n` of the same name differs from `f` as etcd has it (driver,
+/// IPAM driver, subnet, gateway, label); None when it is `f` on this host. Said in the
+/// agent's log and by `netpath doctor`.
+pub fn disagrees(f: &FleetNet, n: &bollard::models::Network, plugin: &str) -> Option<String> {
+    let label = n.labels.as_ref().and_then(|l| l.get(LABEL_NETWORK));
+    let ipam = n.ipam.as_ref();
+    let conf = ipam.and_then(|i| i.config.as_ref()).and_then(|c| c.first());
+    let subnet = conf
+        .and_then(|c| c.subnet.clone())
+        .unwrap_or_else(|| "(none)".to_owned());
+    let gateway = conf
+        .and_then(|c| c.gateway.clone())
+        .unwrap_or_else(|| "(none)".to_owned());
+    let mut wrong = Vec::new();
+    if label != Some(&f.name) {
+        wrong.push(format!(
+            "label {LABEL_NETWORK}={}",
+            label.map_or("(none)", |l| l)
+        ));
+    }
+    let driver = n.driver.as_deref().unwrap_or("");
+    if driver != "bridge" {
+        wrong.push(format!("driver {driver}, not bridge"));
+    }
+    let ipam_driver = ipam.and_then(|i| i.driver.as_deref()).unwrap_or("default");
+    if ipam_driver != plugin {
+        wrong.push(format!("IPAM driver {ipam_driver}, not {plugin}"));
+    }
+    if subnet.parse::<ipnet::Ipv4Net>().ok() != Some(f.subnet) {
+        wrong.push(format!("subnet {subnet}, etcd's is {}", f.subnet));
+    }
+    let gw = gateway.split('/').next().unwrap_or("");
+    if gw.parse::<std::net::Ipv4Addr>().ok() != Some(f.gateway) {
+        wrong.push(format!("gateway {gateway}, etcd's is {}", f.gateway));
+    }
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "network {} on this host's Docker is not etcd's network across hosts of that name ({}): its containers are not routed across hosts. Disconnect them and `docker network rm {}`: the agent makes it again as etcd says",
+            f.name,
+            wrong.join("; "),
+            f.name
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

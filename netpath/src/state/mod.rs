@@ -700,6 +700,11 @@ pub const DOCKER_PLUGIN: &str = "netpath";
 /// Where Docker looks for the sockets of legacy plugins.
 pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 
+/// The socket of legacy plugin `name` in `dir` (Docker's own naming).
+pub fn plugin_socket(dir: &str, name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(dir).join(format!("{name}.sock"))
+}
+
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 pub const ETCD_PREFIX: &str = "/netpath";

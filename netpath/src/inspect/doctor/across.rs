@@ -11,13 +11,11 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::*;
-use crate::{
-    agent::dockernet::disagrees,
-    sources::{
-        docker::connect,
-        file::{Config, Parsed},
-        fleetnet::{self, LABEL_NETWORK},
-    },
+use crate::sources::{
+    docker::connect,
+    file::{Config, Parsed},
+    fleetnet::disagrees,
+    fleetnet::{self, LABEL_NETWORK},
 };
 
 const CHECK: &str = "across-hosts";
@@ -194,7 +192,7 @@ pub(super) fn across(config: &Path, maps: &Maps, f: &mut Vec<Finding>) -> Result
 /// The plugin's socket: there, a socket, root's only, and answering `Plugin.Activate` as
 /// an IPAM driver, as dockerd asks it.
 fn plugin(name: &str, f: &mut Vec<Finding>) {
-    let path = crate::agent::ipam::socket_path(crate::state::DOCKER_PLUGIN_DIR, name);
+    let path = crate::state::plugin_socket(crate::state::DOCKER_PLUGIN_DIR, name);
     let shown = path.display();
     let fix_start = "start the agent with [etcd] and [docker]: it serves the plugin, and Docker looks for it there";
     let meta = match std::fs::metadata(&path) {
