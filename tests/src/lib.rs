@@ -492,6 +492,16 @@ impl Lab {
         )
     }
 
+    /// The namespace of etcd's first member (its client URL is http://198.18.0.2:2379).
+    pub fn etcd_ns(&self) -> Result<String> {
+        Ok(self
+            .etcd_members
+            .first()
+            .context("the lab has no etcd")?
+            .0
+            .clone())
+    }
+
     /// Stops etcd member `k` (SIGKILL): etcd is away for the hosts if it was the only one.
     pub fn kill_etcd(&mut self, k: usize) {
         if let Some(mut c) = self.etcd_members.get_mut(k).and_then(|m| m.1.take()) {

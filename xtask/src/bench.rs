@@ -48,6 +48,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Host registrations in etcd for the fleet's measurements (at most 230).
     pub fleet_hosts: usize,
+    /// How big the measurements of networks across hosts are.
+    pub across: crate::across_bench::Size,
 }
 
 impl Options {
@@ -63,6 +65,7 @@ impl Options {
             out_dir,
             only,
             fleet_hosts: 20,
+            across: crate::across_bench::Size::QUICK,
         }
     }
 }
@@ -292,10 +295,10 @@ impl BenchPath {
 
 /// Where a measurement goes: client namespace, server namespace, server address.
 #[derive(Clone)]
-struct Ends {
-    client: String,
-    server: String,
-    to: String,
+pub(crate) struct Ends {
+    pub(crate) client: String,
+    pub(crate) server: String,
+    pub(crate) to: String,
 }
 
 /// Starts the echo server in `ns` and lets `client` reuse ports in TIME_WAIT, so that
@@ -309,7 +312,7 @@ fn serve(lab: &mut Lab, client: &str, ns: &str) -> Result<()> {
     )
 }
 
-fn reuse_ports(client: &str) -> Result<()> {
+pub(crate) fn reuse_ports(client: &str) -> Result<()> {
     netpath_tests::sysctl(client, "net.ipv4.tcp_tw_reuse", "1")
 }
 
@@ -578,20 +581,20 @@ impl Labs {
 
 /// One measurement of one path.
 #[derive(Default, Clone)]
-struct Sample {
-    gbps: f64,
-    retransmits: f64,
-    rr_tps: f64,
-    rr_p50_us: f64,
-    rr_p99_us: f64,
-    udp_pps: f64,
-    udp_sent_pps: f64,
-    conns_per_sec: f64,
+pub(crate) struct Sample {
+    pub(crate) gbps: f64,
+    pub(crate) retransmits: f64,
+    pub(crate) rr_tps: f64,
+    pub(crate) rr_p50_us: f64,
+    pub(crate) rr_p99_us: f64,
+    pub(crate) udp_pps: f64,
+    pub(crate) udp_sent_pps: f64,
+    pub(crate) conns_per_sec: f64,
     /// Masquerade paths: concurrent flows held; netpath: drops for want of a port.
-    flows_held: Option<f64>,
-    no_port_drops: Option<f64>,
+    pub(crate) flows_held: Option<f64>,
+    pub(crate) no_port_drops: Option<f64>,
     /// Share of CPU time the hypervisor took while measuring (steal), in %.
-    steal_pct: f64,
+    pub(crate) steal_pct: f64,
 }
 
 /// The measures, as (JSON key, heading, unit, how a figure is read off a sample, whether
@@ -650,7 +653,7 @@ fn no_port_drops(lab: &Lab) -> Option<f64> {
 }
 
 /// Median, min and max.
-fn spread(v: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);
@@ -782,7 +785,7 @@ fn flows_held(lab: &Lab, n: usize) -> Result<f64> {
     Ok(held)
 }
 
-fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool) -> Result<Sample> {
+pub(crate) fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool) -> Result<Sample> {
     // Warm-up and a check that the path works: neighbours resolved, caches filled.
     let (got, _) = ping(&e.client, &e.to, 5)?;
     if got != "5/5" {
@@ -833,7 +836,7 @@ fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     })
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -847,7 +850,7 @@ fn machine() -> String {
     format!("Linux {}, {cpus} CPUs ({model})", kernel.trim())
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
@@ -925,7 +928,12 @@ fn scale_points(counts: &[usize]) -> Vec<Point> {
 
 pub fn run(opts: Options) -> Result<()> {
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "fleet") {
-        return fleet_only(&opts);
+        return part_only(&opts, "fleet", || {
+            crate::fleet_bench::run(opts.fleet_hosts, opts.reps)
+        });
+    }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "across") {
+        return part_only(&opts, "across", || crate::across_bench::run(&opts));
     }
     let chosen: Vec<usize> = (0..PATHS.len())
         .filter(|&i| {
@@ -1028,6 +1036,12 @@ pub fn run(opts: Options) -> Result<()> {
     } else {
         None
     };
+    let across = if opts.only.is_empty() {
+        eprintln!("[bench] Docker networks across hosts (3 Docker hosts on etcd)");
+        Some(crate::across_bench::run(&opts)?)
+    } else {
+        None
+    };
     eprintln!("[bench] the programs' cost per packet (netpath bench, BPF_PROG_TEST_RUN)");
     let programs = program_costs(&opts)?;
 
@@ -1072,6 +1086,9 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some((fleet_md, _)) = &fleet {
         md += fleet_md;
     }
+    if let Some((across_md, _)) = &across {
+        md += across_md;
+    }
     md += &programs_table(&programs);
     md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; each the median of the ratios within one repetition (paths of a repetition run minutes apart at most, so slow swings of the machine cancel out); for latency lower is better.\n";
 
@@ -1086,7 +1103,7 @@ pub fn run(opts: Options) -> Result<()> {
     let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
         "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
         "scale": scale_json, "programs": programs,
-        "fleet": fleet.map(|f| f.1)});
+        "fleet": fleet.map(|f| f.1), "across": across.map(|a| a.1)});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(
@@ -1103,16 +1120,21 @@ pub fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// `--only fleet`: the fleet's measurements alone, into fleet.{md,json}.
-fn fleet_only(opts: &Options) -> Result<()> {
-    let (md, value) = crate::fleet_bench::run(opts.fleet_hosts, opts.reps)?;
+/// `--only fleet` or `--only across`: that part's measurements alone, into
+/// `<part>.{md,json}`.
+fn part_only(
+    opts: &Options,
+    part: &str,
+    measure: impl FnOnce() -> Result<(String, Value)>,
+) -> Result<()> {
+    let (md, value) = measure()?;
     let (machine, date) = (machine(), date());
-    let md = format!("netpath bench (fleet only), {date}, {machine}\n{md}");
+    let md = format!("netpath bench ({part} only), {date}, {machine}\n{md}");
     std::fs::create_dir_all(&opts.out_dir)?;
-    let md_path = opts.out_dir.join("fleet.md");
-    let json_path = opts.out_dir.join("fleet.json");
+    let md_path = opts.out_dir.join(format!("{part}.md"));
+    let json_path = opts.out_dir.join(format!("{part}.json"));
     std::fs::write(&md_path, &md)?;
-    let doc = json!({"date": date, "machine": machine, "fleet": value});
+    let doc = json!({"date": date, "machine": machine, part: value});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(

@@ -193,6 +193,134 @@ fn docker_hosts() -> Result<()> {
     lab.teardown()
 }
 
+/// The overlay seed's workflow on two real Docker hosts of one etcd, without swarm: a
+/// network created on one host, seen on the other, `docker run --ip` on each, the two
+/// containers talking by the names `--add-host` gives them; a `--ip` held on the other
+/// host refused.
+fn across_hosts() -> Result<()> {
+    title("Docker networks across hosts: 2 Docker hosts on one etcd member, no swarm");
+    let mut lab = Lab::new(Spec {
+        hosts: 2,
+        containers: 0,
+        locked_down: true,
+        outside: false,
+    })?;
+    let endpoints = lab.etcd(1)?;
+    lab.write_fleet_configs(&endpoints, 10)?;
+    for i in 0..2 {
+        lab.dockerd(i, &netpath_tests::docker::DockerOptions::default())?;
+        lab.use_docker(i)?;
+    }
+    lab.start_all()?;
+    let c1 = lab.hosts[0].config.display().to_string();
+    title("h1$ netpath network create net1 --subnet 10.244.70.0/24 (vxlan, a VNI of its own)");
+    eprint!(
+        "{}",
+        output(lab.netpath(
+            0,
+            &[
+                "network",
+                "create",
+                "net1",
+                "--subnet",
+                "10.244.70.0/24",
+                "--config",
+                &c1
+            ]
+        ))?
+    );
+    let t0 = std::time::Instant::now();
+    let seen = |lab: &Lab| -> Result<bool> {
+        Ok(
+            output(lab.docker(1, &["network", "ls", "--format", "{{.Name}}"]))?
+                .lines()
+                .any(|l| l == "net1"),
+        )
+    };
+    while !seen(&lab)? {
+        if t0.elapsed() > std::time::Duration::from_secs(20) {
+            anyhow::bail!("net1 did not appear on h2's Docker within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    title(&format!(
+        "h2$ docker network ls (net1 there {:.1} s after the create)",
+        t0.elapsed().as_secs_f64()
+    ));
+    eprint!("{}", output(lab.docker(1, &["network", "ls"]))?);
+    for (i, me, ip, other, its) in [
+        (0, "test1", "10.244.70.3", "test2", "10.244.70.4"),
+        (1, "test2", "10.244.70.4", "test1", "10.244.70.3"),
+    ] {
+        let add = format!("{other}:{its}");
+        title(&format!(
+            "h{}$ docker run -d --net net1 --ip {ip} --add-host {add} --name {me} np-busybox sleep 3600",
+            i + 1
+        ));
+        output(lab.docker(
+            i,
+            &[
+                "run",
+                "-d",
+                "--net",
+                "net1",
+                "--ip",
+                ip,
+                "--add-host",
+                &add,
+                "--name",
+                me,
+                "np-busybox",
+                "sleep",
+                "3600",
+            ],
+        ))?;
+    }
+    title("h2$ docker exec test2 ping -c 3 test1 (across hosts, one subnet)");
+    eprint!(
+        "{}",
+        output(lab.docker(
+            1,
+            &["exec", "test2", "ping", "-c", "3", "-i", "0.2", "test1"]
+        ))?
+    );
+    title("h1$ docker exec test1 ping -c 3 test2");
+    eprint!(
+        "{}",
+        output(lab.docker(
+            0,
+            &["exec", "test1", "ping", "-c", "3", "-i", "0.2", "test2"]
+        ))?
+    );
+    title("h2$ docker run --net net1 --ip 10.244.70.3 ... (held on h1: refused)");
+    let clash = lab
+        .docker(
+            1,
+            &[
+                "run",
+                "-d",
+                "--net",
+                "net1",
+                "--ip",
+                "10.244.70.3",
+                "np-busybox",
+                "true",
+            ],
+        )
+        .output()?;
+    anyhow::ensure!(
+        !clash.status.success(),
+        "a --ip held on h1 was given on h2 too"
+    );
+    eprint!("{}", String::from_utf8_lossy(&clash.stderr));
+    title("h1$ netpath network show net1");
+    eprint!(
+        "{}",
+        output(lab.netpath(0, &["network", "show", "net1", "--config", &c1]))?
+    );
+    lab.teardown()
+}
+
 pub fn run() -> Result<()> {
     title("building the lab: 3 hosts x 2 containers in network namespaces");
     let mut lab = Lab::new(Spec {
@@ -340,6 +468,7 @@ pub fn run() -> Result<()> {
 
     if netpath_tests::docker::have_dockerd() {
         docker_hosts()?;
+        across_hosts()?;
     } else {
         title("Docker hosts: skipped (no dockerd here; `cargo xtask setup` installs docker.io)");
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: netpath's one entry point for building, running, the demo, the
 //! tests and the benchmark. Every command first installs what is missing (see setup.rs).
 
+mod across_bench;
 mod bench;
 mod demo;
 mod fleet_bench;
@@ -81,7 +82,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1.5)]
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
-        /// scale test and the fleet are skipped then. --only fleet: the fleet alone.
+        /// scale test, the fleet and networks across hosts are skipped then. --only fleet:
+        /// the fleet alone; --only across: Docker networks across hosts alone.
         #[arg(long)]
         only: Vec<String>,
         /// Host registrations the fleet's measurements write to etcd (at most 230: the
@@ -375,6 +377,7 @@ fn run(cli: Cli) -> Result<()> {
                     out_dir,
                     only,
                     fleet_hosts,
+                    across: across_bench::Size::FULL,
                 }
             })
         }
