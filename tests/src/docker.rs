@@ -463,6 +463,18 @@ pub fn docker_ports(lab: &Lab, i: usize) -> Vec<String> {
     out
 }
 
+/// The probe's echo server on port 7000 in a container `name` of host `i` on network
+/// `net` (`docker run --net`), with `more` docker-run arguments; returns its address
+/// there.
+pub fn serve_on(lab: &Lab, i: usize, name: &str, net: &str, more: &[&str]) -> String {
+    let probe = probe_bin().display().to_string();
+    let mut args = vec!["run", "-d", "--name", name, "--net", net];
+    args.extend(more);
+    args.extend(["np-probe", &probe, "serve", "7000", "3600"]);
+    output(lab.docker(i, &args)).unwrap();
+    lab.docker_addr(i, name, net).unwrap()
+}
+
 /// `docker exec NAME ping` from host `i`: how many of 3 came back.
 pub fn ping_from(lab: &Lab, i: usize, name: &str, to: &str) -> u32 {
     let o = lab

@@ -7,21 +7,9 @@
 
 use netpath_tests::{
     Lab, PeerMode,
-    docker::{docker_lab, docker_ports, ping_from, wait_for},
+    docker::{docker_lab, docker_ports, ping_from, serve_on, wait_for},
     in_ns, output, probe_bin,
 };
-
-/// The probe's echo server on port 7000 in a container `name` of host `i` on network
-/// `net` (`docker run --net`), with `more` docker-run arguments; returns its address
-/// there.
-fn serve_on(lab: &Lab, i: usize, name: &str, net: &str, more: &[&str]) -> String {
-    let probe = probe_bin().display().to_string();
-    let mut args = vec!["run", "-d", "--name", name, "--net", net];
-    args.extend(more);
-    args.extend(["np-probe", &probe, "serve", "7000", "3600"]);
-    output(lab.docker(i, &args)).unwrap();
-    lab.docker_addr(i, name, net).unwrap()
-}
 
 /// `probe check tcp ADDR 7000` from container `name` of host `i`: whether it echoed.
 fn tcp_from(lab: &Lab, i: usize, name: &str, to: &str) -> bool {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use netpath_tests::{
     Lab, Spec,
-    docker::{DockerOptions, have_dockerd, ping_from, wait_for},
+    docker::{DockerOptions, have_dockerd, ping_from, serve_on, wait_for},
     output, probe_bin,
 };
 
@@ -80,17 +80,6 @@ fn seen_everywhere(lab: &Lab, name: &str) -> Duration {
         });
     }
     t.elapsed()
-}
-
-/// The probe's echo server (port 7000) in container `name` of host `i` on `net`, with
-/// `more` docker-run arguments; returns its address there.
-fn serve_on(lab: &Lab, i: usize, name: &str, net: &str, more: &[&str]) -> String {
-    let probe = probe_bin().display().to_string();
-    let mut args = vec!["run", "-d", "--name", name, "--net", net];
-    args.extend(more);
-    args.extend(["np-probe", &probe, "serve", "7000", "3600"]);
-    output(lab.docker(i, &args)).unwrap();
-    lab.docker_addr(i, name, net).unwrap()
 }
 
 /// Serves a 2 MiB file of random bytes over HTTP (busybox httpd, port 8080) in container
