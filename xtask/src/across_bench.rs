@@ -148,6 +148,18 @@ struct Path {
     samples: Vec<Sample>,
 }
 
+/// `opts.reps` repetitions of every path, interleaved.
+fn interleave(lab: &mut Lab, opts: &Options, paths: &mut [Path]) -> Result<()> {
+    for rep in 0..opts.reps {
+        for p in paths.iter_mut() {
+            eprintln!("[bench] across: {} ({}/{})", p.name, rep + 1, opts.reps);
+            let s = measure(lab, &p.ends, opts, false).with_context(|| p.name.clone())?;
+            p.samples.push(s);
+        }
+    }
+    Ok(())
+}
+
 fn measure_all(lab: &mut Lab, opts: &Options, named: &mut Vec<String>) -> Result<(String, Value)> {
     let endpoints = lab.etcd(1)?;
     lab.write_fleet_configs(&endpoints, 60)?;
@@ -185,32 +197,24 @@ fn measure_all(lab: &mut Lab, opts: &Options, named: &mut Vec<String>) -> Result
         ends.insert(net, (ns[0].clone(), ns[1].clone(), to));
     }
     let server = ends[NETV.0].1.clone();
-    let ends = |net: &str| -> Result<Ends> {
-        let (client, server, to) = ends[net].clone();
-        Ok(Ends { client, server, to })
+    // The host subnets' pair against a network's, in `mode`.
+    let pair = |mode: &str, net: &str| -> Vec<Path> {
+        [("host subnets", "bridge"), ("network across hosts", net)]
+            .map(|(what, net)| {
+                let (client, server, to) = ends[net].clone();
+                Path {
+                    name: format!("{what}, {mode}"),
+                    ends: Ends { client, server, to },
+                    samples: Vec::new(),
+                }
+            })
+            .into()
     };
-    let mut paths = vec![
-        Path {
-            name: "host subnets, vxlan".into(),
-            ends: ends("bridge")?,
-            samples: Vec::new(),
-        },
-        Path {
-            name: "network across hosts, vxlan".into(),
-            ends: ends(NETV.0)?,
-            samples: Vec::new(),
-        },
-    ];
+    let mut paths = pair("vxlan", NETV.0);
     until(Duration::from_secs(20), "peers in vxlan", || {
         peers_in(lab, 0, "vxlan")
     })?;
-    for rep in 0..opts.reps {
-        for p in paths.iter_mut() {
-            eprintln!("[bench] across: {} ({}/{})", p.name, rep + 1, opts.reps);
-            let s = measure(lab, &p.ends, opts, false).with_context(|| p.name.clone())?;
-            p.samples.push(s);
-        }
-    }
+    interleave(lab, opts, &mut paths)?;
     // Direct between host subnets: cluster settings in direct mode, agents restarted so
     // that they register again.
     let c0 = config(lab, 0);
@@ -227,25 +231,8 @@ fn measure_all(lab: &mut Lab, opts: &Options, named: &mut Vec<String>) -> Result
     until(Duration::from_secs(30), "peers in direct", || {
         (0..3).all(|i| peers_in(lab, i, "direct"))
     })?;
-    let mut direct = vec![
-        Path {
-            name: "host subnets, direct".into(),
-            ends: ends("bridge")?,
-            samples: Vec::new(),
-        },
-        Path {
-            name: "network across hosts, direct".into(),
-            ends: ends(NETD.0)?,
-            samples: Vec::new(),
-        },
-    ];
-    for rep in 0..opts.reps {
-        for p in direct.iter_mut() {
-            eprintln!("[bench] across: {} ({}/{})", p.name, rep + 1, opts.reps);
-            let s = measure(lab, &p.ends, opts, false).with_context(|| p.name.clone())?;
-            p.samples.push(s);
-        }
-    }
+    let mut direct = pair("direct", NETD.0);
+    interleave(lab, opts, &mut direct)?;
     paths.extend(direct);
 
     let latency = run_to_ping(lab, &server, opts.across.latency_runs)?;
