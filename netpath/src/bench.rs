@@ -68,6 +68,8 @@ pub struct AgentRow {
     pub peers: usize,
     pub rules: usize,
     pub ms: f64,
+    /// CPU time of the thread that did it (user and system).
+    pub cpu_ms: f64,
     /// Map entries written (counted by the fault hook's write counter).
     pub writes: u64,
 }
@@ -89,23 +91,29 @@ pub fn run(rules: &[usize], repeat: u32, agent: (usize, usize)) -> Result<Report
     })
 }
 
-/// The agent's reconcile of a host with `peers` peers and `rules` rules, on a private
-/// datapath: from a cold start (empty maps), a restart with nothing changed, a restart
-/// with one peer more, and a live `peer add`. The peers are map entries only (no packet
-/// is sent): /28 subnets in 10.244.0.0/16, underlays in the benchmarking range
-/// 198.18.0.0/15.
+/// Most peers the agent bench makes (/24s of 10.1.0.0 to 10.243.255.0: 10.244.0.0/16 is
+/// the lab's).
+pub const MAX_AGENT_PEERS: usize = 60_000;
+
+/// The agent's reconcile of a host with `peers` peers from etcd and `rules` rules, on a
+/// private datapath: from a cold start (empty maps), a restart with nothing changed, then
+/// what an etcd event costs (one host registered, one changed, one gone: the agent's merge
+/// of its sources and its reconcile, as its loop does them), and a live `peer add`. The
+/// peers are map entries only (no packet is sent): /24 subnets in 10.0.0.0/8 outside the
+/// lab's 10.244.0.0/16, underlays in the benchmarking range 198.18.0.0/15.
 pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
-    if peers > 3800 {
-        bail!("--agent-peers {peers}: at most 3800 (/28 subnets of 10.244.0.0/16)");
+    if peers > MAX_AGENT_PEERS {
+        bail!("--agent-peers {peers}: at most {MAX_AGENT_PEERS}");
     }
     let mut cfg = host_config();
+    cfg.peers.clear();
     let peer = |i: usize| Peer {
         name: format!("p{i}"),
         subnet: Ipv4Net::new(
-            Ipv4Addr::new(10, 244, 16 + (i / 16) as u8, (i % 16 * 16) as u8),
-            28,
+            Ipv4Addr::new(10, 1 + (i / 256) as u8, (i % 256) as u8, 0),
+            24,
         )
-        .expect("/28"),
+        .expect("/24"),
         underlay: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i as u32),
         mode: if i.is_multiple_of(2) {
             Mode::Direct
@@ -114,44 +122,71 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
         },
         vtep_mac: None,
     };
-    cfg.peers.extend((0..peers).map(peer));
+    let mut etcd: Vec<Peer> = (0..peers).map(peer).collect();
     cfg.policy.rules = scale_rules(rules);
     let mut ebpf = crate::datapath::load(None, netpath_common::DEFAULT_CT_SIZE)?;
     let mut maps = crate::maps::Maps::take(&mut ebpf)?;
     let mut out = Vec::new();
-    let mut step = |case, d: &crate::state::Desired, maps: &mut crate::maps::Maps| -> Result<()> {
-        reconcile::fault::take_writes();
-        let start = std::time::Instant::now();
-        reconcile::all(maps, d)?;
-        out.push(AgentRow {
-            case,
-            peers: d.peers.len(),
-            rules: d.policy.rules.len(),
-            ms: start.elapsed().as_secs_f64() * 1e3,
-            writes: reconcile::fault::take_writes(),
-        });
-        Ok(())
-    };
-    let d = sources::from_config(&cfg);
-    step("cold start", &d, &mut maps)?;
-    step("restart, nothing changed", &d, &mut maps)?;
-    cfg.peers.push(peer(peers));
-    step(
-        "restart, one peer more",
-        &sources::from_config(&cfg),
-        &mut maps,
-    )?;
+    // As the agent does it: a start reconciles every family, an etcd event the peers'.
+    let mut step =
+        |case: &'static str, etcd: &[Peer], maps: &mut crate::maps::Maps| -> Result<()> {
+            let event = case.starts_with("etcd");
+            reconcile::fault::take_writes();
+            let (start, cpu) = (std::time::Instant::now(), thread_cpu());
+            let o = if event {
+                reconcile::observe_peers(maps)?
+            } else {
+                reconcile::observe(maps)?
+            };
+            let (d, _) = sources::desired(
+                &cfg,
+                &sources::cli::live(&o),
+                etcd,
+                &[],
+                &[],
+                &Default::default(),
+            )?;
+            if event {
+                reconcile::peers_from(maps, o, &d)?;
+            } else {
+                reconcile::all_from(maps, o, &d)?;
+            }
+            out.push(AgentRow {
+                case,
+                peers: d.peers.len(),
+                rules: d.policy.rules.len(),
+                ms: start.elapsed().as_secs_f64() * 1e3,
+                cpu_ms: (thread_cpu() - cpu) * 1e3,
+                writes: reconcile::fault::take_writes(),
+            });
+            Ok(())
+        };
+    step("cold start", &etcd, &mut maps)?;
+    step("restart, nothing changed", &etcd, &mut maps)?;
+    etcd.push(peer(peers));
+    step("etcd: one host added", &etcd, &mut maps)?;
+    etcd.last_mut().expect("one").underlay = Ipv4Addr::new(198, 19, 255, 1);
+    step("etcd: one host changed", &etcd, &mut maps)?;
+    etcd.pop();
+    step("etcd: one host gone", &etcd, &mut maps)?;
     reconcile::fault::take_writes();
-    let start = std::time::Instant::now();
+    let (start, cpu) = (std::time::Instant::now(), thread_cpu());
     reconcile::peers::add(&mut maps, &peer(peers + 1))?;
     out.push(AgentRow {
         case: "peer add (live)",
-        peers: peers + 2,
+        peers: peers + 1,
         rules,
         ms: start.elapsed().as_secs_f64() * 1e3,
+        cpu_ms: (thread_cpu() - cpu) * 1e3,
         writes: reconcile::fault::take_writes(),
     });
     Ok(out)
+}
+
+/// This thread's CPU time so far, in seconds (user and system: the map syscalls count).
+fn thread_cpu() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
 /// A host like the lab's first (198.18.0.11, 10.244.11.0/24), masquerading, publishing

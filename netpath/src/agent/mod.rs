@@ -175,7 +175,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             } => match update {
                 fleet::Update::Peers(peers) => {
                     views.etcd = Some(peers);
-                    if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Etcd) {
+                    if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Hosts) {
                         fleet_info.skipped = m.skipped_etcd.len() as u32;
                     }
                     let _ = maps.fleet.set(0, fleet_info, 0);
@@ -466,6 +466,9 @@ impl Views {
 /// Which source's news an [`apply`] acts on (what it logs).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum News {
+    /// The hosts registered in etcd changed: only the peers' families are read and
+    /// reconciled (the policy and the published ports are not theirs).
+    Hosts,
     Etcd,
     Docker,
     /// The `[host].bridge`'s address changed (and its network with it).
@@ -490,6 +493,11 @@ fn apply(
         // As the CLI's edits do: a `peer add` between reading the maps and writing them
         // would otherwise be undone.
         let _lock = pins.lock()?;
+        if news == News::Hosts {
+            let observed = reconcile::observe_peers(maps)?;
+            let (desired, merge) = views.desired(cfg, &observed)?;
+            return Ok((reconcile::peers_from(maps, observed, &desired)?, merge));
+        }
         let observed = reconcile::observe(maps)?;
         let (desired, merge) = views.desired(cfg, &observed)?;
         Ok((reconcile::all_from(maps, observed, &desired)?, merge))
@@ -498,7 +506,9 @@ fn apply(
         Ok(x) => x,
         Err(e) => {
             match news {
-                News::Etcd => log::warn!("etcd: applying the fleet's view: {e:#}"),
+                News::Etcd | News::Hosts => {
+                    log::warn!("etcd: applying the fleet's view: {e:#}")
+                }
                 News::Docker => {
                     log::warn!("docker: applying the engine's networks and ports: {e:#}")
                 }
@@ -508,7 +518,7 @@ fn apply(
             return None;
         }
     };
-    if news == News::Etcd {
+    if matches!(news, News::Etcd | News::Hosts) {
         for s in &merge.skipped_etcd {
             log::warn!("etcd: skipped {s}");
         }

@@ -224,9 +224,10 @@ pub(super) enum Cmd {
         /// and the kernel's timings averaged; the policy lookup uses the kernel's repeat.
         #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
-        /// Peers of the host whose agent reconcile is timed (cold start, restart, one
-        /// peer more, a live `peer add`); at most 3800.
-        #[arg(long, default_value_t = 1000)]
+        /// Peers (from etcd) of the host whose agent reconcile is timed (cold start,
+        /// restart, one etcd host added, changed and gone, a live `peer add`); at most
+        /// 60000.
+        #[arg(long, default_value_t = 10000)]
         agent_peers: usize,
         /// Policy rules of that host.
         #[arg(long, default_value_t = 100000)]

@@ -238,13 +238,13 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "\n{:<28} {:>7} {:>8} {:>10} {:>9}",
-                "agent reconcile", "peers", "rules", "ms", "writes"
+                "\n{:<28} {:>7} {:>8} {:>10} {:>8} {:>9}",
+                "agent reconcile", "peers", "rules", "ms", "cpu ms", "writes"
             );
             for a in &r.agent {
                 println!(
-                    "{:<28} {:>7} {:>8} {:>10.1} {:>9}",
-                    a.case, a.peers, a.rules, a.ms, a.writes
+                    "{:<28} {:>7} {:>8} {:>10.1} {:>8.1} {:>9}",
+                    a.case, a.peers, a.rules, a.ms, a.cpu_ms, a.writes
                 );
             }
             Ok(())

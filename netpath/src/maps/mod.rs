@@ -2,6 +2,7 @@
 //! values. This is the bottom layer: it knows the map layouts (netpath-common) and the pin
 //! dir, no state type and no config.
 
+pub mod batch;
 pub mod flows;
 
 use std::{
@@ -176,16 +177,15 @@ impl Maps {
             }))
     }
 
-    /// Every peer slot in use, by id.
+    /// Every peer slot in use, by id: the 65,536 slots read in batches (a few syscalls,
+    /// not one per slot).
     pub fn peer_infos(&self) -> Result<Vec<(u32, PeerInfo)>> {
-        let mut out = Vec::new();
-        for id in 0..MAX_PEERS {
-            let info = self.peer_info.get(&id, 0)?;
-            if info.origin != 0 {
-                out.push((id, info));
-            }
-        }
-        Ok(out)
+        let all: Vec<(u32, PeerInfo)> =
+            batch::lookup_all(aya::maps::IterableMap::map(&self.peer_info))?;
+        Ok(all
+            .into_iter()
+            .filter(|(id, info)| *id < MAX_PEERS && info.origin != 0)
+            .collect())
     }
 
     /// Counters by reason, summed over CPUs.

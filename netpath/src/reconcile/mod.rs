@@ -102,17 +102,45 @@ pub struct Observed {
     pub networks: Vec<crate::state::Network>,
     /// The routes of containers on other hosts, by address (network byte order).
     pub remote: std::collections::HashMap<u32, PeerValue>,
+    /// The peers' routes, by (prefix length, network).
+    pub(crate) routes: std::collections::HashMap<(u32, u32), PeerValue>,
 }
 
-/// Reads what the reconcilers compare against (routes and underlay entries are read by
-/// the peers reconciler itself).
+/// Reads what the reconcilers compare against (the underlay entries are read by the
+/// peers reconciler itself).
 pub fn observe(maps: &Maps) -> Result<Observed> {
     Ok(Observed {
-        remote: remote::installed(maps)?,
-        peers: maps.peer_infos()?,
         publish: publish::entries(maps)?,
         policy: policy::installed(maps)?,
+        ..observe_peers(maps)?
+    })
+}
+
+/// What [`peers_from`] compares against: the peers, their routes, the networks (the routes
+/// of containers across hosts follow them); not the published ports nor the policy, which
+/// stay empty here (at 100,000 rules, reading the policy is most of a full observation).
+pub fn observe_peers(maps: &Maps) -> Result<Observed> {
+    let routes = peers::routes(maps)?;
+    Ok(Observed {
+        remote: routes.remote,
+        routes: routes.peers,
+        peers: maps.peer_infos()?,
+        publish: Default::default(),
+        policy: Default::default(),
         networks: networks::observe(maps)?,
+    })
+}
+
+/// Makes the peers and the routes of containers on other hosts say what `d` says,
+/// starting from `o` ([`observe_peers`] or [`observe`], under the same lock), and nothing
+/// else: what an etcd registration's change touches.
+pub fn peers_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
+    let peers = peers::reconcile_from(maps, &d.peers, o.peers, o.routes)?;
+    let remote = remote::reconcile(maps, &d.remote, &peers.slots, &o.remote)?;
+    Ok(Changes {
+        peers,
+        remote,
+        ..Default::default()
     })
 }
 
@@ -141,8 +169,8 @@ pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
 pub fn all_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
     let host = host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?;
     let networks = networks::reconcile(maps, &o.networks, &d.networks)?;
-    let peers = peers::reconcile_from(maps, &d.peers, o.peers)?;
-    let remote = remote::reconcile(maps, &d.remote, &peers.slots)?;
+    let peers = peers::reconcile_from(maps, &d.peers, o.peers, o.routes)?;
+    let remote = remote::reconcile(maps, &d.remote, &peers.slots, &o.remote)?;
     Ok(Changes {
         host,
         networks,

@@ -110,35 +110,53 @@ impl PeerChanges {
 /// has changed.
 pub fn reconcile(maps: &mut Maps, desired: &[Owned<Peer>]) -> Result<PeerChanges> {
     let infos = maps.peer_infos()?;
-    reconcile_from(maps, desired, infos)
+    reconcile_from(maps, desired, infos, routes(maps)?.peers)
 }
 
-/// [`reconcile`] with the slots in use already read (`Maps::peer_infos`, under the same
-/// lock): the 65,536 slots are read once per change, by whoever observes first.
-pub(crate) fn reconcile_from(
-    maps: &mut Maps,
-    desired: &[Owned<Peer>],
-    infos: Vec<(u32, PeerInfo)>,
-) -> Result<PeerChanges> {
-    let by_name: HashMap<&str, (u32, &PeerInfo)> = infos
-        .iter()
-        .map(|(id, i)| (name_str(&i.name), (*id, i)))
-        .collect();
-    // The routes and underlay entries as they are, read once.
-    let mut routes_now: HashMap<(u32, u32), PeerValue> = HashMap::new();
+/// `NP_PEERS` as it is, read in one walk (an LPM trie has no batched lookup): the peers'
+/// routes by (prefix length, network), the routes of containers of networks across hosts
+/// by address.
+pub struct Routes {
+    pub peers: HashMap<(u32, u32), PeerValue>,
+    pub remote: HashMap<u32, PeerValue>,
+}
+
+pub fn routes(maps: &Maps) -> Result<Routes> {
+    let mut r = Routes {
+        peers: HashMap::new(),
+        remote: HashMap::new(),
+    };
     for k in maps.peers.keys() {
         let k = k?;
         let v = maps.peers.get(&k, 0)?;
         // A peer's container of a network across hosts: reconcile/remote.rs keeps those.
         if v.flags & PEER_F_ENDPOINT == 0 {
-            routes_now.insert((k.prefix_len(), k.data()), v);
+            r.peers.insert((k.prefix_len(), k.data()), v);
+        } else if k.prefix_len() == 32 {
+            r.remote.insert(k.data(), v);
         }
     }
-    let mut underlay_now: HashMap<u32, PeerValue> = HashMap::new();
-    for k in maps.underlay.keys() {
-        let k = k?;
-        underlay_now.insert(k, maps.underlay.get(&k, 0)?);
-    }
+    Ok(r)
+}
+
+/// [`reconcile`] with the slots in use (`Maps::peer_infos`) and the peers' routes
+/// ([`routes`]) already read, under the same lock: each is read once per change, by
+/// whoever observes first.
+pub(crate) fn reconcile_from(
+    maps: &mut Maps,
+    desired: &[Owned<Peer>],
+    infos: Vec<(u32, PeerInfo)>,
+    routes_now: HashMap<(u32, u32), PeerValue>,
+) -> Result<PeerChanges> {
+    let by_name: HashMap<&str, (u32, &PeerInfo)> = infos
+        .iter()
+        .map(|(id, i)| (name_str(&i.name), (*id, i)))
+        .collect();
+    // The underlay entries as they are, read once (the routes came with `routes_now`).
+    let underlay_now: HashMap<u32, PeerValue> =
+        crate::maps::batch::lookup_all(aya::maps::IterableMap::map(&maps.underlay))?
+            .into_iter()
+            .collect();
     let mut used: HashSet<u32> = infos.iter().map(|(id, _)| *id).collect();
     let mut next = 0;
     let mut changes = PeerChanges::default();
@@ -300,7 +318,13 @@ pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
         item: p.clone(),
         origin: Origin::Cli,
     };
-    reconcile_from(maps, &with_change(&installed, Some(add), None), infos)
+    let routes = routes(maps)?.peers;
+    reconcile_from(
+        maps,
+        &with_change(&installed, Some(add), None),
+        infos,
+        routes,
+    )
 }
 
 /// `netpath peer del`: removes the peer `name`; an error names the known peers. A config
@@ -318,5 +342,11 @@ pub fn del(maps: &mut Maps, name: &str) -> Result<PeerChanges> {
     if p.origin == Origin::Config {
         log::warn!("peer {name:?} comes from the config: the next agent start will add it again");
     }
-    reconcile_from(maps, &with_change(&installed, None, Some(name)), infos)
+    let routes = routes(maps)?.peers;
+    reconcile_from(
+        maps,
+        &with_change(&installed, None, Some(name)),
+        infos,
+        routes,
+    )
 }

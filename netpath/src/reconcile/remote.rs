@@ -46,28 +46,18 @@ fn value(r: &Remote, slots: &HashMap<String, (u32, PeerInfo)>) -> Option<PeerVal
 
 /// The remote containers' routes in the map now, by address (network byte order).
 pub fn installed(maps: &Maps) -> Result<HashMap<u32, PeerValue>> {
-    let mut out = HashMap::new();
-    for k in maps.peers.keys() {
-        let k = k?;
-        if k.prefix_len() != 32 {
-            continue;
-        }
-        let v = maps.peers.get(&k, 0)?;
-        if v.flags & PEER_F_ENDPOINT != 0 {
-            out.insert(k.data(), v);
-        }
-    }
-    Ok(out)
+    Ok(super::peers::routes(maps)?.remote)
 }
 
 /// Makes the remote containers' routes say `desired` (with the peers' `slots`, from
-/// [`super::peers::PeerChanges::slots`]). On an error nothing has changed.
+/// [`super::peers::PeerChanges::slots`]), from the routes there are `now` (read with the
+/// peers' routes, [`super::peers::routes`]). On an error nothing has changed.
 pub fn reconcile(
     maps: &mut Maps,
     desired: &[Remote],
     slots: &HashMap<String, (u32, PeerInfo)>,
+    now: &HashMap<u32, PeerValue>,
 ) -> Result<RemoteChanges> {
-    let now = installed(maps)?;
     let mut changes = RemoteChanges::default();
     let mut want: HashMap<u32, PeerValue> = HashMap::new();
     for r in desired {
@@ -95,7 +85,7 @@ pub fn reconcile(
             undo.route(key, maps.peers.get(&key, 0).ok());
             maps.peers.insert(&key, *v, 0)?;
         }
-        for (addr, old) in &now {
+        for (addr, old) in now {
             if want.contains_key(addr) {
                 continue;
             }

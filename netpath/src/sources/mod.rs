@@ -41,7 +41,7 @@ use std::collections::HashSet;
 use anyhow::{Result, bail};
 
 use crate::state::{
-    Desired, DesiredPolicy, DesiredRule, Origin, Owned, Peer, Publish, check_peer, check_publish,
+    Desired, DesiredPolicy, DesiredRule, Origin, Owned, Peer, Publish, check_publish,
     policy::{Endpoint, Rule},
 };
 use file::Config;
@@ -135,22 +135,24 @@ pub fn desired(
     merge.skipped_networks = skipped;
     spans(&mut nets, fleet, &mut merge.skipped_networks);
 
-    let mut peers: Vec<Peer> = cfg.peers.clone();
+    let mut peers = crate::state::PeerIndex::default();
+    for p in &cfg.peers {
+        peers.insert(p);
+    }
     let mut cli_peers = Vec::new();
     for p in &cli.peers {
         if cfg.peers.iter().any(|c| c.name == p.name) {
             merge.replaced_cli.peers += 1;
             continue;
         }
-        let found = check_peer(
+        let found = peers.check(
             &format!("peer {:?} (added with `netpath peer add`)", p.name),
             p,
             h.subnet,
             h.address,
-            &peers,
         );
         if found.is_empty() {
-            peers.push(p.clone());
+            peers.insert(p);
             cli_peers.push(p.clone());
         } else {
             problems.push(format!(
@@ -226,9 +228,9 @@ pub fn desired(
     for p in etcd {
         // check_peer refuses a name, subnet or underlay that an earlier peer has.
         let field = format!("peer {:?} (from etcd)", p.name);
-        let found = check_peer(&field, p, h.subnet, h.address, &peers);
+        let found = peers.check(&field, p, h.subnet, h.address);
         if found.is_empty() {
-            peers.push(p.clone());
+            peers.insert(p);
             etcd_peers.push(p.clone());
         } else {
             merge.skipped_etcd.push(found.join("; "));

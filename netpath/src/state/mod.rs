@@ -477,6 +477,57 @@ pub fn check_peer(
     problems
 }
 
+/// The peers accepted so far, indexed so that [`check_peer`]'s questions (same name,
+/// same underlay, an overlapping subnet) cost O(log n) each instead of a walk over every
+/// peer: a merge of 10,000 hosts is then O(n log n), not O(n²). Holds disjoint subnets
+/// (what `check` accepts).
+#[derive(Default)]
+pub struct PeerIndex {
+    names: std::collections::HashMap<String, usize>,
+    underlays: std::collections::HashMap<Ipv4Addr, usize>,
+    /// First address of each subnet -> (last address, peer).
+    ranges: std::collections::BTreeMap<u32, (u32, usize)>,
+    peers: Vec<Peer>,
+}
+
+impl PeerIndex {
+    /// What [`check_peer`] says of `p` against every peer inserted so far.
+    pub fn check(&self, field: &str, p: &Peer, local: Ipv4Net, host: Ipv4Addr) -> Vec<String> {
+        let (first, last) = (
+            u32::from(p.subnet.network()),
+            u32::from(p.subnet.broadcast()),
+        );
+        let mut near: Vec<usize> = [
+            self.names.get(&p.name).copied(),
+            self.underlays.get(&p.underlay).copied(),
+            self.ranges
+                .range(..=last)
+                .next_back()
+                .filter(|(_, (end, _))| *end >= first)
+                .map(|(_, (_, i))| *i),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        near.sort_unstable();
+        near.dedup();
+        let others: Vec<Peer> = near.into_iter().map(|i| self.peers[i].clone()).collect();
+        check_peer(field, p, local, host, &others)
+    }
+
+    /// Adds `p` (checked, or trusted: the config's own peers).
+    pub fn insert(&mut self, p: &Peer) {
+        let i = self.peers.len();
+        self.names.insert(p.name.clone(), i);
+        self.underlays.insert(p.underlay, i);
+        self.ranges.insert(
+            u32::from(p.subnet.network()),
+            (u32::from(p.subnet.broadcast()), i),
+        );
+        self.peers.push(p.clone());
+    }
+}
+
 /// Parses a port range written "FIRST-LAST" (1 to 65535, FIRST <= LAST).
 pub fn parse_port_range(field: &str, s: &str) -> Result<(u16, u16), String> {
     let err = || format!("{field} = {s:?} is not a port range: write it like \"32768-60999\"");
@@ -785,4 +836,69 @@ pub fn check_etcd(
         );
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, subnet: &str, underlay: &str) -> Peer {
+        Peer {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            underlay: underlay.parse().unwrap(),
+            mode: Mode::Direct,
+            vtep_mac: None,
+        }
+    }
+
+    /// The index says what a walk over every peer says, for a candidate that contains,
+    /// is inside, equals, touches or misses the subnets there are, or shares a name or an
+    /// underlay.
+    #[test]
+    fn the_peer_index_finds_what_the_walk_finds() {
+        let local: Ipv4Net = "10.244.11.0/24".parse().unwrap();
+        let host: Ipv4Addr = "198.18.0.11".parse().unwrap();
+        let there = [
+            peer("a", "10.1.0.0/24", "198.18.1.1"),
+            peer("b", "10.1.2.0/23", "198.18.1.2"),
+            peer("c", "10.2.0.0/16", "198.18.1.3"),
+            peer("d", "10.3.0.16/28", "198.18.1.4"),
+        ];
+        let mut index = PeerIndex::default();
+        for p in &there {
+            index.insert(p);
+        }
+        let cases = [
+            peer("x", "10.1.0.0/16", "198.18.2.1"),     // contains a and b
+            peer("x", "10.1.3.128/25", "198.18.2.1"),   // inside b
+            peer("x", "10.2.0.0/16", "198.18.2.1"),     // equals c
+            peer("x", "10.1.1.0/24", "198.18.2.1"),     // between a and b
+            peer("x", "10.3.0.0/28", "198.18.2.1"),     // just before d
+            peer("x", "10.3.0.32/28", "198.18.2.1"),    // just after d
+            peer("x", "10.3.0.16/32", "198.18.2.1"),    // d's first address
+            peer("a", "10.9.0.0/24", "198.18.2.1"),     // a's name
+            peer("x", "10.9.0.0/24", "198.18.1.4"),     // d's underlay
+            peer("x", "10.244.11.0/25", "198.18.0.11"), // the host's own
+            peer("x", "0.0.0.0/0", "198.18.2.1"),       // everything
+        ];
+        for p in &cases {
+            let walk = check_peer("p", p, local, host, &there);
+            let mut found = index.check("p", p, local, host);
+            let mut want = walk.clone();
+            found.sort();
+            want.sort();
+            // The walk names every overlapping peer; the index at least one, and the same
+            // verdict.
+            assert_eq!(
+                found.is_empty(),
+                want.is_empty(),
+                "{p:?}: {found:?} vs {want:?}"
+            );
+            assert!(
+                found.iter().all(|f| want.contains(f)),
+                "{p:?}: {found:?} vs {want:?}"
+            );
+        }
+    }
 }

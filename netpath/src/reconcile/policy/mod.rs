@@ -32,6 +32,7 @@ use crate::{
 use compile::{Compiled, MAX_ENTRIES_PER_GEN, compile};
 
 /// The rules and groups of a running datapath, from its maps.
+#[derive(Default)]
 pub struct Installed {
     pub rules: Vec<(u32, Rule, u8)>,
     pub groups: Groups,
@@ -85,8 +86,9 @@ fn rule_from(i: &PolicyRuleInfo) -> Option<Rule> {
 pub fn installed(maps: &Maps) -> Result<Installed> {
     let mut rules = Vec::new();
     let mut infos = HashMap::new();
-    for item in maps.policy_info.iter() {
-        let (id, info) = item?;
+    let all: Vec<(u32, PolicyRuleInfo)> =
+        crate::maps::batch::lookup_all(aya::maps::IterableMap::map(&maps.policy_info))?;
+    for (id, info) in all {
         if let Some(r) = rule_from(&info) {
             rules.push((id, r, info.origin));
         }

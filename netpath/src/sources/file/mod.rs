@@ -14,8 +14,8 @@ use crate::{
     iface,
     state::{
         Conntrack, EVENT_RATE_MAX, Host, MASQUERADE_PORTS, Mode, Monitor, Peer, Publish, VNI_MAX,
-        check_conntrack, check_name, check_peer, check_publish, parse_addr, parse_mac,
-        parse_port_range, parse_subnet,
+        check_conntrack, check_name, check_publish, parse_addr, parse_mac, parse_port_range,
+        parse_subnet,
         policy::{Action, Groups, Rule},
     },
 };
@@ -463,6 +463,7 @@ fn check_peers(
     problems: &mut Vec<String>,
 ) -> Vec<Peer> {
     let mut peers: Vec<Peer> = Vec::new();
+    let mut index = crate::state::PeerIndex::default();
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, p) in files.iter().enumerate() {
         let field = format!("[[peer]] #{} ({:?})", i + 1, p.name);
@@ -498,8 +499,9 @@ fn check_peers(
             mode: p.mode,
             vtep_mac,
         };
-        let found = check_peer(&field, &peer, local, host, &peers);
+        let found = index.check(&field, &peer, local, host);
         if found.is_empty() && !bad {
+            index.insert(&peer);
             peers.push(peer);
         }
         problems.extend(found);
