@@ -147,8 +147,11 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
     wait_peers(&lab, 1, &["h1", "h3"], 10);
     crosses(&lab, 0, 2);
 
-    // A registration deleted by hand comes back at once.
+    // A registration deleted by hand comes back at once, and within [etcd].peer_grace
+    // (5 s): the other hosts never remove its peer (no blip).
     let key = "/netpath/subnets/10.244.12.0-24";
+    let logged = |i: usize| std::fs::read_to_string(&lab.hosts[i].log).unwrap_or_default();
+    let before = logged(0).len();
     lab.etcdctl(&format!("del {key}")).unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     while !lab
@@ -160,6 +163,13 @@ fn hosts_find_each_other_in_etcd_and_keep_forwarding_when_it_is_away() {
         thread::sleep(Duration::from_millis(100));
     }
     wait_peers(&lab, 0, &["h2", "h3"], 5);
+    thread::sleep(Duration::from_secs(6));
+    let after = logged(0);
+    assert!(
+        !after[before..].contains("removed [\"h2\"]"),
+        "h1 removed h2 for a registration put back within the grace:\n{}",
+        &after[before..]
+    );
     let st = lab.netpath_json(1, &["status", "--json"]);
     assert_eq!(st["etcd"]["registered"], true, "{st}");
     assert_eq!(st["etcd"]["hosts"], 2, "{st}");

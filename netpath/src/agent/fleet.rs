@@ -194,8 +194,26 @@ async fn session(
     renew.tick().await;
     // Hosts that hold addresses but are not registered, since when (see `reclaim`).
     let mut gone_since: HashMap<String, Instant> = HashMap::new();
+    // Registrations deleted but kept as peers for `[etcd].peer_grace`, in case they come back.
+    let mut going = Going::default();
+    let grace = Duration::from_secs(e.peer_grace);
+    let mut expire = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = expire.tick(), if !going.is_empty() => {
+                let gone = going.expired(grace, Instant::now());
+                let mut changed = false;
+                for k in &gone {
+                    changed |= known.remove(k).is_some();
+                }
+                if changed {
+                    info.hosts = known.len() as u32;
+                    let view = Update::Peers(known.values().cloned().collect());
+                    if tx.send(Update::Info(*info)).await.is_err() || tx.send(view).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
             _ = renew.tick() => {
                 reclaim(&mut client, e, &host.name, &known, &held, &mut gone_since).await;
                 keeper.keep_alive().await.context("renewing the lease")?;
@@ -239,9 +257,15 @@ async fn session(
                             }
                         }
                         EventType::Put if k == key => {}
-                        EventType::Delete => changed |= known.remove(&k).is_some(),
+                        EventType::Delete if grace.is_zero() => changed |= known.remove(&k).is_some(),
+                        EventType::Delete => {
+                            if known.contains_key(&k) {
+                                going.deleted(&k, Instant::now());
+                            }
+                        }
                         EventType::Put => match store::peer_of(&e.prefix, &k, kv.value()) {
                             Ok(p) => {
+                                going.put(&k);
                                 changed |= known.get(&k) != Some(&p);
                                 known.insert(k, p);
                             }
@@ -332,5 +356,62 @@ async fn reclaim(
             }
             Err(err) => log::warn!("etcd: freeing the addresses of host {h}: {err:#}"),
         }
+    }
+}
+
+/// Registrations deleted in etcd, by key, since when: their peers stay for
+/// `[etcd].peer_grace`, and one put back meanwhile (an agent restarted, a registration
+/// written again) never loses its route. A new session lists afresh, so what was deleted
+/// while this host was cut off is gone at once.
+#[derive(Default)]
+struct Going(HashMap<String, Instant>);
+
+impl Going {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `key` was deleted at `at` (a second delete keeps the first time).
+    fn deleted(&mut self, key: &str, at: Instant) {
+        self.0.entry(key.to_owned()).or_insert(at);
+    }
+
+    /// `key` was put: it is not going.
+    fn put(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    /// The keys deleted at least `grace` before `now`, no longer tracked.
+    fn expired(&mut self, grace: Duration, now: Instant) -> Vec<String> {
+        let gone: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.0.remove(k);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_put_back_within_the_grace_never_goes() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut g = Going::default();
+        g.deleted("a", t0);
+        g.deleted("b", t0);
+        g.deleted("a", t0 + Duration::from_secs(3)); // a second delete: still the first
+        g.put("b"); // put back
+        assert!(g.expired(grace, t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(g.expired(grace, t0 + Duration::from_secs(5)), ["a"]);
+        assert!(g.is_empty(), "b came back, a went: nothing left to expire");
+        assert!(g.expired(grace, t0 + Duration::from_secs(60)).is_empty());
     }
 }

@@ -724,6 +724,9 @@ pub struct Etcd {
     /// Seconds the addresses (networks across hosts) of a host whose registration is gone
     /// stay its own; then any agent frees them.
     pub address_grace: u64,
+    /// Seconds a deleted registration's peer stays in the maps: put back within them
+    /// (an agent's restart, a re-registration), its route never goes.
+    pub peer_grace: u64,
     /// Client TLS: the CA that signed the members' certificates, and this host's
     /// certificate and key (PEM files).
     pub ca: Option<std::path::PathBuf>,
@@ -764,6 +767,8 @@ pub const ETCD_LEASE_TTL: u64 = 60;
 /// Seconds the addresses of a host whose registration expired stay its own (networks
 /// across hosts), so that a host back from a short cut finds its containers' addresses.
 pub const ETCD_ADDRESS_GRACE: u64 = 300;
+/// `[etcd].peer_grace`'s default.
+pub const ETCD_PEER_GRACE: u64 = 5;
 pub const ETCD_LEASE_TTL_MIN: u64 = 5;
 pub const ETCD_LEASE_TTL_MAX: u64 = 86_400;
 

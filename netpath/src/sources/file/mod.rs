@@ -145,6 +145,13 @@ impl Config {
                     crate::state::ETCD_LEASE_TTL_MAX
                 ));
             }
+            let peer_grace = e.peer_grace.unwrap_or(crate::state::ETCD_PEER_GRACE);
+            if peer_grace > crate::state::ETCD_LEASE_TTL_MAX {
+                problems.push(format!(
+                    "[etcd].peer_grace = {peer_grace}: use 0 to {} seconds (how long a deleted registration's peer stays, in case it is put back)",
+                    crate::state::ETCD_LEASE_TTL_MAX
+                ));
+            }
             problems.extend(crate::state::check_etcd(
                 &e.endpoints,
                 &prefix,
@@ -156,6 +163,7 @@ impl Config {
                 prefix,
                 lease_ttl,
                 address_grace,
+                peer_grace,
                 ca: e.ca.map(Into::into),
                 cert: e.cert.map(Into::into),
                 key: e.key.map(Into::into),

@@ -49,6 +49,7 @@ pub(super) struct EtcdFile {
     pub(super) prefix: Option<String>,
     pub(super) lease_ttl: Option<u64>,
     pub(super) address_grace: Option<u64>,
+    pub(super) peer_grace: Option<u64>,
     pub(super) ca: Option<String>,
     pub(super) cert: Option<String>,
     pub(super) key: Option<String>,
@@ -296,6 +297,7 @@ mod tests {
         put("etcd", "prefix", literal(state::ETCD_PREFIX));
         put("etcd", "lease_ttl", literal(state::ETCD_LEASE_TTL));
         put("etcd", "address_grace", literal(state::ETCD_ADDRESS_GRACE));
+        put("etcd", "peer_grace", literal(state::ETCD_PEER_GRACE));
         put("etcd", "subnet_file", literal(state::ETCD_SUBNET_FILE));
         put("docker", "socket", literal(state::DOCKER_SOCKET));
         put("docker", "plugin", literal(state::DOCKER_PLUGIN));
