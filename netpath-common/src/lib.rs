@@ -841,7 +841,9 @@ pub struct AgentInfo {
     pub bridge: [u8; 16],
     /// `AGENT_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Bumped by every live CLI edit of the peers (`peer add|del`), under the pin lock:
+    /// the running agent's copy of the peers' maps stands while this is unchanged.
+    pub peer_edits: u32,
 }
 
 /// The TC programs are attached with TCX links (pinned); without it, with netlink

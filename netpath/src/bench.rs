@@ -72,6 +72,9 @@ pub struct AgentRow {
     pub cpu_ms: f64,
     /// Map entries written (counted by the fault hook's write counter).
     pub writes: u64,
+    /// bpf(2) calls the thread made (map reads and writes; None where the kernel cannot
+    /// count them, see sys::BpfCalls).
+    pub bpf_calls: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -127,50 +130,70 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
     let mut ebpf = crate::datapath::load(None, netpath_common::DEFAULT_CT_SIZE)?;
     let mut maps = crate::maps::Maps::take(&mut ebpf)?;
     let mut out = Vec::new();
-    // As the agent does it: a start reconciles every family, an etcd event the peers'.
-    let mut step =
-        |case: &'static str, etcd: &[Peer], maps: &mut crate::maps::Maps| -> Result<()> {
-            let event = case.starts_with("etcd");
-            reconcile::fault::take_writes();
-            let (start, cpu) = (std::time::Instant::now(), thread_cpu());
-            let o = if event {
-                reconcile::observe_peers(maps)?
-            } else {
-                reconcile::observe(maps)?
-            };
-            let (d, _) = sources::desired(
-                &cfg,
-                &sources::cli::live(&o),
-                etcd,
-                &[],
-                &[],
-                &Default::default(),
-            )?;
-            if event {
-                reconcile::peers_from(maps, o, &d)?;
-            } else {
-                reconcile::all_from(maps, o, &d)?;
-            }
-            out.push(AgentRow {
-                case,
-                peers: d.peers.len(),
-                rules: d.policy.rules.len(),
-                ms: start.elapsed().as_secs_f64() * 1e3,
-                cpu_ms: (thread_cpu() - cpu) * 1e3,
-                writes: reconcile::fault::take_writes(),
-            });
-            Ok(())
+    // As the agent does it: a start reconciles every family from the maps, an etcd event
+    // the peers' from the agent's copy of them (reconcile::Mirror).
+    let mut mirror = reconcile::Mirror::default();
+    let calls = crate::sys::BpfCalls::open();
+    let count = || calls.as_ref().map(|c| c.count());
+    let step = |case: &'static str,
+                etcd: &[Peer],
+                maps: &mut crate::maps::Maps,
+                mirror: &mut reconcile::Mirror|
+     -> Result<AgentRow> {
+        reconcile::fault::take_writes();
+        let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
+        let (_, (peers, rules)) = if case.starts_with("etcd") {
+            mirror.reconcile_peers(maps, |o| {
+                let fleet = Default::default();
+                let (d, _) =
+                    sources::desired_peers(&cfg, &sources::cli::live_peers(o), etcd, &fleet)?;
+                let counts = (d.peers.len(), cfg.policy.rules.len());
+                Ok((d, counts))
+            })?
+        } else {
+            mirror.reconcile_all(maps, |o| {
+                let (d, _) = sources::desired(
+                    &cfg,
+                    &sources::cli::live(o),
+                    etcd,
+                    &[],
+                    &[],
+                    &Default::default(),
+                )?;
+                let counts = (d.peers.len(), d.policy.rules.len());
+                Ok((d, counts))
+            })?
         };
-    step("cold start", &etcd, &mut maps)?;
-    step("restart, nothing changed", &etcd, &mut maps)?;
+        Ok(AgentRow {
+            case,
+            peers,
+            rules,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+            cpu_ms: (thread_cpu() - cpu) * 1e3,
+            writes: reconcile::fault::take_writes(),
+            bpf_calls: count().zip(n).map(|(b, a)| b - a),
+        })
+    };
+    out.push(step("cold start", &etcd, &mut maps, &mut mirror)?);
+    out.push(step(
+        "restart, nothing changed",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
     etcd.push(peer(peers));
-    step("etcd: one host added", &etcd, &mut maps)?;
+    out.push(step("etcd: one host added", &etcd, &mut maps, &mut mirror)?);
     etcd.last_mut().expect("one").underlay = Ipv4Addr::new(198, 19, 255, 1);
-    step("etcd: one host changed", &etcd, &mut maps)?;
+    out.push(step(
+        "etcd: one host changed",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
     etcd.pop();
-    step("etcd: one host gone", &etcd, &mut maps)?;
+    out.push(step("etcd: one host gone", &etcd, &mut maps, &mut mirror)?);
     reconcile::fault::take_writes();
-    let (start, cpu) = (std::time::Instant::now(), thread_cpu());
+    let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
     reconcile::peers::add(&mut maps, &peer(peers + 1))?;
     out.push(AgentRow {
         case: "peer add (live)",
@@ -179,7 +202,16 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
         ms: start.elapsed().as_secs_f64() * 1e3,
         cpu_ms: (thread_cpu() - cpu) * 1e3,
         writes: reconcile::fault::take_writes(),
+        bpf_calls: count().zip(n).map(|(b, a)| b - a),
     });
+    // The CLI's edit made the agent's copy stale: this event reads the maps again.
+    etcd.push(peer(peers + 2));
+    out.push(step(
+        "etcd: one host added, after a CLI edit",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
     Ok(out)
 }
 

@@ -2,7 +2,7 @@
 //! key size alone (fill levels of every map, whatever its types), reading a whole map in
 //! a few calls (BPF_MAP_LOOKUP_BATCH), opening a pinned link without touching its pin,
 //! and the interface of a TCX or XDP link; raw lookups and updates of any map by bytes
-//! (the migration of an older layout).
+//! (the migration of an older layout); and a count of a thread's bpf(2) calls.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -247,4 +247,75 @@ pub fn obj_get(path: &std::path::Path) -> Result<std::os::fd::OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Counts the bpf(2) calls of the thread that opened it, whatever makes them (aya or the
+/// calls above): a perf counter on the `syscalls:sys_enter_bpf` tracepoint. Its id comes
+/// from tracefs, mounted for the moment in a directory of its own when it is not at
+/// /sys/kernel/tracing. For `netpath bench`, which reports map calls next to times.
+pub struct BpfCalls(std::fs::File);
+
+impl BpfCalls {
+    /// None where the kernel has no syscall tracepoints or perf events are refused.
+    pub fn open() -> Option<BpfCalls> {
+        use std::os::fd::FromRawFd;
+        let id = tracepoint_id("syscalls/sys_enter_bpf")?;
+        // struct perf_event_attr, 128 bytes: type (PERF_TYPE_TRACEPOINT = 2) and size in
+        // the first word, config (the tracepoint's id) in the second; the rest zero
+        // (enabled, counting, this thread on any CPU).
+        let mut attr = [0u64; 16];
+        attr[0] = 2 | (128 << 32);
+        attr[1] = id;
+        const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+        // SAFETY: attr is a 128-byte perf_event_attr that outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                0 as libc::pid_t,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        // SAFETY: a new descriptor of ours when not negative.
+        (fd >= 0).then(|| BpfCalls(unsafe { std::fs::File::from_raw_fd(fd as i32) }))
+    }
+
+    /// The calls counted so far.
+    pub fn count(&self) -> u64 {
+        use std::io::Read;
+        let mut n = [0u8; 8];
+        match (&self.0).read_exact(&mut n) {
+            Ok(()) => u64::from_ne_bytes(n),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// A tracepoint's id ("syscalls/sys_enter_bpf"), from tracefs.
+fn tracepoint_id(name: &str) -> Option<u64> {
+    let read = |root: &std::path::Path| -> Option<u64> {
+        let p = root.join("events").join(name).join("id");
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    };
+    if let Some(id) = read(std::path::Path::new("/sys/kernel/tracing")) {
+        return Some(id);
+    }
+    let dir = std::env::temp_dir().join(format!("netpath-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let mounted = nix::mount::mount(
+        Some("tracefs"),
+        &dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .is_ok();
+    let id = mounted.then(|| read(&dir)).flatten();
+    if mounted {
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    id
 }

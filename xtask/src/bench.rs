@@ -1319,6 +1319,7 @@ fn program_costs(opts: &Options) -> Result<Value> {
         .map(|i| {
             json!({"case": first["agent"][i]["case"], "peers": first["agent"][i]["peers"],
                 "rules": first["agent"][i]["rules"], "writes": first["agent"][i]["writes"],
+                "bpf_calls": first["agent"][i]["bpf_calls"],
                 "ms": median("agent", i, "ms"), "cpu_ms": median("agent", i, "cpu_ms")})
         })
         .collect();
@@ -1352,17 +1353,20 @@ fn programs_table(p: &Value) -> String {
             r["ns_per_packet"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    md += "\n| agent reconcile (private datapath) | peers | rules | ms | CPU ms | map writes |\n|---|---|---|---|---|---|\n";
+    md += "\n| agent reconcile (private datapath) | peers | rules | ms | CPU ms | map writes | bpf(2) calls |\n|---|---|---|---|---|---|---|\n";
     for r in p["agent"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} |",
             r["case"].as_str().unwrap_or("?"),
             r["peers"],
             r["rules"],
             r["ms"].as_f64().unwrap_or(f64::NAN),
             r["cpu_ms"].as_f64().unwrap_or(f64::NAN),
-            r["writes"]
+            r["writes"],
+            r["bpf_calls"]
+                .as_u64()
+                .map_or("?".into(), |n| n.to_string())
         );
     }
     md

@@ -7,7 +7,7 @@ pub mod dockernet;
 pub mod fleet;
 pub mod ipam;
 
-use std::{collections::HashSet, time::Duration};
+use std::{borrow::Cow, collections::HashSet, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use netpath_common::{AGENT_F_TCX, AgentInfo, map_names, name_bytes, prog_names};
@@ -63,7 +63,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             Some(rx)
         }
     };
-    let (mut ebpf, mut maps) = match start(&cfg, &pins, adopted, &mut migration) {
+    let (mut ebpf, mut maps, mirror) = match start(&cfg, &pins, adopted, &mut migration) {
         Ok(x) => x,
         Err(e) => {
             if !adopted {
@@ -88,7 +88,10 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         ))
         .context("subscribing to link, address and neighbour events")?;
     tokio::spawn(conn);
-    let mut done = Done::default();
+    let mut done = Done {
+        mirror,
+        ..Default::default()
+    };
     sync(
         &mut ebpf,
         &mut maps,
@@ -175,7 +178,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             } => match update {
                 fleet::Update::Peers(peers) => {
                     views.etcd = Some(peers);
-                    if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Hosts) {
+                    if let Some(m) = apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Hosts) {
                         fleet_info.skipped = m.skipped_etcd.len() as u32;
                     }
                     let _ = maps.fleet.set(0, fleet_info, 0);
@@ -183,7 +186,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 fleet::Update::Networks(v) => {
                     let _ = fleet_nets.send(Some(v.networks.clone()));
                     views.fleet = Some(v);
-                    apply(&mut maps, &pins, &cfg, &views, News::Etcd);
+                    apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Etcd);
                 }
                 fleet::Update::Info(info) => {
                     fleet_info = netpath_common::FleetInfo { skipped: fleet_info.skipped, ..info };
@@ -209,7 +212,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                         }
                         views.docker = Some(v);
                         // The networks first: the endpoints and programs follow them.
-                        if let Some(m) = apply(&mut maps, &pins, &cfg, &views, News::Docker) {
+                        if let Some(m) = apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Docker) {
                             docker_info.ports = m.kept_docker as u32;
                             docker_info.refused = m.skipped_docker.len() as u32;
                             docker_info.note = name_bytes(m.skipped_docker.first().map_or("", |s| s.as_str()));
@@ -227,7 +230,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 let _ = maps.docker.set(0, docker_info, 0);
             }
             _ = repair.tick() => {
-                apply(&mut maps, &pins, &cfg, &views, News::Repair);
+                apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Repair);
             }
             _ = gc.tick() => {
                 sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
@@ -257,12 +260,14 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     Ok(())
 }
 
-/// The interfaces known to run this build's programs: bridges of the networks (but the
-/// `[host].bridge`, attached at start) and their ports.
+/// What the agent knows it has done: the interfaces known to run this build's programs
+/// (bridges of the networks but the `[host].bridge`, attached at start, and their ports),
+/// and what it last left in the peers' maps (an etcd event starts from that).
 #[derive(Default)]
 struct Done {
     bridges: HashSet<u32>,
     ports: HashSet<u32>,
+    mirror: reconcile::Mirror,
 }
 
 /// Follows the networks' bridges, their ports, addresses and neighbours: np_from_bridge on
@@ -283,7 +288,7 @@ async fn sync(
 ) {
     if follow_gateway(maps, cfg) {
         // The [host].bridge's network follows its address.
-        apply(maps, pins, cfg, views, News::Gateway);
+        apply(maps, &mut done.mirror, pins, cfg, views, News::Gateway);
     }
     let nets = match reconcile::networks::observe(maps) {
         Ok(n) => n,
@@ -419,47 +424,79 @@ struct Views {
 
 impl Views {
     /// The desired state: the config, the CLI's entries in `observed` and the sources'
-    /// views (see [`Views::inputs`]).
+    /// views (see [`Views::etcd`], [`Views::docker`], [`Views::fleet`]).
     fn desired(
         &self,
         cfg: &Config,
         observed: &reconcile::Observed,
     ) -> Result<(crate::state::Desired, sources::Merge)> {
-        let (etcd, docker, networks) = self.inputs(cfg, observed);
-        let cli = sources::cli::live(observed);
-        let fleet = match (&self.fleet, &cfg.etcd) {
-            (Some(v), _) => v.clone(),
-            (None, Some(_)) => sources::fleetnet::live(observed),
-            (None, None) => sources::fleetnet::View::default(),
-        };
-        sources::desired(cfg, &cli, &etcd, &docker, &networks, &fleet)
+        let (docker, networks) = self.docker(cfg, observed);
+        sources::desired(
+            cfg,
+            &sources::cli::live(observed),
+            &self.etcd(cfg, observed),
+            &docker,
+            &networks,
+            &self.fleet(cfg, observed),
+        )
     }
 
-    /// The etcd peers, Docker ports and Docker networks of the desired state: the
-    /// sources' views, or what the pinned maps hold of them.
-    fn inputs(
+    /// The peers' part of the desired state (an etcd registration's change): the config's,
+    /// the CLI's in `observed` and etcd's, with their containers of networks across hosts.
+    fn desired_peers(
         &self,
         cfg: &Config,
         observed: &reconcile::Observed,
-    ) -> (
-        Vec<crate::state::Peer>,
-        Vec<sources::docker::DockerPort>,
-        Vec<crate::state::Network>,
-    ) {
-        let etcd = match (&self.etcd, &cfg.etcd) {
-            (Some(v), _) => v.clone(),
-            (None, Some(_)) => sources::etcd::live(observed),
-            (None, None) => Vec::new(),
-        };
-        let (docker, networks) = match (&self.docker, &cfg.docker) {
+    ) -> Result<(crate::state::DesiredPeers, sources::Merge)> {
+        sources::desired_peers(
+            cfg,
+            &sources::cli::live_peers(observed),
+            &self.etcd(cfg, observed),
+            &self.fleet(cfg, observed),
+        )
+    }
+
+    /// The etcd peers: etcd's view, or what the pinned maps hold of them until etcd
+    /// answers (not copied: 10,000 of them on each event would cost).
+    fn etcd<'a>(
+        &'a self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> Cow<'a, [crate::state::Peer]> {
+        match (&self.etcd, &cfg.etcd) {
+            (Some(v), _) => Cow::Borrowed(v),
+            (None, Some(_)) => Cow::Owned(sources::etcd::live(observed)),
+            (None, None) => Cow::Borrowed(&[]),
+        }
+    }
+
+    /// The networks across hosts and their addresses, as [`Views::etcd`].
+    fn fleet<'a>(
+        &'a self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> Cow<'a, sources::fleetnet::View> {
+        match (&self.fleet, &cfg.etcd) {
+            (Some(v), _) => Cow::Borrowed(v),
+            (None, Some(_)) => Cow::Owned(sources::fleetnet::live(observed)),
+            (None, None) => Cow::Owned(Default::default()),
+        }
+    }
+
+    /// Docker's ports and networks: the engine's view, or what the pinned maps hold.
+    fn docker(
+        &self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> (Vec<sources::docker::DockerPort>, Vec<crate::state::Network>) {
+        match (&self.docker, &cfg.docker) {
             (Some(v), _) => (v.ports.clone(), v.networks.clone()),
             (None, Some(_)) => (
                 sources::docker::live(observed),
                 sources::docker::live_networks(observed),
             ),
             (None, None) => (Vec::new(), Vec::new()),
-        };
-        (etcd, docker, networks)
+        }
     }
 }
 
@@ -484,6 +521,7 @@ const REPAIR_EVERY: Duration = Duration::from_secs(30);
 /// failure is logged; the next news tries again. Returns the merge (None on failure).
 fn apply(
     maps: &mut Maps,
+    mirror: &mut reconcile::Mirror,
     pins: &PinDir,
     cfg: &Config,
     views: &Views,
@@ -494,13 +532,10 @@ fn apply(
         // would otherwise be undone.
         let _lock = pins.lock()?;
         if news == News::Hosts {
-            let observed = reconcile::observe_peers(maps)?;
-            let (desired, merge) = views.desired(cfg, &observed)?;
-            return Ok((reconcile::peers_from(maps, observed, &desired)?, merge));
+            mirror.reconcile_peers(maps, |o| views.desired_peers(cfg, o))
+        } else {
+            mirror.reconcile_all(maps, |o| views.desired(cfg, o))
         }
-        let observed = reconcile::observe(maps)?;
-        let (desired, merge) = views.desired(cfg, &observed)?;
-        Ok((reconcile::all_from(maps, observed, &desired)?, merge))
     })();
     let (c, merge) = match result {
         Ok(x) => x,
@@ -626,7 +661,7 @@ fn start(
     pins: &PinDir,
     adopted: bool,
     migration: &mut migrate::Plan,
-) -> Result<(aya::Ebpf, Maps)> {
+) -> Result<(aya::Ebpf, Maps, reconcile::Mirror)> {
     // A migrated conntrack table keeps its size, as a pinned one does.
     let ct_size = migration
         .old_max_entries(pins, map_names::CT)
@@ -662,12 +697,12 @@ fn start(
     }
     write_build(&mut maps)?;
     let started = std::time::Instant::now();
-    let observed = reconcile::observe(&maps).context("reading the pinned maps")?;
+    let mut observed = reconcile::observe(&maps).context("reading the pinned maps")?;
     let (desired, merge) = Views::default().desired(cfg, &observed)?;
     for s in merge.skipped_docker.iter().chain(&merge.skipped_networks) {
         log::warn!("docker: refused {s}");
     }
-    let changes = reconcile::all_from(&mut maps, observed, &desired)?;
+    let changes = reconcile::all_from(&mut maps, &mut observed, &desired)?;
     let took = started.elapsed();
     // From the first swap on, the new maps are live (an interrupted migration finishes).
     migration.swapping(pins)?;
@@ -737,7 +772,9 @@ fn start(
         cfg.policy.default,
         c.policy.entries
     );
-    Ok((ebpf, maps))
+    let mut mirror = reconcile::Mirror::default();
+    mirror.keep(&maps, observed)?;
+    Ok((ebpf, maps, mirror))
 }
 
 /// Records that this netpath loaded the programs now.
@@ -771,7 +808,7 @@ fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> Resul
         uplink: name_bytes(&cfg.host.uplink),
         bridge: name_bytes(&cfg.host.bridge),
         flags: if tcx { AGENT_F_TCX } else { 0 } | xdp,
-        _pad: 0,
+        peer_edits: old.peer_edits,
     };
     maps.agent.set(0, info, 0)?;
     Ok(info)

@@ -238,13 +238,19 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "\n{:<28} {:>7} {:>8} {:>10} {:>8} {:>9}",
-                "agent reconcile", "peers", "rules", "ms", "cpu ms", "writes"
+                "\n{:<40} {:>7} {:>8} {:>10} {:>8} {:>9} {:>9}",
+                "agent reconcile", "peers", "rules", "ms", "cpu ms", "writes", "bpf calls"
             );
             for a in &r.agent {
                 println!(
-                    "{:<28} {:>7} {:>8} {:>10.1} {:>8.1} {:>9}",
-                    a.case, a.peers, a.rules, a.ms, a.cpu_ms, a.writes
+                    "{:<40} {:>7} {:>8} {:>10.1} {:>8.1} {:>9} {:>9}",
+                    a.case,
+                    a.peers,
+                    a.rules,
+                    a.ms,
+                    a.cpu_ms,
+                    a.writes,
+                    a.bpf_calls.map_or("?".into(), |n| n.to_string())
                 );
             }
             Ok(())

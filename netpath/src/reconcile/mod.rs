@@ -36,7 +36,7 @@ use netpath_common::{GroupMember, PeerInfo, PeerValue, PolicyRuleInfo, PublishKe
 use crate::{
     datapath,
     maps::Maps,
-    state::{Desired, Owned, Peer, Publish},
+    state::{Desired, DesiredPeers, Origin, Owned, Peer, Publish},
 };
 
 /// What reconciling a whole desired state changed.
@@ -94,20 +94,15 @@ impl Changes {
 /// What the pinned maps the reconcilers own hold now, read once: the CLI's source
 /// (sources::cli) and every reconciler start from the same reading.
 pub struct Observed {
-    /// `NP_PEER_INFO` slots in use.
-    pub(crate) peers: Vec<(u32, PeerInfo)>,
+    /// The peers' maps (and the routes of containers on other hosts).
+    pub(crate) peers: peers::Installed,
     pub(crate) publish: publish::Entries,
     pub policy: policy::Installed,
     /// `NP_NETWORKS`.
     pub networks: Vec<crate::state::Network>,
-    /// The routes of containers on other hosts, by address (network byte order).
-    pub remote: std::collections::HashMap<u32, PeerValue>,
-    /// The peers' routes, by (prefix length, network).
-    pub(crate) routes: std::collections::HashMap<(u32, u32), PeerValue>,
 }
 
-/// Reads what the reconcilers compare against (the underlay entries are read by the
-/// peers reconciler itself).
+/// Reads what the reconcilers compare against.
 pub fn observe(maps: &Maps) -> Result<Observed> {
     Ok(Observed {
         publish: publish::entries(maps)?,
@@ -120,11 +115,8 @@ pub fn observe(maps: &Maps) -> Result<Observed> {
 /// of containers across hosts follow them); not the published ports nor the policy, which
 /// stay empty here (at 100,000 rules, reading the policy is most of a full observation).
 pub fn observe_peers(maps: &Maps) -> Result<Observed> {
-    let routes = peers::routes(maps)?;
     Ok(Observed {
-        remote: routes.remote,
-        routes: routes.peers,
-        peers: maps.peer_infos()?,
+        peers: peers::read(maps)?,
         publish: Default::default(),
         policy: Default::default(),
         networks: networks::observe(maps)?,
@@ -132,11 +124,11 @@ pub fn observe_peers(maps: &Maps) -> Result<Observed> {
 }
 
 /// Makes the peers and the routes of containers on other hosts say what `d` says,
-/// starting from `o` ([`observe_peers`] or [`observe`], under the same lock), and nothing
-/// else: what an etcd registration's change touches.
-pub fn peers_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
-    let peers = peers::reconcile_from(maps, &d.peers, o.peers, o.routes)?;
-    let remote = remote::reconcile(maps, &d.remote, &peers.slots, &o.remote)?;
+/// starting from `o` ([`observe_peers`], [`observe`] or the agent's [`Mirror`], under the
+/// same lock), and nothing else: what an etcd registration's change touches. On success
+/// `o.peers` holds what the maps hold after.
+pub fn peers_from(maps: &mut Maps, o: &mut Observed, d: &DesiredPeers) -> Result<Changes> {
+    let (peers, remote) = peer_families(maps, &mut o.peers, &d.peers, &d.remote)?;
     Ok(Changes {
         peers,
         remote,
@@ -144,10 +136,117 @@ pub fn peers_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> 
     })
 }
 
+/// The peers, then the routes of their containers of networks across hosts (which take
+/// the peers' slots), from what the maps hold `now`; `now` holds what they hold after.
+fn peer_families(
+    maps: &mut Maps,
+    now: &mut peers::Installed,
+    desired: &[Owned<Peer>],
+    remote: &[crate::state::Remote],
+) -> Result<(peers::PeerChanges, remote::RemoteChanges)> {
+    let p = peers::reconcile_from(maps, desired, now)?;
+    let r = remote::reconcile(maps, remote, &now.infos, &mut now.remote)?;
+    Ok((p, r))
+}
+
+/// The agent's copy of the peers' maps as its last reconcile left them: an etcd event
+/// reconciles against it instead of reading 65,536 slots and walking `NP_PEERS` again.
+/// It stands while no live CLI edit of the peers came between (`AgentInfo::peer_edits`,
+/// bumped under the pin lock by each) and no reconcile failed; the periodic repair reads
+/// the maps themselves, puts right what was changed behind netpath's back (bpftool) and
+/// starts a new copy from what it left.
+#[derive(Default)]
+pub struct Mirror {
+    copy: Option<(u32, Observed)>,
+}
+
+impl Mirror {
+    /// What the peers' maps hold (as [`observe_peers`]): the copy if it stands, else read.
+    /// Under the pin lock, as the reconcile that follows.
+    pub fn observe_peers(&mut self, maps: &Maps) -> Result<Observed> {
+        let edits = maps.agent()?.peer_edits;
+        match self.copy.take() {
+            Some((e, o)) if e == edits => Ok(o),
+            _ => observe_peers(maps),
+        }
+    }
+
+    /// Keeps `o`, what a reconcile that succeeded left in the maps ([`peers_from`] or
+    /// [`all_from`]; the networks read again after the latter), as the copy; its published
+    /// ports and policy are dropped (only the peers' are used).
+    pub fn keep(&mut self, maps: &Maps, mut o: Observed) -> Result<()> {
+        o.publish = Default::default();
+        o.policy = Default::default();
+        self.copy = Some((maps.agent()?.peer_edits, o));
+        Ok(())
+    }
+
+    /// Reconciles the peers' families alone, as the agent does after an etcd
+    /// registration's change ([`peers_from`]): from the copy, with the desired peers that
+    /// `desired` makes of it. Keeps the copy on success; after a failed reconcile the
+    /// next event reads the maps.
+    pub fn reconcile_peers<M>(
+        &mut self,
+        maps: &mut Maps,
+        desired: impl FnOnce(&Observed) -> Result<(DesiredPeers, M)>,
+    ) -> Result<(Changes, M)> {
+        let o = self.observe_peers(maps)?;
+        self.reconcile_with(maps, o, desired, peers_from)
+    }
+
+    /// Reconciles every family from the maps read afresh ([`all_from`]), as the agent
+    /// does after other news and in its periodic repair; the copy starts again from what
+    /// that left.
+    pub fn reconcile_all<M>(
+        &mut self,
+        maps: &mut Maps,
+        desired: impl FnOnce(&Observed) -> Result<(Desired, M)>,
+    ) -> Result<(Changes, M)> {
+        self.copy = None;
+        let o = observe(maps)?;
+        self.reconcile_with(maps, o, desired, all_from)
+    }
+
+    fn reconcile_with<D, M>(
+        &mut self,
+        maps: &mut Maps,
+        mut o: Observed,
+        desired: impl FnOnce(&Observed) -> Result<(D, M)>,
+        reconcile: impl FnOnce(&mut Maps, &mut Observed, &D) -> Result<Changes>,
+    ) -> Result<(Changes, M)> {
+        let (d, m) = match desired(&o) {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing was written: what was read still stands.
+                self.keep(maps, o)?;
+                return Err(e);
+            }
+        };
+        let c = reconcile(maps, &mut o, &d)?;
+        self.keep(maps, o)?;
+        Ok((c, m))
+    }
+
+    /// The copy of the peers' maps, if there is one (tests hold it against the maps).
+    pub fn copy(&self) -> Option<&peers::Installed> {
+        self.copy.as_ref().map(|(_, o)| &o.peers)
+    }
+}
+
 impl Observed {
     /// The installed peers with their slots and origins.
     pub fn peers(&self) -> Vec<(u32, Owned<Peer>)> {
-        peers::owned(&self.peers)
+        peers::owned(&self.peers.infos)
+    }
+
+    /// The installed peers of one origin (the others are not made into `Peer`s).
+    pub fn peers_of(&self, origin: Origin) -> Vec<Peer> {
+        self.peers
+            .infos
+            .iter()
+            .filter(|(_, i)| Origin::from_map(i.origin) == origin)
+            .map(|(_, i)| peers::peer_from_info(i))
+            .collect()
     }
 
     /// The published ports with their origins.
@@ -158,19 +257,22 @@ impl Observed {
 
 /// Makes every map family say what `d` says (see [`all_from`]).
 pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
-    let o = observe(maps)?;
-    all_from(maps, o, d)
+    let mut o = observe(maps)?;
+    all_from(maps, &mut o, d)
 }
 
 /// Makes every map family say what `d` says, starting from `o` (read under the same
 /// lock): host settings first (the programs act on nothing before `NP_CONFIG` is ready),
 /// then networks, peers, published ports and policy. A family that fails leaves its maps as they
-/// were and stops the rest; a rerun goes on from there.
-pub fn all_from(maps: &mut Maps, o: Observed, d: &Desired) -> Result<Changes> {
+/// were and stops the rest; a rerun goes on from there. On success `o.peers` and
+/// `o.networks` hold what the maps hold after (the published ports and policy do not).
+pub fn all_from(maps: &mut Maps, o: &mut Observed, d: &Desired) -> Result<Changes> {
     let host = host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?;
     let networks = networks::reconcile(maps, &o.networks, &d.networks)?;
-    let peers = peers::reconcile_from(maps, &d.peers, o.peers, o.routes)?;
-    let remote = remote::reconcile(maps, &d.remote, &peers.slots, &o.remote)?;
+    if !networks.is_empty() {
+        o.networks = networks::observe(maps)?;
+    }
+    let (peers, remote) = peer_families(maps, &mut o.peers, &d.peers, &d.remote)?;
     Ok(Changes {
         host,
         networks,

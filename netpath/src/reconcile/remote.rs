@@ -34,9 +34,9 @@ impl RemoteChanges {
     }
 }
 
-/// The route a remote container `r` must have, given the peers' slots.
-fn value(r: &Remote, slots: &HashMap<String, (u32, PeerInfo)>) -> Option<PeerValue> {
-    let (id, info) = slots.get(&r.host)?;
+/// The route a remote container `r` must have, given the peers' slots by name.
+fn value(r: &Remote, slots: &HashMap<&str, (u32, &PeerInfo)>) -> Option<PeerValue> {
+    let (id, info) = slots.get(r.host.as_str())?;
     Some(PeerValue {
         mode: r.mode.to_map(),
         flags: PEER_F_ENDPOINT,
@@ -45,23 +45,34 @@ fn value(r: &Remote, slots: &HashMap<String, (u32, PeerInfo)>) -> Option<PeerVal
 }
 
 /// The remote containers' routes in the map now, by address (network byte order).
-pub fn installed(maps: &Maps) -> Result<HashMap<u32, PeerValue>> {
-    Ok(super::peers::routes(maps)?.remote)
+pub fn installed(maps: &Maps) -> Result<super::peers::Fast<u32, PeerValue>> {
+    Ok(super::peers::read(maps)?.remote)
 }
 
-/// Makes the remote containers' routes say `desired` (with the peers' `slots`, from
-/// [`super::peers::PeerChanges::slots`]), from the routes there are `now` (read with the
-/// peers' routes, [`super::peers::routes`]). On an error nothing has changed.
+/// Makes the remote containers' routes say `desired` (with the peers' `slots` as the
+/// peers' reconcile left them), from the routes there are `now` (read with the
+/// peers' routes, [`super::peers::read`], or the agent's copy). On success `now` holds the
+/// routes there are after; on an error nothing has changed in the map.
 pub fn reconcile(
     maps: &mut Maps,
     desired: &[Remote],
-    slots: &HashMap<String, (u32, PeerInfo)>,
-    now: &HashMap<u32, PeerValue>,
+    slots: &[(u32, PeerInfo)],
+    now: &mut super::peers::Fast<u32, PeerValue>,
 ) -> Result<RemoteChanges> {
     let mut changes = RemoteChanges::default();
-    let mut want: HashMap<u32, PeerValue> = HashMap::new();
+    // Only made when there are containers to route (an etcd event of a fleet without
+    // networks across hosts pays nothing for it).
+    let slots: HashMap<&str, (u32, &PeerInfo)> = if desired.is_empty() {
+        HashMap::new()
+    } else {
+        slots
+            .iter()
+            .map(|(id, i)| (netpath_common::name_str(&i.name), (*id, i)))
+            .collect()
+    };
+    let mut want = super::peers::Fast::<u32, PeerValue>::default();
     for r in desired {
-        match value(r, slots) {
+        match value(r, &slots) {
             Some(v) => {
                 want.insert(addr_to_be(r.addr.octets()), v);
             }
@@ -85,7 +96,7 @@ pub fn reconcile(
             undo.route(key, maps.peers.get(&key, 0).ok());
             maps.peers.insert(&key, *v, 0)?;
         }
-        for (addr, old) in now {
+        for (addr, old) in now.iter() {
             if want.contains_key(addr) {
                 continue;
             }
@@ -104,5 +115,6 @@ pub fn reconcile(
         ));
     }
     changes.routed = want.len();
+    *now = want;
     Ok(changes)
 }

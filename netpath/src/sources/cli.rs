@@ -7,12 +7,6 @@ use crate::{reconcile::Observed, state::Origin};
 
 /// The CLI's entries in the pinned maps, from what the agent observed of them.
 pub fn live(o: &Observed) -> Part {
-    let peers = o
-        .peers()
-        .into_iter()
-        .filter(|(_, p)| p.origin == Origin::Cli)
-        .map(|(_, p)| p.item)
-        .collect();
     let publish = o
         .publish()
         .into_iter()
@@ -27,8 +21,16 @@ pub fn live(o: &Observed) -> Part {
         .map(|(id, r, _)| (Some(*id), r.clone()))
         .collect();
     Part {
-        peers,
         publish,
         rules,
+        ..live_peers(o)
+    }
+}
+
+/// The CLI's peers alone (what an etcd event's merge needs of the CLI).
+pub fn live_peers(o: &Observed) -> Part {
+    Part {
+        peers: o.peers_of(Origin::Cli),
+        ..Default::default()
     }
 }

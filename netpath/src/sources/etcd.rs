@@ -92,11 +92,7 @@ pub fn peer_of(prefix: &str, key: &str, value: &[u8]) -> Result<Peer> {
 
 /// The etcd peers in the pinned maps: this source until etcd answers.
 pub fn live(o: &Observed) -> Vec<Peer> {
-    o.peers()
-        .into_iter()
-        .filter(|(_, p)| p.origin == Origin::Etcd)
-        .map(|(_, p)| p.item)
-        .collect()
+    o.peers_of(Origin::Etcd)
 }
 
 /// Where the next [`connect`] starts in the list of members: after the one that last

@@ -204,10 +204,12 @@ pub fn live(o: &crate::reconcile::Observed) -> View {
         .collect();
     let names: std::collections::HashMap<u32, String> = o
         .peers
+        .infos
         .iter()
         .map(|(id, i)| (*id, netpath_common::name_str(&i.name).to_owned()))
         .collect();
     let held = o
+        .peers
         .remote
         .iter()
         .filter_map(|(a, v)| {

@@ -41,7 +41,7 @@ use std::collections::HashSet;
 use anyhow::{Result, bail};
 
 use crate::state::{
-    Desired, DesiredPolicy, DesiredRule, Origin, Owned, Peer, Publish, check_publish,
+    Desired, DesiredPeers, DesiredPolicy, DesiredRule, Origin, Owned, Peer, Publish, check_publish,
     policy::{Endpoint, Rule},
 };
 use file::Config;
@@ -135,33 +135,7 @@ pub fn desired(
     merge.skipped_networks = skipped;
     spans(&mut nets, fleet, &mut merge.skipped_networks);
 
-    let mut peers = crate::state::PeerIndex::default();
-    for p in &cfg.peers {
-        peers.insert(p);
-    }
-    let mut cli_peers = Vec::new();
-    for p in &cli.peers {
-        if cfg.peers.iter().any(|c| c.name == p.name) {
-            merge.replaced_cli.peers += 1;
-            continue;
-        }
-        let found = peers.check(
-            &format!("peer {:?} (added with `netpath peer add`)", p.name),
-            p,
-            h.subnet,
-            h.address,
-        );
-        if found.is_empty() {
-            peers.insert(p);
-            cli_peers.push(p.clone());
-        } else {
-            problems.push(format!(
-                "{}\nremove it with `netpath peer del {}` or change the config",
-                found.join("\n"),
-                p.name
-            ));
-        }
-    }
+    let peers = merge_peers(cfg, cli, etcd, fleet, &mut merge, &mut problems);
 
     let mut publish: Vec<Publish> = cfg.publish.clone();
     let mut cli_publish = Vec::new();
@@ -193,7 +167,12 @@ pub fn desired(
     }
 
     let p = &cfg.policy;
-    let config_matches: HashSet<_> = p.rules.iter().map(Rule::match_key).collect();
+    // Only built when there are CLI rules to compare (100,000 config rules cost ms).
+    let config_matches: HashSet<_> = if cli.rules.is_empty() {
+        HashSet::new()
+    } else {
+        p.rules.iter().map(Rule::match_key).collect()
+    };
     let mut rules: Vec<DesiredRule> = Vec::new();
     for (id, r) in &cli.rules {
         let undefined: Vec<&String> = [&r.from, &r.to]
@@ -224,19 +203,6 @@ pub fn desired(
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
-    let mut etcd_peers = Vec::new();
-    for p in etcd {
-        // check_peer refuses a name, subnet or underlay that an earlier peer has.
-        let field = format!("peer {:?} (from etcd)", p.name);
-        let found = peers.check(&field, p, h.subnet, h.address);
-        if found.is_empty() {
-            peers.insert(p);
-            etcd_peers.push(p.clone());
-        } else {
-            merge.skipped_etcd.push(found.join("; "));
-        }
-    }
-    merge.kept_etcd = etcd_peers.len();
     let mut docker_publish = Vec::new();
     for d in docker {
         let p = &d.publish;
@@ -263,28 +229,13 @@ pub fn desired(
         }
     }
     merge.kept_docker = docker_publish.len();
-    merge.kept_cli = Counts {
-        peers: cli_peers.len(),
-        publish: cli_publish.len(),
-        rules: rules.len(),
-    };
+    merge.kept_cli.publish = cli_publish.len();
+    merge.kept_cli.rules = rules.len();
     rules.extend(p.rules.iter().map(|r| DesiredRule {
         rule: r.clone(),
         origin: Origin::Config,
         id: None,
     }));
-    let owned = |items: &[Peer], origin| {
-        items
-            .iter()
-            .map(|item| Owned {
-                item: item.clone(),
-                origin,
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut desired_peers = owned(&cfg.peers, Origin::Config);
-    desired_peers.extend(owned(&cli_peers, Origin::Cli));
-    desired_peers.extend(owned(&etcd_peers, Origin::Etcd));
     let mut desired_publish: Vec<Owned<Publish>> = cfg
         .publish
         .iter()
@@ -306,7 +257,7 @@ pub fn desired(
             host: cfg.host.clone(),
             conntrack: cfg.conntrack,
             monitor: cfg.monitor,
-            peers: desired_peers,
+            peers: peers.peers,
             publish: desired_publish,
             policy: DesiredPolicy {
                 groups: p.groups.clone(),
@@ -314,7 +265,7 @@ pub fn desired(
                 default: p.default,
                 reject_rate: p.reject_rate,
             },
-            remote: remote(h, fleet, &etcd_peers),
+            remote: peers.remote,
             networks: nets,
         },
         merge,
@@ -357,12 +308,12 @@ pub fn spans(
 pub fn remote(
     h: &crate::state::Host,
     fleet: &fleetnet::View,
-    peers: &[Peer],
+    peers: &foldhash::HashSet<&str>,
 ) -> Vec<crate::state::Remote> {
     fleet
         .held
         .iter()
-        .filter(|a| a.host != h.name && peers.iter().any(|p| p.name == a.host))
+        .filter(|a| a.host != h.name && peers.contains(a.host.as_str()))
         .filter_map(|a| {
             let f = fleet.networks.iter().find(|f| f.name == a.network)?;
             f.holds_container(a.addr).then(|| crate::state::Remote {
@@ -373,6 +324,94 @@ pub fn remote(
             })
         })
         .collect()
+}
+
+/// The peers of the desired state: the config's, the CLI's that fit beside them (a CLI
+/// peer that does not is a problem, in `problems`), etcd's that fit beside both (one that
+/// does not is skipped, in `merge`); and the routes of their containers of networks
+/// across hosts. The same merge for a whole desired state ([`desired`]) and for an etcd
+/// event's ([`desired_peers`]).
+fn merge_peers(
+    cfg: &Config,
+    cli: &Part,
+    etcd: &[Peer],
+    fleet: &fleetnet::View,
+    merge: &mut Merge,
+    problems: &mut Vec<String>,
+) -> DesiredPeers {
+    let h = &cfg.host;
+    let n = cfg.peers.len() + cli.peers.len() + etcd.len();
+    let mut index = crate::state::PeerIndex::with_capacity(n);
+    let mut origins = Vec::with_capacity(n);
+    for p in &cfg.peers {
+        index.insert(p);
+        origins.push(Origin::Config);
+    }
+    for p in &cli.peers {
+        if cfg.peers.iter().any(|c| c.name == p.name) {
+            merge.replaced_cli.peers += 1;
+            continue;
+        }
+        let field = format_args!("peer {:?} (added with `netpath peer add`)", p.name);
+        let found = index.admit(&field, p, h.subnet, h.address);
+        if found.is_empty() {
+            origins.push(Origin::Cli);
+            merge.kept_cli.peers += 1;
+        } else {
+            problems.push(format!(
+                "{}\nremove it with `netpath peer del {}` or change the config",
+                found.join("\n"),
+                p.name
+            ));
+        }
+    }
+    let mut etcd_names: foldhash::HashSet<&str> = foldhash::HashSetExt::with_capacity(etcd.len());
+    for p in etcd {
+        // check_peer refuses a name, subnet or underlay that an earlier peer has.
+        let found = index.admit(
+            &format_args!("peer {:?} (from etcd)", p.name),
+            p,
+            h.subnet,
+            h.address,
+        );
+        if found.is_empty() {
+            etcd_names.insert(p.name.as_str());
+            origins.push(Origin::Etcd);
+        } else {
+            merge.skipped_etcd.push(found.join("; "));
+        }
+    }
+    merge.kept_etcd = etcd_names.len();
+    DesiredPeers {
+        remote: remote(h, fleet, &etcd_names),
+        peers: index
+            .into_peers()
+            .into_iter()
+            .zip(origins)
+            .map(|(p, origin)| Owned {
+                item: p.clone(),
+                origin,
+            })
+            .collect(),
+    }
+}
+
+/// The peers' part of the desired state, all that an etcd registration's change touches
+/// (reconcile::peers_from): merged as [`desired`] merges them, without the published
+/// ports and the policy (at 100,000 rules those are most of a merge's cost).
+pub fn desired_peers(
+    cfg: &Config,
+    cli: &Part,
+    etcd: &[Peer],
+    fleet: &fleetnet::View,
+) -> Result<(DesiredPeers, Merge)> {
+    let mut merge = Merge::default();
+    let mut problems = Vec::new();
+    let peers = merge_peers(cfg, cli, etcd, fleet, &mut merge, &mut problems);
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok((peers, merge))
 }
 
 /// The desired state of a fresh datapath (no CLI entry yet): the config alone.

@@ -109,6 +109,15 @@ pub struct Desired {
     pub remote: Vec<Remote>,
 }
 
+/// The peers' part of a desired state: what an etcd registration's change touches
+/// (sources::desired_peers, reconcile::peers_from).
+#[derive(Debug, Clone, Default)]
+pub struct DesiredPeers {
+    pub peers: Vec<Owned<Peer>>,
+    /// The containers of networks across hosts that live on peers: a /32 route each.
+    pub remote: Vec<Remote>,
+}
+
 /// A container of a network across hosts on another host (a peer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
@@ -428,12 +437,12 @@ pub fn check_name(field: &str, s: &str) -> Result<(), String> {
 
 /// Checks a peer against the host (its subnet `local`, its underlay address `host`) and
 /// the other peers; `others` are already valid. Shared by the config and `peer add`.
-pub fn check_peer(
-    field: &str,
+pub fn check_peer<'a>(
+    field: &dyn std::fmt::Display,
     p: &Peer,
     local: Ipv4Net,
     host: Ipv4Addr,
-    others: &[Peer],
+    others: impl IntoIterator<Item = &'a Peer>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if p.underlay == host {
@@ -481,50 +490,92 @@ pub fn check_peer(
 /// same underlay, an overlapping subnet) cost O(log n) each instead of a walk over every
 /// peer: a merge of 10,000 hosts is then O(n log n), not O(n²). Holds disjoint subnets
 /// (what `check` accepts).
+/// Borrows the peers it holds (nothing is copied while merging).
 #[derive(Default)]
-pub struct PeerIndex {
-    names: std::collections::HashMap<String, usize>,
-    underlays: std::collections::HashMap<Ipv4Addr, usize>,
+pub struct PeerIndex<'a> {
+    names: foldhash::HashMap<&'a str, usize>,
+    underlays: foldhash::HashMap<Ipv4Addr, usize>,
     /// First address of each subnet -> (last address, peer).
     ranges: std::collections::BTreeMap<u32, (u32, usize)>,
-    peers: Vec<Peer>,
+    peers: Vec<&'a Peer>,
 }
 
-impl PeerIndex {
+impl<'a> PeerIndex<'a> {
+    /// An index with room for `n` peers (no growing while they are inserted).
+    pub fn with_capacity(n: usize) -> Self {
+        use foldhash::HashMapExt;
+        PeerIndex {
+            names: foldhash::HashMap::with_capacity(n),
+            underlays: foldhash::HashMap::with_capacity(n),
+            ranges: Default::default(),
+            peers: Vec::with_capacity(n),
+        }
+    }
+
     /// What [`check_peer`] says of `p` against every peer inserted so far.
-    pub fn check(&self, field: &str, p: &Peer, local: Ipv4Net, host: Ipv4Addr) -> Vec<String> {
+    /// `field` is written out only into a problem found.
+    pub fn check(
+        &self,
+        field: &dyn std::fmt::Display,
+        p: &Peer,
+        local: Ipv4Net,
+        host: Ipv4Addr,
+    ) -> Vec<String> {
         let (first, last) = (
             u32::from(p.subnet.network()),
             u32::from(p.subnet.broadcast()),
         );
-        let mut near: Vec<usize> = [
-            self.names.get(&p.name).copied(),
+        let mut near = [
+            self.names.get(p.name.as_str()).copied(),
             self.underlays.get(&p.underlay).copied(),
             self.ranges
                 .range(..=last)
                 .next_back()
                 .filter(|(_, (end, _))| *end >= first)
                 .map(|(_, (_, i))| *i),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        ];
         near.sort_unstable();
-        near.dedup();
-        let others: Vec<Peer> = near.into_iter().map(|i| self.peers[i].clone()).collect();
-        check_peer(field, p, local, host, &others)
+        // Sorted: a peer found twice (same name and underlay, say) is named once.
+        let mut seen = None;
+        let others = near
+            .into_iter()
+            .flatten()
+            .filter(|&i| seen.replace(i) != Some(i))
+            .map(|i| self.peers[i]);
+        check_peer(field, p, local, host, others)
+    }
+
+    /// [`PeerIndex::check`], and `p` inserted when nothing is found: what was found
+    /// (empty: `p` is in).
+    pub fn admit(
+        &mut self,
+        field: &dyn std::fmt::Display,
+        p: &'a Peer,
+        local: Ipv4Net,
+        host: Ipv4Addr,
+    ) -> Vec<String> {
+        let found = self.check(field, p, local, host);
+        if found.is_empty() {
+            self.insert(p);
+        }
+        found
     }
 
     /// Adds `p` (checked, or trusted: the config's own peers).
-    pub fn insert(&mut self, p: &Peer) {
+    pub fn insert(&mut self, p: &'a Peer) {
         let i = self.peers.len();
-        self.names.insert(p.name.clone(), i);
+        self.names.insert(&p.name, i);
         self.underlays.insert(p.underlay, i);
         self.ranges.insert(
             u32::from(p.subnet.network()),
             (u32::from(p.subnet.broadcast()), i),
         );
-        self.peers.push(p.clone());
+        self.peers.push(p);
+    }
+
+    /// The peers inserted, in the order they were.
+    pub fn into_peers(self) -> Vec<&'a Peer> {
+        self.peers
     }
 }
 
@@ -888,8 +939,8 @@ mod tests {
             peer("x", "0.0.0.0/0", "198.18.2.1"),       // everything
         ];
         for p in &cases {
-            let walk = check_peer("p", p, local, host, &there);
-            let mut found = index.check("p", p, local, host);
+            let walk = check_peer(&"p", p, local, host, &there);
+            let mut found = index.check(&"p", p, local, host);
             let mut want = walk.clone();
             found.sort();
             want.sort();

@@ -470,21 +470,24 @@ fn check_peers(
     host: Ipv4Addr,
     problems: &mut Vec<String>,
 ) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = Vec::new();
-    let mut index = crate::state::PeerIndex::default();
+    // Each entry parsed first (with its own problems), then checked against the ones
+    // before it, in order: the index borrows the parsed peers.
     let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut parsed: Vec<(String, Vec<String>, Option<Peer>, bool)> = Vec::new();
     for (i, p) in files.iter().enumerate() {
         let field = format!("[[peer]] #{} ({:?})", i + 1, p.name);
+        let mut mine = Vec::new();
         let mut bad = false;
         if let Err(e) = check_name(&format!("{field}.name"), &p.name) {
-            problems.push(e);
+            mine.push(e);
             bad = true;
         }
         if let Some(first) = names.insert(&p.name, i) {
-            problems.push(format!(
+            mine.push(format!(
                 "{field}: duplicate peer name, already used by [[peer]] #{}: peer names must be unique",
                 first + 1
             ));
+            parsed.push((field, mine, None, bad));
             continue;
         }
         let subnet = parse_subnet(&format!("{field}.subnet"), &p.subnet);
@@ -493,28 +496,33 @@ fn check_peers(
             Some(m) => parse_mac(&format!("{field}.vtep_mac"), m).map(Some),
             None => Ok(None),
         };
-        let (subnet, underlay, vtep_mac) = match (subnet, underlay, mac) {
-            (Ok(s), Ok(u), Ok(m)) => (s, u, m),
+        let peer = match (subnet, underlay, mac) {
+            (Ok(subnet), Ok(underlay), Ok(vtep_mac)) => Some(Peer {
+                name: p.name.clone(),
+                subnet,
+                underlay,
+                mode: p.mode,
+                vtep_mac,
+            }),
             (s, u, m) => {
-                problems.extend([s.err(), u.err(), m.err()].into_iter().flatten());
-                continue;
+                mine.extend([s.err(), u.err(), m.err()].into_iter().flatten());
+                None
             }
         };
-        let peer = Peer {
-            name: p.name.clone(),
-            subnet,
-            underlay,
-            mode: p.mode,
-            vtep_mac,
-        };
-        let found = index.check(&field, &peer, local, host);
-        if found.is_empty() && !bad {
-            index.insert(&peer);
-            peers.push(peer);
-        }
-        problems.extend(found);
+        parsed.push((field, mine, peer, bad));
     }
-    peers
+    let mut index = crate::state::PeerIndex::with_capacity(parsed.len());
+    for (field, mine, peer, bad) in &parsed {
+        problems.extend(mine.iter().cloned());
+        if let Some(peer) = peer {
+            let found = index.check(field, peer, local, host);
+            if found.is_empty() && !bad {
+                index.insert(peer);
+            }
+            problems.extend(found);
+        }
+    }
+    index.into_peers().into_iter().cloned().collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,196 @@
+//! The agent's copy of the peers' maps (reconcile::Mirror), which an etcd event
+//! reconciles against instead of reading the maps: after every kind of change it must say
+//! exactly what a fresh reading of the maps says, a live CLI edit must make it read the
+//! maps again, and a failed reconcile must drop it. On a private datapath; the peers are
+//! map entries only (subnets in 10.0.0.0/8 outside the lab's, underlays in 198.18.0.0/15).
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::*;
+use netpath::{
+    maps::Maps,
+    reconcile::{self, Mirror, fault, peers},
+    sources,
+    state::{Mode, Origin, Peer, Remote},
+};
+
+fn peer(name: &str, third: u8, underlay: u8) -> Peer {
+    Peer {
+        name: name.into(),
+        subnet: format!("10.1.{third}.0/24").parse().unwrap(),
+        underlay: Ipv4Addr::new(198, 18, 1, underlay),
+        mode: Mode::Vxlan,
+        vtep_mac: None,
+    }
+}
+
+/// One etcd event as the agent handles it: the peers' merge of the config, the CLI's
+/// peers and `etcd`, with `remote` routed, from the copy.
+fn event(
+    maps: &mut Maps,
+    mirror: &mut Mirror,
+    etcd: &[Peer],
+    remote: &[Remote],
+) -> anyhow::Result<reconcile::Changes> {
+    let c = cfg(true);
+    let (c, ()) = mirror.reconcile_peers(maps, |o| {
+        let (mut d, _) =
+            sources::desired_peers(&c, &sources::cli::live_peers(o), etcd, &Default::default())?;
+        d.remote = remote.to_vec();
+        Ok((d, ()))
+    })?;
+    Ok(c)
+}
+
+/// A start or the periodic repair: every family from the maps.
+fn all(maps: &mut Maps, mirror: &mut Mirror, etcd: &[Peer]) -> anyhow::Result<reconcile::Changes> {
+    let c = cfg(true);
+    let (ch, _) = mirror.reconcile_all(maps, |o| {
+        sources::desired(
+            &c,
+            &sources::cli::live(o),
+            etcd,
+            &[],
+            &[],
+            &Default::default(),
+        )
+    })?;
+    Ok(ch)
+}
+
+/// The copy says what the maps say.
+fn same(maps: &Maps, mirror: &Mirror, when: &str) {
+    let read = peers::read(maps).expect("read the peers' maps");
+    let copy = mirror.copy().unwrap_or_else(|| panic!("{when}: no copy"));
+    assert_eq!(copy, &read, "{when}: the copy differs from the maps");
+}
+
+fn names(maps: &Maps) -> Vec<(String, Origin)> {
+    let mut v: Vec<_> = peers::observe(maps)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| (p.item.name, p.origin))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn the_copy_of_the_peer_maps_stays_what_the_maps_hold() {
+    if !netpath_tests::can_run_lab() {
+        return;
+    }
+    let c = cfg(true);
+    let (_ebpf, mut maps) = reconcile::private(&sources::from_config(&c)).expect("load programs");
+    let mut mirror = Mirror::default();
+    let mut etcd = vec![peer("p0", 0, 10), peer("p1", 1, 11), peer("p2", 2, 12)];
+
+    // A start: every family from the maps.
+    all(&mut maps, &mut mirror, &etcd).expect("start");
+    same(&maps, &mirror, "after the start");
+    assert_eq!(names(&maps).len(), 5, "b, c and three from etcd");
+
+    // p1 gone, p3 new, and p0 and p2 swap their subnets and underlays: each one's route
+    // and underlay entry is another's before, and must not be removed as stale.
+    etcd.remove(1);
+    etcd[0].subnet = "10.1.2.0/24".parse().unwrap();
+    etcd[0].underlay = Ipv4Addr::new(198, 18, 1, 12);
+    etcd[1].subnet = "10.1.0.0/24".parse().unwrap();
+    etcd[1].underlay = Ipv4Addr::new(198, 18, 1, 10);
+    etcd.push(peer("p3", 3, 13));
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).expect("event");
+    assert_eq!(ch.peers.added, ["p3"]);
+    assert_eq!(ch.peers.removed, ["p1"]);
+    assert_eq!(ch.peers.updated.len(), 2, "{:?}", ch.peers.updated);
+    same(&maps, &mirror, "after the swap");
+    let read = peers::read(&maps).unwrap();
+    let slot_of = |name: &str| {
+        read.infos
+            .iter()
+            .find(|(_, i)| netpath_common::name_str(&i.name) == name)
+            .map(|(id, _)| *id)
+            .unwrap()
+    };
+    let route = |third: u8| read.routes[&(24, u32::from_ne_bytes([10, 1, third, 0]))].id;
+    assert_eq!(route(2), slot_of("p0"), "p0 has 10.1.2.0/24 now");
+    assert_eq!(route(0), slot_of("p2"), "p2 has 10.1.0.0/24 now");
+    assert!(
+        !read
+            .routes
+            .contains_key(&(24, u32::from_ne_bytes([10, 1, 1, 0])))
+    );
+    assert_eq!(read.underlay.len(), 5);
+
+    // A container of a network across hosts on p3, then gone again.
+    let on_p3 = Remote {
+        addr: Ipv4Addr::new(10, 244, 64, 9),
+        network: "net1".into(),
+        host: "p3".into(),
+        mode: Mode::Vxlan,
+    };
+    let ch = event(&mut maps, &mut mirror, &etcd, std::slice::from_ref(&on_p3)).unwrap();
+    assert_eq!((ch.remote.added, ch.remote.routed), (1, 1));
+    same(&maps, &mirror, "after a remote container came");
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert_eq!(ch.remote.removed, 1);
+    same(&maps, &mirror, "after it went");
+
+    // Nothing changed: nothing written, the copy still stands.
+    fault::take_writes();
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert!(ch.is_empty(), "{}", ch.summary());
+    assert_eq!(fault::take_writes(), 0);
+
+    // A live `peer add` between two events: the copy no longer stands, the next event
+    // reads the maps (else the CLI's peer would be unknown to it and its slot given away).
+    peers::add(&mut maps, &peer("cli1", 9, 19)).expect("peer add");
+    etcd.push(peer("p4", 4, 14));
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert_eq!(ch.peers.added, ["p4"]);
+    assert!(ch.peers.removed.is_empty(), "{:?}", ch.peers.removed);
+    same(&maps, &mirror, "after a CLI edit and an event");
+    assert!(names(&maps).contains(&("cli1".into(), Origin::Cli)));
+    let read = peers::read(&maps).unwrap();
+    let mut slots: Vec<u32> = read.infos.iter().map(|(id, _)| *id).collect();
+    slots.dedup();
+    assert_eq!(
+        slots.len(),
+        7,
+        "b, c, p0, p2, p3, cli1, p4: each in a slot of its own"
+    );
+
+    // A reconcile that fails halfway: the maps are as before, the copy is dropped and the
+    // next event reads the maps.
+    let before = peers::read(&maps).unwrap();
+    etcd.push(peer("p5", 5, 15));
+    fault::set(Some(1), false);
+    let failed = event(&mut maps, &mut mirror, &etcd, &[]);
+    fault::set(None, false);
+    assert!(failed.is_err());
+    assert!(mirror.copy().is_none(), "a failed reconcile keeps no copy");
+    assert_eq!(
+        peers::read(&maps).unwrap(),
+        before,
+        "the failed change is undone"
+    );
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert_eq!(ch.peers.added, ["p5"]);
+    same(&maps, &mirror, "after the retry");
+
+    // What a hand changed behind netpath's back: the periodic repair (every family from
+    // the maps) puts it right and the copy starts again from there.
+    let id = slot_of("p3");
+    let p3 = etcd.iter().find(|p| p.name == "p3").unwrap().clone();
+    maps.underlay
+        .remove(&netpath_common::addr_to_be(p3.underlay.octets()))
+        .unwrap();
+    let ch = all(&mut maps, &mut mirror, &etcd).unwrap();
+    assert_eq!(ch.peers.restored, ["p3"]);
+    same(&maps, &mirror, "after the repair");
+    assert_eq!(
+        peers::read(&maps).unwrap().underlay[&netpath_common::addr_to_be(p3.underlay.octets())].id,
+        id
+    );
+}
