@@ -493,6 +493,14 @@ impl Lab {
     }
 
     /// The namespace of etcd's first member (its client URL is http://198.18.0.2:2379).
+    /// The pids of the lab's etcd members that run.
+    pub fn etcd_pids(&self) -> Vec<u32> {
+        self.etcd_members
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
     pub fn etcd_ns(&self) -> Result<String> {
         Ok(self
             .etcd_members

@@ -359,35 +359,15 @@ struct Many {
 /// Puts `kvs` into etcd in transactions of 128 (etcd's default limit), through its
 /// JSON gateway, from inside etcd's namespace.
 fn put_all(lab: &Lab, kvs: Vec<(String, String)>) -> Result<()> {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let ns = format!("/run/netns/{}", lab.etcd_ns()?);
-    std::thread::spawn(move || -> Result<()> {
-        use std::io::{Read, Write};
-        let f = std::fs::File::open(&ns)?;
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        for chunk in kvs.chunks(128) {
-            let ops: Vec<Value> = chunk
-                .iter()
-                .map(|(k, v)| json!({"requestPut": {"key": b64(k), "value": b64(v)}}))
-                .collect();
-            let body = json!({"success": ops}).to_string();
-            let mut s = std::net::TcpStream::connect(("198.18.0.2", 2379))?;
-            write!(
-                s,
-                "POST /v3/kv/txn HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            if !answer.starts_with("HTTP/1.1 200") || !answer.contains("\"succeeded\":true") {
-                bail!("etcd's gateway answered {answer}");
-            }
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the etcd writer panicked"))?
+    let ops: Vec<Value> = kvs
+        .iter()
+        .map(|(k, v)| crate::fleet_bench::put(k, v))
+        .collect();
+    crate::fleet_bench::txns(
+        lab,
+        ops.chunks(128).map(|c| c.to_vec()).collect(),
+        Duration::ZERO,
+    )
 }
 
 /// The entries (10,000 in full), then host 0's agent started from empty maps,

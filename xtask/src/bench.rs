@@ -46,8 +46,10 @@ pub struct Options {
     /// Only the paths whose name contains one of these (all when empty); "fleet": only
     /// the fleet's measurements.
     pub only: Vec<String>,
-    /// Host registrations in etcd for the fleet's measurements (at most 230).
+    /// Host registrations in etcd for the fleet's measurements (also a tenth of them).
     pub fleet_hosts: usize,
+    /// How long the fleet's churn of registrations lasts.
+    pub fleet_churn_secs: u64,
     /// How big the measurements of networks across hosts are.
     pub across: crate::across_bench::Size,
 }
@@ -65,6 +67,7 @@ impl Options {
             out_dir,
             only,
             fleet_hosts: 20,
+            fleet_churn_secs: 2,
             across: crate::across_bench::Size::QUICK,
         }
     }
@@ -929,7 +932,7 @@ fn scale_points(counts: &[usize]) -> Vec<Point> {
 pub fn run(opts: Options) -> Result<()> {
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "fleet") {
         return part_only(&opts, "fleet", || {
-            crate::fleet_bench::run(opts.fleet_hosts, opts.reps)
+            crate::fleet_bench::run(opts.fleet_hosts, opts.reps, opts.fleet_churn_secs)
         });
     }
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "across") {
@@ -1032,7 +1035,11 @@ pub fn run(opts: Options) -> Result<()> {
             "[bench] the fleet on etcd ({} registrations)",
             opts.fleet_hosts
         );
-        Some(crate::fleet_bench::run(opts.fleet_hosts, opts.reps)?)
+        Some(crate::fleet_bench::run(
+            opts.fleet_hosts,
+            opts.reps,
+            opts.fleet_churn_secs,
+        )?)
     } else {
         None
     };

@@ -66,7 +66,7 @@ enum Cmd {
     /// Compare netpath with the iptables path, the kernel's vxlan overlay and the ceiling
     /// (one veth) on labs in network namespaces: throughput, request/response rate and
     /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
-    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory). Interleaved repetitions, medians and spread; writes
+    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory, a churn). Interleaved repetitions, medians and spread; writes
     /// target/bench/results.{md,json} and scale.png.
     Bench {
         /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
@@ -86,10 +86,13 @@ enum Cmd {
         /// the fleet alone; --only across: Docker networks across hosts alone.
         #[arg(long)]
         only: Vec<String>,
-        /// Host registrations the fleet's measurements write to etcd (at most 230: the
-        /// lab's underlay range).
-        #[arg(long, default_value_t = 200)]
+        /// Host registrations the fleet's measurements write to etcd (entries only: no
+        /// packet goes to them); measured at a tenth of it too; at most 50000.
+        #[arg(long, default_value_t = 10000)]
         fleet_hosts: usize,
+        /// Seconds of the fleet's churn (100 registrations per second).
+        #[arg(long, default_value_t = 60)]
+        fleet_churn_secs: u64,
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
@@ -356,6 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             flows,
             scale,
             fleet_hosts,
+            fleet_churn_secs,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -377,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
                     out_dir,
                     only,
                     fleet_hosts,
+                    fleet_churn_secs,
                     across: across_bench::Size::FULL,
                 }
             })
