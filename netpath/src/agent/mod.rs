@@ -349,14 +349,18 @@ async fn sync(
             desired.extend(sources::neigh::endpoints(n, &kernel, &installed));
         }
         // Docker's word on its containers (address, MAC, veth) wins: it holds before
-        // a container has sent anything.
+        // a container has sent anything (the last of an address, should Docker give two).
         if let Some(v) = &views.docker {
+            let ports: HashSet<u32> = ports.iter().copied().collect();
+            let mut docker: std::collections::BTreeMap<std::net::Ipv4Addr, crate::state::Endpoint> =
+                Default::default();
             for e in &v.endpoints {
                 if crate::state::network_of(&nets, e.addr).is_some() && ports.contains(&e.ifindex) {
-                    desired.retain(|d| d.addr != e.addr);
-                    desired.push(*e);
+                    docker.insert(e.addr, *e);
                 }
             }
+            desired.retain(|d| !docker.contains_key(&d.addr));
+            desired.extend(docker.into_values());
         }
         reconcile::endpoints::reconcile(maps, &installed, &desired)
     };

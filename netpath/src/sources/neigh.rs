@@ -105,20 +105,26 @@ fn lladdr(m: &NeighbourMessage) -> Option<[u8; 6]> {
 /// A neighbour that failed, or that has another MAC, ends it.
 pub fn endpoints(net: &Network, b: &Bridge, known: &BTreeMap<Ipv4Addr, Endpoint>) -> Vec<Endpoint> {
     let container = |a: Ipv4Addr| net.holds_container(a);
+    // Indexed once: with 5,000 containers a walk of the ports and the fdb per neighbour
+    // was 50 million comparisons per event.
+    let ports: foldhash::HashSet<u32> = b.ports.iter().copied().collect();
+    let mut port_of: foldhash::HashMap<[u8; 6], u32> = Default::default();
+    for (m, port) in &b.fdb {
+        if ports.contains(port) {
+            // The first entry of a MAC on a port wins, as the walk had it.
+            port_of.entry(*m).or_insert(*port);
+        }
+    }
     let mut out = BTreeMap::new();
     for &(addr, mac, usable) in &b.neighbours {
         let Some(mac) = mac else { continue };
         if !usable || !container(addr) || mac[0] & 1 != 0 || mac == [0; 6] {
             continue;
         }
-        let learned = b
-            .fdb
-            .iter()
-            .find(|(m, port)| *m == mac && b.ports.contains(port))
-            .map(|(_, port)| *port);
+        let learned = port_of.get(&mac).copied();
         let kept = known
             .get(&addr)
-            .filter(|e| e.mac == mac && b.ports.contains(&e.ifindex))
+            .filter(|e| e.mac == mac && ports.contains(&e.ifindex))
             .map(|e| e.ifindex);
         if let Some(ifindex) = learned.or(kept) {
             out.insert(addr, Endpoint { addr, ifindex, mac });
@@ -126,9 +132,9 @@ pub fn endpoints(net: &Network, b: &Bridge, known: &BTreeMap<Ipv4Addr, Endpoint>
     }
     // A known endpoint whose neighbour entry the kernel dropped (it collects unused ones
     // once it holds many) stays while its port does.
+    let seen: foldhash::HashSet<Ipv4Addr> = b.neighbours.iter().map(|(a, _, _)| *a).collect();
     for (addr, e) in known {
-        let seen = b.neighbours.iter().any(|(a, _, _)| a == addr);
-        if !seen && container(*addr) && b.ports.contains(&e.ifindex) {
+        if !seen.contains(addr) && container(*addr) && ports.contains(&e.ifindex) {
             out.entry(*addr).or_insert(*e);
         }
     }
@@ -239,6 +245,24 @@ mod tests {
         assert_eq!(
             endpoints(&Network::of_host(&host()), &b, &known),
             vec![ep("10.244.1.3", 10, A)]
+        );
+    }
+
+    #[test]
+    fn a_macs_first_forwarding_entry_on_a_port_is_its_port() {
+        // A on the uplink (not a port) first, then on 11, then on 10: 11. B only on a
+        // port that left: not learned.
+        let b = Bridge {
+            ports: vec![10, 11],
+            neighbours: vec![
+                (ip("10.244.1.2"), Some(A), true),
+                (ip("10.244.1.3"), Some(B), true),
+            ],
+            fdb: vec![(A, 1), (A, 11), (A, 10), (B, 12)],
+        };
+        assert_eq!(
+            endpoints(&Network::of_host(&host()), &b, &BTreeMap::new()),
+            vec![ep("10.244.1.2", 11, A)]
         );
     }
 }
