@@ -296,9 +296,15 @@ pub(crate) fn reconcile_from(
         now.routes.insert((info.prefix_len as u32, info.subnet), v);
         now.underlay.insert(info.underlay, v);
     }
-    if !(puts.is_empty() && gone.is_empty()) {
-        want.sort_unstable_by_key(|(id, _)| *id);
-        now.infos = want;
+    // The slots, kept in slot order: the removed ones out, each put in its place.
+    if !gone.is_empty() {
+        now.infos.retain(|(id, _)| wanted(*id).is_some());
+    }
+    for (id, info, _) in &puts {
+        match now.infos.binary_search_by_key(id, |(i, _)| *i) {
+            Ok(at) => now.infos[at].1 = *info,
+            Err(at) => now.infos.insert(at, (*id, *info)),
+        }
     }
     Ok(changes)
 }
