@@ -185,8 +185,16 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 }
                 fleet::Update::Networks(v) => {
                     let _ = fleet_nets.send(Some(v.networks.clone()));
+                    // Addresses alone (containers of other hosts came or went) touch the
+                    // routes of remote containers, a peers' family: reconciled from the
+                    // copy. A network's own change (made, gone, its VNI) touches
+                    // NP_NETWORKS too: every family.
+                    let news = match &views.fleet {
+                        Some(f) if f.networks == v.networks => News::Hosts,
+                        _ => News::Etcd,
+                    };
                     views.fleet = Some(v);
-                    apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Etcd);
+                    apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, news);
                 }
                 fleet::Update::Info(info) => {
                     fleet_info = netpath_common::FleetInfo { skipped: fleet_info.skipped, ..info };
@@ -507,8 +515,9 @@ impl Views {
 /// Which source's news an [`apply`] acts on (what it logs).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum News {
-    /// The hosts registered in etcd changed: only the peers' families are read and
-    /// reconciled (the policy and the published ports are not theirs).
+    /// The hosts registered in etcd, or the addresses held in networks across hosts,
+    /// changed: only the peers' families are reconciled, from the agent's copy of them
+    /// (the policy and the published ports are not theirs).
     Hosts,
     Etcd,
     Docker,
