@@ -163,7 +163,7 @@ pub struct Mirror {
 impl Mirror {
     /// What the peers' maps hold (as [`observe_peers`]): the copy if it stands, else read.
     /// Under the pin lock, as the reconcile that follows.
-    pub fn observe_peers(&mut self, maps: &Maps) -> Result<Observed> {
+    fn observe_peers(&mut self, maps: &Maps) -> Result<Observed> {
         let edits = maps.agent()?.peer_edits;
         match self.copy.take() {
             Some((e, o)) if e == edits => Ok(o),

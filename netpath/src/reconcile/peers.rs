@@ -119,7 +119,7 @@ pub struct Installed {
     /// By slot.
     pub infos: Vec<(u32, PeerInfo)>,
     /// The peers' routes, by (prefix length, network).
-    pub routes: Fast<(u32, u32), PeerValue>,
+    pub routes: Routes,
     /// The routes of containers on other hosts, by address (network byte order).
     pub remote: Fast<u32, PeerValue>,
     /// By underlay address (network byte order).
@@ -129,24 +129,32 @@ pub struct Installed {
 /// Reads the peers' maps: the slots and the underlay entries in batches, `NP_PEERS` in one
 /// walk (an LPM trie has no batched lookup).
 pub fn read(maps: &Maps) -> Result<Installed> {
-    let mut r = Installed {
+    let (routes, remote) = routes(maps)?;
+    Ok(Installed {
         infos: maps.peer_infos()?,
         underlay: crate::maps::batch::lookup_all(aya::maps::IterableMap::map(&maps.underlay))?
             .into_iter()
             .collect(),
-        ..Default::default()
-    };
+        routes,
+        remote,
+    })
+}
+
+/// `NP_PEERS` in one walk: the peers' routes by (prefix length, network), the routes of
+/// containers of networks across hosts by address.
+pub(crate) fn routes(maps: &Maps) -> Result<(Routes, Fast<u32, PeerValue>)> {
+    let (mut routes, mut remote) = (Fast::default(), Fast::default());
     for k in maps.peers.keys() {
         let k = k?;
         let v = maps.peers.get(&k, 0)?;
         // A peer's container of a network across hosts: reconcile/remote.rs keeps those.
         if v.flags & PEER_F_ENDPOINT == 0 {
-            r.routes.insert((k.prefix_len(), k.data()), v);
+            routes.insert((k.prefix_len(), k.data()), v);
         } else if k.prefix_len() == 32 {
-            r.remote.insert(k.data(), v);
+            remote.insert(k.data(), v);
         }
     }
-    Ok(r)
+    Ok((routes, remote))
 }
 
 /// [`reconcile`] from what the peers' maps hold `now` (read under the same lock, or the
@@ -261,24 +269,7 @@ pub(crate) fn reconcile_from(
             put(maps, &mut undo, *id, info, *fresh)?;
         }
         // Then what no desired peer owns: keys first, the removed peers' infos last.
-        for ((len, net), old) in &stale_routes {
-            let key = Key::new(*len, *net);
-            fault::write()?;
-            undo.route(key, Some(*old));
-            maps.peers.remove(&key)?;
-        }
-        for (k, old) in &stale_underlay {
-            fault::write()?;
-            undo.underlay(*k, Some(*old));
-            maps.underlay.remove(k)?;
-        }
-        for (id, old) in &gone {
-            fault::write()?;
-            undo.peer_info(*id, *old);
-            maps.peer_info
-                .set(*id, <PeerInfo as bytemuck::Zeroable>::zeroed(), 0)?;
-        }
-        Ok(())
+        take_out(maps, &mut undo, &stale_routes, &stale_underlay, &gone)
     })();
     if let Err(e) = result {
         undo.run(maps);
@@ -312,6 +303,38 @@ pub(crate) fn reconcile_from(
 /// A hash map for what is keyed by the peers' names and addresses (foldhash: the map's
 /// own keys, not an attacker's, so no need for SipHash's cost).
 pub type Fast<K, V> = foldhash::HashMap<K, V>;
+
+/// Routes of `NP_PEERS` by (prefix length, network).
+pub type Routes = Fast<(u32, u32), PeerValue>;
+
+/// Removes `routes` and `underlay` entries, then empties the `slots` (each with the value
+/// it held, for `undo`): keys first, so a packet never finds a route to an empty slot.
+fn take_out(
+    maps: &mut Maps,
+    undo: &mut Undo,
+    routes: &[((u32, u32), PeerValue)],
+    underlay: &[(u32, PeerValue)],
+    slots: &[(u32, PeerInfo)],
+) -> Result<()> {
+    for ((len, net), old) in routes {
+        let key = Key::new(*len, *net);
+        fault::write()?;
+        undo.route(key, Some(*old));
+        maps.peers.remove(&key)?;
+    }
+    for (k, old) in underlay {
+        fault::write()?;
+        undo.underlay(*k, Some(*old));
+        maps.underlay.remove(k)?;
+    }
+    for (id, old) in slots {
+        fault::write()?;
+        undo.peer_info(*id, *old);
+        maps.peer_info
+            .set(*id, <PeerInfo as bytemuck::Zeroable>::zeroed(), 0)?;
+    }
+    Ok(())
+}
 
 /// Installs one peer in slot `id`: counters (for a new peer), info, underlay entry, route.
 fn put(maps: &mut Maps, undo: &mut Undo, id: u32, info: &PeerInfo, fresh: bool) -> Result<()> {
@@ -401,28 +424,25 @@ pub fn del(maps: &mut Maps, name: &str) -> Result<PeerChanges> {
     edited(maps)?;
     let key = Key::new(info.prefix_len as u32, info.subnet);
     let mut undo = Undo::default();
-    let result = (|| -> Result<()> {
-        if let Ok(v) = maps.peers.get(&key, 0)
-            && v.id == *id
-            && v.flags & PEER_F_ENDPOINT == 0
-        {
-            fault::write()?;
-            undo.route(key, Some(v));
-            maps.peers.remove(&key)?;
-        }
-        if let Ok(v) = maps.underlay.get(&info.underlay, 0)
-            && v.id == *id
-        {
-            fault::write()?;
-            undo.underlay(info.underlay, Some(v));
-            maps.underlay.remove(&info.underlay)?;
-        }
-        fault::write()?;
-        undo.peer_info(*id, *info);
-        maps.peer_info
-            .set(*id, <PeerInfo as bytemuck::Zeroable>::zeroed(), 0)?;
-        Ok(())
-    })();
+    // Its route and underlay entry where they are its own (another peer may hold them now).
+    let own = |v: &PeerValue| v.id == *id && v.flags & PEER_F_ENDPOINT == 0;
+    let route: Vec<_> = maps
+        .peers
+        .get(&key, 0)
+        .ok()
+        .filter(own)
+        .map(|v| ((key.prefix_len(), key.data()), v))
+        .into_iter()
+        .collect();
+    let underlay: Vec<_> = maps
+        .underlay
+        .get(&info.underlay, 0)
+        .ok()
+        .filter(own)
+        .map(|v| (info.underlay, v))
+        .into_iter()
+        .collect();
+    let result = take_out(maps, &mut undo, &route, &underlay, &[(*id, *info)]);
     if let Err(e) = result {
         undo.run(maps);
         return Err(e.context("removing the peer (it is restored)"));

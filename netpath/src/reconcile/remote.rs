@@ -46,7 +46,7 @@ fn value(r: &Remote, slots: &HashMap<&str, (u32, &PeerInfo)>) -> Option<PeerValu
 
 /// The remote containers' routes in the map now, by address (network byte order).
 pub fn installed(maps: &Maps) -> Result<super::peers::Fast<u32, PeerValue>> {
-    Ok(super::peers::read(maps)?.remote)
+    Ok(super::peers::routes(maps)?.1)
 }
 
 /// Makes the remote containers' routes say `desired` (with the peers' `slots` as the
