@@ -146,29 +146,49 @@ async fn connect_one(
     })
 }
 
-/// Connects to a member of `e` that answers (TLS where configured), trying each in turn.
-/// Fails within a few seconds per member when none answers.
+/// Connects to a member of `e` that answers (TLS where configured), trying each in turn
+/// from the one that answered last. Fails within a few seconds per member when none
+/// answers.
 pub async fn connect(e: &Etcd) -> Result<Client> {
     use std::sync::atomic::Ordering;
+    let start = NEXT_MEMBER.load(Ordering::Relaxed);
+    match connect_from(e, start).await {
+        Ok((client, k)) => {
+            NEXT_MEMBER.store(k, Ordering::Relaxed);
+            Ok(client)
+        }
+        Err(err) => {
+            NEXT_MEMBER.store(start + 1, Ordering::Relaxed);
+            Err(err)
+        }
+    }
+}
+
+/// Connects to a member of `e` that answers, trying each in turn from member `first`
+/// (modulo their count); also returns which one answered.
+pub async fn connect_from(e: &Etcd, first: usize) -> Result<(Client, usize)> {
     let opts = options(e)?;
     let n = e.endpoints.len().max(1);
-    let start = NEXT_MEMBER.load(Ordering::Relaxed);
     let mut errors = Vec::new();
     for i in 0..n {
-        let k = (start + i) % n;
+        let k = (first + i) % n;
         let Some(ep) = e.endpoints.get(k) else { break };
         match connect_one(ep, &opts).await {
-            Ok((client, _)) => {
-                NEXT_MEMBER.store(k, Ordering::Relaxed);
-                return Ok(client);
-            }
-            Err(err) => {
-                NEXT_MEMBER.store(k + 1, Ordering::Relaxed);
-                errors.push(err);
-            }
+            Ok((client, _)) => return Ok((client, k)),
+            Err(err) => errors.push(err),
         }
     }
     bail!("no etcd member answers ({})", errors.join("; "))
+}
+
+/// The member of `members` a host named `name` talks to first: hosts spread evenly over
+/// the members by a stable hash of their names (FNV-1a), so that a fleet whose configs
+/// all list the same endpoints does not pile onto the first.
+pub fn home_member(name: &str, members: usize) -> usize {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % members.max(1) as u64) as usize
 }
 
 /// One member of `[etcd].endpoints`, as `netpath cluster status` shows it.
