@@ -621,3 +621,94 @@ fn garbage_registrations_in_etcd_are_skipped_and_logged_and_change_nothing() {
     crosses(&lab, 0, 1);
     lab.teardown().unwrap();
 }
+
+#[test]
+fn simulate_measures_each_member_and_leaves_nothing_behind() {
+    let Some(mut lab) = Lab::hosts(1, 0) else {
+        return;
+    };
+    let endpoints = lab.etcd(3).unwrap();
+    lab.write_fleet_configs(&endpoints, 5).unwrap();
+    let config = lab.hosts[0].config.to_str().unwrap().to_owned();
+    let simulate = |extra: &[&str]| {
+        let mut args = vec!["cluster", "simulate", "--config", &config];
+        args.extend_from_slice(extra);
+        lab.netpath(0, &args).output().unwrap()
+    };
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // Bad settings are refused before anything is written.
+    let o = simulate(&["--prefix", "/netpath"]);
+    assert!(
+        !o.status.success() && err(&o).contains("not the fleet's own"),
+        "{o:?}"
+    );
+    let o = simulate(&["--agents", "1"]);
+    assert!(
+        !o.status.success() && err(&o).contains("use 2 to 50000"),
+        "{o:?}"
+    );
+    lab.etcdctl("put /netpath-taken/x y").unwrap();
+    let o = simulate(&["--prefix", "/netpath-taken", "--agents", "5"]);
+    assert!(
+        !o.status.success() && err(&o).contains("1 keys are under /netpath-taken"),
+        "{o:?}"
+    );
+    assert_eq!(
+        lab.etcdctl("get /netpath-taken/x --print-value-only")
+            .unwrap()
+            .trim(),
+        "y",
+        "a refused simulation leaves what was there"
+    );
+
+    // 30 hosts spread over the members, renewing, watching the churn; all agree at the end.
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--agents",
+            "30",
+            "--for",
+            "1",
+            "--lease-ttl",
+            "5",
+            "--churn",
+            "20",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = simulate(&args);
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let r = run(&["--prefix", "/netpath-sim"]);
+    assert_eq!(r["agreed"], 30, "{r:#}");
+    let steady = r["steady"].as_array().unwrap();
+    assert_eq!(steady.len(), 3, "every member's metrics read: {r:#}");
+    let sum = |f: &str| steady.iter().map(|m| m[f].as_f64().unwrap()).sum::<f64>();
+    assert!(sum("keepalives_per_sec") > 0.0, "{r:#}");
+    assert!(sum("watch_sent_per_sec") > 0.0, "{r:#}");
+    assert!(
+        steady
+            .iter()
+            .all(|m| m["watch_streams"].as_f64().unwrap() >= 1.0),
+        "the hosts spread over the members: {r:#}"
+    );
+    assert_eq!(sum("watch_streams"), 30.0, "{r:#}");
+    assert!(
+        lab.etcdctl("get /netpath-sim/ --prefix --keys-only")
+            .unwrap()
+            .trim()
+            .is_empty(),
+        "the simulation's keys are gone"
+    );
+    // All on the first member, as with agents configured with one endpoint.
+    let r = run(&["--prefix", "/netpath-sim", "--one-member"]);
+    let streams: Vec<f64> = r["steady"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["watch_streams"].as_f64().unwrap())
+        .collect();
+    assert_eq!(streams, [30.0, 0.0, 0.0], "{r:#}");
+    lab.teardown().unwrap();
+}

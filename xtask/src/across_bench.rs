@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use netpath_tests::{Lab, Spec, docker::DockerOptions, output};
+use netpath_tests::{Lab, docker::DockerOptions, output};
 use serde_json::{Value, json};
 
 use crate::bench::{Ends, Options, Sample, measure, spread};
@@ -65,21 +65,14 @@ impl Size {
 }
 
 pub fn run(opts: &Options) -> Result<(String, Value)> {
-    let mut lab = Lab::new(Spec {
-        hosts: 3,
-        containers: 0,
-        locked_down: true,
-        outside: false,
-    })?;
-    let mut named = Vec::new();
-    let result = measure_all(&mut lab, opts, &mut named);
-    for n in &named {
-        let _ = Command::new("ip").args(["netns", "delete", n]).status();
-    }
-    let down = lab.teardown();
-    let r = result?;
-    down?;
-    Ok(r)
+    crate::bench::in_lab(3, |lab| {
+        let mut named = Vec::new();
+        let result = measure_all(lab, opts, &mut named);
+        for n in &named {
+            let _ = Command::new("ip").args(["netns", "delete", n]).status();
+        }
+        result
+    })
 }
 
 fn config(lab: &Lab, i: usize) -> String {

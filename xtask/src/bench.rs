@@ -50,6 +50,11 @@ pub struct Options {
     pub fleet_hosts: usize,
     /// How long the fleet's churn of registrations lasts.
     pub fleet_churn_secs: u64,
+    /// Simulated hosts of etcd's side, and the seconds of each case's steady window.
+    pub etcd_agents: usize,
+    pub etcd_secs: u64,
+    /// etcd's side as one short case (the smoke test).
+    pub etcd_smoke: bool,
     /// How big the measurements of networks across hosts are.
     pub across: crate::across_bench::Size,
 }
@@ -68,6 +73,9 @@ impl Options {
             only,
             fleet_hosts: 20,
             fleet_churn_secs: 2,
+            etcd_agents: 20,
+            etcd_secs: 2,
+            etcd_smoke: true,
             across: crate::across_bench::Size::QUICK,
         }
     }
@@ -935,6 +943,11 @@ pub fn run(opts: Options) -> Result<()> {
             crate::fleet_bench::run(opts.fleet_hosts, opts.reps, opts.fleet_churn_secs)
         });
     }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "etcd") {
+        return part_only(&opts, "etcd", || {
+            crate::etcd_bench::run(opts.etcd_agents, opts.etcd_secs, opts.etcd_smoke)
+        });
+    }
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "across") {
         return part_only(&opts, "across", || crate::across_bench::run(&opts));
     }
@@ -1030,25 +1043,29 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     labs.teardown()?;
-    let fleet = if opts.only.is_empty() {
-        eprintln!(
-            "[bench] the fleet on etcd ({} registrations)",
-            opts.fleet_hosts
-        );
-        Some(crate::fleet_bench::run(
-            opts.fleet_hosts,
-            opts.reps,
-            opts.fleet_churn_secs,
-        )?)
-    } else {
-        None
+    // The parts of their own, in the whole bench only.
+    let part = |what: String, measure: &dyn Fn() -> Result<(String, Value)>| {
+        if !opts.only.is_empty() {
+            return Ok(None);
+        }
+        eprintln!("[bench] {what}");
+        measure().map(Some)
     };
-    let across = if opts.only.is_empty() {
-        eprintln!("[bench] Docker networks across hosts (3 Docker hosts on etcd)");
-        Some(crate::across_bench::run(&opts)?)
-    } else {
-        None
-    };
+    let fleet = part(
+        format!("the fleet on etcd ({} registrations)", opts.fleet_hosts),
+        &|| crate::fleet_bench::run(opts.fleet_hosts, opts.reps, opts.fleet_churn_secs),
+    )?;
+    let etcd = part(
+        format!(
+            "etcd's side ({} simulated hosts, 3 members)",
+            opts.etcd_agents
+        ),
+        &|| crate::etcd_bench::run(opts.etcd_agents, opts.etcd_secs, opts.etcd_smoke),
+    )?;
+    let across = part(
+        "Docker networks across hosts (3 Docker hosts on etcd)".to_owned(),
+        &|| crate::across_bench::run(&opts),
+    )?;
     eprintln!("[bench] the programs' cost per packet (netpath bench, BPF_PROG_TEST_RUN)");
     let programs = program_costs(&opts)?;
 
@@ -1093,6 +1110,9 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some((fleet_md, _)) = &fleet {
         md += fleet_md;
     }
+    if let Some((etcd_md, _)) = &etcd {
+        md += etcd_md;
+    }
     if let Some((across_md, _)) = &across {
         md += across_md;
     }
@@ -1110,7 +1130,7 @@ pub fn run(opts: Options) -> Result<()> {
     let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
         "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
         "scale": scale_json, "programs": programs,
-        "fleet": fleet.map(|f| f.1), "across": across.map(|a| a.1)});
+        "fleet": fleet.map(|f| f.1), "etcd": etcd.map(|e| e.1), "across": across.map(|a| a.1)});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(
@@ -1470,6 +1490,22 @@ fn chart(
         .map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("chart: {e}"))?;
     Ok(())
+}
+
+/// A lab of `hosts` hosts without containers, locked down, for `measure`; torn down
+/// afterwards whatever `measure` did (its error first).
+pub(crate) fn in_lab<T>(hosts: usize, measure: impl FnOnce(&mut Lab) -> Result<T>) -> Result<T> {
+    let mut lab = Lab::new(Spec {
+        hosts,
+        containers: 0,
+        locked_down: true,
+        outside: false,
+    })?;
+    let result = measure(&mut lab);
+    let down = lab.teardown();
+    let r = result?;
+    down?;
+    Ok(r)
 }
 
 #[cfg(test)]

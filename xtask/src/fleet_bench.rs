@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use netpath_tests::{Lab, Spec, output};
+use netpath_tests::{Lab, output};
 use serde_json::{Value, json};
 
 /// The most registrations the bench writes (/24s from 10.1.0.0 to 10.235.255.0, with room
@@ -188,17 +188,7 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 pub fn run(hosts: usize, reps: usize, churn_secs: u64) -> Result<(String, Value)> {
     let hosts = hosts.clamp(10, MAX_HOSTS);
     let reps = reps.max(1);
-    let mut lab = Lab::new(Spec {
-        hosts: 3,
-        containers: 0,
-        locked_down: true,
-        outside: false,
-    })?;
-    let result = measure(&mut lab, hosts, reps, churn_secs);
-    let down = lab.teardown();
-    let r = result?;
-    down?;
-    Ok(r)
+    crate::bench::in_lab(3, |lab| measure(lab, hosts, reps, churn_secs))
 }
 
 /// Waits until host `i`'s agent has logged, at or after `after`, that its etcd peers are

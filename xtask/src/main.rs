@@ -4,6 +4,7 @@
 mod across_bench;
 mod bench;
 mod demo;
+mod etcd_bench;
 mod fleet_bench;
 mod package;
 mod setup;
@@ -66,7 +67,8 @@ enum Cmd {
     /// Compare netpath with the iptables path, the kernel's vxlan overlay and the ceiling
     /// (one veth) on labs in network namespaces: throughput, request/response rate and
     /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
-    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory, a churn). Interleaved repetitions, medians and spread; writes
+    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory, a churn);
+    /// etcd's side (simulated hosts against 3 members). Interleaved repetitions, medians and spread; writes
     /// target/bench/results.{md,json} and scale.png.
     Bench {
         /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
@@ -82,8 +84,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1.5)]
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
-        /// scale test, the fleet and networks across hosts are skipped then. --only fleet:
-        /// the fleet alone; --only across: Docker networks across hosts alone.
+        /// scale test, the fleet, etcd's side and networks across hosts are skipped then.
+        /// --only fleet: the fleet alone; --only etcd: etcd's side alone; --only across:
+        /// Docker networks across hosts alone.
         #[arg(long)]
         only: Vec<String>,
         /// Host registrations the fleet's measurements write to etcd (entries only: no
@@ -93,6 +96,13 @@ enum Cmd {
         /// Seconds of the fleet's churn (100 registrations per second).
         #[arg(long, default_value_t = 60)]
         fleet_churn_secs: u64,
+        /// Hosts simulated (the agents' fleet tasks, no datapath) against a 3-member etcd
+        /// for etcd's side; at most 50000.
+        #[arg(long, default_value_t = 1000)]
+        etcd_agents: usize,
+        /// Seconds of each etcd case's steady window (at least two renewals).
+        #[arg(long, default_value_t = 60)]
+        etcd_secs: u64,
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
@@ -360,6 +370,8 @@ fn run(cli: Cli) -> Result<()> {
             scale,
             fleet_hosts,
             fleet_churn_secs,
+            etcd_agents,
+            etcd_secs,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -382,6 +394,9 @@ fn run(cli: Cli) -> Result<()> {
                     only,
                     fleet_hosts,
                     fleet_churn_secs,
+                    etcd_agents: etcd_agents.clamp(2, 50_000),
+                    etcd_secs: etcd_secs.max(1),
+                    etcd_smoke: false,
                     across: across_bench::Size::FULL,
                 }
             })

@@ -43,12 +43,20 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub type FirstClaim = oneshot::Receiver<Result<(), String>>;
 
 /// Starts the fleet task. Every view of the other hosts, and every change of etcd's
-/// state, arrives on the channel.
-pub fn spawn(e: Etcd, host: Host) -> (mpsc::Receiver<Update>, FirstClaim) {
+/// state, arrives on the channel. The task ends when the channel's receiver is gone (at
+/// its next send) or when aborted through its handle.
+pub fn spawn(
+    e: Etcd,
+    host: Host,
+) -> (
+    mpsc::Receiver<Update>,
+    FirstClaim,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(16);
     let (first_tx, first_rx) = oneshot::channel();
-    tokio::spawn(run(e, host, tx, first_tx));
-    (rx, first_rx)
+    let task = tokio::spawn(run(e, host, tx, first_tx));
+    (rx, first_rx, task)
 }
 
 async fn run(
@@ -109,7 +117,10 @@ async fn session(
     backoff: &mut Duration,
     info: &mut FleetInfo,
 ) -> Result<()> {
-    let mut client = store::connect(e).await?;
+    // Each host starts at its own member (failing over to the others), so that the
+    // fleet's watches and renewals spread over the members.
+    let home = store::home_member(&host.name, e.endpoints.len());
+    let (mut client, _) = store::connect_from(e, home).await?;
     info.last_ok = now();
     let mode = cluster_mode(&mut client, &e.prefix).await?;
     let reg: Registration = store::registration(host, mode);

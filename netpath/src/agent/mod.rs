@@ -6,6 +6,7 @@ pub mod collector;
 pub mod dockernet;
 pub mod fleet;
 pub mod ipam;
+pub mod simulate;
 
 use std::{borrow::Cow, collections::HashSet, time::Duration};
 
@@ -51,7 +52,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     let mut fleet = match &cfg.etcd {
         None => None,
         Some(e) => {
-            let (rx, first) = fleet::spawn(e.clone(), cfg.host.clone());
+            let (rx, first, _) = fleet::spawn(e.clone(), cfg.host.clone());
             match tokio::time::timeout(Duration::from_secs(5), first).await {
                 Ok(Ok(Err(taken))) => bail!("{taken}"),
                 Ok(Ok(Ok(()))) => {}

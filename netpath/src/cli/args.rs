@@ -289,6 +289,41 @@ pub(super) enum ClusterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What a fleet costs etcd, without the fleet: many hosts' agents (their fleet tasks:
+    /// lease, claim, renewals, listing, watch; no datapath) in this one process against
+    /// this config's etcd, under a prefix of their own that must hold nothing and is
+    /// emptied at the end. Each member's request rate, watch traffic, CPU and memory
+    /// (from its /metrics, http endpoints only) are shown for the agents' start and for
+    /// a steady window.
+    ///
+    /// Example: netpath cluster simulate --config /etc/netpath/netpath.toml --agents 1000 --churn 10
+    Simulate {
+        #[arg(long)]
+        config: PathBuf,
+        /// Simulated hosts, each with its own connection, lease and watch (2 to 50000).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Seconds of the steady window (at least two renewal periods are measured).
+        #[arg(long = "for", value_name = "SECS", default_value_t = 30)]
+        secs: u64,
+        /// The simulated hosts' lease, in seconds (they renew every third of it); default
+        /// the config's [etcd].lease_ttl.
+        #[arg(long)]
+        lease_ttl: Option<u64>,
+        /// Writes per second during the window, each an extra host's registration put or
+        /// deleted again: every one is an event for each simulated host's watch.
+        #[arg(long, default_value_t = 0.0)]
+        churn: f64,
+        /// Where the simulated hosts register.
+        #[arg(long, default_value = "/netpath-simulate")]
+        prefix: String,
+        /// Every simulated host talks to the config's first endpoint only (as agents
+        /// configured with one endpoint would); by default each starts at its own.
+        #[arg(long)]
+        one_member: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every host registered in etcd: subnet, underlay, mode, its lease's seconds left,
     /// and whether this host (--pin-dir) has it as a peer yet.
     ///

@@ -1,4 +1,4 @@
-//! `netpath cluster init|status|hosts`: the fleet as etcd holds it, through the `[etcd]` section
+//! `netpath cluster init|status|hosts|simulate`: the fleet as etcd holds it, through the `[etcd]` section
 //! of a config file.
 
 use std::path::Path;
@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::{
+    agent::simulate,
     maps::Maps,
     pin::PinDir,
     sources::{
@@ -386,6 +387,106 @@ pub fn cidr(s: &str) -> Result<Ipv4Net, String> {
         return Err(format!("{s:?}: host bits set; write {}", n.trunc()));
     }
     Ok(n)
+}
+
+/// `cluster simulate`'s settings beside the run's plan.
+pub struct Simulation {
+    pub lease_ttl: Option<u64>,
+    pub prefix: String,
+    pub plan: simulate::Plan,
+}
+
+/// `cluster simulate`: many agents' fleet tasks against the config's etcd, and what they
+/// cost each member.
+pub fn simulate(config: &Path, s: Simulation, json: bool) -> Result<()> {
+    let mut e = etcd_of(config)?.etcd;
+    let ttl = s.lease_ttl.unwrap_or(e.lease_ttl);
+    let (lo, hi) = (
+        crate::state::ETCD_LEASE_TTL_MIN,
+        crate::state::ETCD_LEASE_TTL_MAX,
+    );
+    if !(lo..=hi).contains(&ttl) {
+        bail!("--lease-ttl {ttl}: use {lo} to {hi} seconds");
+    }
+    let p = s.prefix.trim_end_matches('/');
+    if !p.starts_with('/') || p.len() < 2 || p.contains("//") || p == e.prefix {
+        bail!(
+            "--prefix {:?}: a key prefix such as /netpath-simulate, not the fleet's own ({})",
+            s.prefix,
+            e.prefix
+        );
+    }
+    if !s.plan.churn_per_sec.is_finite() || !(0.0..=10_000.0).contains(&s.plan.churn_per_sec) {
+        bail!(
+            "--churn {}: use 0 to 10000 writes per second",
+            s.plan.churn_per_sec
+        );
+    }
+    e.prefix = p.to_owned();
+    e.lease_ttl = ttl;
+    let r = super::runtime()?.block_on(simulate::run(&e, &s.plan))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} simulated hosts, lease {} s (renewed every {} s), churn {} writes/s, {}",
+        r.agents,
+        r.lease_ttl,
+        r.renew_secs,
+        r.churn_per_sec,
+        if r.one_member {
+            "all on the first member".to_owned()
+        } else {
+            format!("spread over {} member(s)", e.endpoints.len())
+        }
+    );
+    println!(
+        "registered in {:.2} s, every view whole in {:.2} s; {} views in the {:.0} s window; {} session errors; {}/{} agree at the end",
+        r.registered_secs,
+        r.converged_secs,
+        r.views,
+        r.window_secs,
+        r.session_errors,
+        r.agreed,
+        r.agents
+    );
+    println!(
+        "this process: {:.0}% of a core in the window, {:.0} MiB",
+        r.sim_cpu * 100.0,
+        r.sim_rss_mib
+    );
+    for (phase, loads) in [("start", &r.start), ("steady", &r.steady)] {
+        println!(
+            "\n{phase:<7} {:<28} {:>6} {:>10} {:>10} {:>10} {:>8} {:>6} {:>8}",
+            "member", "leader", "req/s", "renew/s", "events/s", "watches", "cpu %", "RSS MiB"
+        );
+        for m in loads {
+            println!(
+                "{:<7} {:<28} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>8.0} {:>6.1} {:>8.0}",
+                "",
+                m.endpoint,
+                if m.leader { "yes" } else { "" },
+                m.requests_per_sec,
+                m.keepalives_per_sec,
+                m.watch_sent_per_sec,
+                m.watch_streams,
+                m.cpu * 100.0,
+                m.rss_mib
+            );
+        }
+        if loads.is_empty() {
+            println!("        (no member's /metrics could be read: http endpoints only)");
+        }
+    }
+    if r.agreed < r.agents {
+        bail!(
+            "{} of {} simulated hosts did not see exactly the others at the end",
+            r.agents - r.agreed,
+            r.agents
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

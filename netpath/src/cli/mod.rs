@@ -156,6 +156,29 @@ fn run(cli: Cli) -> Result<()> {
             ),
             ClusterCmd::Hosts { config, json } => cluster::hosts(&config, &pins, json),
             ClusterCmd::Status { config, json } => cluster::status(&config, &pins, json),
+            ClusterCmd::Simulate {
+                config,
+                agents,
+                secs,
+                lease_ttl,
+                churn,
+                prefix,
+                one_member,
+                json,
+            } => cluster::simulate(
+                &config,
+                cluster::Simulation {
+                    lease_ttl,
+                    prefix,
+                    plan: crate::agent::simulate::Plan {
+                        agents,
+                        window: std::time::Duration::from_secs(secs),
+                        churn_per_sec: churn,
+                        one_member,
+                    },
+                },
+                json,
+            ),
         },
         Cmd::Down => {
             let done = crate::datapath::down::down(&pins)?;
