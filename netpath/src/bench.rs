@@ -101,7 +101,9 @@ pub const MAX_AGENT_PEERS: usize = 60_000;
 /// The agent's reconcile of a host with `peers` peers from etcd and `rules` rules, on a
 /// private datapath: from a cold start (empty maps), a restart with nothing changed, then
 /// what an etcd event costs (one host registered, one changed, one gone: the agent's merge
-/// of its sources and its reconcile, as its loop does them), and a live `peer add`. The
+/// of its sources and its reconcile, as its loop does them), a live `peer add`, and a
+/// Docker event (a container's port published), beside the same as a reconcile of
+/// every family. The
 /// peers are map entries only (no packet is sent): /24 subnets in 10.0.0.0/8 outside the
 /// lab's 10.244.0.0/16, underlays in the benchmarking range 198.18.0.0/15.
 pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
@@ -135,14 +137,30 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
     let mut mirror = reconcile::Mirror::default();
     let calls = crate::sys::BpfCalls::open();
     let count = || calls.as_ref().map(|c| c.count());
+    // Docker's ports: a container's published port comes with the Docker cases.
+    let ports = std::cell::RefCell::new(Vec::<sources::docker::DockerPort>::new());
     let step = |case: &'static str,
                 etcd: &[Peer],
                 maps: &mut crate::maps::Maps,
                 mirror: &mut reconcile::Mirror|
      -> Result<AgentRow> {
         reconcile::fault::take_writes();
+        let ports = ports.borrow();
         let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
-        let (_, (peers, rules)) = if case.starts_with("etcd") {
+        let (_, (peers, rules)) = if case.starts_with("docker:") {
+            mirror.reconcile_docker(maps, |o| {
+                let (d, _) = sources::desired_docker(
+                    &cfg,
+                    &sources::cli::live(o),
+                    etcd,
+                    &ports,
+                    &[],
+                    &Default::default(),
+                )?;
+                let counts = (d.0.peers.len(), cfg.policy.rules.len());
+                Ok((d, counts))
+            })?
+        } else if case.starts_with("etcd") {
             mirror.reconcile_peers(maps, |o| {
                 let fleet = Default::default();
                 let (d, _) =
@@ -156,7 +174,7 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
                     &cfg,
                     &sources::cli::live(o),
                     etcd,
-                    &[],
+                    &ports,
                     &[],
                     &Default::default(),
                 )?;
@@ -208,6 +226,31 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
     etcd.push(peer(peers + 2));
     out.push(step(
         "etcd: one host added, after a CLI edit",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
+    // A container with a published port started: Docker's event as the agent takes it
+    // (every family but the policy), then the same as a reconcile of everything would.
+    let port = |host_port: u16| sources::docker::DockerPort {
+        container: format!("web{host_port}"),
+        publish: Publish {
+            proto: Proto::Tcp,
+            host_port,
+            container: Ipv4Addr::new(10, 244, 11, 3),
+            port: 80,
+        },
+    };
+    ports.borrow_mut().push(port(8081));
+    out.push(step(
+        "docker: one port published",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
+    ports.borrow_mut().push(port(8082));
+    out.push(step(
+        "one port published, every family",
         &etcd,
         &mut maps,
         &mut mirror,

@@ -194,3 +194,112 @@ fn the_copy_of_the_peer_maps_stays_what_the_maps_hold() {
         id
     );
 }
+
+/// A Docker event as the agent takes it: every family but the policy, the peers' from the
+/// copy; `ports` published by Docker.
+fn docker_event(
+    maps: &mut Maps,
+    mirror: &mut Mirror,
+    c: &netpath::sources::file::Config,
+    etcd: &[Peer],
+    ports: &[sources::docker::DockerPort],
+) -> anyhow::Result<reconcile::Changes> {
+    let (ch, _) = mirror.reconcile_docker(maps, |o| {
+        sources::desired_docker(
+            c,
+            &sources::cli::live(o),
+            etcd,
+            ports,
+            &[],
+            &Default::default(),
+        )
+    })?;
+    Ok(ch)
+}
+
+#[test]
+fn a_docker_event_reconciles_everything_but_the_policy_which_it_leaves_whole() {
+    use netpath::state::{
+        Proto, Publish,
+        policy::{Action, Endpoint, Rule, RuleProto},
+    };
+    if !netpath_tests::can_run_lab() {
+        return;
+    }
+    let mut c = cfg(true);
+    let rule = |third: u8| Rule {
+        from: Endpoint::Cidr(format!("10.244.{third}.0/24").parse().unwrap()),
+        to: Endpoint::Cidr("10.244.11.0/24".parse().unwrap()),
+        proto: RuleProto::Tcp,
+        ports: Some((80, 80)),
+        action: Action::Deny,
+    };
+    c.policy.rules = vec![rule(12), rule(13)];
+    let (_ebpf, mut maps) = reconcile::private(&sources::from_config(&c)).expect("load programs");
+    let mut mirror = Mirror::default();
+    let etcd = vec![peer("p0", 0, 10)];
+    let (_, _) = mirror
+        .reconcile_all(&mut maps, |o| {
+            sources::desired(
+                &c,
+                &sources::cli::live(o),
+                &etcd,
+                &[],
+                &[],
+                &Default::default(),
+            )
+        })
+        .expect("start");
+    let policy = reconcile::policy::installed(&maps).unwrap();
+    assert_eq!(policy.rules.len(), 2);
+    // A rule added live with `policy add`: a Docker event must keep it too.
+    reconcile::policy::add(&mut maps, &policy, &rule(14)).expect("policy add");
+    let policy = reconcile::policy::installed(&maps).unwrap();
+    assert_eq!(policy.rules.len(), 3);
+
+    let web = sources::docker::DockerPort {
+        container: "web".into(),
+        publish: Publish {
+            proto: Proto::Tcp,
+            host_port: 8080,
+            container: Ipv4Addr::new(10, 244, 11, 3),
+            port: 80,
+        },
+    };
+    fault::take_writes();
+    let ch = docker_event(
+        &mut maps,
+        &mut mirror,
+        &c,
+        &etcd,
+        std::slice::from_ref(&web),
+    )
+    .unwrap();
+    assert_eq!(ch.publish.added.len(), 1, "{}", ch.summary());
+    assert_eq!(fault::take_writes(), 1, "the port's entry and nothing else");
+    assert_eq!(
+        reconcile::policy::installed(&maps).unwrap().rules,
+        policy.rules,
+        "the policy as it was, the live rule included"
+    );
+    same(&maps, &mirror, "after a Docker event");
+    // The port gone, and an etcd host with it: both follow, the policy still whole.
+    let etcd = vec![peer("p0", 0, 10), peer("p1", 1, 11)];
+    let ch = docker_event(&mut maps, &mut mirror, &c, &etcd, &[]).unwrap();
+    assert_eq!(
+        (ch.publish.removed.len(), ch.peers.added.len()),
+        (1, 1),
+        "{}",
+        ch.summary()
+    );
+    assert_eq!(
+        reconcile::policy::installed(&maps).unwrap().rules,
+        policy.rules
+    );
+    same(&maps, &mirror, "after the port went");
+    // Nothing changed: nothing written.
+    fault::take_writes();
+    let ch = docker_event(&mut maps, &mut mirror, &c, &etcd, &[]).unwrap();
+    assert!(ch.is_empty(), "{}", ch.summary());
+    assert_eq!(fault::take_writes(), 0);
+}

@@ -454,6 +454,23 @@ impl Views {
         )
     }
 
+    /// The desired state but its policy (a Docker event's: see sources::desired_docker).
+    fn desired_docker(
+        &self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+    ) -> Result<(crate::state::DesiredNoPolicy, sources::Merge)> {
+        let (docker, networks) = self.docker(cfg, observed);
+        sources::desired_docker(
+            cfg,
+            &sources::cli::live(observed),
+            &self.etcd(cfg, observed),
+            &docker,
+            &networks,
+            &self.fleet(cfg, observed),
+        )
+    }
+
     /// The peers' part of the desired state (an etcd registration's change): the config's,
     /// the CLI's in `observed` and etcd's, with their containers of networks across hosts.
     fn desired_peers(
@@ -521,6 +538,8 @@ enum News {
     /// (the policy and the published ports are not theirs).
     Hosts,
     Etcd,
+    /// Docker's networks, containers or ports changed: every family but the policy
+    /// (Docker never changes it), the peers' from the agent's copy.
     Docker,
     /// The `[host].bridge`'s address changed (and its network with it).
     Gateway,
@@ -545,10 +564,10 @@ fn apply(
         // As the CLI's edits do: a `peer add` between reading the maps and writing them
         // would otherwise be undone.
         let _lock = pins.lock()?;
-        if news == News::Hosts {
-            mirror.reconcile_peers(maps, |o| views.desired_peers(cfg, o))
-        } else {
-            mirror.reconcile_all(maps, |o| views.desired(cfg, o))
+        match news {
+            News::Hosts => mirror.reconcile_peers(maps, |o| views.desired_peers(cfg, o)),
+            News::Docker => mirror.reconcile_docker(maps, |o| views.desired_docker(cfg, o)),
+            _ => mirror.reconcile_all(maps, |o| views.desired(cfg, o)),
         }
     })();
     let (c, merge) = match result {

@@ -36,7 +36,7 @@ use netpath_common::{GroupMember, PeerInfo, PeerValue, PolicyRuleInfo, PublishKe
 use crate::{
     datapath,
     maps::Maps,
-    state::{Desired, DesiredPeers, Origin, Owned, Peer, Publish},
+    state::{Desired, DesiredNoPolicy, DesiredPeers, Origin, Owned, Peer, Publish},
 };
 
 /// What reconciling a whole desired state changed.
@@ -194,6 +194,21 @@ impl Mirror {
         self.reconcile_with(maps, o, desired, peers_from)
     }
 
+    /// Reconciles every family but the policy ([`docker_from`]), as the agent does after a
+    /// Docker event: the peers' from the copy, the published ports and networks read
+    /// (a few entries each), the policy neither read nor written. Keeps the copy on
+    /// success.
+    pub fn reconcile_docker<M>(
+        &mut self,
+        maps: &mut Maps,
+        desired: impl FnOnce(&Observed) -> Result<(DesiredNoPolicy, M)>,
+    ) -> Result<(Changes, M)> {
+        let mut o = self.observe_peers(maps)?;
+        o.publish = publish::entries(maps)?;
+        o.networks = networks::observe(maps)?;
+        self.reconcile_with(maps, o, desired, docker_from)
+    }
+
     /// Reconciles every family from the maps read afresh ([`all_from`]), as the agent
     /// does after other news and in its periodic repair; the copy starts again from what
     /// that left.
@@ -267,6 +282,18 @@ pub fn all(maps: &mut Maps, d: &Desired) -> Result<Changes> {
 /// were and stops the rest; a rerun goes on from there. On success `o.peers` and
 /// `o.networks` hold what the maps hold after (the published ports and policy do not).
 pub fn all_from(maps: &mut Maps, o: &mut Observed, d: &Desired) -> Result<Changes> {
+    let mut c = all_but_policy(maps, o, d)?;
+    c.policy = policy::reconcile_from(maps, &o.policy, &d.policy)?;
+    Ok(c)
+}
+
+/// Every family but the policy, as [`all_from`] does them: what a Docker event touches
+/// (its networks, containers and ports). `o` needs no policy ([`Mirror::reconcile_docker`]).
+pub fn docker_from(maps: &mut Maps, o: &mut Observed, d: &DesiredNoPolicy) -> Result<Changes> {
+    all_but_policy(maps, o, &d.0)
+}
+
+fn all_but_policy(maps: &mut Maps, o: &mut Observed, d: &Desired) -> Result<Changes> {
     let host = host::reconcile(maps, &d.host, &d.conntrack, &d.monitor)?;
     let networks = networks::reconcile(maps, &o.networks, &d.networks)?;
     if !networks.is_empty() {
@@ -279,7 +306,7 @@ pub fn all_from(maps: &mut Maps, o: &mut Observed, d: &Desired) -> Result<Change
         peers,
         remote,
         publish: publish::reconcile_from(maps, &d.publish, &o.publish)?,
-        policy: policy::reconcile_from(maps, &o.policy, &d.policy)?,
+        ..Default::default()
     })
 }
 

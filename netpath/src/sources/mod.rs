@@ -128,6 +128,34 @@ pub fn desired(
     docker_networks: &[crate::state::Network],
     fleet: &fleetnet::View,
 ) -> Result<(Desired, Merge)> {
+    merge_all(cfg, cli, etcd, docker, docker_networks, fleet, true)
+}
+
+/// The desired state but its policy, as a Docker event changes it (Docker's networks,
+/// containers and ports; never the policy): what [`desired`] makes, without the policy's
+/// merge (100,000 rules cost milliseconds) or its checks.
+pub fn desired_docker(
+    cfg: &Config,
+    cli: &Part,
+    etcd: &[Peer],
+    docker: &[docker::DockerPort],
+    docker_networks: &[crate::state::Network],
+    fleet: &fleetnet::View,
+) -> Result<(crate::state::DesiredNoPolicy, Merge)> {
+    let (d, merge) = merge_all(cfg, cli, etcd, docker, docker_networks, fleet, false)?;
+    Ok((crate::state::DesiredNoPolicy(d), merge))
+}
+
+/// [`desired`]; without `policy`, its policy is left empty (not merged, not checked).
+fn merge_all(
+    cfg: &Config,
+    cli: &Part,
+    etcd: &[Peer],
+    docker: &[docker::DockerPort],
+    docker_networks: &[crate::state::Network],
+    fleet: &fleetnet::View,
+    policy: bool,
+) -> Result<(Desired, Merge)> {
     let mut merge = Merge::default();
     let mut problems = Vec::new();
     let h = &cfg.host;
@@ -167,14 +195,16 @@ pub fn desired(
     }
 
     let p = &cfg.policy;
+    let no_rules = Part::default();
+    let cli_rules = if policy { &cli.rules } else { &no_rules.rules };
     // Only built when there are CLI rules to compare (100,000 config rules cost ms).
-    let config_matches: HashSet<_> = if cli.rules.is_empty() {
+    let config_matches: HashSet<_> = if cli_rules.is_empty() {
         HashSet::new()
     } else {
         p.rules.iter().map(Rule::match_key).collect()
     };
     let mut rules: Vec<DesiredRule> = Vec::new();
-    for (id, r) in &cli.rules {
+    for (id, r) in cli_rules {
         let undefined: Vec<&String> = [&r.from, &r.to]
             .into_iter()
             .filter_map(|e| match e {
@@ -231,11 +261,13 @@ pub fn desired(
     merge.kept_docker = docker_publish.len();
     merge.kept_cli.publish = cli_publish.len();
     merge.kept_cli.rules = rules.len();
-    rules.extend(p.rules.iter().map(|r| DesiredRule {
-        rule: r.clone(),
-        origin: Origin::Config,
-        id: None,
-    }));
+    if policy {
+        rules.extend(p.rules.iter().map(|r| DesiredRule {
+            rule: r.clone(),
+            origin: Origin::Config,
+            id: None,
+        }));
+    }
     let mut desired_publish: Vec<Owned<Publish>> = cfg
         .publish
         .iter()
@@ -260,7 +292,12 @@ pub fn desired(
             peers: peers.peers,
             publish: desired_publish,
             policy: DesiredPolicy {
-                groups: p.groups.clone(),
+                // Without the policy, `rules` is empty too.
+                groups: if policy {
+                    p.groups.clone()
+                } else {
+                    Default::default()
+                },
                 rules,
                 default: p.default,
                 reject_rate: p.reject_rate,

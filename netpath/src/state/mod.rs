@@ -109,6 +109,13 @@ pub struct Desired {
     pub remote: Vec<Remote>,
 }
 
+/// A desired state whose policy was left out (sources::desired_docker: a Docker event's,
+/// which never touches the policy); reconcile::docker_from leaves the policy's maps as
+/// they are. Not a [`Desired`], so that it cannot be reconciled as one: its empty policy
+/// would remove every rule.
+#[derive(Debug, Clone)]
+pub struct DesiredNoPolicy(pub Desired);
+
 /// The peers' part of a desired state: what an etcd registration's change touches
 /// (sources::desired_peers, reconcile::peers_from).
 #[derive(Debug, Clone, Default)]
