@@ -147,16 +147,19 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
         reconcile::fault::take_writes();
         let ports = ports.borrow();
         let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
+        // The merge as the agent's Views::merged does it (`merge`: the whole or Docker's).
+        fn merged<T>(
+            o: &reconcile::Observed,
+            merge: sources::Merger<T>,
+            (cfg, etcd, ports): (&Config, &[Peer], &[sources::docker::DockerPort]),
+        ) -> Result<T> {
+            let cli = sources::cli::live(o);
+            merge(cfg, &cli, etcd, ports, &[], &Default::default()).map(|(d, _)| d)
+        }
+        let inputs = (&cfg, etcd, &ports[..]);
         let (_, (peers, rules)) = if case.starts_with("docker:") {
             mirror.reconcile_docker(maps, |o| {
-                let (d, _) = sources::desired_docker(
-                    &cfg,
-                    &sources::cli::live(o),
-                    etcd,
-                    &ports,
-                    &[],
-                    &Default::default(),
-                )?;
+                let d = merged(o, sources::desired_docker, inputs)?;
                 let counts = (d.0.peers.len(), cfg.policy.rules.len());
                 Ok((d, counts))
             })?
@@ -170,14 +173,7 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
             })?
         } else {
             mirror.reconcile_all(maps, |o| {
-                let (d, _) = sources::desired(
-                    &cfg,
-                    &sources::cli::live(o),
-                    etcd,
-                    &ports,
-                    &[],
-                    &Default::default(),
-                )?;
+                let d = merged(o, sources::desired, inputs)?;
                 let counts = (d.peers.len(), d.policy.rules.len());
                 Ok((d, counts))
             })?

@@ -443,15 +443,7 @@ impl Views {
         cfg: &Config,
         observed: &reconcile::Observed,
     ) -> Result<(crate::state::Desired, sources::Merge)> {
-        let (docker, networks) = self.docker(cfg, observed);
-        sources::desired(
-            cfg,
-            &sources::cli::live(observed),
-            &self.etcd(cfg, observed),
-            &docker,
-            &networks,
-            &self.fleet(cfg, observed),
-        )
+        self.merged(cfg, observed, sources::desired)
     }
 
     /// The desired state but its policy (a Docker event's: see sources::desired_docker).
@@ -460,8 +452,18 @@ impl Views {
         cfg: &Config,
         observed: &reconcile::Observed,
     ) -> Result<(crate::state::DesiredNoPolicy, sources::Merge)> {
+        self.merged(cfg, observed, sources::desired_docker)
+    }
+
+    /// What `merge` makes of the config, the CLI's entries in `observed` and the views.
+    fn merged<T>(
+        &self,
+        cfg: &Config,
+        observed: &reconcile::Observed,
+        merge: sources::Merger<T>,
+    ) -> Result<(T, sources::Merge)> {
         let (docker, networks) = self.docker(cfg, observed);
-        sources::desired_docker(
+        merge(
             cfg,
             &sources::cli::live(observed),
             &self.etcd(cfg, observed),

@@ -131,6 +131,17 @@ pub fn desired(
     merge_all(cfg, cli, etcd, docker, docker_networks, fleet, true)
 }
 
+/// [`desired`] or [`desired_docker`]: a merge of the config, the CLI's entries, etcd's
+/// peers, Docker's ports and networks, and the networks across hosts.
+pub type Merger<T> = fn(
+    &Config,
+    &Part,
+    &[Peer],
+    &[docker::DockerPort],
+    &[crate::state::Network],
+    &fleetnet::View,
+) -> Result<(T, Merge)>;
+
 /// The desired state but its policy, as a Docker event changes it (Docker's networks,
 /// containers and ports; never the policy): what [`desired`] makes, without the policy's
 /// merge (100,000 rules cost milliseconds) or its checks.
