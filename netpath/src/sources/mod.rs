@@ -206,8 +206,7 @@ fn merge_all(
     }
 
     let p = &cfg.policy;
-    let no_rules = Part::default();
-    let cli_rules = if policy { &cli.rules } else { &no_rules.rules };
+    let cli_rules: &[_] = if policy { &cli.rules } else { &[] };
     // Only built when there are CLI rules to compare (100,000 config rules cost ms).
     let config_matches: HashSet<_> = if cli_rules.is_empty() {
         HashSet::new()
