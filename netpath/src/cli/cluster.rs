@@ -427,8 +427,20 @@ pub fn simulate(config: &Path, s: Simulation, json: bool) -> Result<()> {
     let r = super::runtime()?.block_on(simulate::run(&e, &s.plan))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+    } else {
+        print_simulation(&r, &e);
     }
+    if r.agreed < r.agents {
+        bail!(
+            "{} of {} simulated hosts did not see exactly the others at the end",
+            r.agents - r.agreed,
+            r.agents
+        );
+    }
+    Ok(())
+}
+
+fn print_simulation(r: &simulate::Report, e: &Etcd) {
     println!(
         "{} simulated hosts, lease {} s (renewed every {} s), churn {} writes/s, {}",
         r.agents,
@@ -479,14 +491,6 @@ pub fn simulate(config: &Path, s: Simulation, json: bool) -> Result<()> {
             println!("        (no member's /metrics could be read: http endpoints only)");
         }
     }
-    if r.agreed < r.agents {
-        bail!(
-            "{} of {} simulated hosts did not see exactly the others at the end",
-            r.agents - r.agreed,
-            r.agents
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
