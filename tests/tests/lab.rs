@@ -486,3 +486,70 @@ fn endpoints_are_learned_from_the_bridge_and_follow_the_containers() {
         "{log}"
     );
 }
+
+#[test]
+fn a_containers_arrival_and_departure_are_followed_without_reading_everything() {
+    let Some(mut lab) = lab(1, 3) else {
+        return;
+    };
+    // No periodic reading during the test: only the events can tell the agent.
+    lab.append_config(0, "[conntrack]\ngc_interval = 3600\n")
+        .unwrap();
+    let log_filter = ("RUST_LOG", "info,netpath::agent::containers=debug");
+    lab.start_bin(0, &netpath_tests::netpath_bin(), &[log_filter])
+        .unwrap();
+    let before: Vec<_> = lab.hosts[0].containers.clone();
+    for c in &before {
+        lab.learn(0, c).unwrap();
+    }
+    // One more arrives (its veth joins the bridge, its ARP makes the neighbour), and one
+    // of the first leaves: each followed from its own events.
+    let fresh = lab.add_container(0).unwrap();
+    lab.learn(0, &fresh).unwrap();
+    let ifindex = |c: &netpath_tests::Container| {
+        output(in_ns(&c.ns, "cat /sys/class/net/eth0/iflink"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (new_veth, old_veth) = (ifindex(&fresh), ifindex(&before[0]));
+    assert_eq!(lab.endpoints(0)[&fresh.ip].to_string(), new_veth);
+    let pin = |i: &str| {
+        lab.hosts[0]
+            .pin_dir
+            .join(format!("links/np_from_container@{i}"))
+    };
+    assert!(pin(&new_veth).exists(), "the new port has its program");
+    output(ip(&lab.hosts[0].ns, "link del v1")).unwrap();
+    netpath_tests::wait_for(
+        5,
+        || !lab.endpoints(0).contains_key(&before[0].ip),
+        || format!("{:?} kept after its veth went", before[0].ip),
+    );
+    let eps = lab.endpoints(0);
+    assert_eq!(eps.len(), 3, "{eps:?}");
+    assert!(eps.contains_key(&before[1].ip) && eps.contains_key(&before[2].ip));
+    assert!(
+        !pin(&old_veth).exists(),
+        "the program of a port that went is unpinned"
+    );
+    let log = std::fs::read_to_string(&lab.hosts[0].log).unwrap();
+    assert_eq!(
+        log.matches("containers: read every link").count(),
+        1,
+        "only the start reads everything:\n{log}"
+    );
+    assert!(
+        log.contains("containers: followed")
+            && log.contains("1 ports came")
+            && log.contains("1 went"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "endpoints: 0 added, 0 updated, 1 removed ({})",
+            before[0].ip
+        )),
+        "{log}"
+    );
+}

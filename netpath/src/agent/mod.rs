@@ -3,6 +3,7 @@
 //! programs on new bridge ports, the conntrack collector, metrics, periodic reports.
 
 pub mod collector;
+mod containers;
 pub mod dockernet;
 pub mod fleet;
 pub mod ipam;
@@ -93,7 +94,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         mirror,
         ..Default::default()
     };
-    sync(
+    containers::sync(
         &mut ebpf,
         &mut maps,
         &pins,
@@ -157,6 +158,8 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     let mut tick = tokio::time::interval(Duration::from_secs(report_every.max(1)));
     tick.tick().await;
     let mut gc = tokio::time::interval(Duration::from_secs(cfg.conntrack.gc_interval as u64));
+    // Its first tick is now: the start has just read the containers.
+    gc.tick().await;
     // Every REPAIR_EVERY the whole desired state is reconciled again: what was changed in
     // the maps behind netpath's back (bpftool, a crashed tool) is put right.
     let mut repair = tokio::time::interval(REPAIR_EVERY);
@@ -166,10 +169,13 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            Some(_) = futures::StreamExt::next(&mut events) => {
-                // Coalesce a burst (a container start is several events).
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {}
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
+            Some((m, _)) = futures::StreamExt::next(&mut events) => {
+                // Taken as a burst (a container start is several events).
+                let mut burst = vec![m];
+                while let Ok(Some((m, _))) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {
+                    burst.push(m);
+                }
+                containers::follow(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views, &burst).await;
             }
             Some(update) = async {
                 match fleet.as_mut() {
@@ -226,7 +232,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                             docker_info.refused = m.skipped_docker.len() as u32;
                             docker_info.note = name_bytes(m.skipped_docker.first().map_or("", |s| s.as_str()));
                         }
-                        sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
+                        containers::follow_docker(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
                     }
                     sources::docker::Update::Away(why) => {
                         docker_info.flags &= !netpath_common::DOCKER_F_UP;
@@ -242,7 +248,7 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
                 apply(&mut maps, &mut done.mirror, &pins, &cfg, &views, News::Repair);
             }
             _ = gc.tick() => {
-                sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
+                containers::sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
                 match collector::gc(&mut maps) {
                     Ok(g) if g.expired + g.orphans > 0 => log::debug!(
                         "conntrack: {} expired, {} evicted halves removed, {} flows",
@@ -271,158 +277,14 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
 
 /// What the agent knows it has done: the interfaces known to run this build's programs
 /// (bridges of the networks but the `[host].bridge`, attached at start, and their ports),
-/// and what it last left in the peers' maps (an etcd event starts from that).
+/// what it last left in the peers' maps (an etcd event starts from that), and what it
+/// knows of the local containers (None: the next event reads everything).
 #[derive(Default)]
 struct Done {
     bridges: HashSet<u32>,
     ports: HashSet<u32>,
     mirror: reconcile::Mirror,
-}
-
-/// Follows the networks' bridges, their ports, addresses and neighbours: np_from_bridge on
-/// the bridge of each network but the `[host].bridge` (attached at start) and
-/// np_from_container on the ports that lack it (see attach::sync_iface_links), the
-/// containers' gateway in `NP_CONFIG` (the bridge's address in the subnet: Docker sets it
-/// from `bip`, maybe after this agent started), `NP_ENDPOINTS` made to say what the
-/// kernel's neighbours say (sources::neigh) and what Docker says of its containers. Logs
-/// what changed; a failure is logged and the next event or tick tries again.
-async fn sync(
-    ebpf: &mut aya::Ebpf,
-    maps: &mut Maps,
-    pins: &PinDir,
-    handle: &rtnetlink::Handle,
-    cfg: &mut Config,
-    done: &mut Done,
-    views: &Views,
-) {
-    if follow_gateway(maps, cfg) {
-        // The [host].bridge's network follows its address.
-        apply(maps, &mut done.mirror, pins, cfg, views, News::Gateway);
-    }
-    let nets = match reconcile::networks::observe(maps) {
-        Ok(n) => n,
-        Err(e) => {
-            log::warn!("reading the networks: {e:#}");
-            return;
-        }
-    };
-    let mut by_bridge = match attach::bridge_ports(handle).await {
-        Ok(p) => p,
-        Err(e) => {
-            log::warn!("listing the bridges' ports: {e:#}");
-            return;
-        }
-    };
-    let bridges: Vec<(u32, String)> = nets
-        .iter()
-        .filter(|n| n.bridge_ifindex != cfg.host.bridge_ifindex)
-        .map(|n| (n.bridge_ifindex, n.bridge.clone()))
-        .collect();
-    let ports: Vec<(u32, String)> = nets
-        .iter()
-        .flat_map(|n| by_bridge.remove(&n.bridge_ifindex).unwrap_or_default())
-        .collect();
-    for (prog, ifaces, done, what) in [
-        (
-            prog_names::FROM_BRIDGE,
-            &bridges,
-            &mut done.bridges,
-            "network bridges",
-        ),
-        (
-            prog_names::FROM_CONTAINER,
-            &ports,
-            &mut done.ports,
-            "container ports",
-        ),
-    ] {
-        let (changes, errors) = attach::sync_iface_links(ebpf, pins, prog, ifaces, done);
-        if !changes.attached.is_empty() || changes.adopted > 0 || changes.removed > 0 {
-            log::info!(
-                "{prog} on {what}: attached to {:?}, {} adopted, {} gone",
-                changes.attached,
-                changes.adopted,
-                changes.removed
-            );
-        }
-        for e in errors {
-            log::warn!("attaching {prog} to {e}");
-        }
-    }
-    let ports: Vec<u32> = ports.into_iter().map(|(i, _)| i).collect();
-    let result = async {
-        let installed = reconcile::endpoints::observe(maps)?;
-        let mut desired = Vec::new();
-        for n in &nets {
-            let kernel = sources::neigh::read(handle, n.bridge_ifindex, ports.clone()).await?;
-            desired.extend(sources::neigh::endpoints(n, &kernel, &installed));
-        }
-        // Docker's word on its containers (address, MAC, veth) wins: it holds before
-        // a container has sent anything (the last of an address, should Docker give two).
-        if let Some(v) = &views.docker {
-            let ports: HashSet<u32> = ports.iter().copied().collect();
-            let mut docker: std::collections::BTreeMap<std::net::Ipv4Addr, crate::state::Endpoint> =
-                Default::default();
-            for e in &v.endpoints {
-                if crate::state::network_of(&nets, e.addr).is_some() && ports.contains(&e.ifindex) {
-                    docker.insert(e.addr, *e);
-                }
-            }
-            desired.retain(|d| !docker.contains_key(&d.addr));
-            desired.extend(docker.into_values());
-        }
-        reconcile::endpoints::reconcile(maps, &installed, &desired)
-    };
-    match result.await {
-        Ok(c) if !c.is_empty() => log::info!(
-            "endpoints: {}, {}, {}",
-            addrs("added", &c.added),
-            addrs("updated", &c.updated),
-            addrs("removed", &c.removed)
-        ),
-        Ok(_) => {}
-        Err(e) => log::warn!("updating the endpoints: {e:#}"),
-    }
-}
-
-/// Puts the bridge's address in the subnet, if it changed, in `NP_CONFIG` as the
-/// containers' gateway. True when it changed (and was written).
-fn follow_gateway(maps: &mut Maps, cfg: &mut Config) -> bool {
-    let h = &mut cfg.host;
-    let (now, net) = match crate::iface::System.try_ipv4_addrs(&h.bridge) {
-        Ok(addrs) => crate::state::bridge_subnet(h.subnet, &addrs),
-        Err(e) => {
-            // Not the same as no address: the gateway stays; the next event tries again.
-            log::warn!("reading {}'s addresses: {e}", h.bridge);
-            return false;
-        }
-    };
-    if now == h.gateway && net == h.bridge_subnet {
-        return false;
-    }
-    let (was, was_net) = (h.gateway, h.bridge_subnet);
-    h.gateway = now;
-    h.bridge_subnet = net;
-    match reconcile::host::reconcile(maps, h, &cfg.conntrack, &cfg.monitor) {
-        Ok(_) => {
-            log::info!(
-                "gateway: {} has {} in {}, its network is {} (was {})",
-                h.bridge,
-                now.map_or("no address".to_owned(), |a| a.to_string()),
-                h.subnet,
-                h.bridge_subnet,
-                was.map_or("none".to_owned(), |a| a.to_string())
-            );
-            true
-        }
-        Err(e) => {
-            log::warn!("writing the bridge's new gateway address: {e:#}");
-            // The next event tries again.
-            h.gateway = was;
-            h.bridge_subnet = was_net;
-            false
-        }
-    }
+    containers: Option<containers::Containers>,
 }
 
 /// The latest word of the live sources; None: not heard from yet, so the pinned maps'
@@ -672,21 +534,6 @@ fn apply(
         );
     }
     Some(merge)
-}
-
-/// "3 added (a, b, c)": a count and the first few addresses.
-fn addrs(what: &str, v: &[std::net::Ipv4Addr]) -> String {
-    const SHOWN: usize = 8;
-    let mut s = format!("{} {what}", v.len());
-    if !v.is_empty() {
-        let list: Vec<String> = v.iter().take(SHOWN).map(|a| a.to_string()).collect();
-        s += &format!(" ({}", list.join(", "));
-        if v.len() > SHOWN {
-            s += &format!(" and {} more", v.len() - SHOWN);
-        }
-        s += ")";
-    }
-    s
 }
 
 /// Loads the programs (adopting pinned maps), reconciles every map family with the

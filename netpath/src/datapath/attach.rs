@@ -114,33 +114,6 @@ fn iface_pin(prog: &str, ifindex: u32) -> String {
     format!("{prog}@{ifindex}")
 }
 
-/// The ports of every bridge: each container's host-side veth, as (ifindex, name), by
-/// the bridge's ifindex. Asked over rtnetlink, so it is the calling process's network
-/// namespace whatever /sys shows.
-pub async fn bridge_ports(
-    handle: &rtnetlink::Handle,
-) -> Result<std::collections::HashMap<u32, Vec<(u32, String)>>> {
-    use futures::TryStreamExt;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let mut links = handle.link().get().execute();
-    let mut out: std::collections::HashMap<u32, Vec<(u32, String)>> = Default::default();
-    while let Some(msg) = links.try_next().await.context("listing links")? {
-        let mut controller = None;
-        let mut name = None;
-        for a in &msg.attributes {
-            match a {
-                LinkAttribute::Controller(c) => controller = Some(*c),
-                LinkAttribute::IfName(n) => name = Some(n.clone()),
-                _ => {}
-            }
-        }
-        if let (Some(c), Some(n)) = (controller, name) {
-            out.entry(c).or_default().push((msg.header.index, n));
-        }
-    }
-    Ok(out)
-}
-
 /// What a sync of the container programs did.
 #[derive(Debug, Default)]
 pub struct PortChanges {
@@ -150,12 +123,46 @@ pub struct PortChanges {
 }
 
 /// Puts `prog` on every interface of `ifaces` (np_from_container on every port of the
-/// networks' bridges, from [`bridge_ports`]; np_from_bridge on the networks' bridges): an
-/// interface whose pinned link exists gets the new program in it (agent restart, atomic),
+/// networks' bridges, from sources::neigh::bridge_ports; np_from_bridge on the networks'
+/// bridges): an interface whose pinned link exists gets the new program in it (agent restart, atomic),
 /// those in `done` (known to have one already) are left alone, others get a new link;
 /// links of `prog` on interfaces that are gone are unpinned. Returns what changed; an
 /// attach that fails is reported and the rest go on.
 pub fn sync_iface_links(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    prog: &'static str,
+    ifaces: &[(u32, String)],
+    done: &mut std::collections::HashSet<u32>,
+) -> (PortChanges, Vec<String>) {
+    let (mut changes, errors) = attach_ifaces(ebpf, pins, prog, ifaces, done);
+    let live: std::collections::HashSet<u32> = ifaces.iter().map(|(i, _)| *i).collect();
+    done.retain(|i| live.contains(i));
+    let prefix = format!("{prog}@");
+    if let Ok(entries) = std::fs::read_dir(pins.links()) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(idx) = file
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !live.contains(&idx) {
+                // The interface is gone (its link with it), a veth left its bridge, or a
+                // network is no longer served: drop the pin, which detaches a link that
+                // is still attached.
+                drop_pin(&e.path());
+                changes.removed += 1;
+            }
+        }
+    }
+    (changes, errors)
+}
+
+/// Puts `prog` on each interface of `ifaces` not in `done` (see [`sync_iface_links`]),
+/// adding it to `done`; leaves every other interface alone.
+pub fn attach_ifaces(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     prog: &'static str,
@@ -186,32 +193,37 @@ pub fn sync_iface_links(
             Err(e) => errors.push(format!("{name}: {e:#}")),
         }
     }
-    let live: std::collections::HashSet<u32> = ifaces.iter().map(|(i, _)| *i).collect();
-    done.retain(|i| live.contains(i));
-    let prefix = format!("{prog}@");
-    if let Ok(entries) = std::fs::read_dir(pins.links()) {
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let Some(idx) = file
-                .strip_prefix(&prefix)
-                .and_then(|i| i.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if !live.contains(&idx) {
-                // The interface is gone (its link with it), a veth left its bridge, or a
-                // network is no longer served: drop the pin, which detaches a link that
-                // is still attached.
-                if let Ok(l) = PinnedLink::from_pin(e.path()) {
-                    let _ = l.unpin();
-                } else {
-                    let _ = std::fs::remove_file(e.path());
-                }
-                changes.removed += 1;
-            }
+    (changes, errors)
+}
+
+/// Takes `prog` off interface `ifindex` (gone, or no longer a port of a network's bridge):
+/// drops its pinned link, which detaches a link that is still attached. True when there
+/// was one.
+pub fn detach_iface(
+    pins: &PinDir,
+    prog: &'static str,
+    ifindex: u32,
+    done: &mut std::collections::HashSet<u32>,
+) -> bool {
+    done.remove(&ifindex);
+    let path = pins.link_path(&iface_pin(prog, ifindex));
+    if !path.exists() {
+        return false;
+    }
+    drop_pin(&path);
+    true
+}
+
+/// Unpins the link pinned at `path` (a file that is no link: removed).
+fn drop_pin(path: &std::path::Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(l) => {
+            let _ = l.unpin();
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
         }
     }
-    (changes, errors)
 }
 
 /// The `AGENT_F_XDP_*` bit of an XDP mode (0 for off).
