@@ -204,6 +204,9 @@ pub struct Lab {
     etcd_members: Vec<(String, Option<Child>)>,
     /// The Docker engines `dockerd()` started.
     dockerds: Vec<docker::Dockerd>,
+    /// How long `start` waits for an agent to attach (20 s; a bench of thousands of
+    /// interfaces may need more).
+    pub attach_secs: u64,
 }
 
 impl Lab {
@@ -228,6 +231,7 @@ impl Lab {
             children: Vec::new(),
             etcd_members: Vec::new(),
             dockerds: Vec::new(),
+            attach_secs: 20,
         };
         lab.add_ns(&lab.fabric.clone())?;
         let fab = lab.fabric.clone();
@@ -252,6 +256,14 @@ impl Lab {
         self.outside
             .as_ref()
             .expect("lab built without an outside host")
+    }
+
+    /// A namespace of the lab's own, `<lab id>-<name>`, with its loopback up; the
+    /// teardown removes it. Returns its name.
+    pub fn namespace(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.id);
+        self.add_ns(&ns)?;
+        Ok(ns)
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<()> {
@@ -669,9 +681,10 @@ impl Lab {
             .stderr(log)
             .spawn()
             .context("starting netpath")?;
+        let secs = self.attach_secs;
         let h = &mut self.hosts[i];
         h.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let text = fs::read_to_string(&h.log).unwrap_or_default();
             if text.matches(&marker).count() > before {
@@ -681,7 +694,10 @@ impl Lab {
                 bail!("netpath on {} exited ({status}):\n{text}", h.name);
             }
             if Instant::now() > deadline {
-                bail!("netpath on {} did not attach within 20s:\n{text}", h.name);
+                bail!(
+                    "netpath on {} did not attach within {secs} s:\n{text}",
+                    h.name
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

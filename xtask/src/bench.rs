@@ -57,6 +57,8 @@ pub struct Options {
     pub etcd_smoke: bool,
     /// How big the measurements of networks across hosts are.
     pub across: crate::across_bench::Size,
+    /// How big the local containers' measurements are.
+    pub endpoints: crate::endpoint_bench::Size,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
             etcd_secs: 2,
             etcd_smoke: true,
             across: crate::across_bench::Size::QUICK,
+            endpoints: crate::endpoint_bench::Size::QUICK,
         }
     }
 }
@@ -948,6 +951,11 @@ pub fn run(opts: Options) -> Result<()> {
             crate::etcd_bench::run(opts.etcd_agents, opts.etcd_secs, opts.etcd_smoke)
         });
     }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "endpoints") {
+        return part_only(&opts, "endpoints", || {
+            crate::endpoint_bench::run(opts.endpoints)
+        });
+    }
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "across") {
         return part_only(&opts, "across", || crate::across_bench::run(&opts));
     }
@@ -1062,6 +1070,13 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         &|| crate::etcd_bench::run(opts.etcd_agents, opts.etcd_secs, opts.etcd_smoke),
     )?;
+    let endpoints = part(
+        format!(
+            "local containers: one arriving on a host of {}",
+            opts.endpoints.containers
+        ),
+        &|| crate::endpoint_bench::run(opts.endpoints),
+    )?;
     let across = part(
         "Docker networks across hosts (3 Docker hosts on etcd)".to_owned(),
         &|| crate::across_bench::run(&opts),
@@ -1113,6 +1128,9 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some((etcd_md, _)) = &etcd {
         md += etcd_md;
     }
+    if let Some((endpoints_md, _)) = &endpoints {
+        md += endpoints_md;
+    }
     if let Some((across_md, _)) = &across {
         md += across_md;
     }
@@ -1130,7 +1148,8 @@ pub fn run(opts: Options) -> Result<()> {
     let doc = json!({"date": date, "machine": machine, "reps": opts.reps,
         "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
         "scale": scale_json, "programs": programs,
-        "fleet": fleet.map(|f| f.1), "etcd": etcd.map(|e| e.1), "across": across.map(|a| a.1)});
+        "fleet": fleet.map(|f| f.1), "etcd": etcd.map(|e| e.1), "endpoints": endpoints.map(|e| e.1),
+        "across": across.map(|a| a.1)});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(

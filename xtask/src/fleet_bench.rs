@@ -137,7 +137,7 @@ fn cpu_s(pid: u32) -> Result<f64> {
 
 /// When host `i`'s agent first logged a line that says `what` (the agent logs in UTC with
 /// milliseconds: `[2026-12-02T04:31:00.123Z INFO  etcd: ...]`), at or after `after`.
-fn logged(
+pub(crate) fn logged(
     lab: &Lab,
     i: usize,
     after: SystemTime,

@@ -4,6 +4,7 @@
 mod across_bench;
 mod bench;
 mod demo;
+mod endpoint_bench;
 mod etcd_bench;
 mod fleet_bench;
 mod package;
@@ -68,7 +69,8 @@ enum Cmd {
     /// (one veth) on labs in network namespaces: throughput, request/response rate and
     /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
     /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory, a churn);
-    /// etcd's side (simulated hosts against 3 members). Interleaved repetitions, medians and spread; writes
+    /// etcd's side (simulated hosts against 3 members); a container's arrival on a host of
+    /// 5,000. Interleaved repetitions, medians and spread; writes
     /// target/bench/results.{md,json} and scale.png.
     Bench {
         /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
@@ -85,7 +87,8 @@ enum Cmd {
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
         /// scale test, the fleet, etcd's side and networks across hosts are skipped then.
-        /// --only fleet: the fleet alone; --only etcd: etcd's side alone; --only across:
+        /// --only fleet: the fleet alone; --only etcd: etcd's side alone; --only endpoints:
+        /// the local containers' arrivals and departures alone; --only across:
         /// Docker networks across hosts alone.
         #[arg(long)]
         only: Vec<String>,
@@ -103,6 +106,13 @@ enum Cmd {
         /// Seconds of each etcd case's steady window (at least two renewals).
         #[arg(long, default_value_t = 60)]
         etcd_secs: u64,
+        /// Containers already on the host when one arrives and leaves (veths on five
+        /// Docker bridge networks); at most 5000.
+        #[arg(long, default_value_t = 5000)]
+        endpoint_containers: usize,
+        /// Containers that arrive and leave, on the large host and on an empty one.
+        #[arg(long, default_value_t = 20)]
+        endpoint_arrivals: usize,
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
@@ -372,6 +382,8 @@ fn run(cli: Cli) -> Result<()> {
             fleet_churn_secs,
             etcd_agents,
             etcd_secs,
+            endpoint_containers,
+            endpoint_arrivals,
         } => {
             if !netpath_tests::is_root() {
                 bail!("the benchmark builds network namespaces: run it as root");
@@ -398,6 +410,11 @@ fn run(cli: Cli) -> Result<()> {
                     etcd_secs: etcd_secs.max(1),
                     etcd_smoke: false,
                     across: across_bench::Size::FULL,
+                    endpoints: endpoint_bench::Size {
+                        containers: endpoint_containers.min(endpoint_bench::MAX_CONTAINERS),
+                        arrivals: endpoint_arrivals.max(1),
+                        idle_secs: 30,
+                    },
                 }
             })
         }

@@ -33,6 +33,9 @@ use crate::{
     state::Endpoint,
 };
 
+/// A burst of more events than this is taken as a full reading (see the agent's loop).
+pub(super) const STORM: usize = 2000;
+
 /// What the agent knows of the local containers since its last full reading: the
 /// kernel's word, followed since by each event, and what it left in `NP_ENDPOINTS`.
 #[derive(Debug, Default)]
@@ -64,6 +67,7 @@ pub(super) async fn sync(
             return;
         }
     };
+    let t0 = std::time::Instant::now();
     let mut by_bridge = match neigh::bridge_ports(handle).await {
         Ok(p) => p,
         Err(e) => {
@@ -100,6 +104,7 @@ pub(super) async fn sync(
         let (changes, errors) = attach::sync_iface_links(ebpf, pins, prog, ifaces, done);
         log_ports(prog, what, &changes, errors);
     }
+    let attached = t0.elapsed();
     let result = async {
         let installed = reconcile::endpoints::observe(maps)?;
         let on: Vec<u32> = nets.iter().map(|n| n.bridge_ifindex).collect();
@@ -120,9 +125,11 @@ pub(super) async fn sync(
     match result.await {
         Ok((c, changes)) => {
             log::debug!(
-                "containers: read every link, neighbour and forwarding entry: {} ports, {} endpoints",
+                "containers: read every link, neighbour and forwarding entry: {} ports, {} endpoints, in {} ms ({} ms for the links and the programs)",
                 c.kernel.ports.len(),
-                c.endpoints.len()
+                c.endpoints.len(),
+                t0.elapsed().as_millis(),
+                attached.as_millis()
             );
             log_endpoints(&changes);
             done.containers = Some(c);

@@ -81,6 +81,10 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
     // tick rescans too).
     let (mut conn, handle, mut events) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
+    // A host starting thousands of containers sends events faster than the agent takes
+    // them while it attaches; what overflows this buffer is lost (netlink-proto warns
+    // "socket buffer full") and waits for the next full reading.
+    grow_receive_buffer(rtnetlink::sys::AsyncSocket::socket_ref(conn.socket_mut()));
     rtnetlink::sys::AsyncSocket::socket_mut(conn.socket_mut())
         .bind(&rtnetlink::sys::SocketAddr::new(
             0,
@@ -170,12 +174,25 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             Some((m, _)) = futures::StreamExt::next(&mut events) => {
-                // Taken as a burst (a container start is several events).
+                // Taken as a burst (a container start is several events), until 20 ms
+                // pass without one, 200 ms in all: a steady stream must not keep the
+                // other sources (Docker, etcd) waiting.
                 let mut burst = vec![m];
-                while let Ok(Some((m, _))) = tokio::time::timeout(Duration::from_millis(20), futures::StreamExt::next(&mut events)).await {
+                let until = tokio::time::Instant::now() + Duration::from_millis(200);
+                while let Ok(Some((m, _))) = tokio::time::timeout(
+                    Duration::from_millis(20).min(until.saturating_duration_since(tokio::time::Instant::now())),
+                    futures::StreamExt::next(&mut events),
+                ).await {
                     burst.push(m);
                 }
-                containers::follow(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views, &burst).await;
+                if burst.len() > containers::STORM {
+                    // Many containers at once (or a backlog): one reading costs less than
+                    // following each event, and makes what is queued before it moot.
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut events)) {}
+                    containers::sync(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views).await;
+                } else {
+                    containers::follow(&mut ebpf, &mut maps, &pins, &handle, &mut cfg, &mut done, &views, &burst).await;
+                }
             }
             Some(update) = async {
                 match fleet.as_mut() {
@@ -273,6 +290,33 @@ pub async fn run(mut cfg: Config, pins: PinDir, report_every: u64) -> Result<()>
         pins.root.display()
     );
     Ok(())
+}
+
+/// The receive buffer of the agent's rtnetlink event socket (the kernel doubles it).
+const EVENT_BUFFER: usize = 4 << 20;
+
+/// Sets the event socket's receive buffer to EVENT_BUFFER, past `net.core.rmem_max`
+/// (SO_RCVBUFFORCE: the agent has CAP_NET_ADMIN); where refused, the kernel's default
+/// stays, and says so.
+fn grow_receive_buffer(s: &rtnetlink::sys::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = EVENT_BUFFER as libc::c_int;
+    // SAFETY: a valid socket descriptor, and a c_int option value of its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        log::warn!(
+            "growing the rtnetlink event buffer: {}; a burst of container events may overflow it (the periodic reading catches up)",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// What the agent knows it has done: the interfaces known to run this build's programs
