@@ -841,10 +841,27 @@ pub struct AgentInfo {
     pub bridge: [u8; 16],
     /// `AGENT_F_*` bits.
     pub flags: u32,
-    /// Bumped by every live CLI edit of the peers (`peer add|del`), under the pin lock:
-    /// the running agent's copy of the peers' maps stands while this is unchanged.
+    /// What the live CLI edits of the peers (`peer add|del`) last did, written by each
+    /// under the pin lock ([`peer_edit`]): how many there were (high 16 bits, wrapping)
+    /// and the slot the last one edited (low 16). The running agent's copy of the peers'
+    /// maps stands while this is unchanged; after one edit it rereads that slot alone.
     pub peer_edits: u32,
 }
+
+/// `AgentInfo::peer_edits` after one more live edit, of peer slot `slot`.
+pub fn peer_edit(before: u32, slot: u32) -> u32 {
+    ((before >> 16).wrapping_add(1) << 16) | (slot & 0xffff)
+}
+
+/// The slot edited, if `now` is `before` and exactly one live edit ([`peer_edit`]); None
+/// when nothing changed or more than one edit came. (An older CLI added one to the whole
+/// word: that shows as none, but once in 65,536 of its edits.)
+pub fn one_peer_edit(before: u32, now: u32) -> Option<u32> {
+    ((now >> 16) == ((before >> 16).wrapping_add(1) & 0xffff)).then_some(now & 0xffff)
+}
+
+// A peer's slot fits the low half of `AgentInfo::peer_edits`.
+const _: () = assert!(MAX_PEERS <= 1 << 16);
 
 /// The TC programs are attached with TCX links (pinned); without it, with netlink
 /// (clsact filters, which outlive the agent by themselves).
@@ -915,4 +932,24 @@ pub const fn addr_to_be(octets: [u8; 4]) -> u32 {
 #[inline(always)]
 pub const fn be_to_octets(addr: u32) -> [u8; 4] {
     addr.to_ne_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{one_peer_edit, peer_edit};
+
+    #[test]
+    fn one_live_edit_names_its_slot_and_more_than_one_names_none() {
+        let start = 0x1234_0007;
+        let one = peer_edit(start, 65_535);
+        assert_eq!(one_peer_edit(start, one), Some(65_535));
+        assert_eq!(one_peer_edit(start, start), None, "nothing changed");
+        assert_eq!(one_peer_edit(start, peer_edit(one, 3)), None, "two edits");
+        // The count wraps: the 65,536th edit after 0xffff is one edit still.
+        let last = 0xffff_0001;
+        assert_eq!(one_peer_edit(last, peer_edit(last, 9)), Some(9));
+        assert_eq!(peer_edit(last, 9), 9);
+        // An older CLI added one to the whole word: not taken for one edit.
+        assert_eq!(one_peer_edit(start, start + 1), None);
+    }
 }

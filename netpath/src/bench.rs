@@ -101,7 +101,8 @@ pub const MAX_AGENT_PEERS: usize = 60_000;
 /// The agent's reconcile of a host with `peers` peers from etcd and `rules` rules, on a
 /// private datapath: from a cold start (empty maps), a restart with nothing changed, then
 /// what an etcd event costs (one host registered, one changed, one gone: the agent's merge
-/// of its sources and its reconcile, as its loop does them), a live `peer add`, and a
+/// of its sources and its reconcile, as its loop does them), a live `peer add` and `peer
+/// del` each followed by an etcd event, and a
 /// Docker event (a container's port published), beside the same as a reconcile of
 /// every family. The
 /// peers are map entries only (no packet is sent): /24 subnets in 10.0.0.0/8 outside the
@@ -137,6 +138,21 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
     let mut mirror = reconcile::Mirror::default();
     let calls = crate::sys::BpfCalls::open();
     let count = || calls.as_ref().map(|c| c.count());
+    // One row: what `f` (which says how many peers and rules the host then has) cost.
+    let timed = |case: &'static str, f: &mut dyn FnMut() -> Result<(usize, usize)>| {
+        reconcile::fault::take_writes();
+        let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
+        let (peers, rules) = f()?;
+        anyhow::Ok(AgentRow {
+            case,
+            peers,
+            rules,
+            ms: start.elapsed().as_secs_f64() * 1e3,
+            cpu_ms: (thread_cpu() - cpu) * 1e3,
+            writes: reconcile::fault::take_writes(),
+            bpf_calls: count().zip(n).map(|(b, a)| b - a),
+        })
+    };
     // Docker's ports: a container's published port comes with the Docker cases.
     let ports = std::cell::RefCell::new(Vec::<sources::docker::DockerPort>::new());
     let step = |case: &'static str,
@@ -144,9 +160,7 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
                 maps: &mut crate::maps::Maps,
                 mirror: &mut reconcile::Mirror|
      -> Result<AgentRow> {
-        reconcile::fault::take_writes();
         let ports = ports.borrow();
-        let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
         // The merge as the agent's Views::merged does it (`merge`: the whole or Docker's).
         fn merged<T>(
             o: &reconcile::Observed,
@@ -157,35 +171,29 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
             merge(cfg, &cli, etcd, ports, &[], &Default::default()).map(|(d, _)| d)
         }
         let inputs = (&cfg, etcd, &ports[..]);
-        let (_, (peers, rules)) = if case.starts_with("docker:") {
-            mirror.reconcile_docker(maps, |o| {
-                let d = merged(o, sources::desired_docker, inputs)?;
-                let counts = (d.0.peers.len(), cfg.policy.rules.len());
-                Ok((d, counts))
-            })?
-        } else if case.starts_with("etcd") {
-            mirror.reconcile_peers(maps, |o| {
-                let fleet = Default::default();
-                let (d, _) =
-                    sources::desired_peers(&cfg, &sources::cli::live_peers(o), etcd, &fleet)?;
-                let counts = (d.peers.len(), cfg.policy.rules.len());
-                Ok((d, counts))
-            })?
-        } else {
-            mirror.reconcile_all(maps, |o| {
-                let d = merged(o, sources::desired, inputs)?;
-                let counts = (d.peers.len(), d.policy.rules.len());
-                Ok((d, counts))
-            })?
-        };
-        Ok(AgentRow {
-            case,
-            peers,
-            rules,
-            ms: start.elapsed().as_secs_f64() * 1e3,
-            cpu_ms: (thread_cpu() - cpu) * 1e3,
-            writes: reconcile::fault::take_writes(),
-            bpf_calls: count().zip(n).map(|(b, a)| b - a),
+        timed(case, &mut || {
+            let (_, counts) = if case.starts_with("docker:") {
+                mirror.reconcile_docker(maps, |o| {
+                    let d = merged(o, sources::desired_docker, inputs)?;
+                    let counts = (d.0.peers.len(), cfg.policy.rules.len());
+                    Ok((d, counts))
+                })?
+            } else if case.starts_with("etcd") {
+                mirror.reconcile_peers(maps, |o| {
+                    let fleet = Default::default();
+                    let (d, _) =
+                        sources::desired_peers(&cfg, &sources::cli::live_peers(o), etcd, &fleet)?;
+                    let counts = (d.peers.len(), cfg.policy.rules.len());
+                    Ok((d, counts))
+                })?
+            } else {
+                mirror.reconcile_all(maps, |o| {
+                    let d = merged(o, sources::desired, inputs)?;
+                    let counts = (d.peers.len(), d.policy.rules.len());
+                    Ok((d, counts))
+                })?
+            };
+            Ok(counts)
         })
     };
     out.push(step("cold start", &etcd, &mut maps, &mut mirror)?);
@@ -206,22 +214,25 @@ pub fn agent_reconcile(peers: usize, rules: usize) -> Result<Vec<AgentRow>> {
     )?);
     etcd.pop();
     out.push(step("etcd: one host gone", &etcd, &mut maps, &mut mirror)?);
-    reconcile::fault::take_writes();
-    let (start, cpu, n) = (std::time::Instant::now(), thread_cpu(), count());
-    reconcile::peers::add(&mut maps, &peer(peers + 1))?;
-    out.push(AgentRow {
-        case: "peer add (live)",
-        peers: peers + 1,
-        rules,
-        ms: start.elapsed().as_secs_f64() * 1e3,
-        cpu_ms: (thread_cpu() - cpu) * 1e3,
-        writes: reconcile::fault::take_writes(),
-        bpf_calls: count().zip(n).map(|(b, a)| b - a),
-    });
-    // The CLI's edit made the agent's copy stale: this event reads the maps again.
+    // The CLI's live edits, each followed by an etcd event: the agent brings its copy up
+    // to date from the one slot the edit names, instead of reading the maps again.
+    let cli = peer(peers + 1);
+    out.push(timed("peer add (live)", &mut || {
+        reconcile::peers::add(&mut maps, &cli).map(|_| (peers + 1, rules))
+    })?);
     etcd.push(peer(peers + 2));
     out.push(step(
-        "etcd: one host added, after a CLI edit",
+        "etcd: one host added, after a CLI add",
+        &etcd,
+        &mut maps,
+        &mut mirror,
+    )?);
+    out.push(timed("peer del (live)", &mut || {
+        reconcile::peers::del(&mut maps, &cli.name).map(|_| (peers + 1, rules))
+    })?);
+    etcd.pop();
+    out.push(step(
+        "etcd: one host gone, after a CLI del",
         &etcd,
         &mut maps,
         &mut mirror,

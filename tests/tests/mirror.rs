@@ -143,14 +143,21 @@ fn the_copy_of_the_peer_maps_stays_what_the_maps_hold() {
     assert!(ch.is_empty(), "{}", ch.summary());
     assert_eq!(fault::take_writes(), 0);
 
-    // A live `peer add` between two events: the copy no longer stands, the next event
-    // reads the maps (else the CLI's peer would be unknown to it and its slot given away).
+    // A live `peer add` between two events: the next event brings the copy up to date
+    // from the slot the edit names, without reading the maps (else the CLI's peer would
+    // be unknown to it and its slot given away).
+    let reads = mirror.reads();
     peers::add(&mut maps, &peer("cli1", 9, 19)).expect("peer add");
     etcd.push(peer("p4", 4, 14));
     let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
     assert_eq!(ch.peers.added, ["p4"]);
     assert!(ch.peers.removed.is_empty(), "{:?}", ch.peers.removed);
     same(&maps, &mirror, "after a CLI edit and an event");
+    assert_eq!(
+        mirror.reads(),
+        reads,
+        "one edit: its slot followed, nothing read"
+    );
     assert!(names(&maps).contains(&("cli1".into(), Origin::Cli)));
     let read = peers::read(&maps).unwrap();
     let mut slots: Vec<u32> = read.infos.iter().map(|(id, _)| *id).collect();
@@ -160,6 +167,38 @@ fn the_copy_of_the_peer_maps_stays_what_the_maps_hold() {
         7,
         "b, c, p0, p2, p3, cli1, p4: each in a slot of its own"
     );
+
+    // A live `peer del`: its route and underlay entry leave the copy too.
+    peers::del(&mut maps, "cli1").expect("peer del");
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert!(ch.is_empty(), "{}", ch.summary());
+    same(&maps, &mirror, "after a CLI del and an event");
+    assert_eq!(mirror.reads(), reads);
+    assert!(!names(&maps).iter().any(|(n, _)| n == "cli1"));
+
+    // Two edits between events: the slot of the last alone is known, the maps are read.
+    peers::add(&mut maps, &peer("cli2", 20, 30)).expect("peer add");
+    peers::add(&mut maps, &peer("cli3", 21, 31)).expect("peer add");
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert!(ch.is_empty(), "{}", ch.summary());
+    same(&maps, &mirror, "after two CLI edits and an event");
+    assert_eq!(mirror.reads(), reads + 1);
+
+    // An edit that did not leave the maps as it should (its route gone, as if it were cut
+    // short): the maps are read, and the reconcile puts the route back.
+    peers::add(&mut maps, &peer("cli4", 22, 32)).expect("peer add");
+    maps.peers
+        .remove(&netpath::maps::net_key("10.1.22.0/24".parse().unwrap()))
+        .unwrap();
+    let ch = event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    assert_eq!(ch.peers.restored, ["cli4"], "{}", ch.summary());
+    same(&maps, &mirror, "after an edit cut short and an event");
+    assert_eq!(mirror.reads(), reads + 2);
+    for name in ["cli2", "cli3", "cli4"] {
+        peers::del(&mut maps, name).expect("peer del");
+    }
+    event(&mut maps, &mut mirror, &etcd, &[]).unwrap();
+    same(&maps, &mirror, "after the CLI's peers went");
 
     // A reconcile that fails halfway: the maps are as before, the copy is dropped and the
     // next event reads the maps.

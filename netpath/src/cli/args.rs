@@ -225,9 +225,9 @@ pub(super) enum Cmd {
         #[arg(long, default_value_t = 100000, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
         /// Peers (from etcd) of the host whose agent reconcile is timed (cold start,
-        /// restart, one etcd host added, changed and gone, a live `peer add`, one etcd host
-        /// added after it, a Docker port published), with its CPU time, map writes and
-        /// bpf(2) calls; at most 60000.
+        /// restart, one etcd host added, changed and gone, a live `peer add` and `peer
+        /// del`, each followed by an etcd event, a Docker port published), with its CPU
+        /// time, map writes and bpf(2) calls; at most 60000.
         #[arg(long, default_value_t = 10000)]
         agent_peers: usize,
         /// Policy rules of that host.

@@ -152,23 +152,44 @@ fn peer_families(
 /// The agent's copy of the peers' maps as its last reconcile left them: an etcd event
 /// reconciles against it instead of reading 65,536 slots and walking `NP_PEERS` again.
 /// It stands while no live CLI edit of the peers came between (`AgentInfo::peer_edits`,
-/// bumped under the pin lock by each) and no reconcile failed; the periodic repair reads
+/// written under the pin lock by each; after one edit, the copy is brought up to date
+/// from the slot it names) and no reconcile failed; the periodic repair reads
 /// the maps themselves, puts right what was changed behind netpath's back (bpftool) and
 /// starts a new copy from what it left.
 #[derive(Default)]
 pub struct Mirror {
     copy: Option<(u32, Observed)>,
+    /// How many times the peers' maps were read for want of a copy that stands.
+    reads: u64,
 }
 
 impl Mirror {
-    /// What the peers' maps hold (as [`observe_peers`]): the copy if it stands, else read.
-    /// Under the pin lock, as the reconcile that follows.
+    /// What the peers' maps hold (as [`observe_peers`]): the copy if it stands, the copy
+    /// brought up to date if one live CLI edit came since ([`peers::follow_edit`]: that
+    /// slot and its keys read), else the maps read. Under the pin lock, as the reconcile
+    /// that follows.
     fn observe_peers(&mut self, maps: &Maps) -> Result<Observed> {
         let edits = maps.agent()?.peer_edits;
-        match self.copy.take() {
-            Some((e, o)) if e == edits => Ok(o),
-            _ => observe_peers(maps),
+        if let Some((e, mut o)) = self.copy.take() {
+            if e == edits {
+                return Ok(o);
+            }
+            if let Some(slot) = netpath_common::one_peer_edit(e, edits)
+                && peers::follow_edit(maps, &mut o.peers, slot)?
+            {
+                return Ok(o);
+            }
         }
+        self.reads += 1;
+        observe_peers(maps)
+    }
+
+    /// How many times the peers' maps were read instead of the copy used: each
+    /// [`Mirror::reconcile_all`], and each event that found no copy standing (none yet, a
+    /// failed reconcile, more than one live edit since, or an edit that left the maps
+    /// otherwise than it should).
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// Keeps `o`, what a reconcile that succeeded left in the maps ([`peers_from`] or
@@ -218,6 +239,7 @@ impl Mirror {
         desired: impl FnOnce(&Observed) -> Result<(Desired, M)>,
     ) -> Result<(Changes, M)> {
         self.copy = None;
+        self.reads += 1;
         let o = observe(maps)?;
         self.reconcile_with(maps, o, desired, all_from)
     }

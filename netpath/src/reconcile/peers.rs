@@ -362,7 +362,6 @@ fn put(maps: &mut Maps, undo: &mut Undo, id: u32, info: &PeerInfo, fresh: bool) 
 /// puts right what else a hand changed).
 pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
     let host = super::running_host(maps)?;
-    edited(maps)?;
     let infos = maps.peer_infos()?;
     let installed = owned(&infos);
     let problems = crate::state::check_peer(
@@ -380,6 +379,7 @@ pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
         .find(|id| !used.contains(id))
         .with_context(|| format!("all {MAX_PEERS} peer slots are in use: remove peers first"))?;
     let info = info_of(p, Origin::Cli);
+    edited(maps, id)?;
     let mut undo = Undo::default();
     if let Err(e) = put(maps, &mut undo, id, &info, true) {
         undo.run(maps);
@@ -391,13 +391,70 @@ pub fn add(maps: &mut Maps, p: &Peer) -> Result<PeerChanges> {
     })
 }
 
-/// Tells a running agent that its copy of the peers' maps no longer stands (a live edit
-/// is made, or tried, under the same lock): `AgentInfo::peer_edits` goes up by one.
-fn edited(maps: &mut Maps) -> Result<()> {
+/// Tells a running agent that its copy of the peers' maps no longer stands for `slot`
+/// (an edit of it follows, under the same lock, and may fail halfway):
+/// `AgentInfo::peer_edits` counts one more and names the slot ([`follow_edit`]).
+fn edited(maps: &mut Maps, slot: u32) -> Result<()> {
     let mut a = maps.agent()?;
-    a.peer_edits = a.peer_edits.wrapping_add(1);
+    a.peer_edits = netpath_common::peer_edit(a.peer_edits, slot);
     maps.agent.set(0, a, 0)?;
     Ok(())
+}
+
+/// Brings `now` (the agent's copy of the peers' maps) up to date after one live edit of
+/// `slot` ([`add`] or [`del`], which touch nothing but the slot, its peer's route and its
+/// underlay entry): the slot read, then the route and underlay keys of the peer it held
+/// in the copy and of the one it holds now. Four or five map reads, where reading
+/// everything is 65,536 slots and a walk of `NP_PEERS`. False when the maps are not as
+/// such an edit leaves them (one cut short, or another hand): `now` is then to be thrown
+/// away and the maps read.
+pub(crate) fn follow_edit(maps: &Maps, now: &mut Installed, slot: u32) -> Result<bool> {
+    let at = now.infos.binary_search_by_key(&slot, |(id, _)| *id);
+    let old = at.ok().map(|i| now.infos[i].1);
+    let new = Some(maps.peer_info.get(&slot, 0)?).filter(|i| i.origin != 0);
+    let route_key = |i: &PeerInfo| (i.prefix_len as u32, i.subnet);
+    // The underlay is a hash map: what a lookup says is the entry.
+    for i in old.iter().chain(&new) {
+        match maps.underlay.get(&i.underlay, 0) {
+            Ok(v) => now.underlay.insert(i.underlay, v),
+            Err(aya::maps::MapError::KeyNotFound) => now.underlay.remove(&i.underlay),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    // NP_PEERS is an LPM trie: a lookup of a key that is gone finds a shorter route that
+    // covers it, if any. So an entry is taken as there when the lookup finds the value
+    // the edit wrote, and as gone when this slot's entry no longer shows.
+    let found = |k: (u32, u32)| match maps.peers.get(&Key::new(k.0, k.1), 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    };
+    if let Some(o) = &old {
+        let k = route_key(o);
+        let ours = now.routes.get(&k).is_some_and(|v| v.id == slot);
+        if new.map(|n| route_key(&n)) != Some(k) && ours {
+            if found(k)?.is_some_and(|v| v.id == slot && v.flags & PEER_F_ENDPOINT == 0) {
+                return Ok(false);
+            }
+            now.routes.remove(&k);
+        }
+    }
+    if let Some(n) = &new {
+        let v = value_of(slot, n);
+        if found(route_key(n))? != Some(v) || now.underlay.get(&n.underlay) != Some(&v) {
+            return Ok(false);
+        }
+        now.routes.insert(route_key(n), v);
+    }
+    match (at, new) {
+        (Ok(i), Some(n)) => now.infos[i].1 = n,
+        (Ok(i), None) => {
+            now.infos.remove(i);
+        }
+        (Err(i), Some(n)) => now.infos.insert(i, (slot, n)),
+        (Err(_), None) => {}
+    }
+    Ok(true)
 }
 
 /// `netpath peer del`: removes the peer `name` (its route and underlay entry where they
@@ -421,7 +478,7 @@ pub fn del(maps: &mut Maps, name: &str) -> Result<PeerChanges> {
     if Origin::from_map(info.origin) == Origin::Config {
         log::warn!("peer {name:?} comes from the config: the next agent start will add it again");
     }
-    edited(maps)?;
+    edited(maps, *id)?;
     let key = Key::new(info.prefix_len as u32, info.subnet);
     let mut undo = Undo::default();
     // Its route and underlay entry where they are its own (another peer may hold them now).
