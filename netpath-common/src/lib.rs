@@ -98,6 +98,10 @@ pub mod prog_names {
     pub const FROM_UPLINK: &str = "np_from_uplink";
     /// XDP on the uplink (optional): early checks and decap of tunnel traffic.
     pub const XDP_UPLINK: &str = "np_xdp_uplink";
+    /// XDP_UPLINK for kernels whose XDP programs cannot have metadata: checks and drops
+    /// only (TC decapsulates); loaded, under XDP_UPLINK's pin, where the kernel refuses
+    /// XDP_UPLINK.
+    pub const XDP_CHECK: &str = "np_xdp_check";
     /// TC ingress of each container's host-side veth: policy between containers of the
     /// same host (their traffic is bridged and never reaches the other programs).
     pub const FROM_CONTAINER: &str = "np_from_container";
@@ -870,6 +874,9 @@ pub const AGENT_F_TCX: u32 = 1;
 pub const AGENT_F_XDP_GENERIC: u32 = 2;
 /// XDP is attached to the uplink in native (driver) mode.
 pub const AGENT_F_XDP_NATIVE: u32 = 4;
+/// The XDP program attached checks and drops only (np_xdp_check: the kernel gives XDP
+/// no metadata); np_from_uplink decapsulates every tunnel packet.
+pub const AGENT_F_XDP_CHECK: u32 = 8;
 
 /// Reads a NUL-padded name field.
 pub fn name_str(bytes: &[u8]) -> &str {

@@ -57,7 +57,14 @@ pub fn np_from_container(ctx: TcContext) -> i32 {
 /// decapsulates good ones before the stack sees them; np_from_uplink delivers them.
 #[xdp]
 pub fn np_xdp_uplink(ctx: XdpContext) -> u32 {
-    xdp::from_uplink(&ctx)
+    xdp::from_uplink::<true>(&ctx)
+}
+
+/// np_xdp_uplink for kernels whose XDP has no metadata (`bpf_xdp_adjust_meta`): the same
+/// checks and drops; good tunnel packets pass whole, np_from_uplink decapsulates them.
+#[xdp]
+pub fn np_xdp_check(ctx: XdpContext) -> u32 {
+    xdp::from_uplink::<false>(&ctx)
 }
 
 #[cfg(not(test))]

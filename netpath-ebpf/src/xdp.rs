@@ -7,6 +7,12 @@
 //! `fwd-vxlan-decap-xdp`. Everything else passes untouched and uncounted, so that TC
 //! counts each packet once. When the driver has no room for metadata, the packet passes
 //! whole and TC decapsulates it.
+//!
+//! Some kernels refuse `bpf_xdp_adjust_meta` to XDP programs altogether (the verifier:
+//! "program of this type cannot use helper"). For them the object has a second entry,
+//! np_xdp_check: the same checks and drops, no metadata and no decap; every good tunnel
+//! packet passes whole and TC decapsulates it (the agent loads it when the first is
+//! refused, and says so).
 
 use crate::{counters::count, debug, events, maps, parse, vxlan};
 use aya_ebpf::{
@@ -27,7 +33,10 @@ struct Meta {
 const MAGIC: u32 = 0x4e50_5844;
 const META_LEN: i32 = core::mem::size_of::<Meta>() as i32;
 
-pub fn from_uplink(ctx: &XdpContext) -> u32 {
+/// The XDP program; `DECAP`: strip good tunnel packets and name their peer in the
+/// metadata (np_xdp_uplink), or leave them whole (np_xdp_check).
+#[inline(always)]
+pub fn from_uplink<const DECAP: bool>(ctx: &XdpContext) -> u32 {
     let Ok(cfg) = maps::config() else {
         return XDP_PASS;
     };
@@ -51,6 +60,9 @@ pub fn from_uplink(ctx: &XdpContext) -> u32 {
             return XDP_DROP;
         }
     };
+    if !DECAP {
+        return XDP_PASS;
+    }
     // SAFETY: helper on the program's own xdp_buff.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } != 0 {
         return XDP_PASS;

@@ -334,7 +334,7 @@ fn test_run(
         ..Default::default()
     };
     let prog = ebpf
-        .program_mut(name)
+        .program_mut(crate::datapath::loaded_name(ebpf, name))
         .with_context(|| format!("program {name}"))?;
     let r = if name == prog_names::XDP_UPLINK {
         let p: &mut Xdp = prog.try_into()?;

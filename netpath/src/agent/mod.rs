@@ -641,12 +641,13 @@ fn start(
     if let Some(how) = attach::attach_xdp(&mut ebpf, pins, &cfg.host, &before)? {
         log::info!(
             "{} on {} ({} mode): {how:?}",
-            prog_names::XDP_UPLINK,
+            datapath::loaded_name(&ebpf, prog_names::XDP_UPLINK),
             cfg.host.uplink,
             cfg.host.xdp
         );
     }
-    let info = write_agent(&mut maps, cfg, tcx, adopted)?;
+    let xdp_check = cfg.host.xdp != crate::state::XdpMode::Off && !datapath::xdp_decaps(&ebpf);
+    let info = write_agent(&mut maps, cfg, tcx, xdp_check, adopted)?;
     let c = &changes;
     log::info!(
         "reconciled in {:.0} ms: {}",
@@ -715,8 +716,18 @@ fn write_build(maps: &mut Maps) -> Result<()> {
 }
 
 /// Records who manages the datapath (status, down, restarts).
-fn write_agent(maps: &mut Maps, cfg: &Config, tcx: bool, adopted: bool) -> Result<AgentInfo> {
-    let xdp = attach::xdp_flag(cfg.host.xdp);
+/// `xdp_check`: the XDP program attached only checks (see datapath::xdp_decaps).
+fn write_agent(
+    maps: &mut Maps,
+    cfg: &Config,
+    tcx: bool,
+    xdp_check: bool,
+    adopted: bool,
+) -> Result<AgentInfo> {
+    let mut xdp = attach::xdp_flag(cfg.host.xdp);
+    if xdp_check {
+        xdp |= netpath_common::AGENT_F_XDP_CHECK;
+    }
     let old = maps.agent()?;
     let now = now();
     let info = AgentInfo {

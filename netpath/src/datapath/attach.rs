@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     programs::{
-        SchedClassifier, TcAttachType, Xdp,
+        SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink},
         xdp::XdpLink,
@@ -259,7 +259,7 @@ pub fn attach_xdp(
     let name = prog_names::XDP_UPLINK;
     let pin = pins.link_path(name);
     let had = xdp_mode(before.flags);
-    let prog = program::<Xdp>(ebpf, name)?;
+    let prog = super::xdp(ebpf)?;
     if pin.exists() {
         let old = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening pinned link {}", pin.display()))?;

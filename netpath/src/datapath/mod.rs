@@ -61,15 +61,63 @@ pub fn load_with(pin: impl Fn(&str) -> Option<std::path::PathBuf>, ct_size: u32)
             .load()
             .with_context(|| format!("loading program {name} (the verifier's log says why)"))?;
     }
-    program::<Xdp>(&mut ebpf, prog_names::XDP_UPLINK)?
-        .load()
-        .with_context(|| {
-            format!(
-                "loading program {} (the verifier's log says why)",
-                prog_names::XDP_UPLINK
-            )
-        })?;
+    load_xdp(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Loads np_xdp_uplink, or np_xdp_check where the kernel refuses XDP metadata to XDP
+/// programs (its verifier: "cannot use helper bpf_xdp_adjust_meta"): the same checks and
+/// drops, TC decapsulating every tunnel packet. Said once, as a warning.
+fn load_xdp(ebpf: &mut Ebpf) -> Result<()> {
+    let why = |name: &str| format!("loading program {name} (the verifier's log says why)");
+    let first = program::<Xdp>(ebpf, prog_names::XDP_UPLINK)?.load();
+    let Err(e) = first else {
+        return Ok(());
+    };
+    let no_meta = matches!(&e, aya::programs::ProgramError::LoadError { verifier_log, .. }
+        if verifier_log.to_string().contains("cannot use helper bpf_xdp_adjust_meta"));
+    if !no_meta {
+        return Err(e).with_context(|| why(prog_names::XDP_UPLINK));
+    }
+    program::<Xdp>(ebpf, prog_names::XDP_CHECK)?
+        .load()
+        .with_context(|| why(prog_names::XDP_CHECK))?;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log::warn!(
+            "this kernel gives XDP programs no metadata (bpf_xdp_adjust_meta): XDP on the uplink checks and drops, TC decapsulates ({} instead of {})",
+            prog_names::XDP_CHECK,
+            prog_names::XDP_UPLINK
+        )
+    });
+    Ok(())
+}
+
+/// Whether the XDP program loaded decapsulates (np_xdp_uplink), or only checks
+/// (np_xdp_check, see [`load_xdp`]).
+pub fn xdp_decaps(ebpf: &Ebpf) -> bool {
+    ebpf.program(prog_names::XDP_UPLINK)
+        .is_some_and(|p| p.fd().is_ok())
+}
+
+/// The XDP program loaded (see [`load_xdp`]).
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let name = if xdp_decaps(ebpf) {
+        prog_names::XDP_UPLINK
+    } else {
+        prog_names::XDP_CHECK
+    };
+    program::<Xdp>(ebpf, name)
+}
+
+/// The program of `ebpf` that runs as `name`: the XDP program loaded for
+/// [`prog_names::XDP_UPLINK`], `name` itself otherwise.
+pub fn loaded_name<'a>(ebpf: &Ebpf, name: &'a str) -> &'a str {
+    if name == prog_names::XDP_UPLINK && !xdp_decaps(ebpf) {
+        prog_names::XDP_CHECK
+    } else {
+        name
+    }
 }
 
 /// A map the kernel would not create for want of memory (charged to the creating

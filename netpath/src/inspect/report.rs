@@ -45,6 +45,9 @@ pub struct AgentRow {
     pub tc_attach: &'static str,
     /// XDP on the uplink: off, generic or native.
     pub xdp: &'static str,
+    /// Whether XDP decapsulates tunnel packets: false when it is off, or only checks
+    /// (the kernel gives XDP programs no metadata; TC decapsulates).
+    pub xdp_decap: bool,
 }
 
 #[derive(Serialize)]
@@ -158,6 +161,8 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
             "netlink"
         },
         xdp: datapath::attach::xdp_mode(a.flags).as_str(),
+        xdp_decap: datapath::attach::xdp_mode(a.flags) != crate::state::XdpMode::Off
+            && a.flags & netpath_common::AGENT_F_XDP_CHECK == 0,
     })
 }
 

@@ -320,6 +320,7 @@ fn attachments(
     let tags = program_tags();
     let mut rows = Vec::new();
     let xdp = datapath::attach::xdp_mode(agent.flags);
+    let check = agent.flags & netpath_common::AGENT_F_XDP_CHECK != 0;
     let tcx = agent.flags & AGENT_F_TCX != 0;
     let mut expected: Vec<(&str, String, u32, &'static str)> = vec![
         (
@@ -376,12 +377,19 @@ fn attachments(
     };
     for (prog, iface, ifindex, hook) in expected {
         let how = match hook {
+            "xdp" if check => format!("xdp {xdp}, checks only (TC decapsulates)"),
             "xdp" => format!("xdp {xdp}"),
             _ if tcx => "tcx".to_owned(),
             _ => "clsact (netlink)".to_owned(),
         };
         let row = if hook == "xdp" || tcx {
-            let mut r = from_link(&pins.link_path(prog), prog, hook, how);
+            // np_xdp_check runs under np_xdp_uplink's pin.
+            let shown = if hook == "xdp" && check {
+                prog_names::XDP_CHECK
+            } else {
+                prog
+            };
+            let mut r = from_link(&pins.link_path(prog), shown, hook, how);
             if r.state == "missing" {
                 r.interface = iface.clone();
                 r.ifindex = ifindex;

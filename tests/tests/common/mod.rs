@@ -156,12 +156,20 @@ impl Dp {
 
     /// Runs the XDP program; returns the XDP action and the frame it passes on.
     pub fn run_xdp(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        test_run(netpath::datapath::xdp(&mut self.ebpf).unwrap(), input)
+    }
+
+    /// Runs np_xdp_check (loaded here if the datapath's loading did not need it).
+    pub fn run_xdp_check(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
         let p: &mut Xdp = self
             .ebpf
-            .program_mut(prog_names::XDP_UPLINK)
+            .program_mut(prog_names::XDP_CHECK)
             .unwrap()
             .try_into()
             .unwrap();
+        if p.fd().is_err() {
+            p.load().unwrap();
+        }
         test_run(p, input)
     }
 
