@@ -28,7 +28,7 @@ use crate::{
     reconcile::{self, endpoints::EndpointChanges},
     sources::{
         file::Config,
-        neigh::{self, Kernel, Touched},
+        neigh::{self, Endpoints, Kernel, Touched},
     },
     state::Endpoint,
 };
@@ -41,7 +41,7 @@ pub(super) const STORM: usize = 2000;
 #[derive(Debug, Default)]
 pub(super) struct Containers {
     kernel: Kernel,
-    endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    endpoints: Endpoints,
 }
 
 /// The whole reading (see the module's doc). Logs what changed; a failure is logged, and
@@ -114,12 +114,12 @@ pub(super) async fn sync(
             nets,
             bridges,
             ports,
-            docker: BTreeMap::new(),
+            docker: Endpoints::default(),
         };
         kernel.set_docker(docker(views));
         let desired = kernel.endpoints(&installed);
         let changes = reconcile::endpoints::reconcile(maps, &installed, &desired)?;
-        let endpoints = desired.into_iter().map(|e| (e.addr, e)).collect();
+        let endpoints = desired.into_iter().collect();
         anyhow::Ok((Containers { kernel, endpoints }, changes))
     };
     match result.await {
@@ -251,7 +251,9 @@ fn decide(maps: &mut Maps, done: &mut Done, addrs: &BTreeSet<Ipv4Addr>) {
             for a in addrs {
                 c.endpoints.remove(a);
             }
-            c.endpoints.extend(desired.into_iter().map(|e| (e.addr, e)));
+            for e in desired {
+                c.endpoints.insert(e);
+            }
             log_endpoints(&changes);
         }
         Err(e) => {

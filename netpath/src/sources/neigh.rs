@@ -25,13 +25,19 @@ use crate::state::{Endpoint, Network, network_of};
 
 type Mac = [u8; 6];
 
-/// What the kernel says about one bridge: its IPv4 neighbours and where it learned MACs.
+/// What the kernel says about one bridge: its IPv4 neighbours and where it learned MACs,
+/// indexed both ways so that an event about one MAC or one port finds its addresses
+/// without going through the bridge's other containers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Bridge {
     /// IPv4 neighbours: address -> MAC (None while unresolved), usable.
-    pub neighbours: HashMap<Ipv4Addr, (Option<Mac>, bool)>,
+    neighbours: HashMap<Ipv4Addr, (Option<Mac>, bool)>,
     /// Learned (not local) forwarding entries: MAC -> the port it was learned on.
-    pub fdb: HashMap<Mac, u32>,
+    fdb: HashMap<Mac, u32>,
+    /// The neighbours by MAC.
+    by_mac: HashMap<Mac, BTreeSet<Ipv4Addr>>,
+    /// The forwarding entries by port.
+    by_port: HashMap<u32, BTreeSet<Mac>>,
 }
 
 impl Bridge {
@@ -43,19 +49,142 @@ impl Bridge {
         fdb: impl IntoIterator<Item = (Mac, u32)>,
         ports: &impl Fn(u32) -> bool,
     ) -> Bridge {
-        let mut b = Bridge {
-            neighbours: neighbours
-                .into_iter()
-                .map(|(a, m, u)| (a, (m, u)))
-                .collect(),
-            fdb: HashMap::new(),
-        };
+        let mut b = Bridge::default();
+        for (addr, mac, usable) in neighbours {
+            b.set_neighbour(addr, mac, usable);
+        }
         for (mac, port) in fdb {
-            if ports(port) {
-                b.fdb.entry(mac).or_insert(port);
+            if ports(port) && !b.fdb.contains_key(&mac) {
+                b.set_fdb(mac, port);
             }
         }
         b
+    }
+
+    /// The neighbour of `addr`: its MAC (None while unresolved), and whether it is usable.
+    pub fn neighbour(&self, addr: &Ipv4Addr) -> Option<(Option<Mac>, bool)> {
+        self.neighbours.get(addr).copied()
+    }
+
+    /// Every neighbour's address.
+    pub fn addrs(&self) -> impl Iterator<Item = &Ipv4Addr> {
+        self.neighbours.keys()
+    }
+
+    /// The port where the bridge learned `mac`.
+    pub fn port_of(&self, mac: &Mac) -> Option<u32> {
+        self.fdb.get(mac).copied()
+    }
+
+    /// The addresses whose neighbour has `mac`.
+    pub fn with_mac(&self, mac: &Mac) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_mac.get(mac).into_iter().flatten().copied()
+    }
+
+    /// The addresses whose neighbour's MAC the bridge learned on `port`.
+    pub fn learned_on(&self, port: u32) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let macs = self.by_port.get(&port).into_iter().flatten();
+        macs.flat_map(|m| self.with_mac(m))
+    }
+
+    pub fn set_neighbour(&mut self, addr: Ipv4Addr, mac: Option<Mac>, usable: bool) {
+        self.remove_neighbour(&addr);
+        self.neighbours.insert(addr, (mac, usable));
+        if let Some(m) = mac {
+            self.by_mac.entry(m).or_default().insert(addr);
+        }
+    }
+
+    pub fn remove_neighbour(&mut self, addr: &Ipv4Addr) {
+        if let Some((Some(m), _)) = self.neighbours.remove(addr) {
+            unindex(&mut self.by_mac, m, addr);
+        }
+    }
+
+    /// `mac` is learned on `port` (one entry: a MAC that moved has its new port).
+    pub fn set_fdb(&mut self, mac: Mac, port: u32) {
+        self.remove_fdb(&mac);
+        self.fdb.insert(mac, port);
+        self.by_port.entry(port).or_default().insert(mac);
+    }
+
+    pub fn remove_fdb(&mut self, mac: &Mac) {
+        if let Some(p) = self.fdb.remove(mac) {
+            unindex(&mut self.by_port, p, mac);
+        }
+    }
+}
+
+/// Endpoints by address, also indexed by port and by MAC: the map's (what
+/// [`Kernel::apply`] is given as `known`) and Docker's word ([`Kernel::docker`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    all: BTreeMap<Ipv4Addr, Endpoint>,
+    by_port: HashMap<u32, BTreeSet<Ipv4Addr>>,
+    by_mac: HashMap<Mac, BTreeSet<Ipv4Addr>>,
+}
+
+impl Endpoints {
+    pub fn get(&self, addr: &Ipv4Addr) -> Option<&Endpoint> {
+        self.all.get(addr)
+    }
+
+    /// Every endpoint, by address.
+    pub fn all(&self) -> &BTreeMap<Ipv4Addr, Endpoint> {
+        &self.all
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Puts `e` in, in place of its address's endpoint.
+    pub fn insert(&mut self, e: Endpoint) {
+        self.remove(&e.addr);
+        self.all.insert(e.addr, e);
+        self.by_port.entry(e.ifindex).or_default().insert(e.addr);
+        self.by_mac.entry(e.mac).or_default().insert(e.addr);
+    }
+
+    pub fn remove(&mut self, addr: &Ipv4Addr) -> Option<Endpoint> {
+        let e = self.all.remove(addr)?;
+        unindex(&mut self.by_port, e.ifindex, addr);
+        unindex(&mut self.by_mac, e.mac, addr);
+        Some(e)
+    }
+
+    /// The addresses of the endpoints on `port`.
+    pub fn on_port(&self, port: u32) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_port.get(&port).into_iter().flatten().copied()
+    }
+
+    /// The addresses of the endpoints with `mac`.
+    pub fn with_mac(&self, mac: &Mac) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_mac.get(mac).into_iter().flatten().copied()
+    }
+}
+
+impl FromIterator<Endpoint> for Endpoints {
+    fn from_iter<I: IntoIterator<Item = Endpoint>>(iter: I) -> Endpoints {
+        let mut out = Endpoints::default();
+        for e in iter {
+            out.insert(e);
+        }
+        out
+    }
+}
+
+/// Takes `v` out of `index`'s set of `k`, and the set once empty.
+fn unindex<K: std::hash::Hash + Eq, V: Ord>(index: &mut HashMap<K, BTreeSet<V>>, k: K, v: &V) {
+    if let std::collections::hash_map::Entry::Occupied(mut e) = index.entry(k) {
+        e.get_mut().remove(v);
+        if e.get().is_empty() {
+            e.remove();
+        }
     }
 }
 
@@ -272,7 +401,7 @@ pub struct Kernel {
     pub ports: HashMap<u32, (u32, String)>,
     /// Docker's word on its containers, by address (the last of an address, should
     /// Docker give two).
-    pub docker: BTreeMap<Ipv4Addr, Endpoint>,
+    pub docker: Endpoints,
 }
 
 static NO_BRIDGE: std::sync::LazyLock<Bridge> = std::sync::LazyLock::new(Bridge::default);
@@ -300,12 +429,10 @@ impl Kernel {
         for n in self.nets.iter().filter(|n| n.holds_container(addr)) {
             let b = self.bridges.get(&n.bridge_ifindex).unwrap_or(&NO_BRIDGE);
             let kept = known.filter(|e| is_port(e.ifindex));
-            let e = match b.neighbours.get(&addr) {
+            let e = match b.neighbour(&addr) {
                 None => kept.copied(),
-                Some(&(Some(mac), true)) if mac[0] & 1 == 0 && mac != [0; 6] => b
-                    .fdb
-                    .get(&mac)
-                    .copied()
+                Some((Some(mac), true)) if mac[0] & 1 == 0 && mac != [0; 6] => b
+                    .port_of(&mac)
                     .filter(|p| is_port(*p))
                     .or(kept.filter(|e| e.mac == mac).map(|e| e.ifindex))
                     .map(|ifindex| Endpoint { addr, ifindex, mac }),
@@ -321,9 +448,9 @@ impl Kernel {
     /// Every endpoint (`known`: the map now), by [`Kernel::endpoint`].
     pub fn endpoints(&self, known: &BTreeMap<Ipv4Addr, Endpoint>) -> Vec<Endpoint> {
         let mut addrs: BTreeSet<Ipv4Addr> = known.keys().copied().collect();
-        addrs.extend(self.docker.keys());
+        addrs.extend(self.docker.all().keys());
         for b in self.bridges.values() {
-            addrs.extend(b.neighbours.keys());
+            addrs.extend(b.addrs());
         }
         addrs
             .into_iter()
@@ -339,14 +466,15 @@ impl Kernel {
                 touched.insert(*a);
             }
         }
-        touched.extend(self.docker.keys().filter(|a| !docker.contains_key(a)));
-        self.docker = docker;
+        let was = self.docker.all().keys();
+        touched.extend(was.filter(|a| !docker.contains_key(a)));
+        self.docker = docker.into_values().collect();
         touched
     }
 
     /// Follows event `ev` (`known`: the endpoints in the map now), adding what it
     /// touched to `t`.
-    pub fn apply(&mut self, ev: &Event, known: &BTreeMap<Ipv4Addr, Endpoint>, t: &mut Touched) {
+    pub fn apply(&mut self, ev: &Event, known: &Endpoints, t: &mut Touched) {
         match ev {
             Event::Neighbour {
                 ifindex,
@@ -359,9 +487,9 @@ impl Kernel {
                     return;
                 };
                 if *gone {
-                    b.neighbours.remove(addr);
+                    b.remove_neighbour(addr);
                 } else {
-                    b.neighbours.insert(*addr, (*mac, *usable));
+                    b.set_neighbour(*addr, *mac, *usable);
                 }
                 t.addrs.insert(*addr);
             }
@@ -377,19 +505,16 @@ impl Kernel {
                 };
                 if *gone {
                     // The entry of another port (the MAC moved since) stays.
-                    if b.fdb.get(mac) == Some(port) {
-                        b.fdb.remove(mac);
+                    if b.port_of(mac) == Some(*port) {
+                        b.remove_fdb(mac);
                     }
                 } else if is_port {
-                    // A MAC that moved is one entry with its new port.
-                    b.fdb.insert(*mac, *port);
+                    b.set_fdb(*mac, *port);
                 } else {
                     return;
                 }
-                let on_bridge = b.neighbours.iter().filter(|(_, (m, _))| *m == Some(*mac));
-                t.addrs.extend(on_bridge.map(|(a, _)| *a));
-                t.addrs
-                    .extend(known.values().filter(|e| e.mac == *mac).map(|e| e.addr));
+                t.addrs.extend(b.with_mac(mac));
+                t.addrs.extend(known.with_mac(mac));
             }
             Event::Link {
                 ifindex,
@@ -424,18 +549,10 @@ impl Kernel {
                 // Every address whose endpoint the port can carry: those learned on it,
                 // known on it, or given on it by Docker.
                 for b in self.bridges.values() {
-                    t.addrs.extend(
-                        b.neighbours
-                            .iter()
-                            .filter(|(_, (m, _))| m.and_then(|m| b.fdb.get(&m)) == Some(ifindex))
-                            .map(|(a, _)| *a),
-                    );
+                    t.addrs.extend(b.learned_on(*ifindex));
                 }
-                let on_port = |e: &&Endpoint| e.ifindex == *ifindex;
-                t.addrs
-                    .extend(known.values().filter(on_port).map(|e| e.addr));
-                t.addrs
-                    .extend(self.docker.values().filter(on_port).map(|e| e.addr));
+                t.addrs.extend(known.on_port(*ifindex));
+                t.addrs.extend(self.docker.on_port(*ifindex));
             }
             Event::Address => t.address = true,
             Event::Other => {}
@@ -496,7 +613,7 @@ mod tests {
             nets: vec![Network::of_host(&host())],
             bridges: [(2, Bridge::new(neighbours, fdb, &is_port))].into(),
             ports: ports.iter().map(|p| (*p, (2, format!("v{p}")))).collect(),
-            docker: BTreeMap::new(),
+            docker: Endpoints::default(),
         }
     }
 
@@ -581,7 +698,7 @@ mod tests {
         assert_eq!(touched.len(), 3);
         assert_eq!(k.endpoints(&BTreeMap::new()), vec![ep("10.244.1.2", 11, B)]);
         // The same word again touches nothing; a container gone touches its address.
-        assert!(k.set_docker(k.docker.clone()).is_empty());
+        assert!(k.set_docker(k.docker.all().clone()).is_empty());
         let touched = k.set_docker(known(&[ep("10.244.1.2", 11, B)]));
         assert_eq!(touched, [ip("10.244.1.3"), ip("10.244.9.3")].into());
     }
@@ -590,8 +707,9 @@ mod tests {
     /// returns what they touched.
     fn follow(k: &mut Kernel, map: &mut BTreeMap<Ipv4Addr, Endpoint>, events: &[Event]) -> Touched {
         let mut t = Touched::default();
+        let known: Endpoints = map.values().copied().collect();
         for e in events {
-            k.apply(e, map, &mut t);
+            k.apply(e, &known, &mut t);
         }
         for a in &t.addrs {
             match k.endpoint(*a, map.get(a)) {
@@ -628,6 +746,71 @@ mod tests {
             port,
             gone,
         }
+    }
+
+    #[test]
+    fn a_bridges_indices_say_what_its_tables_say() {
+        let mut b = Bridge::default();
+        let mut x = 7u32;
+        for _ in 0..3000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let addr = Ipv4Addr::new(10, 244, 1, (x >> 8) as u8 % 16);
+            let mac = [2, 0, 0, 0, 0, (x >> 16) as u8 % 8];
+            let port = (x >> 20) % 4;
+            match (x >> 27) % 5 {
+                0 => b.set_neighbour(addr, Some(mac), true),
+                1 => b.set_neighbour(addr, None, false),
+                2 => b.remove_neighbour(&addr),
+                3 => b.set_fdb(mac, port),
+                _ => b.remove_fdb(&mac),
+            }
+            for p in 0..4 {
+                let want: BTreeSet<Ipv4Addr> = b
+                    .neighbours
+                    .iter()
+                    .filter(|(_, (m, _))| m.and_then(|m| b.port_of(&m)) == Some(p))
+                    .map(|(a, _)| *a)
+                    .collect();
+                assert_eq!(b.learned_on(p).collect::<BTreeSet<_>>(), want);
+            }
+            for m in 0..8 {
+                let mac = [2, 0, 0, 0, 0, m];
+                let want: BTreeSet<Ipv4Addr> = b
+                    .neighbours
+                    .iter()
+                    .filter(|(_, (n, _))| *n == Some(mac))
+                    .map(|(a, _)| *a)
+                    .collect();
+                assert_eq!(b.with_mac(&mac).collect::<BTreeSet<_>>(), want);
+            }
+            // Nothing left behind: an index holds no empty set.
+            assert!(b.by_mac.values().all(|s| !s.is_empty()));
+            assert!(b.by_port.values().all(|s| !s.is_empty()));
+        }
+    }
+
+    #[test]
+    fn endpoints_are_found_by_port_and_mac_after_they_change() {
+        let mut e: Endpoints = [ep("10.244.1.2", 10, A), ep("10.244.1.3", 10, B)]
+            .into_iter()
+            .collect();
+        let on = |e: &Endpoints, p: u32| e.on_port(p).collect::<Vec<_>>();
+        assert_eq!(on(&e, 10), [ip("10.244.1.2"), ip("10.244.1.3")]);
+        // The same address on another port with another MAC: found there only.
+        e.insert(ep("10.244.1.2", 11, B));
+        assert_eq!(on(&e, 10), [ip("10.244.1.3")]);
+        assert_eq!(on(&e, 11), [ip("10.244.1.2")]);
+        assert_eq!(e.with_mac(&A).count(), 0);
+        assert_eq!(e.with_mac(&B).count(), 2);
+        assert_eq!(e.remove(&ip("10.244.1.3")), Some(ep("10.244.1.3", 10, B)));
+        assert!(on(&e, 10).is_empty());
+        assert_eq!(e.len(), 1);
+        assert!(
+            e.by_port
+                .values()
+                .chain(e.by_mac.values())
+                .all(|s| !s.is_empty())
+        );
     }
 
     #[test]
