@@ -202,6 +202,20 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
 
     let (mut arrival_cpu, mut arrival_ms, mut departure_cpu, mut departure_ms) =
         (vec![], vec![], vec![], vec![]);
+    // NP_BENCH_PERF=<file>: `perf record` on the agent over the arrivals of the large case
+    // (how measured.md's profile was taken).
+    let perf = match std::env::var("NP_BENCH_PERF") {
+        Ok(out) if containers > 0 => {
+            let pid = pid.to_string();
+            let p = std::process::Command::new("perf")
+                .args(["record", "-F", "4999", "-g", "-p", &pid, "-o", &out])
+                .spawn()
+                .context("starting perf record (NP_BENCH_PERF)")?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(p)
+        }
+        _ => None,
+    };
     for a in 0..size.arrivals {
         // On the first network, after the containers there (each holds fewer than 1,000).
         let k = PER_NETWORK + a;
@@ -229,6 +243,13 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
         departure_cpu.push((cpu_ns(pid)? - c0) as f64 / 1e6);
         netpath_tests::run(ip(&host, &format!("neigh del {addr} dev {br}")))?;
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(mut p) = perf {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = p.wait();
     }
     if count(lab)? != containers {
         bail!(
