@@ -235,6 +235,12 @@ pub fn xdp_flag(mode: config::XdpMode) -> u32 {
     }
 }
 
+/// Whether an `NP_AGENT` record's flags say XDP decapsulates: it is attached, and is
+/// not np_xdp_check (checks only, TC decapsulating).
+pub fn xdp_decap(flags: u32) -> bool {
+    xdp_mode(flags) != config::XdpMode::Off && flags & netpath_common::AGENT_F_XDP_CHECK == 0
+}
+
 /// The XDP mode an `NP_AGENT` record's flags say is attached.
 pub fn xdp_mode(flags: u32) -> config::XdpMode {
     if flags & AGENT_F_XDP_NATIVE != 0 {

@@ -102,11 +102,7 @@ pub fn xdp_decaps(ebpf: &Ebpf) -> bool {
 
 /// The XDP program loaded (see [`load_xdp`]).
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let name = if xdp_decaps(ebpf) {
-        prog_names::XDP_UPLINK
-    } else {
-        prog_names::XDP_CHECK
-    };
+    let name = loaded_name(ebpf, prog_names::XDP_UPLINK);
     program::<Xdp>(ebpf, name)
 }
 

@@ -161,8 +161,7 @@ pub fn agent_row(maps: &Maps) -> Result<AgentRow> {
             "netlink"
         },
         xdp: datapath::attach::xdp_mode(a.flags).as_str(),
-        xdp_decap: datapath::attach::xdp_mode(a.flags) != crate::state::XdpMode::Off
-            && a.flags & netpath_common::AGENT_F_XDP_CHECK == 0,
+        xdp_decap: datapath::attach::xdp_decap(a.flags),
     })
 }
 

@@ -320,7 +320,7 @@ fn attachments(
     let tags = program_tags();
     let mut rows = Vec::new();
     let xdp = datapath::attach::xdp_mode(agent.flags);
-    let check = agent.flags & netpath_common::AGENT_F_XDP_CHECK != 0;
+    let check = xdp != crate::state::XdpMode::Off && !datapath::attach::xdp_decap(agent.flags);
     let tcx = agent.flags & AGENT_F_TCX != 0;
     let mut expected: Vec<(&str, String, u32, &'static str)> = vec![
         (
