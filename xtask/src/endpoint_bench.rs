@@ -23,6 +23,11 @@ use serde_json::{Value, json};
 /// each, below a bridge's 1,024 ports).
 const NETWORKS: usize = 5;
 const PER_NETWORK: usize = 1000;
+/// Milliseconds of each quiet window (see `measure`).
+const QUIET_MS: u64 = 400;
+/// The most arrivals: the first network's addresses after its containers (.2 onwards, a
+/// /22's broadcast address left out).
+pub const MAX_ARRIVALS: usize = 1024 - 3 - PER_NETWORK;
 /// The most containers the bench puts on the host.
 pub const MAX_CONTAINERS: usize = NETWORKS * PER_NETWORK;
 
@@ -71,8 +76,8 @@ pub fn run(size: Size) -> Result<(String, Value)> {
     }
     let mut md = format!(
         "\n## Local containers: one arriving and leaving on a host of {n} (`NP_ENDPOINTS`)\n\n\
-         | containers on the host | arrival: agent CPU, ms | arrival: in the map, ms | departure: agent CPU, ms | departure: out of the map, ms | idle: agent CPU, ms/s |\n\
-         |---|---|---|---|---|---|\n"
+         | containers on the host | arrival: agent CPU, ms | arrival: in the map, ms | departure: agent CPU, ms | departure: out of the map, ms | quiet: agent CPU, ms/s | idle: agent CPU, ms/s |\n\
+         |---|---|---|---|---|---|---|\n"
     );
     for c in &cases {
         let cell = |k: &str| {
@@ -81,12 +86,13 @@ pub fn run(size: Size) -> Result<(String, Value)> {
         };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} |",
             c["containers"],
             cell("arrival_cpu_ms"),
             cell("arrival_ms"),
             cell("departure_cpu_ms"),
             cell("departure_ms"),
+            cell("quiet_cpu_ms_per_s"),
             c["idle_cpu_ms_per_s"].as_f64().unwrap_or(f64::NAN)
         )?;
     }
@@ -99,8 +105,9 @@ pub fn run(size: Size) -> Result<(String, Value)> {
         md,
         "\nAt {n} containers one arrival costs the agent {ra:.2}x its CPU on an empty host, one departure {rd:.2}x \
          (medians over {} of each; the agent's CPU from its threads' run time, the events and 300 ms after the map says it; \
-         in/out of the map: from the first command to the agent's log line that says it wrote the entry). Idle: the agent's CPU per second over {} s, \
-         its full reading every `gc_interval` (10 s) in it.",
+         in/out of the map: from the first command to the agent's log line that says it wrote the entry). \
+         Quiet: the agent's CPU per second over the {QUIET_MS} ms before each arrival and departure, when nothing happens. \
+         Idle: the agent's CPU per second over {} s, its full reading every `gc_interval` (10 s) in it.",
         size.arrivals, size.idle_secs
     )?;
     let value = json!({"containers": n, "arrivals": size.arrivals, "cases": cases,
@@ -202,11 +209,20 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
 
     let (mut arrival_cpu, mut arrival_ms, mut departure_cpu, mut departure_ms) =
         (vec![], vec![], vec![], vec![]);
-    // NP_BENCH_PERF=<file>: `perf record` on the agent over the arrivals of the large case
-    // (how measured.md's profile was taken).
+    // The agent's CPU per second while nothing happens, just before each arrival and
+    // departure (its background on this host: what the window of an event holds besides it).
+    let mut quiet = vec![];
+    let quiet_window = |quiet: &mut Vec<f64>| -> Result<()> {
+        let (t, c) = (Instant::now(), cpu_ns(pid)?);
+        std::thread::sleep(Duration::from_millis(QUIET_MS));
+        quiet.push((cpu_ns(pid)? - c) as f64 / 1e6 / t.elapsed().as_secs_f64());
+        Ok(())
+    };
+    // NP_BENCH_PERF=<file>: `perf record` on the agent over the arrivals, to <file>.<N> for
+    // the case of N containers (how measured.md's profiles were taken).
     let perf = match std::env::var("NP_BENCH_PERF") {
-        Ok(out) if containers > 0 => {
-            let pid = pid.to_string();
+        Ok(out) => {
+            let (pid, out) = (pid.to_string(), format!("{out}.{containers}"));
             let p = std::process::Command::new("perf")
                 .args(["record", "-F", "4999", "-g", "-p", &pid, "-o", &out])
                 .spawn()
@@ -226,6 +242,7 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
              ip -n {ctr} link set e0x{k} up && ip neigh replace {addr} lladdr {mac} dev {br} nud permanent && \
              bridge fdb replace {mac} dev {v} master static"
         );
+        quiet_window(&mut quiet)?;
         let (t0, c0) = (SystemTime::now(), cpu_ns(pid)?);
         let mut sh = std::process::Command::new("ip");
         sh.args(["netns", "exec", &host, "sh", "-c", &script]);
@@ -235,6 +252,7 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
         std::thread::sleep(Duration::from_millis(300));
         arrival_cpu.push((cpu_ns(pid)? - c0) as f64 / 1e6);
 
+        quiet_window(&mut quiet)?;
         let (t0, c0) = (SystemTime::now(), cpu_ns(pid)?);
         netpath_tests::run(ip(&host, &format!("link del {v}")))?;
         wait_until(lab, &addr, false)?;
@@ -260,7 +278,7 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
     Ok(
         json!({"containers": containers, "arrival_cpu_ms": arrival_cpu, "arrival_ms": arrival_ms,
         "departure_cpu_ms": departure_cpu, "departure_ms": departure_ms,
-        "idle_cpu_ms_per_s": idle, "idle_secs": size.idle_secs,
+        "idle_cpu_ms_per_s": idle, "idle_secs": size.idle_secs, "quiet_cpu_ms_per_s": quiet,
         "start_to_attached_s": attached_s, "start_to_all_endpoints_s": learned_s}),
     )
 }

@@ -110,7 +110,8 @@ enum Cmd {
         /// Docker bridge networks); at most 5000.
         #[arg(long, default_value_t = 5000)]
         endpoint_containers: usize,
-        /// Containers that arrive and leave, on the large host and on an empty one.
+        /// Containers that arrive and leave, on the large host and on an empty one; at
+        /// most 21 (the addresses left in the first network's /22).
         #[arg(long, default_value_t = 20)]
         endpoint_arrivals: usize,
         /// Concurrent TCP flows opened through the masquerade paths.
@@ -412,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
                     across: across_bench::Size::FULL,
                     endpoints: endpoint_bench::Size {
                         containers: endpoint_containers.min(endpoint_bench::MAX_CONTAINERS),
-                        arrivals: endpoint_arrivals.max(1),
+                        arrivals: endpoint_arrivals.clamp(1, endpoint_bench::MAX_ARRIVALS),
                         idle_secs: 30,
                     },
                 }

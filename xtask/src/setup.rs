@@ -140,8 +140,13 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
+/// The bpf-linker release built (the one the eBPF programs were last built and verified
+/// with: a newer one is taken by changing this, not by what crates.io has that day).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
 /// bpf-linker must run (its rpath points into a toolchain's lib dir) and be built for
-/// the LLVM major that rustc uses, which is recorded beside it in a stamp file.
+/// the LLVM major that rustc uses; that LLVM and the release are recorded beside it in a
+/// stamp file.
 fn bpf_linker() -> Result<()> {
     let s = step("bpf-linker");
     let sysroot = sysroot()?;
@@ -176,11 +181,12 @@ fn bpf_linker() -> Result<()> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if runs && std::fs::read_to_string(&stamp).ok().as_deref() == Some(llvm.as_str()) {
-        s.done(&format!("present, {llvm}"));
+    let want = format!("{llvm} {BPF_LINKER_VERSION}");
+    if runs && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        s.done(&format!("present, {BPF_LINKER_VERSION} for {llvm}"));
         return Ok(());
     }
-    eprint!("building against {llvm}, about a minute... ");
+    eprint!("building {BPF_LINKER_VERSION} against {llvm}, about a minute... ");
     let rustflags = format!(
         "-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}",
         lib = lib.display()
@@ -191,6 +197,8 @@ fn bpf_linker() -> Result<()> {
             .args([
                 "install",
                 "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
                 "--no-default-features",
                 "--features",
             ])
@@ -201,7 +209,7 @@ fn bpf_linker() -> Result<()> {
             .env("RUSTFLAGS", rustflags),
     )
     .context("building bpf-linker from crates.io")?;
-    std::fs::write(&stamp, &llvm)?;
+    std::fs::write(&stamp, &want)?;
     s.done("installed");
     Ok(())
 }
