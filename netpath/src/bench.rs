@@ -77,10 +77,26 @@ pub struct AgentRow {
     pub bpf_calls: Option<u64>,
 }
 
+/// One program as the kernel holds it after the verifier (what a packet's path runs
+/// through; docs/measured.md, "Where the nanoseconds go").
+#[derive(Serialize)]
+pub struct SizeRow {
+    pub program: String,
+    /// BPF instructions after the verifier's rewrites (xlated).
+    pub xlated_insns: u32,
+    /// Bytes of machine code the JIT made of them.
+    pub jited_bytes: u32,
+    /// Instructions the verifier went through to prove it safe (None: kernel too old).
+    pub verified_insns: Option<u32>,
+    /// Maps it uses.
+    pub maps: usize,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub repeat: u32,
     pub programs: Vec<ProgRow>,
+    pub sizes: Vec<SizeRow>,
     pub policy: Vec<PolicyRow>,
     pub agent: Vec<AgentRow>,
 }
@@ -89,6 +105,7 @@ pub fn run(rules: &[usize], repeat: u32, agent: (usize, usize)) -> Result<Report
     Ok(Report {
         repeat,
         programs: programs(repeat)?,
+        sizes: sizes()?,
         policy: policy(rules, repeat)?,
         agent: agent_reconcile(agent.0, agent.1)?,
     })
@@ -478,6 +495,30 @@ pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
         });
     }
     maps.debug.set(0, decisions::state(false, None), 0)?;
+    Ok(rows)
+}
+
+/// Each program of a private datapath, as the kernel holds it (see [`SizeRow`]), by name.
+pub fn sizes() -> Result<Vec<SizeRow>> {
+    let (ebpf, _maps) = reconcile::private(&sources::from_config(&host_config()))?;
+    let mut rows = Vec::new();
+    for (name, prog) in ebpf.programs() {
+        if prog.fd().is_err() {
+            // Not loaded: np_xdp_uplink where the kernel refuses it (np_xdp_check runs).
+            continue;
+        }
+        let info = prog
+            .info()
+            .with_context(|| format!("the kernel's information on {name}"))?;
+        rows.push(SizeRow {
+            program: name.to_owned(),
+            xlated_insns: info.size_translated().unwrap_or(0) / 8,
+            jited_bytes: info.size_jitted(),
+            verified_insns: info.verified_instruction_count(),
+            maps: info.map_ids()?.map_or(0, |m| m.len()),
+        });
+    }
+    rows.sort_by(|a, b| a.program.cmp(&b.program));
     Ok(rows)
 }
 

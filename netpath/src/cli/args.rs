@@ -211,9 +211,10 @@ pub(super) enum Cmd {
         dir: Option<PathBuf>,
     },
     /// Measure what each datapath path costs per packet on this machine (forward, vxlan
-    /// encap and decap, NAT both ways, the policy lookup at several rule counts): a
-    /// private copy of the datapath, nothing attached or pinned, BPF_PROG_TEST_RUN.
-    /// `cargo xtask bench` runs it too.
+    /// encap and decap, NAT both ways, the policy lookup at several rule counts), each
+    /// program's size as the kernel holds it, and the agent's reconcile: a private copy
+    /// of the datapath, nothing attached or pinned, BPF_PROG_TEST_RUN. `cargo xtask
+    /// bench` runs it too.
     ///
     /// Example: netpath bench --rules 0,1000,10000,100000
     Bench {

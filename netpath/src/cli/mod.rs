@@ -251,6 +251,20 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:<40} {:>10.0}", p.case, p.ns_per_packet);
             }
             println!(
+                "\n{:<20} {:>13} {:>11} {:>14} {:>5}",
+                "program (loaded)", "instructions", "jited bytes", "verifier went", "maps"
+            );
+            for p in &r.sizes {
+                println!(
+                    "{:<20} {:>13} {:>11} {:>14} {:>5}",
+                    p.program,
+                    p.xlated_insns,
+                    p.jited_bytes,
+                    p.verified_insns.map_or("?".into(), |n| n.to_string()),
+                    p.maps
+                );
+            }
+            println!(
                 "\n{:>8} {:>10} {:>10} {:>10}",
                 "rules", "entries", "load ms", "ns/packet"
             );
