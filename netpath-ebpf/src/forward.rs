@@ -185,7 +185,9 @@ fn route(
     hop(ctx, &mut ip, peer.id, PeerDir::Tx)?;
     if peer.mode == MODE_VXLAN {
         mtu::clamp_mss(ctx, &ip, cfg.tunnel_mss);
-        vxlan::encap(ctx, cfg, peer, vni_of(cfg, net), true)?;
+        let ports = (!l4.fragment).then_some((l4.sport, l4.dport, l4.proto));
+        let flow = vxlan::flow_hash(ip.src, ip.dst, ports);
+        vxlan::encap(ctx, cfg, peer, vni_of(cfg, net), flow, true)?;
     }
     Ok((redirect(cfg.uplink_ifindex, Some(peer.underlay)), reason))
 }
@@ -249,7 +251,9 @@ fn refuse(
                 return Err(Reason::DropRejectUnanswered);
             }
             let vni = vni_of(cfg, maps::network(ip.src));
-            vxlan::encap(ctx, cfg, peer, vni, false).map_err(|_| Reason::DropRejectUnanswered)?;
+            let flow = vxlan::flow_hash(ip.src, ip.dst, None);
+            vxlan::encap(ctx, cfg, peer, vni, flow, false)
+                .map_err(|_| Reason::DropRejectUnanswered)?;
             redirect(cfg.uplink_ifindex, Some(peer.underlay))
         }
     };

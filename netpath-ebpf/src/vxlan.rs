@@ -18,7 +18,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_get_hash_recalc, bpf_xdp_adjust_head},
+    helpers::bpf_xdp_adjust_head,
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
@@ -44,8 +44,9 @@ const VXLAN_I: u8 = 0x08;
 
 /// Wraps the packet (inner TTL already decremented) in VXLAN to `peer`.
 ///
-/// UDP source port: from the flow hash (RFC 7348 entropy, so the underlay can spread
-/// flows), in 49152-65535. UDP checksum 0, as Linux's vxlan sends over IPv4 by default.
+/// UDP source port: from `flow` (a hash of the inner flow, [`flow_hash`]: RFC 7348
+/// entropy, so the underlay can spread flows), in 49152-65535. UDP checksum 0, as Linux's
+/// vxlan sends over IPv4 by default.
 /// Outer IPv4: DF set (fragmenting tunnel packets is what MTU handling must avoid), TTL 64.
 ///
 /// `offload`: mark the packet as UDP-tunnelled for GSO and checksum offload (the ENCAP
@@ -58,12 +59,11 @@ pub fn encap(
     cfg: &Config,
     peer: &PeerValue,
     vni: u32,
+    flow: u32,
     offload: bool,
 ) -> Result<(), Reason> {
     let inner_len = ctx.len().saturating_sub(ETH_LEN as u32);
-    // SAFETY: helper on the program's own skb.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
-    let sport = 49152u16 | ((hash ^ (hash >> 16)) as u16 & 0x3fff);
+    let sport = 49152u16 | ((flow ^ (flow >> 16)) as u16 & 0x3fff);
     // Only a GSO super-packet can exceed 64 KiB here; GSO rewrites the outer lengths of
     // every segment it makes, so the clamp never reaches the wire.
     let tot_len = (inner_len + VXLAN_OVERHEAD).min(0xffff) as u16;
@@ -105,6 +105,26 @@ pub fn encap(
     ctx.store(ETH_LEN, &h, 0)
         .map_err(|_| Reason::DropAdjustFailed)?;
     Ok(())
+}
+
+/// A hash of the flow of `src` and `dst` (network byte order) and, unless the packet is a
+/// fragment, its ports `sport` and `dport` and protocol `proto`: every fragment of a
+/// datagram hashes alike (the later ones have no ports), as in the kernel's own flow
+/// hash. Computed from what the program has parsed already; the kernel's
+/// (`bpf_get_hash_recalc`) ran its flow dissector over the packet again, most of what
+/// an encapsulation cost besides the copy (docs/measured.md).
+#[inline(always)]
+pub fn flow_hash(src: u32, dst: u32, ports: Option<(u16, u16, u8)>) -> u32 {
+    let mut h = src ^ dst.rotate_left(16);
+    if let Some((sport, dport, proto)) = ports {
+        h ^= ((sport as u32) << 16 | dport as u32).rotate_left(7) ^ proto as u32;
+    }
+    // The finalizer of MurmurHash3: every input bit moves about half the output bits.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Whether `ip` is addressed to our tunnel endpoint: UDP to our port on our underlay

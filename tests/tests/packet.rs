@@ -295,6 +295,60 @@ fn encap_writes_exact_outer_headers() {
     assert_eq!(out[64 + 8], want[ETH_LEN + 8]);
 }
 
+/// `frame` (an IPv4 frame) made a fragment: at `offset` (8-byte units), more to come or
+/// not; its IPv4 checksum made right again.
+fn fragment(frame: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let field = offset | if more { 0x2000 } else { 0 };
+    f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&field.to_be_bytes());
+    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&[0, 0]);
+    let c = netpath::packet::checksum(&f[ETH_LEN..ETH_LEN + 20]);
+    f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn encap_source_ports_follow_the_flow() {
+    let Some(mut dp) = dp() else { return };
+    let mut sport = |frame: &[u8]| {
+        let (verdict, out) = dp.run(prog_names::FROM_BRIDGE, frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let p = u16::from_be_bytes([out[34], out[35]]);
+        assert!(p >= 49152, "source port {p} in 49152-65535");
+        p
+    };
+    let udp = |sport, dport| Frame::udp(LOCAL_C, VXLAN_PEER_C, sport, dport, b"x", true).build();
+    // One flow: one port, packet after packet.
+    let first = sport(&udp(40000, 53));
+    assert_eq!(
+        sport(&udp(40000, 53)),
+        first,
+        "the same flow, the same port"
+    );
+    // Flows that differ in one port each spread over the range.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..64 {
+        seen.insert(sport(&udp(40000 + i, 53)));
+        seen.insert(sport(&udp(40000, 1000 + i)));
+    }
+    assert!(
+        seen.len() >= 120,
+        "128 flows took only {} source ports",
+        seen.len()
+    );
+    // Every fragment of a datagram takes the same port (the later ones carry no ports),
+    // and it is not mistaken for the unfragmented flow's.
+    let whole = udp(40000, 53);
+    let head = sport(&fragment(&whole, 0, true));
+    let tail = sport(&fragment(&whole, 185, false));
+    assert_eq!(head, tail, "the first fragment and a later one");
+    let other = sport(&fragment(&udp(40001, 54), 0, true));
+    assert_eq!(head, other, "fragments hash on the addresses alone");
+    // Other addresses, other ports.
+    let elsewhere = Frame::udp([10, 244, 11, 3], VXLAN_PEER_C, 40000, 53, b"x", true).build();
+    assert_ne!(sport(&elsewhere), first, "another container");
+}
+
 #[test]
 fn encap_clamps_the_mss_of_syns() {
     let Some(mut dp) = dp() else { return };
