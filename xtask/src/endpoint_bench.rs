@@ -228,7 +228,7 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
                 .spawn()
                 .context("starting perf record (NP_BENCH_PERF)")?;
             std::thread::sleep(Duration::from_millis(500));
-            Some(p)
+            Some(Perf(p))
         }
         _ => None,
     };
@@ -262,13 +262,7 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
         netpath_tests::run(ip(&host, &format!("neigh del {addr} dev {br}")))?;
         std::thread::sleep(Duration::from_millis(200));
     }
-    if let Some(mut p) = perf {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let _ = p.wait();
-    }
+    drop(perf);
     if count(lab)? != containers {
         bail!(
             "the agent holds {} endpoints, not {containers}, after the arrivals left",
@@ -281,6 +275,20 @@ fn measure(lab: &mut Lab, containers: usize, size: Size) -> Result<Value> {
         "idle_cpu_ms_per_s": idle, "idle_secs": size.idle_secs, "quiet_cpu_ms_per_s": quiet,
         "start_to_attached_s": attached_s, "start_to_all_endpoints_s": learned_s}),
     )
+}
+
+/// A `perf record` (NP_BENCH_PERF), stopped (SIGINT: it writes its file) when dropped,
+/// also when an arrival fails.
+struct Perf(std::process::Child);
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
 }
 
 /// The endpoints host 0's agent holds.
