@@ -228,18 +228,28 @@ fn measure_all(lab: &mut Lab, opts: &Options, named: &mut Vec<String>) -> Result
     interleave(lab, opts, &mut direct)?;
     paths.extend(direct);
 
-    let latency = run_to_ping(lab, &server, opts.across.latency_runs)?;
+    // The --ip of each run: none of the addresses the network's client and server were
+    // given (at random, anywhere in the subnet).
+    let taken = [
+        lab.docker_addr(0, &format!("client-{}", NETV.0), NETV.0)?,
+        lab.docker_addr(1, &format!("server-{}", NETV.0), NETV.0)?,
+    ];
+    let ips: Vec<String> = (100..250)
+        .map(|h| format!("10.244.64.{h}"))
+        .filter(|a| !taken.contains(a))
+        .take(opts.across.latency_runs)
+        .collect();
+    let latency = run_to_ping(lab, &server, &ips)?;
     let at_once = at_once(lab, opts.across.per_host)?;
     let many = many_entries(lab, opts.across)?;
     Ok(report(opts, &paths, &latency, &at_once, &many))
 }
 
 /// (from docker run to the first answer, docker run alone), in seconds, per run.
-fn run_to_ping(lab: &Lab, pinger: &str, runs: usize) -> Result<Vec<(f64, f64)>> {
+fn run_to_ping(lab: &Lab, pinger: &str, ips: &[String]) -> Result<Vec<(f64, f64)>> {
     let mut out = Vec::new();
-    for k in 0..runs {
+    for (k, ip) in ips.iter().enumerate() {
         let name = format!("lat{k}");
-        let ip = format!("10.244.64.{}", 100 + k);
         let t0 = SystemTime::now();
         output(lab.docker(
             0,
@@ -251,7 +261,7 @@ fn run_to_ping(lab: &Lab, pinger: &str, runs: usize) -> Result<Vec<(f64, f64)>> 
                 "--net",
                 NETV.0,
                 "--ip",
-                &ip,
+                ip,
                 "np-busybox",
                 "sleep",
                 "3600",
@@ -260,7 +270,7 @@ fn run_to_ping(lab: &Lab, pinger: &str, runs: usize) -> Result<Vec<(f64, f64)>> 
         let ran = t0.elapsed()?.as_secs_f64();
         let ping = Command::new("ip")
             .args(["netns", "exec", pinger, "ping", "-D", "-n", "-i", "0.01"])
-            .args(["-c", "1", "-w", "4", &ip])
+            .args(["-c", "1", "-w", "4", ip])
             .output()?;
         let text = String::from_utf8_lossy(&ping.stdout);
         let first = text
