@@ -399,10 +399,12 @@ fn deliver(
     let Some(ep) = (unsafe { ENDPOINTS.get(dst) }).copied() else {
         return Ok((redirect(bridge, None), Reason::FwdViaBridge));
     };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&ep.mac);
-    macs[6..].copy_from_slice(&bridge_mac);
-    ctx.store(0, &macs, 0).map_err(|_| Reason::DropMalformed)?;
+    // In place: every caller parsed the Ethernet header out of the linear data.
+    let eth: *mut [u8; 12] = parse::ptr_at(ctx, 0).ok_or(Reason::DropMalformed)?;
+    // SAFETY: ptr_at checked the bounds; the program owns the packet while it runs.
+    let eth = unsafe { &mut *eth };
+    eth[..6].copy_from_slice(&ep.mac);
+    eth[6..].copy_from_slice(&bridge_mac);
     Ok((peer(ep.ifindex), reason))
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::programs::TcContext;
 
 use netpath_common::IPPROTO_TCP;
 
-use crate::parse::{ETH_LEN, Ipv4, TCP_SYN};
+use crate::parse::{ETH_LEN, Ipv4, TCP_SYN, read};
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
@@ -17,8 +17,8 @@ const MAX_OPTIONS: usize = 40;
 /// If `ip` (right after the Ethernet header) is a TCP SYN (or SYN-ACK) with an MSS option
 /// above `mss`, lowers it and patches the TCP checksum (bpf_l4_csum_replace, which leaves
 /// a CHECKSUM_PARTIAL packet for the device or GSO to finish). Any other packet, or one
-/// whose options cannot be read, is left alone. Packets that are not TCP cost no helper
-/// call; TCP segments that are not SYNs cost one.
+/// whose options cannot be read, is left alone. Only a SYN's options cost helper calls;
+/// other segments are told apart from the linear data.
 #[inline(always)]
 pub fn clamp_mss(ctx: &TcContext, ip: &Ipv4, mss: u16) {
     // Only the first fragment carries the TCP header.
@@ -27,7 +27,7 @@ pub fn clamp_mss(ctx: &TcContext, ip: &Ipv4, mss: u16) {
     }
     let tcp = ETH_LEN + ip.hlen();
     // Data offset (high nibble) and flags are adjacent: one load for both.
-    let Ok([doff, flags]) = ctx.load::<[u8; 2]>(tcp + 12) else {
+    let Ok([doff, flags]) = read::<2>(ctx, tcp + 12) else {
         return;
     };
     if flags & TCP_SYN == 0 {

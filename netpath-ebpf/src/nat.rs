@@ -30,12 +30,15 @@ use netpath_common::{
     CT_F_SEEN_REMOTE, CT_KIND_MASQUERADE, CT_KIND_PUBLISHED, Config, CtEntry, CtKey, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, NET_F_MASQUERADE, NatKey, NatValue, Network, PublishKey, Reason,
 };
+use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters,
     ct::{ct_key, touch},
     maps::{CT, NAT, PUBLISH},
-    parse::{self, ETH_LEN, ICMP_ECHO, ICMP_ECHO_REPLY, Ipv4, L4, csum_replace2, csum_replace4},
+    parse::{
+        self, ETH_LEN, ICMP_ECHO, ICMP_ECHO_REPLY, Ipv4, L4, csum_replace2, csum_replace4, ptr_at,
+    },
     policy::{self, Decision},
 };
 
@@ -46,7 +49,6 @@ const PORT_TRIES: u32 = 32;
 
 /// Offsets of the IPv4 header fields rewritten here.
 const IP_CHECK: usize = ETH_LEN + 10;
-const IP_SRC: usize = ETH_LEN + 12;
 const IP_DST: usize = ETH_LEN + 16;
 
 /// Offsets of the L4 fields NAT rewrites.
@@ -93,6 +95,12 @@ fn translatable(l4: &L4, echo_type: u8) -> bool {
 /// Rewrites one address and the matching port of the packet (`src`: the source, else the
 /// destination) with every checksum that covers them. An error leaves the packet half
 /// rewritten: the caller drops it.
+///
+/// The address, the IPv4 header's checksum and the port are written in place (the
+/// header sum stays the same, so a CHECKSUM_COMPLETE skb's sum holds, as with
+/// bpf_skb_store_bytes); only the L4 checksum goes through the kernel
+/// (bpf_l4_csum_replace), which knows how the skb's checksum is being done. They come
+/// last: a helper that changes the packet ends the verifier's trust in packet pointers.
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
@@ -102,9 +110,27 @@ fn rewrite(
     port: (u16, u16),
 ) -> Result<(), Reason> {
     let fail = |_| Reason::DropMalformed;
-    let check = l4.check_off();
-    ctx.l3_csum_replace(IP_CHECK, addr.0 as u64, addr.1 as u64, 4)
-        .map_err(fail)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(Reason::DropMalformed)?;
+    // SAFETY: ptr_at checked the bounds; the program owns the packet while it runs.
+    unsafe {
+        let check = u16::from_ne_bytes((*ip).check);
+        (*ip).check = csum_replace4(check, addr.0, addr.1).to_ne_bytes();
+        if src {
+            (*ip).src_addr = addr.1.to_ne_bytes();
+        } else {
+            (*ip).dst_addr = addr.1.to_ne_bytes();
+        }
+    }
+    let moved = port.0 != port.1;
+    if moved {
+        let at = l4.port_off(src);
+        match ptr_at::<[u8; 2], _>(ctx, at) {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p = port.1.to_ne_bytes() },
+            // The L4 header beyond the linear data (a non-linear skb).
+            None => ctx.store(at, &port.1, 0).map_err(fail)?,
+        }
+    }
     // ICMP's checksum covers no pseudo header: only the identifier matters to it. A UDP
     // checksum of 0 means none and stays 0 (BPF_F_MARK_MANGLED_0).
     let mangled = if l4.proto == IPPROTO_UDP {
@@ -112,17 +138,15 @@ fn rewrite(
     } else {
         0
     };
+    let check = l4.check_off();
     if l4.proto != IPPROTO_ICMP {
         let flags = 4 | BPF_F_PSEUDO_HDR as u64 | mangled;
         ctx.l4_csum_replace(check, addr.0 as u64, addr.1 as u64, flags)
             .map_err(fail)?;
     }
-    ctx.store(if src { IP_SRC } else { IP_DST }, &addr.1, 0)
-        .map_err(fail)?;
-    if port.0 != port.1 {
+    if moved {
         ctx.l4_csum_replace(check, port.0 as u64, port.1 as u64, 2 | mangled)
             .map_err(fail)?;
-        ctx.store(l4.port_off(src), &port.1, 0).map_err(fail)?;
     }
     Ok(())
 }

@@ -183,21 +183,20 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, Reason> {
     if frags & 0x1fff != 0 {
         return Ok(l4);
     }
-    let bad = |_| Reason::DropMalformed;
     match ip.hdr.proto {
         IPPROTO_TCP => {
-            let h: [u8; 14] = ctx.load(l4.off).map_err(bad)?;
+            let h: [u8; 14] = read(ctx, l4.off)?;
             l4.sport = u16::from_ne_bytes([h[0], h[1]]);
             l4.dport = u16::from_ne_bytes([h[2], h[3]]);
             l4.tcp_flags = h[13];
         }
         IPPROTO_UDP => {
-            let h: [u8; 4] = ctx.load(l4.off).map_err(bad)?;
+            let h: [u8; 4] = read(ctx, l4.off)?;
             l4.sport = u16::from_ne_bytes([h[0], h[1]]);
             l4.dport = u16::from_ne_bytes([h[2], h[3]]);
         }
         IPPROTO_ICMP => {
-            let h: [u8; 8] = ctx.load(l4.off).map_err(bad)?;
+            let h: [u8; 8] = read(ctx, l4.off)?;
             l4.icmp_type = h[0];
             l4.icmp_code = h[1];
             if h[0] == ICMP_ECHO || h[0] == ICMP_ECHO_REPLY {
@@ -209,6 +208,17 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, Reason> {
         _ => {}
     }
     Ok(l4)
+}
+
+/// `N` bytes at `off`: straight from the linear data when they are in it, else through
+/// bpf_skb_load_bytes (a non-linear skb); `Err(DropMalformed)` past the packet's end.
+#[inline(always)]
+pub fn read<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Reason> {
+    match ptr_at::<[u8; N], _>(ctx, off) {
+        // SAFETY: ptr_at checked the bounds.
+        Some(p) => Ok(unsafe { *p }),
+        None => ctx.load(off).map_err(|_| Reason::DropMalformed),
+    }
 }
 
 /// Writes the frame's MACs (`macs`: destination then source, as read from offset 0)

@@ -79,7 +79,14 @@ pub fn encap(
     ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| Reason::DropAdjustFailed)?;
 
-    let mut h = [0u8; VXLAN_OVERHEAD as usize];
+    // The room is in the linear data, right after the Ethernet header: written in place.
+    let h: *mut [u8; VXLAN_OVERHEAD as usize] =
+        ptr_at(ctx, ETH_LEN).ok_or(Reason::DropAdjustFailed)?;
+    // SAFETY: ptr_at checked the bounds; the program owns the packet while it runs.
+    let h = unsafe { &mut *h };
+    // Every byte, the ones left 0 (IP id and fragment offset, UDP checksum, reserved)
+    // included: the room's content is the kernel's business.
+    *h = [0u8; VXLAN_OVERHEAD as usize];
     let mut ip = [0u8; 20];
     let src = cfg.host_addr.to_ne_bytes();
     let dst = peer.underlay.to_ne_bytes();
@@ -102,8 +109,6 @@ pub fn encap(
     h[36..42].copy_from_slice(&peer.vtep_mac);
     h[42..48].copy_from_slice(&cfg.vtep_mac);
     h[48..50].copy_from_slice(&ETH_P_IP_BE.to_ne_bytes());
-    ctx.store(ETH_LEN, &h, 0)
-        .map_err(|_| Reason::DropAdjustFailed)?;
     Ok(())
 }
 

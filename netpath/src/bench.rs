@@ -101,10 +101,16 @@ pub struct Report {
     pub agent: Vec<AgentRow>,
 }
 
-pub fn run(rules: &[usize], repeat: u32, agent: (usize, usize)) -> Result<Report> {
+/// `paths`: only the program cases whose name contains it (all: None).
+pub fn run(
+    rules: &[usize],
+    repeat: u32,
+    agent: (usize, usize),
+    paths: Option<&str>,
+) -> Result<Report> {
     Ok(Report {
         repeat,
-        programs: programs(repeat)?,
+        programs: programs(repeat, paths)?,
         sizes: sizes()?,
         policy: policy(rules, repeat)?,
         agent: agent_reconcile(agent.0, agent.1)?,
@@ -371,8 +377,10 @@ fn sport(frame: &[u8]) -> u16 {
 }
 
 /// Each program path on a packet of an established flow (NAT entries made by a first
-/// SYN), ns per packet.
-pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
+/// SYN), ns per packet; with `only`, the cases whose name contains it (a profiler's run
+/// of one path).
+pub fn programs(repeat: u32, only: Option<&str>) -> Result<Vec<ProgRow>> {
+    let wanted = |case: &str| only.is_none_or(|o| case.contains(o));
     let (mut ebpf, mut maps) = reconcile::private(&sources::from_config(&host_config()))?;
     let tcp = |src, dst, sport, dport, flags| Frame::tcp(src, dst, sport, dport, flags).build();
     // Masquerade and published port: the SYN makes the entry, its output says the port.
@@ -455,6 +463,9 @@ pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
     ];
     let mut rows = Vec::new();
     for (case, program, input, want) in cases {
+        if !wanted(case) {
+            continue;
+        }
         // Where the kernel refuses XDP metadata, np_xdp_check runs in np_xdp_uplink's place
         // (datapath::load_xdp): it checks and passes, and the row says so.
         let (case, shown) = match crate::datapath::loaded_name(&ebpf, program) {
@@ -485,6 +496,9 @@ pub fn programs(repeat: u32) -> Result<Vec<ProgRow>> {
             decisions::state(true, None),
         ),
     ] {
+        if !wanted(case) {
+            continue;
+        }
         maps.debug.set(0, state, 0)?;
         let input = tcp(CONTAINER, DIRECT_C, 40000, 80, ACK);
         let program = prog_names::FROM_BRIDGE;

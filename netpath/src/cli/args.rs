@@ -234,6 +234,10 @@ pub(super) enum Cmd {
         /// Policy rules of that host.
         #[arg(long, default_value_t = 100000)]
         agent_rules: usize,
+        /// Only the paths whose name contains this text (for a profiler on one path:
+        /// `perf record -a -g -- netpath bench --path encap --rules 0 --agent-peers 0`).
+        #[arg(long)]
+        path: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -240,9 +240,10 @@ fn run(cli: Cli) -> Result<()> {
             repeat,
             agent_peers,
             agent_rules,
+            path,
             json,
         } => {
-            let r = crate::bench::run(&rules, repeat, (agent_peers, agent_rules))?;
+            let r = crate::bench::run(&rules, repeat, (agent_peers, agent_rules), path.as_deref())?;
             if json {
                 return print_json(&r);
             }
