@@ -323,10 +323,12 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the first packet.
+    /// bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC, at most a tick behind it: it reads no
+    /// clock source, so a packet of a known flow costs no TSC read) of the first packet.
     pub created_ns: u64,
-    /// bpf_ktime_get_ns of the latest packet, refreshed at most once a second (and when
-    /// `flags` change): the agent expires the flow from it.
+    /// bpf_ktime_get_coarse_ns of the latest packet, refreshed at most once a second (and
+    /// when `flags` change): the agent expires the flow from it (CLOCK_MONOTONIC, never
+    /// behind these).
     pub last_seen_ns: u64,
     /// The port (or echo identifier) on the host's address; network byte order.
     pub nat_port: u16,

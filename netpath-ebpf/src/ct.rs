@@ -2,7 +2,7 @@
 //! packets can be tracked, and how a packet moves its flow's state. Both `nat` and
 //! `policy` record flows in the same table; neither needs the other for this.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use netpath_common::{
     CT_F_FIN_CONTAINER, CT_F_FIN_REMOTE, CT_F_RST, CT_F_SEEN_CONTAINER, CT_F_SEEN_REMOTE, CtEntry,
     CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -49,7 +49,7 @@ pub fn trackable(l4: &L4) -> bool {
 /// same tuple (the client reused its port): the flow starts again.
 #[inline(always)]
 pub fn touch(e: *mut CtEntry, l4: &L4, from_container: bool) {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a value of an LRU hash map; concurrent writers race only on these plain
     // fields, and any of their values is valid.
     unsafe {

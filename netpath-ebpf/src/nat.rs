@@ -22,7 +22,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     programs::TcContext,
 };
 use netpath_common::{
@@ -297,7 +297,7 @@ fn new_flow(cfg: &Config, key: &CtKey, rule: u32, syn: bool) -> Result<u16, Reas
         return Err(Reason::DropNatNoPort);
     }
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let entry = CtEntry {
         created_ns: now,
         last_seen_ns: now,
@@ -420,7 +420,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Ingress, Reas
             }
         };
         // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         let entry = CtEntry {
             created_ns: now,
             last_seen_ns: now,

@@ -20,7 +20,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, bpf_skb_change_tail},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_change_tail},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -181,7 +181,7 @@ pub fn track(key: &CtKey, l4: &L4, rule: u32, from_container: bool) -> Result<()
         return Ok(());
     }
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let entry = CtEntry {
         created_ns: now,
         last_seen_ns: now,
@@ -211,7 +211,7 @@ fn within_rate(st: &PolicyState) -> bool {
     };
     // SAFETY: helper without arguments; per-CPU value, no other writer on this CPU.
     unsafe {
-        let now = bpf_ktime_get_ns();
+        let now = bpf_ktime_get_coarse_ns();
         if now.wrapping_sub((*l).window_ns) >= 1_000_000_000 {
             (*l).window_ns = now;
             (*l).sent = 0;
