@@ -500,16 +500,53 @@ pub fn programs(repeat: u32, only: Option<&str>) -> Result<Vec<ProgRow>> {
             continue;
         }
         maps.debug.set(0, state, 0)?;
-        let input = tcp(CONTAINER, DIRECT_C, 40000, 80, ACK);
-        let program = prog_names::FROM_BRIDGE;
-        rows.push(ProgRow {
-            case: case.into(),
-            program,
-            ns_per_packet: per_packet(&mut ebpf, case, program, &input, TC_ACT_REDIRECT, repeat)?,
-        });
+        rows.push(to_direct_peer(&mut ebpf, case, repeat)?);
     }
     maps.debug.set(0, decisions::state(false, None), 0)?;
+    // A host with Docker networks besides its bridge: its two NP_NETWORKS lookups walk a
+    // trie of them (above, the trie holds the bridge's subnet only).
+    let case = "forward to a direct peer, 16 Docker networks on the host";
+    if wanted(case) {
+        let mut d = sources::from_config(&host_config());
+        d.networks.extend((0..BENCH_NETWORKS).map(bench_network));
+        let (mut ebpf, _maps) = reconcile::private(&d)?;
+        rows.push(to_direct_peer(&mut ebpf, case, repeat)?);
+    }
     Ok(rows)
+}
+
+/// The row of `case`: a container's packet of an established flow forwarded to the
+/// direct peer by np_from_bridge of `ebpf`.
+fn to_direct_peer(ebpf: &mut Ebpf, case: &str, repeat: u32) -> Result<ProgRow> {
+    let input = Frame::tcp(CONTAINER, DIRECT_C, 40000, 80, ACK).build();
+    let program = prog_names::FROM_BRIDGE;
+    Ok(ProgRow {
+        case: case.into(),
+        program,
+        ns_per_packet: per_packet(ebpf, case, program, &input, TC_ACT_REDIRECT, repeat)?,
+    })
+}
+
+/// Docker networks of the bench's host with networks (the case says how many).
+const BENCH_NETWORKS: u8 = 16;
+
+/// Docker network `i` of that host: a /24 of 10.245.0.0/16 (map entries only, no packet
+/// is sent to it) on a bridge of its own.
+fn bench_network(i: u8) -> config::Network {
+    let subnet = Ipv4Net::new(Ipv4Addr::new(10, 245, i, 0), 24).expect("/24");
+    config::Network {
+        name: format!("net{i}"),
+        docker_id: format!("{i:0>12}"),
+        bridge: format!("br-net{i}"),
+        bridge_ifindex: 100 + i as u32,
+        bridge_mac: [2, 0, 0, 0, 1, i],
+        subnet,
+        gateway: subnet.hosts().next(),
+        internal: false,
+        masquerade: true,
+        origin: config::Origin::Docker,
+        span: None,
+    }
 }
 
 /// Each program of a private datapath, as the kernel holds it (see [`SizeRow`]), by name.
