@@ -505,12 +505,12 @@ pub fn programs(repeat: u32, only: Option<&str>) -> Result<Vec<ProgRow>> {
     maps.debug.set(0, decisions::state(false, None), 0)?;
     // A host with Docker networks besides its bridge: its two NP_NETWORKS lookups walk a
     // trie of them (above, the trie holds the bridge's subnet only).
-    let case = "forward to a direct peer, 16 Docker networks on the host";
-    if wanted(case) {
+    let case = format!("forward to a direct peer, {BENCH_NETWORKS} Docker networks on the host");
+    if wanted(&case) {
         let mut d = sources::from_config(&host_config());
         d.networks.extend((0..BENCH_NETWORKS).map(bench_network));
         let (mut ebpf, _maps) = reconcile::private(&d)?;
-        rows.push(to_direct_peer(&mut ebpf, case, repeat)?);
+        rows.push(to_direct_peer(&mut ebpf, &case, repeat)?);
     }
     Ok(rows)
 }
@@ -527,7 +527,7 @@ fn to_direct_peer(ebpf: &mut Ebpf, case: &str, repeat: u32) -> Result<ProgRow> {
     })
 }
 
-/// Docker networks of the bench's host with networks (the case says how many).
+/// Docker networks of the bench's host with networks.
 const BENCH_NETWORKS: u8 = 16;
 
 /// Docker network `i` of that host: a /24 of 10.245.0.0/16 (map entries only, no packet
