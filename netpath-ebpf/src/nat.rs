@@ -16,9 +16,11 @@
 //! The agent owns the timeouts: it expires idle flows and removes a half that the LRU
 //! left alone when it evicted the other.
 //!
-//! Header rewrites go through bpf_l3/l4_csum_replace: on a CHECKSUM_PARTIAL packet (a
-//! container's TCP or UDP with checksum offload) they update only the pseudo-header part,
-//! which is what the device or GSO completes later.
+//! Addresses, ports and the IPv4 header's checksum are written in place; L4 checksums go
+//! through bpf_l4_csum_replace, which knows how the skb's checksum is done: on a
+//! CHECKSUM_PARTIAL packet (a container's TCP or UDP with checksum offload) it updates
+//! only the pseudo-header part, which the device or GSO completes later; on any other it
+//! patches the whole sum (the lab's wire check, tests/tests/wire.rs, sends those).
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},

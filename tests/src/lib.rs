@@ -1009,6 +1009,42 @@ impl Lab {
         Ok(())
     }
 
+    /// Turns checksum offload off on every veth of the lab (both ends, every namespace,
+    /// containers added so far included): senders then fill every L4 checksum themselves
+    /// and receivers verify it (the skb is CHECKSUM_NONE, not CHECKSUM_PARTIAL), so a
+    /// rewrite that gets a checksum wrong shows as lost packets and in
+    /// [`Lab::checksum_errors`]. TSO goes with it (it needs the offload).
+    pub fn checksum_offload_off(&self) -> Result<()> {
+        for ns in &self.namespaces {
+            let links = output(ip(ns, "-o link show type veth"))?;
+            for dev in links.lines().filter_map(|l| {
+                let name = l.split(": ").nth(1)?;
+                Some(name.split('@').next().unwrap_or(name).to_owned())
+            }) {
+                run(in_ns(ns, &format!("ethtool -K {dev} tx off")))?;
+                let shown = output(in_ns(ns, &format!("ethtool -k {dev}")))?;
+                if !shown.contains("tx-checksumming: off") {
+                    bail!("{ns} {dev}: tx checksumming still on:\n{shown}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every namespace of the lab whose stack counted a packet with a bad TCP, UDP or
+    /// ICMP checksum since it was made: (namespace, the counters' line).
+    pub fn checksum_errors(&self) -> Result<Vec<(String, String)>> {
+        let mut bad = Vec::new();
+        for ns in &self.namespaces {
+            let snmp = output(in_ns(ns, "cat /proc/net/snmp"))?;
+            let errors = csum_errors(&snmp)?;
+            if errors.iter().any(|(_, n)| *n > 0) {
+                bad.push((ns.clone(), format!("{errors:?}")));
+            }
+        }
+        Ok(bad)
+    }
+
     /// Tears down; also what Drop does. Collects every error and reports them together.
     pub fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
@@ -1054,6 +1090,30 @@ impl Drop for Lab {
             eprintln!("{e:#}");
         }
     }
+}
+
+/// The InCsumErrors counters of /proc/net/snmp's Icmp, Tcp and Udp lines, by protocol.
+fn csum_errors(snmp: &str) -> Result<Vec<(String, u64)>> {
+    let lines: Vec<&str> = snmp.lines().collect();
+    let mut out = Vec::new();
+    for proto in ["Icmp", "Tcp", "Udp"] {
+        let prefix = format!("{proto}:");
+        let mut rows = lines.iter().filter(|l| l.starts_with(&prefix));
+        let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+            bail!("/proc/net/snmp has no {proto} lines");
+        };
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "InCsumErrors")
+            .with_context(|| format!("/proc/net/snmp: no {proto} InCsumErrors"))?;
+        let n = values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/net/snmp: {proto} InCsumErrors unreadable"))?;
+        out.push((proto.to_owned(), n));
+    }
+    Ok(out)
 }
 
 /// A memory figure of process `pid` from /proc/PID/status (`field`: "VmRSS:", "VmHWM:"),

@@ -40,6 +40,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     // The package's test checks it as Debian's archive would.
     ("lintian", "lintian"),
+    // The wire check turns the lab's checksum offloads off.
+    ("ethtool", "ethtool"),
 ];
 
 /// What every build needs: etcd-client (the crate) compiles etcd's protobuf definitions.
