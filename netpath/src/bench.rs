@@ -512,6 +512,130 @@ pub fn programs(repeat: u32, only: Option<&str>) -> Result<Vec<ProgRow>> {
         let (mut ebpf, _maps) = reconcile::private(&d)?;
         rows.push(to_direct_peer(&mut ebpf, &case, repeat)?);
     }
+    // Two containers of the bridge's network: np_from_container on the sender's veth
+    // delivers straight into the other.
+    let same_host = tcp(CONTAINER, SAME_HOST_C, 40000, 80, ACK);
+    if wanted(SAME_HOST) {
+        same_host_endpoint(&mut maps)?;
+        rows.push(row(
+            &mut ebpf,
+            SAME_HOST,
+            prog_names::FROM_CONTAINER,
+            &same_host,
+            TC_ACT_REDIRECT,
+            repeat,
+        )?);
+    }
+    rows.extend(established_with_rules(repeat, &wanted)?);
+    Ok(rows)
+}
+
+/// The same host's case, and its name with policy on.
+const SAME_HOST: &str = "same host, container to container";
+/// Another container of the bench host's network.
+const SAME_HOST_C: [u8; 4] = [10, 244, 11, 3];
+/// Policy rules of the established-flow cases.
+const BENCH_RULES: usize = 1000;
+
+/// Makes [`SAME_HOST_C`] an endpoint of the bench host (a veth of its own).
+fn same_host_endpoint(maps: &mut crate::maps::Maps) -> Result<()> {
+    let ep = netpath_common::Endpoint {
+        ifindex: 10,
+        mac: [2, 0, 0, 0, 0, 3],
+        _pad: [0; 2],
+    };
+    maps.endpoints
+        .insert(u32::from_ne_bytes(SAME_HOST_C), ep, 0)
+        .context("the same host's endpoint")
+}
+
+/// A row of `case`: `program` on `input`, which must give `want`.
+fn row(
+    ebpf: &mut Ebpf,
+    case: &str,
+    program: &'static str,
+    input: &[u8],
+    want: u32,
+    repeat: u32,
+) -> Result<ProgRow> {
+    Ok(ProgRow {
+        case: case.into(),
+        program,
+        ns_per_packet: per_packet(ebpf, case, program, input, want, repeat)?,
+    })
+}
+
+/// Policy live with [`BENCH_RULES`] rules, none matching (the default allows): each
+/// flow's first packet was looked up and recorded in `NP_CT`; measured are its later
+/// packets, which find the flow and pass without a lookup. Their figures against the
+/// same cases with policy off are what policy costs after a flow's first packet.
+fn established_with_rules(repeat: u32, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<ProgRow>> {
+    let tcp = |src, dst, sport, dport, flags| Frame::tcp(src, dst, sport, dport, flags).build();
+    let cases = [
+        (
+            format!("forward to a direct peer, {BENCH_RULES} policy rules, established flow"),
+            prog_names::FROM_BRIDGE,
+            tcp(CONTAINER, DIRECT_C, 40000, 80, ACK),
+        ),
+        (
+            format!("forward from a direct peer, {BENCH_RULES} policy rules, established flow"),
+            prog_names::FROM_UPLINK,
+            tcp(DIRECT_C, CONTAINER, 80, 40000, ACK),
+        ),
+        (
+            format!("{SAME_HOST}, {BENCH_RULES} policy rules, established flow"),
+            prog_names::FROM_CONTAINER,
+            tcp(CONTAINER, SAME_HOST_C, 40000, 80, ACK),
+        ),
+    ];
+    if !cases.iter().any(|c| wanted(&c.0)) {
+        return Ok(Vec::new());
+    }
+    let mut cfg = host_config();
+    cfg.policy.rules = scale_rules(BENCH_RULES);
+    let (mut ebpf, mut maps) = reconcile::private(&sources::from_config(&cfg))?;
+    same_host_endpoint(&mut maps)?;
+    // The flows' first packets: to the peer, and to the other container.
+    for (program, syn) in [
+        (
+            prog_names::FROM_BRIDGE,
+            tcp(CONTAINER, DIRECT_C, 40000, 80, SYN),
+        ),
+        (
+            prog_names::FROM_CONTAINER,
+            tcp(CONTAINER, SAME_HOST_C, 40000, 80, SYN),
+        ),
+    ] {
+        let (r, _) = test_run(&mut ebpf, program, &syn, 1)?;
+        if r.return_value != TC_ACT_REDIRECT {
+            bail!(
+                "{program}: a first packet with policy on: verdict {} (want redirect)",
+                r.return_value
+            );
+        }
+    }
+    let recorded = maps
+        .ct
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| v.kind == netpath_common::CT_KIND_POLICY)
+        .count();
+    if recorded != 2 {
+        bail!("policy recorded {recorded} flows of the first packets (want 2)");
+    }
+    let mut rows = Vec::new();
+    for (case, program, input) in cases {
+        if wanted(&case) {
+            rows.push(row(
+                &mut ebpf,
+                &case,
+                program,
+                &input,
+                TC_ACT_REDIRECT,
+                repeat,
+            )?);
+        }
+    }
     Ok(rows)
 }
 
@@ -519,12 +643,14 @@ pub fn programs(repeat: u32, only: Option<&str>) -> Result<Vec<ProgRow>> {
 /// direct peer by np_from_bridge of `ebpf`.
 fn to_direct_peer(ebpf: &mut Ebpf, case: &str, repeat: u32) -> Result<ProgRow> {
     let input = Frame::tcp(CONTAINER, DIRECT_C, 40000, 80, ACK).build();
-    let program = prog_names::FROM_BRIDGE;
-    Ok(ProgRow {
-        case: case.into(),
-        program,
-        ns_per_packet: per_packet(ebpf, case, program, &input, TC_ACT_REDIRECT, repeat)?,
-    })
+    row(
+        ebpf,
+        case,
+        prog_names::FROM_BRIDGE,
+        &input,
+        TC_ACT_REDIRECT,
+        repeat,
+    )
 }
 
 /// Docker networks of the bench's host with networks.

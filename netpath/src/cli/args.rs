@@ -211,7 +211,8 @@ pub(super) enum Cmd {
         dir: Option<PathBuf>,
     },
     /// Measure what each datapath path costs per packet on this machine (forward, vxlan
-    /// encap and decap, NAT both ways, the policy lookup at several rule counts), each
+    /// encap and decap, NAT both ways, same host, flows already decided with 1,000
+    /// policy rules live, the policy lookup of a new flow at several rule counts), each
     /// program's size as the kernel holds it, and the agent's reconcile: a private copy
     /// of the datapath, nothing attached or pinned, BPF_PROG_TEST_RUN. `cargo xtask
     /// bench` runs it too.
