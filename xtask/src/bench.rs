@@ -7,9 +7,9 @@
 //! masquerade to an outside host by iptables and by netpath, and two containers of one
 //! host through Docker's bridge (ICC rules, br_netfilter on) and through netpath (policy
 //! off and with 1,000 rules). Measures on each: TCP throughput (iperf3, one stream), TCP
-//! request/response (1 byte each way: rate, p50, p99), small UDP packets per second
-//! delivered, new TCP connections per second (on the masquerade paths from both
-//! containers at once, to one server port). Then the
+//! request/response (1 byte each way: rate, p50, p99; and on many connections at once),
+//! small UDP packets per second delivered, new TCP connections per second (on the
+//! masquerade paths from both containers at once, to one server port). Then the
 //! scale test: request/response rate with extra FORWARD rules on the iptables path and
 //! with policy rules and peers on netpath. Then each program's ns per packet
 //! (`netpath bench`, BPF_PROG_TEST_RUN).
@@ -38,6 +38,8 @@ pub struct Options {
     pub probe_secs: f64,
     /// Concurrent TCP flows opened through the masquerade paths.
     pub flows: usize,
+    /// Connections of the many-flows request/response measure (every path).
+    pub connections: usize,
     /// Policy rule counts of the scale test (the iptables path takes those up to 10,000).
     pub scale: Vec<usize>,
     /// BPF_PROG_TEST_RUN runs per program case.
@@ -59,6 +61,8 @@ pub struct Options {
     pub across: crate::across_bench::Size,
     /// How big the local containers' measurements are.
     pub endpoints: crate::endpoint_bench::Size,
+    /// How many samples policy's cost after a flow's first packet takes.
+    pub policy: crate::policy_bench::Size,
 }
 
 impl Options {
@@ -69,6 +73,7 @@ impl Options {
             secs: 1,
             probe_secs: 0.5,
             flows: 200,
+            connections: 100,
             scale: SCALE.to_vec(),
             prog_repeat: 2000,
             out_dir,
@@ -80,6 +85,7 @@ impl Options {
             etcd_smoke: true,
             across: crate::across_bench::Size::QUICK,
             endpoints: crate::endpoint_bench::Size::QUICK,
+            policy: crate::policy_bench::Size::QUICK,
         }
     }
 }
@@ -331,7 +337,7 @@ pub(crate) fn reuse_ports(client: &str) -> Result<()> {
 }
 
 /// A lab of two hosts with one container each; the echo server on the second.
-fn two_hosts() -> Result<(Lab, Ends)> {
+pub(crate) fn two_hosts() -> Result<(Lab, Ends)> {
     let mut lab = Lab::new(Spec {
         hosts: 2,
         containers: 1,
@@ -385,7 +391,7 @@ fn masquerade_lab() -> Result<(Lab, Ends)> {
 
 /// One host with two containers, the echo server in the second, Docker's rules for its
 /// bridge and br_netfilter on (what Docker leaves), for the same-host paths.
-fn same_host_lab() -> Result<(Lab, Ends)> {
+pub(crate) fn same_host_lab() -> Result<(Lab, Ends)> {
     let mut lab = Lab::new(Spec {
         hosts: 1,
         containers: 2,
@@ -434,6 +440,13 @@ fn scale_config(n: usize) -> String {
             20 + k
         );
     }
+    t + &rules_config(n)
+}
+
+/// `n` policy rules (deny, each from a /32 of its own to 10.244.192.0/19 on a port), none
+/// matching any lab traffic, as config text.
+pub(crate) fn rules_config(n: usize) -> String {
+    let mut t = String::with_capacity(n * 90);
     for (from, port) in netpath_tests::unmatched(n) {
         let _ = write!(
             t,
@@ -601,6 +614,9 @@ pub(crate) struct Sample {
     pub(crate) rr_tps: f64,
     pub(crate) rr_p50_us: f64,
     pub(crate) rr_p99_us: f64,
+    /// Request/response over many connections at once: transactions/s, p50 µs.
+    pub(crate) many_tps: f64,
+    pub(crate) many_p50_us: f64,
     pub(crate) udp_pps: f64,
     pub(crate) udp_sent_pps: f64,
     pub(crate) conns_per_sec: f64,
@@ -637,6 +653,18 @@ const MEASURES: &[Measure] = &[
         "rr_p99_us",
         "request/response latency p99, µs",
         |s| s.rr_p99_us,
+        false,
+    ),
+    (
+        "rr_many_per_sec",
+        "TCP request/response on many connections at once, transactions/s",
+        |s| s.many_tps,
+        true,
+    ),
+    (
+        "rr_many_p50_us",
+        "request/response on many connections, latency p50, µs",
+        |s| s.many_p50_us,
         false,
     ),
     (
@@ -701,7 +729,7 @@ fn numbers(out: &str) -> Result<Vec<f64>> {
 }
 
 /// Request/response on one connection: (transactions/s, p50 µs, p99 µs).
-fn rr(e: &Ends, secs: f64) -> Result<(f64, f64, f64)> {
+pub(crate) fn rr(e: &Ends, secs: f64) -> Result<(f64, f64, f64)> {
     let v = probe(&e.client, &format!("rr {} {ECHO_PORT} {secs}", e.to))?;
     if v.len() < 4 || v[3] < 1.0 {
         bail!("no request/response completed");
@@ -709,8 +737,24 @@ fn rr(e: &Ends, secs: f64) -> Result<(f64, f64, f64)> {
     Ok((v[0], v[1], v[2]))
 }
 
+/// Request/response on `n` connections at once, each a request in flight (conntrack and
+/// NAT at the size of a busy host): (transactions/s over all, p50 µs).
+fn rr_many(e: &Ends, secs: f64, n: usize) -> Result<(f64, f64)> {
+    let v = probe(
+        &e.client,
+        &format!("rrmany {} {ECHO_PORT} {secs} {n}", e.to),
+    )?;
+    if v.len() < 5 || v[4] < n as f64 {
+        bail!(
+            "request/response on {n} connections: only {:?} opened",
+            v.get(4)
+        );
+    }
+    Ok((v[0], v[1]))
+}
+
 /// Small UDP datagrams for `secs`: (delivered per second, sent per second).
-fn udp_pps(e: &Ends, secs: f64) -> Result<(f64, f64)> {
+pub(crate) fn udp_pps(e: &Ends, secs: f64) -> Result<(f64, f64)> {
     let mut sink = Command::new("ip")
         .args(["netns", "exec", &e.server])
         .arg(netpath_tests::probe_bin())
@@ -811,6 +855,8 @@ pub(crate) fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool)
         bail!("no TCP traffic crossed (iperf3 measured 0 bit/s)");
     }
     let (rr_tps, rr_p50_us, rr_p99_us) = rr(e, opts.probe_secs).context("request/response")?;
+    let (many_tps, many_p50_us) = rr_many(e, opts.probe_secs, opts.connections)
+        .with_context(|| format!("request/response on {} connections", opts.connections))?;
     let (udp_pps, udp_sent_pps) = udp_pps(e, opts.probe_secs).context("UDP packets/s")?;
     let before = no_port_drops(lab);
     let conns_per_sec = if masquerade {
@@ -832,6 +878,8 @@ pub(crate) fn measure(lab: &mut Lab, e: &Ends, opts: &Options, masquerade: bool)
         rr_tps,
         rr_p50_us,
         rr_p99_us,
+        many_tps,
+        many_p50_us,
         udp_pps,
         udp_sent_pps,
         conns_per_sec,
@@ -959,6 +1007,9 @@ pub fn run(opts: Options) -> Result<()> {
     if !opts.only.is_empty() && opts.only.iter().all(|o| o == "across") {
         return part_only(&opts, "across", || crate::across_bench::run(&opts));
     }
+    if !opts.only.is_empty() && opts.only.iter().all(|o| o == "policy") {
+        return part_only(&opts, "policy", || crate::policy_bench::run(opts.policy));
+    }
     let chosen: Vec<usize> = (0..PATHS.len())
         .filter(|&i| {
             opts.only.is_empty() || opts.only.iter().any(|o| PATHS[i].name.contains(o.as_str()))
@@ -1011,12 +1062,15 @@ pub fn run(opts: Options) -> Result<()> {
             progress(
                 step,
                 &format!(
-                    "{:<38} {:>6.2} Gbit/s, rr {:>6.0}/s p50 {:>5.0} µs p99 {:>6.0} µs, udp {:>7.0}/s, {:>5.0} conn/s (steal {:.0}%)",
+                    "{:<38} {:>6.2} Gbit/s, rr {:>6.0}/s p50 {:>5.0} µs p99 {:>6.0} µs, {} at once {:>7.0}/s p50 {:>5.0} µs, udp {:>7.0}/s, {:>5.0} conn/s (steal {:.0}%)",
                     p.name,
                     m.gbps,
                     m.rr_tps,
                     m.rr_p50_us,
                     m.rr_p99_us,
+                    opts.connections,
+                    m.many_tps,
+                    m.many_p50_us,
                     m.udp_pps,
                     m.conns_per_sec,
                     m.steal_pct
@@ -1081,6 +1135,10 @@ pub fn run(opts: Options) -> Result<()> {
         "Docker networks across hosts (3 Docker hosts on etcd)".to_owned(),
         &|| crate::across_bench::run(&opts),
     )?;
+    let policy = part(
+        "policy after a flow's first packet (two labs of each kind at once)".to_owned(),
+        &|| crate::policy_bench::run(opts.policy),
+    )?;
     eprintln!("[bench] the programs' cost per packet (netpath bench, BPF_PROG_TEST_RUN)");
     let programs = program_costs(&opts)?;
 
@@ -1134,6 +1192,9 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some((across_md, _)) = &across {
         md += across_md;
     }
+    if let Some((policy_md, _)) = &policy {
+        md += policy_md;
+    }
     md += &programs_table(&programs);
     md += "\nRatios: \"x iptables\" against the iptables path (iptables masquerade for the masquerade paths), \"x ceiling\" against one veth between the two namespaces; each the median of the ratios within one repetition (paths of a repetition run minutes apart at most, so slow swings of the machine cancel out); for latency lower is better.\n";
 
@@ -1149,7 +1210,7 @@ pub fn run(opts: Options) -> Result<()> {
         "iperf_secs": opts.secs, "probe_secs": opts.probe_secs, "paths": rows,
         "scale": scale_json, "programs": programs,
         "fleet": fleet.map(|f| f.1), "etcd": etcd.map(|e| e.1), "endpoints": endpoints.map(|e| e.1),
-        "across": across.map(|a| a.1)});
+        "across": across.map(|a| a.1), "policy": policy.map(|p| p.1)});
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     println!("{md}");
     eprintln!(

@@ -123,7 +123,7 @@ fn registered(lab: &Lab) -> Result<Vec<String>> {
 }
 
 /// CPU seconds (user and system) process `pid` has used.
-fn cpu_s(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_s(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // After the command's name (in parentheses), fields 14 and 15 of stat(5).
     let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;

@@ -8,6 +8,7 @@ mod endpoint_bench;
 mod etcd_bench;
 mod fleet_bench;
 mod package;
+mod policy_bench;
 mod setup;
 mod soak;
 
@@ -67,10 +68,11 @@ enum Cmd {
     },
     /// Compare netpath with the iptables path, the kernel's vxlan overlay and the ceiling
     /// (one veth) on labs in network namespaces: throughput, request/response rate and
-    /// latency, UDP packets/s, connections/s, masquerade; the scale test (rules) and
-    /// each program's ns per packet; the fleet on etcd (start to all peers, a new host to 3 agents, memory, a churn);
-    /// etcd's side (simulated hosts against 3 members); a container's arrival on a host of
-    /// 5,000. Interleaved repetitions, medians and spread; writes
+    /// latency (on one connection and on 1,000 at once), UDP packets/s, connections/s,
+    /// masquerade; the scale test (rules) and each program's ns per packet; the fleet on
+    /// etcd (start to all peers, a new host to 3 agents, memory, a churn); etcd's side
+    /// (simulated hosts against 3 members); a container's arrival on a host of 5,000;
+    /// policy after a flow's first packet. Interleaved repetitions, medians and spread; writes
     /// target/bench/results.{md,json} and scale.png.
     Bench {
         /// Every path once, briefly (a smoke test of the benchmark itself, under 2 min).
@@ -86,10 +88,11 @@ enum Cmd {
         #[arg(long, default_value_t = 1.5)]
         probe_secs: f64,
         /// Only paths whose name contains this (repeatable), e.g. --only vxlan; the
-        /// scale test, the fleet, etcd's side and networks across hosts are skipped then.
-        /// --only fleet: the fleet alone; --only etcd: etcd's side alone; --only endpoints:
-        /// the local containers' arrivals and departures alone; --only across:
-        /// Docker networks across hosts alone.
+        /// scale test, the fleet, etcd's side, networks across hosts and policy after the
+        /// first packet are skipped then. --only fleet: the fleet alone; --only etcd:
+        /// etcd's side alone; --only endpoints: the local containers' arrivals and
+        /// departures alone; --only across: Docker networks across hosts alone; --only
+        /// policy: what 1,000 policy rules cost flows already decided, alone.
         #[arg(long)]
         only: Vec<String>,
         /// Host registrations the fleet's measurements write to etcd (entries only: no
@@ -117,6 +120,10 @@ enum Cmd {
         /// Concurrent TCP flows opened through the masquerade paths.
         #[arg(long, default_value_t = 10000)]
         flows: usize,
+        /// Connections of the request/response measure on many connections at once
+        /// (every path: conntrack and NAT at a busy host's size).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
         /// Rule counts of the scale test (iptables: those up to 10000).
         #[arg(long, value_delimiter = ',', default_value = "0,1000,10000,100000")]
         scale: Vec<usize>,
@@ -378,6 +385,7 @@ fn run(cli: Cli) -> Result<()> {
             probe_secs,
             only,
             flows,
+            connections,
             scale,
             fleet_hosts,
             fleet_churn_secs,
@@ -401,6 +409,7 @@ fn run(cli: Cli) -> Result<()> {
                     secs: secs.max(1),
                     probe_secs: probe_secs.max(0.1),
                     flows,
+                    connections: connections.max(1),
                     scale,
                     prog_repeat: 100_000,
                     out_dir,
@@ -416,6 +425,7 @@ fn run(cli: Cli) -> Result<()> {
                         arrivals: endpoint_arrivals.clamp(1, endpoint_bench::MAX_ARRIVALS),
                         idle_secs: 30,
                     },
+                    policy: policy_bench::Size::FULL,
                 }
             })
         }

@@ -26,6 +26,11 @@
 //!                                      TCP request/response on one connection (1 byte
 //!                                      each way, Nagle off; at most PER_SECOND) to an echo
 //!                                      server; print "TPS P50_US P99_US COUNT"
+//!   np-probe rrmany ADDR PORT SECONDS N
+//!                                      the same on N connections at once (opened first,
+//!                                      all together), each a request in flight; print
+//!                                      "TPS P50_US P99_US COUNT OPEN"; exit 0 if all N
+//!                                      opened and every one completed a transaction
 //!   np-probe udpsink PORT SECONDS      count UDP datagrams on PORT until SECONDS pass or
 //!                                      0.5 s of silence after the first; print
 //!                                      "RECEIVED PPS" (rate between first and last)
@@ -417,13 +422,97 @@ fn rr(to: SocketAddr, secs: f64, rate: Option<f64>) -> std::io::Result<(f64, f64
         lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (p50, p99) = p50_p99(&mut lat);
+    Ok((lat.len() as f64 / elapsed, p50, p99, lat.len()))
+}
+
+/// The median and the 99th percentile of `lat` (sorted in place); NaN when it is empty.
+fn p50_p99(lat: &mut [f64]) -> (f64, f64) {
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .copied()
             .unwrap_or(f64::NAN)
     };
-    Ok((lat.len() as f64 / elapsed, pct(0.50), pct(0.99), lat.len()))
+    (pct(0.50), pct(0.99))
+}
+
+/// Request/response on `n` TCP connections at once for `secs`: (transactions/s over all,
+/// p50 µs, p99 µs, transactions, connections open, connections that completed none).
+/// The connections are opened together first (each within 3 s), then each keeps one
+/// request in flight.
+fn rr_many(
+    to: SocketAddr,
+    secs: f64,
+    n: usize,
+) -> std::io::Result<(f64, f64, f64, usize, usize, usize)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let connects: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let s = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        tokio::net::TcpStream::connect(to),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    s.set_nodelay(true).ok()?;
+                    Some(s)
+                })
+            })
+            .collect();
+        let mut open = Vec::with_capacity(n);
+        for c in connects {
+            if let Ok(Some(s)) = c.await {
+                open.push(s);
+            }
+        }
+        let opened = open.len();
+        let start = Instant::now();
+        let until = start + Duration::from_secs_f64(secs);
+        let runs: Vec<_> = open
+            .into_iter()
+            .map(|mut s| {
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut b = [0u8; 1];
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        let one = async {
+                            s.write_all(b"r").await?;
+                            s.read_exact(&mut b).await
+                        };
+                        match tokio::time::timeout(Duration::from_secs(3), one).await {
+                            Ok(Ok(_)) => lat.push(t.elapsed().as_nanos() as f64 / 1000.0),
+                            _ => break,
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let (mut lat, mut idle) = (Vec::new(), 0);
+        for r in runs {
+            let l = r.await.unwrap_or_default();
+            idle += l.is_empty() as usize;
+            lat.extend(l);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let (p50, p99) = p50_p99(&mut lat);
+        Ok((
+            lat.len() as f64 / elapsed,
+            p50,
+            p99,
+            lat.len(),
+            opened,
+            idle,
+        ))
+    })
 }
 
 /// Counts datagrams on `port`: (received, per second between the first and the last).
@@ -538,6 +627,18 @@ fn main() -> ExitCode {
                 println!("{tps:.1} {p50:.1} {p99:.1} {n}");
                 n > 0
             }),
+        ["rrmany", host, port, t, n] => {
+            let n = num(n) as usize;
+            addr(host, num(port) as u16)
+                .and_then(|to| rr_many(to, secs(t), n))
+                .map(|(tps, p50, p99, count, open, idle)| {
+                    println!("{tps:.1} {p50:.1} {p99:.1} {count} {open}");
+                    if idle > 0 {
+                        eprintln!("{idle} of {open} connections completed no transaction");
+                    }
+                    open == n && idle == 0 && count > 0
+                })
+        }
         ["udpsink", port, t] => udpsink(num(port) as u16, secs(t)).map(|(n, pps)| {
             println!("{n} {pps:.0}");
             n > 0
@@ -550,7 +651,7 @@ fn main() -> ExitCode {
             }),
         _ => {
             eprintln!(
-                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | try udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS | rr ADDR PORT SECONDS | udpsink PORT SECONDS | udpflood ADDR PORT SECONDS SIZE"
+                "usage: np-probe serve PORT SECONDS | check udp|tcp ADDR PORT [SIZE [SPORT]] | refused udp|tcp ADDR PORT | try udp|tcp ADDR PORT | flows udp|tcp ADDR PORT N | connrate ADDR PORT SECONDS | rr ADDR PORT SECONDS | rrmany ADDR PORT SECONDS N | udpsink PORT SECONDS | udpflood ADDR PORT SECONDS SIZE"
             );
             return ExitCode::from(2);
         }
