@@ -1,4 +1,5 @@
 //! The operator's tooling against live labs: status, a dump of every map, stats --watch,
+//! profile (each program's ns per run on live traffic),
 //! the drop monitor (a drop caused on purpose, the in-kernel rate limit), trace (agreeing
 //! with what real packets did, changing nothing), doctor, the Prometheus endpoint scraped
 //! over HTTP; and completions and man pages generated from the CLI.
@@ -137,6 +138,85 @@ fn stats_watch_shows_rates_of_live_traffic() {
         .unwrap();
     assert!(text.starts_with("\x1b[H\x1b[2J"), "{text:?}");
     assert!(text.contains("rates over the last"), "{text}");
+}
+
+#[test]
+fn profile_times_this_hosts_programs_on_live_traffic() {
+    let Some(lab) = direct_lab(Spec::default(), &[]) else {
+        return;
+    };
+    let (from, to) = (
+        lab.hosts[0].containers[0].ns.clone(),
+        lab.hosts[1].containers[0].ip.clone(),
+    );
+    // 100 echo requests a second for 2 s: out through h1's container port, the replies
+    // in through its uplink.
+    let pinger = thread::spawn(move || ping(&from, &to, 200, "0.01"));
+    thread::sleep(Duration::from_millis(300));
+    let out = netpath_tests::output(lab.netpath(0, &["profile", "--secs", "1", "--json"])).unwrap();
+    let (sent, got, _) = pinger.join().unwrap().unwrap();
+    assert_eq!(got, sent);
+    let p: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let progs = p["programs"].as_array().unwrap();
+    let of = |name: &str| {
+        progs
+            .iter()
+            .find(|c| c["program"] == name)
+            .unwrap_or_else(|| panic!("{name} not profiled: {p}"))
+    };
+    for name in ["np_from_container", "np_from_uplink"] {
+        let c = of(name);
+        let runs = c["runs"].as_u64().unwrap();
+        assert!(
+            (40..=400).contains(&runs),
+            "{name}: {runs} runs in a second: {p}"
+        );
+        let ns = c["ns_per_run"].as_f64().unwrap();
+        assert!(ns > 0.0 && ns < 100_000.0, "{name}: {ns} ns per run");
+    }
+    // Only this host's programs: the ids are those its status shows attached.
+    let status = lab.netpath_json(0, &["status", "--json"]);
+    let attached: Vec<u64> = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["prog_id"].as_u64())
+        .collect();
+    // (clsact filters, on kernels without TCX, have no link that says their program.)
+    for name in ["np_from_bridge", "np_from_uplink"]
+        .into_iter()
+        .filter(|_| !attached.is_empty())
+    {
+        let id = of(name)["id"].as_u64().unwrap();
+        assert!(
+            attached.contains(&id),
+            "{name} {id} is not among {attached:?}"
+        );
+    }
+    // Each program once (the other host's datapath has programs of the same names).
+    let mut names: Vec<&str> = progs
+        .iter()
+        .map(|c| c["program"].as_str().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), progs.len(), "{p}");
+    // The text form; and a pin dir without a datapath is a clear error.
+    let text = netpath_tests::output(lab.netpath(0, &["profile", "--secs", "0.2"])).unwrap();
+    assert!(
+        text.starts_with("PROGRAM") && text.contains("NS/RUN"),
+        "{text}"
+    );
+    let none = netpath(&[
+        "--pin-dir",
+        "/sys/fs/bpf/np-no-such-dir",
+        "profile",
+        "--secs",
+        "0.2",
+    ]);
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(err.contains("no netpath datapath"), "{err}");
 }
 
 /// A two-host lab, direct mode, agents running; None when labs cannot run here.

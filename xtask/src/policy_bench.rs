@@ -12,7 +12,7 @@
 //! with its 95% confidence interval, each half's median, and a verdict on the goal
 //! (0.95x) only where the interval gives one.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context, Result};
 use netpath_tests::{Lab, PeerMode};
@@ -68,13 +68,16 @@ const KINDS: &[Kind] = &[
 ];
 
 /// One sample: request/response transactions/s, its p50 (µs), small UDP delivered/s,
-/// and the CPU the lab's agents used meanwhile (ms per second).
-#[derive(Clone, Copy)]
+/// the CPU the lab's agents used meanwhile (ms per second), and what each busy program
+/// cost per run during the UDP flood (`netpath profile` on every host: "h1
+/// np_from_container", ns).
+#[derive(Clone)]
 struct Sample {
     rr: f64,
     p50: f64,
     udp: f64,
     agent_ms: f64,
+    programs: Vec<(String, f64)>,
 }
 
 /// The paired figures of one kind: ratios rules / none, p50 differences rules - none,
@@ -86,6 +89,8 @@ struct Pairs {
     p50_diff: Vec<(usize, f64)>,
     /// The agents' CPU, ms per second: with the rules, without.
     agent_ms: (Vec<f64>, Vec<f64>),
+    /// Each busy program's ns per run during the floods: with the rules, without.
+    programs: std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)>,
 }
 
 pub fn run(size: Size) -> Result<(String, Value)> {
@@ -101,6 +106,11 @@ pub fn run(size: Size) -> Result<(String, Value)> {
         size.secs
     );
     let mut rows = Vec::new();
+    let mut programs_md = String::from(
+        "\nWhat each busy program cost per packet during the floods (`netpath profile`, \
+         the kernel's timing, two clock reads of it included), medians:\n\n\
+         | kind | host, program | ns/run, rules | ns/run, none | difference |\n|---|---|---|---|---|\n",
+    );
     for kind in KINDS {
         eprintln!("[bench] policy after the first packet: {}", kind.name);
         let mut labs = [(kind.build)()?, (kind.build)()?];
@@ -139,6 +149,14 @@ pub fn run(size: Size) -> Result<(String, Value)> {
             bench::spread(&p.agent_ms.0).0,
             bench::spread(&p.agent_ms.1).0,
         );
+        for (name, (on, off)) in &p.programs {
+            let (a, b) = (bench::spread(on).0, bench::spread(off).0);
+            programs_md += &format!(
+                "| {} | {name} | {a:.0} | {b:.0} | {:+.0} |\n",
+                kind.name,
+                a - b
+            );
+        }
         let series = |v: &[(usize, f64)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
         rows.push(json!({
             "kind": kind.name,
@@ -149,8 +167,10 @@ pub fn run(size: Size) -> Result<(String, Value)> {
             "udp_ratio": udp.json(udp_h, series(&p.udp)),
             "p50_diff_us": diff.json([half(&p.p50_diff, 0), half(&p.p50_diff, 1)], series(&p.p50_diff)),
             "agent_cpu_ms_per_s": {"rules": p.agent_ms.0, "none": p.agent_ms.1},
+            "programs_ns_per_run": p.programs.iter().map(|(k, (on, off))| (k.clone(), json!({"rules": on, "none": off}))).collect::<serde_json::Map<String, Value>>(),
         }));
     }
+    md += &programs_md;
     Ok((md, json!(rows)))
 }
 
@@ -225,7 +245,9 @@ fn crossover(labs: &mut [(Lab, Ends); 2], size: Size) -> Result<Pairs> {
                 got[k] =
                     Some(sample(lab, e, size.secs).with_context(|| format!("half {h}, lab {k}"))?);
             }
-            let (on, off) = (got[h].expect("measured"), got[1 - h].expect("measured"));
+            let [a, b] = got;
+            let (a, b) = (a.expect("measured"), b.expect("measured"));
+            let (on, off) = if h == 0 { (a, b) } else { (b, a) };
             eprintln!(
                 "[bench]     half {h} pair {pair}: rr {:.0} / {:.0}/s, p50 {:.1} / {:.1} µs, udp {:.0} / {:.0}/s, agents {:.1} / {:.1} ms/s (rules / none)",
                 on.rr, off.rr, on.p50, off.p50, on.udp, off.udp, on.agent_ms, off.agent_ms
@@ -235,6 +257,16 @@ fn crossover(labs: &mut [(Lab, Ends); 2], size: Size) -> Result<Pairs> {
             p.p50_diff.push((h, on.p50 - off.p50));
             p.agent_ms.0.push(on.agent_ms);
             p.agent_ms.1.push(off.agent_ms);
+            for (side, sample) in [(0, &on), (1, &off)] {
+                for (name, ns) in &sample.programs {
+                    let e = p.programs.entry(name.clone()).or_default();
+                    if side == 0 {
+                        e.0.push(*ns)
+                    } else {
+                        e.1.push(*ns)
+                    }
+                }
+            }
         }
     }
     Ok(p)
@@ -275,13 +307,44 @@ fn sample(lab: &Lab, e: &Ends, secs: f64) -> Result<Sample> {
     };
     let (cpu0, t0) = (agents()?, std::time::Instant::now());
     let (rr, p50, _) = bench::rr(e, secs).context("request/response")?;
+    // The programs under the flood: profiled on every host from just after the flood
+    // starts (the sink is given 200 ms first) until just before it ends.
+    let profiles: Vec<_> = (0..lab.hosts.len())
+        .map(|i| {
+            let mut cmd = lab.netpath(
+                i,
+                &["profile", "--secs", &format!("{}", secs * 0.7), "--json"],
+            );
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(0.2 + secs * 0.15));
+                netpath_tests::output(&mut cmd)
+            })
+        })
+        .collect();
     let (udp, _) = bench::udp_pps(e, secs).context("UDP packets/s")?;
+    let mut programs = Vec::new();
+    for (i, t) in profiles.into_iter().enumerate() {
+        let out = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("profile thread"))?
+            .context("netpath profile")?;
+        let v: Value = serde_json::from_str(&out).context("netpath profile --json")?;
+        for c in v["programs"].as_array().into_iter().flatten() {
+            // Busy: a flood's packets, not the odd ARP.
+            if c["runs"].as_u64().unwrap_or(0) >= 1000
+                && let (Some(name), Some(ns)) = (c["program"].as_str(), c["ns_per_run"].as_f64())
+            {
+                programs.push((format!("h{} {name}", i + 1), ns));
+            }
+        }
+    }
     let agent_ms = 1000.0 * (agents()? - cpu0) / t0.elapsed().as_secs_f64();
     Ok(Sample {
         rr,
         p50,
         udp,
         agent_ms,
+        programs,
     })
 }
 

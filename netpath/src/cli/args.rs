@@ -76,6 +76,20 @@ pub(super) enum Cmd {
         #[arg(long, requires = "watch")]
         count: Option<u64>,
     },
+    /// What each program of the running datapath costs per packet on the traffic it
+    /// carries now: the kernel's BPF run-time statistics, turned on for SECONDS (for every
+    /// BPF program of the machine, two clock reads per run, off again after), each
+    /// program's runs, runs per second, ns per run and share of a CPU. Needs
+    /// CAP_SYS_ADMIN.
+    ///
+    /// Example: netpath profile --secs 5
+    Profile {
+        /// How long to measure.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = watch_secs)]
+        secs: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop events as they happen: reason, 5-tuple, interface, peer. The programs report
     /// up to `[monitor] rate` drops per second and CPU (default 1000) and count the rest
     /// as suppressed, which is shown. One monitor per host at a time.

@@ -394,6 +394,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Profile { secs, json } => show(
+            &crate::inspect::profile::profile(&pins, secs)?,
+            json,
+            Some(crate::inspect::profile::text),
+        ),
         Cmd::Dump { map, json } => dump::dump(&Maps::open(&pins)?, map, json),
         Cmd::Peer { cmd } => edit::peer(&pins, cmd),
         Cmd::Publish { cmd } => edit::publish(&pins, cmd),

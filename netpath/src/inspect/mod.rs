@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod networks;
 pub mod policy;
+pub mod profile;
 pub mod report;
 pub mod status;
 pub mod trace;
